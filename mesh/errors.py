@@ -1,0 +1,122 @@
+"""Every error the mesh raises, in one hierarchy.
+
+    MeshError                      base of everything below
+    ├── ConfigError                a cluster file is missing, malformed or names an unknown node
+    ├── InvalidRequest             a request the agent (or the client, before sending) refuses:
+    │   ├── InvalidSize            zero, negative or non-integer sizes
+    │   ├── OutOfRange             offset/length outside the block
+    │   └── TooLarge               a single message larger than the agent accepts
+    ├── BlockNotFound              no live agent holds that block id
+    ├── KeyNotFound                no object stored under that key (issue 3 uses it)
+    ├── CapacityError              the agent (or every live agent) has no room
+    ├── ProtocolError              malformed frames, unknown op, wrong protocol version
+    │   └── VersionMismatch
+    ├── NodeUnavailable            a node is unknown, dead, or does not answer
+    │   └── MeshTimeout            no reply within the timeout
+    └── AgentError                 the agent failed internally (it keeps serving)
+
+Wire error codes map to these classes through ``ERROR_CODES`` (and back through
+``code_for``), so the agent and the client agree on one table. Third-party errors (zmq, msgpack,
+yaml, OS errors) are converted at the boundary where they happen. This module does no I/O.
+"""
+
+from __future__ import annotations
+
+
+class MeshError(Exception):
+    """Base class of every error raised by the mesh."""
+
+    code = "error"
+
+    def __init__(self, message: str, *, node: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.node = node
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(MeshError):
+    code = "config"
+
+
+class InvalidRequest(MeshError, ValueError):
+    code = "bad_request"
+
+
+class InvalidSize(InvalidRequest):
+    code = "invalid_size"
+
+
+class OutOfRange(InvalidRequest):
+    code = "out_of_range"
+
+
+class TooLarge(InvalidRequest):
+    code = "too_large"
+
+
+class BlockNotFound(MeshError, KeyError):
+    code = "unknown_block"
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.message
+
+
+class KeyNotFound(MeshError, KeyError):
+    code = "unknown_key"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class CapacityError(MeshError):
+    code = "no_capacity"
+
+
+class ProtocolError(MeshError):
+    code = "bad_frame"
+
+
+class VersionMismatch(ProtocolError):
+    code = "version_mismatch"
+
+
+class NodeUnavailable(MeshError, ConnectionError):
+    code = "unavailable"
+
+
+class MeshTimeout(NodeUnavailable, TimeoutError):
+    code = "timeout"
+
+
+class AgentError(MeshError):
+    code = "internal"
+
+
+# One table from wire code to class. "unknown_op" and "bad_request" share classes with kin.
+ERROR_CODES: dict[str, type[MeshError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidRequest,
+        InvalidSize,
+        OutOfRange,
+        TooLarge,
+        BlockNotFound,
+        KeyNotFound,
+        CapacityError,
+        ProtocolError,
+        VersionMismatch,
+        NodeUnavailable,
+        MeshTimeout,
+        AgentError,
+    )
+}
+ERROR_CODES["unknown_op"] = ProtocolError
+
+
+def error_from_wire(code: str, message: str, node: str | None = None) -> MeshError:
+    """The exception for an error reply; unknown codes become ``AgentError``."""
+    cls = ERROR_CODES.get(code, AgentError)
+    return cls(message, node=node)
