@@ -1,0 +1,111 @@
+"""``mesh-agent``: start one agent for one node of a cluster file.
+
+    mesh-agent [--config FILE] --node NAME [--insecure] [--log-level LEVEL]
+
+The node's ``mesh_host`` (default its ``host``) and ``mesh_port`` say where it binds; its peers'
+gossip addresses come from the same file. Binding anything but a loopback address is refused
+until cluster keys exist, unless ``--insecure`` (or ``mesh.insecure: true``) says so.
+
+Exit codes: 0 after SIGTERM/SIGINT, 2 for a usage or config error, 1 when the sockets cannot be
+bound (address in use, address not on this host). Errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import signal
+import socket
+import sys
+
+import zmq
+
+from agents.server import Agent, AgentSettings
+from mesh import __version__
+from mesh.config import ClusterConfig, NodeConfig, resolve_config
+from mesh.errors import ConfigError
+
+
+def resolve_ip(host: str) -> str:
+    try:
+        infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot resolve host {host!r}: {exc.strerror}") from None
+    return infos[0][4][0]
+
+
+def is_loopback(ip: str) -> bool:
+    return ipaddress.ip_address(ip).is_loopback
+
+
+def settings_for(cfg: ClusterConfig, node: NodeConfig) -> AgentSettings:
+    m = cfg.mesh
+    return AgentSettings(
+        node=node.name,
+        bind_ip=resolve_ip(node.mesh_host),
+        data_port=node.mesh_port,
+        gossip_port=node.mesh_port + 1,
+        advertised_host=node.mesh_host,
+        peers=[n.gossip_address for n in cfg.nodes if n.name != node.name],
+        share_bytes=node.share_bytes,
+        reserve_bytes=m.host_reserve_bytes,
+        heartbeat_interval_s=m.heartbeat_interval_s,
+        suspect_after_s=m.suspect_after_s,
+        dead_after_s=m.dead_after_s,
+        max_message_bytes=m.max_message_bytes,
+        version=__version__,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mesh-agent", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", "-c", help="cluster file (default: $GRID_CONFIG, "
+                        "config/my-cluster-enhanced.yaml, then the embedded local default)")
+    parser.add_argument("--node", "-n", required=True, help="which node of the file this is")
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow binding a non-loopback address without cluster keys")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        cfg = resolve_config(args.config)
+        node = cfg.node(args.node)
+        settings = settings_for(cfg, node)
+    except ConfigError as exc:
+        print(f"mesh-agent: {exc}", file=sys.stderr)
+        return 2
+    if not is_loopback(settings.bind_ip) and not (args.insecure or cfg.mesh.insecure):
+        print(
+            f"mesh-agent: refusing to bind {node.mesh_host} ({settings.bind_ip}): it is not a "
+            "loopback address and cluster keys are not supported yet, so anyone on that network "
+            "could read and write every block; pass --insecure to do it anyway",
+            file=sys.stderr,
+        )
+        return 2
+    agent = Agent(settings)
+    try:
+        agent.bind()
+    except zmq.ZMQError as exc:
+        print(
+            f"mesh-agent: cannot bind {settings.bind_ip}:{settings.data_port}/"
+            f"{settings.gossip_port}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    signal.signal(signal.SIGTERM, lambda *_: agent.stop())
+    signal.signal(signal.SIGINT, lambda *_: agent.stop())
+    try:
+        agent.run()
+    finally:
+        agent.close()
+    logging.getLogger("mesh.agent").info("agent %s stopped", settings.node)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,295 @@
+"""The wire protocol: the only module that builds or parses mesh frames.
+
+Data plane (client DEALER -> agent ROUTER; the ROUTER adds/strips the identity frame)::
+
+    request  = [header, *payload]
+    header   = msgpack [VERSION, op, request_id, fields]       (a few hundred bytes at most)
+    payload  = raw bytes frames, never inside msgpack (only WRITE carries one)
+
+    reply    = [header, *payload]
+    header   = msgpack [VERSION, op, request_id, OK,    result]
+             | msgpack [VERSION, op, request_id, ERROR, {"code": str, "message": str}]
+    payload  = raw bytes frames (only READ carries one)
+
+Ops and their fields (all sizes and offsets are byte counts, ints >= 0)::
+
+    HELLO  {}                                 -> {node, incarnation, version, address}
+    PING   {}                                 -> {node, incarnation}
+    ALLOC  {size, lazy}                       -> {block, size, node}
+    FREE   {block}                            -> {block, size}
+    WRITE  {block, offset}      + 1 payload   -> {block, offset, length}
+    READ   {block, offset, length}            -> {block, offset, length}   + 1 payload
+    STAT   {block}                            -> block record
+    LIST   {}                                 -> {node, blocks: [block record, ...]}
+    STATS  {}                                 -> node record (see heartbeat)
+    NODES  {}                                 -> {nodes: [node record with "state", ...]}
+
+A block record is ``{block, node, size, lazy, created}``. A request whose header cannot be
+parsed gets an ERROR reply with ``request_id`` 0 and op "?" when the agent can still reply.
+
+Gossip plane (agent PUB -> peer SUB), one message of two frames::
+
+    [b"hb", msgpack {node, address, gossip, incarnation, version, capacity, used,
+                     host_available, blocks, peers: [{...same fields..., age_s}, ...]}]
+
+What this module does not do: sockets, timers, block memory. The agent (``agents/``) and the
+client (``mesh/client.py``) drive sockets and call these functions; ``mesh/errors.py`` maps error
+codes to exceptions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import msgpack
+
+from mesh.errors import ProtocolError, VersionMismatch, error_from_wire, MeshError
+
+VERSION = 1
+
+HELLO = "hello"
+PING = "ping"
+ALLOC = "alloc"
+FREE = "free"
+WRITE = "write"
+READ = "read"
+STAT = "stat"
+LIST = "list"
+STATS = "stats"
+NODES = "nodes"
+
+OK = 0
+ERROR = 1
+
+HEARTBEAT_TOPIC = b"hb"
+
+# A request header is tiny; anything bigger is garbage and is refused before unpacking.
+MAX_HEADER_BYTES = 64 * 1024
+# Replies to LIST/NODES can be large on a big mesh, but never unbounded.
+MAX_REPLY_HEADER_BYTES = 64 * 1024 * 1024
+MAX_HEARTBEAT_BYTES = 1024 * 1024
+
+_INT = (int,)
+
+# op -> (required fields with their types, number of payload frames)
+_REQUEST_SCHEMA: dict[str, tuple[dict[str, tuple[type, ...]], int]] = {
+    HELLO: ({}, 0),
+    PING: ({}, 0),
+    ALLOC: ({"size": _INT, "lazy": (bool,)}, 0),
+    FREE: ({"block": (str,)}, 0),
+    WRITE: ({"block": (str,), "offset": _INT}, 1),
+    READ: ({"block": (str,), "offset": _INT, "length": _INT}, 0),
+    STAT: ({"block": (str,)}, 0),
+    LIST: ({}, 0),
+    STATS: ({}, 0),
+    NODES: ({}, 0),
+}
+OPS = frozenset(_REQUEST_SCHEMA)
+
+
+@dataclass(slots=True)
+class Request:
+    op: str
+    request_id: int
+    fields: dict[str, Any]
+    payload: list[Any] = field(default_factory=list)  # zmq.Frame or bytes-like
+
+
+@dataclass(slots=True)
+class Reply:
+    op: str
+    request_id: int
+    ok: bool
+    body: dict[str, Any]
+    payload: list[Any] = field(default_factory=list)
+
+    def raise_for_error(self, node: str | None = None) -> None:
+        if not self.ok:
+            raise error_from_wire(
+                str(self.body.get("code", "internal")), str(self.body.get("message", "")), node
+            )
+
+
+class BadRequest(Exception):
+    """Raised by ``parse_request``; carries what the agent needs to answer anyway."""
+
+    def __init__(self, code: str, message: str, op: str = "?", request_id: int = 0):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.op = op
+        self.request_id = request_id
+
+
+def _packb(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def _unpackb(data: bytes, limit: int) -> Any:
+    if len(data) > limit:
+        raise ValueError(f"header of {len(data)} bytes is over the {limit}-byte limit")
+    return msgpack.unpackb(data, raw=False, strict_map_key=True)
+
+
+def _frame_bytes(frame: Any) -> bytes:
+    """A header frame's bytes (zmq.Frame or bytes-like); headers are small, so copying is fine."""
+    b = getattr(frame, "bytes", None)
+    if b is not None:
+        return b
+    return bytes(frame)
+
+
+def frame_len(frame: Any) -> int:
+    buf = getattr(frame, "buffer", None)
+    if buf is not None:
+        return buf.nbytes
+    return memoryview(frame).nbytes
+
+
+def frame_view(frame: Any) -> memoryview:
+    """A zero-copy view of a payload frame."""
+    buf = getattr(frame, "buffer", None)
+    if buf is not None:
+        return buf
+    return memoryview(frame).cast("B")
+
+
+# --- requests -----------------------------------------------------------------------------------
+
+
+def encode_request(op: str, request_id: int, fields: dict[str, Any] | None = None) -> bytes:
+    return _packb([VERSION, op, request_id, fields or {}])
+
+
+def parse_request(frames: Sequence[Any]) -> Request:
+    """Check a request's frames (identity already stripped); raise ``BadRequest`` if wrong."""
+    if not frames:
+        raise BadRequest("bad_frame", "empty message")
+    try:
+        header = _unpackb(_frame_bytes(frames[0]), MAX_HEADER_BYTES)
+    except Exception as exc:  # msgpack raises many types for garbage
+        raise BadRequest("bad_frame", f"unreadable header: {exc}") from None
+    if not isinstance(header, list) or len(header) != 4:
+        raise BadRequest("bad_frame", "header must be [version, op, request_id, fields]")
+    version, op, request_id, fields = header
+    if not isinstance(request_id, int) or isinstance(request_id, bool):
+        raise BadRequest("bad_frame", "request_id must be an integer")
+    if not isinstance(op, str):
+        raise BadRequest("bad_frame", "op must be a string", "?", request_id)
+    if version != VERSION:
+        raise BadRequest(
+            "version_mismatch",
+            f"protocol version {version!r} is not supported (this agent speaks {VERSION})",
+            op,
+            request_id,
+        )
+    schema = _REQUEST_SCHEMA.get(op)
+    if schema is None:
+        raise BadRequest("unknown_op", f"unknown op {op!r}", op, request_id)
+    if not isinstance(fields, dict):
+        raise BadRequest("bad_frame", "fields must be a map", op, request_id)
+    required, n_payload = schema
+    for name, types in required.items():
+        value = fields.get(name)
+        if value is None:
+            raise BadRequest("bad_request", f"{op}: missing field {name!r}", op, request_id)
+        if not isinstance(value, types) or (types is _INT and isinstance(value, bool)):
+            raise BadRequest(
+                "bad_request",
+                f"{op}: field {name!r} has the wrong type ({type(value).__name__})",
+                op,
+                request_id,
+            )
+    payload = list(frames[1:])
+    if len(payload) != n_payload:
+        raise BadRequest(
+            "bad_frame",
+            f"{op}: expected {n_payload} payload frame(s), got {len(payload)}",
+            op,
+            request_id,
+        )
+    return Request(op, request_id, fields, payload)
+
+
+# --- replies ------------------------------------------------------------------------------------
+
+
+def encode_reply(op: str, request_id: int, result: dict[str, Any] | None = None) -> bytes:
+    return _packb([VERSION, op, request_id, OK, result or {}])
+
+
+def encode_error(op: str, request_id: int, code: str, message: str) -> bytes:
+    return _packb([VERSION, op, request_id, ERROR, {"code": code, "message": message}])
+
+
+def encode_exception(op: str, request_id: int, exc: MeshError) -> bytes:
+    return encode_error(op, request_id, exc.code, exc.message)
+
+
+def parse_reply(frames: Sequence[Any]) -> Reply:
+    """Parse a reply; raise ``ProtocolError`` for frames no agent of ours would send."""
+    if not frames:
+        raise ProtocolError("empty reply")
+    try:
+        header = _unpackb(_frame_bytes(frames[0]), MAX_REPLY_HEADER_BYTES)
+    except Exception as exc:
+        raise ProtocolError(f"unreadable reply header: {exc}") from None
+    if not isinstance(header, list) or len(header) != 5:
+        raise ProtocolError("reply header must be [version, op, request_id, status, body]")
+    version, op, request_id, status, body = header
+    if version != VERSION:
+        raise VersionMismatch(f"agent speaks protocol {version!r}, this client speaks {VERSION}")
+    if not isinstance(body, dict) or status not in (OK, ERROR):
+        raise ProtocolError("malformed reply body")
+    return Reply(op, request_id, status == OK, body, list(frames[1:]))
+
+
+# --- gossip -------------------------------------------------------------------------------------
+
+
+def encode_heartbeat(record: dict[str, Any]) -> list[bytes]:
+    return [HEARTBEAT_TOPIC, _packb(record)]
+
+
+_HEARTBEAT_FIELDS: dict[str, tuple[type, ...]] = {
+    "node": (str,),
+    "address": (str,),
+    "gossip": (str,),
+    "incarnation": _INT,
+    "capacity": _INT,
+    "used": _INT,
+    "host_available": _INT,
+    "blocks": _INT,
+}
+
+
+def _valid_record(rec: Any) -> bool:
+    if not isinstance(rec, dict):
+        return False
+    for name, types in _HEARTBEAT_FIELDS.items():
+        v = rec.get(name)
+        if not isinstance(v, types) or isinstance(v, bool):
+            return False
+    return True
+
+
+def parse_heartbeat(frames: Sequence[Any]) -> dict[str, Any]:
+    """A heartbeat's record with only well-formed peer entries; ``ProtocolError`` if malformed."""
+    if len(frames) != 2 or _frame_bytes(frames[0]) != HEARTBEAT_TOPIC:
+        raise ProtocolError("not a heartbeat")
+    try:
+        rec = _unpackb(_frame_bytes(frames[1]), MAX_HEARTBEAT_BYTES)
+    except Exception as exc:
+        raise ProtocolError(f"unreadable heartbeat: {exc}") from None
+    if not _valid_record(rec):
+        raise ProtocolError("heartbeat is missing fields")
+    peers = rec.get("peers")
+    good = []
+    if isinstance(peers, list):
+        for p in peers:
+            age = p.get("age_s") if isinstance(p, dict) else None
+            if _valid_record(p) and isinstance(age, (int, float)) and age >= 0:
+                good.append(p)
+    rec["peers"] = good
+    return rec
