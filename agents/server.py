@@ -230,6 +230,7 @@ class Agent:
             "version": self.s.version,
             "capacity": self.store.capacity,
             "used": self.store.used,
+            "room": self.store.room(),
             "host_available": int(vm.available),
             "blocks": len(self.store),
         }
@@ -337,7 +338,6 @@ class Agent:
 
     def _stats(self, identity: bytes, req: P.Request) -> None:
         rec = self.self_record()
-        rec["room"] = self.store.room()
         rec["host_total"] = int(psutil.virtual_memory().total)
         rec["reserve"] = self.s.reserve_bytes
         rec["dropped_replies"] = self.dropped_replies

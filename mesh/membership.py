@@ -21,7 +21,7 @@ ALIVE = "alive"
 SUSPECT = "suspect"
 DEAD = "dead"
 
-_STAT_FIELDS = ("capacity", "used", "host_available", "blocks")
+_STAT_FIELDS = ("capacity", "used", "room", "host_available", "blocks")
 
 
 @dataclass
@@ -33,6 +33,7 @@ class Member:
     version: str
     capacity: int
     used: int
+    room: int
     host_available: int
     blocks: int
     last_heard: float
@@ -47,6 +48,7 @@ class Member:
             "version": self.version,
             "capacity": self.capacity,
             "used": self.used,
+            "room": self.room,
             "host_available": self.host_available,
             "blocks": self.blocks,
             "age_s": max(0.0, now - self.last_heard),
@@ -75,6 +77,7 @@ class MembershipTable:
                 version=str(rec.get("version", "")),
                 capacity=rec["capacity"],
                 used=rec["used"],
+                room=rec.get("room", max(0, rec["capacity"] - rec["used"])),
                 host_available=rec["host_available"],
                 blocks=rec["blocks"],
                 last_heard=heard,
@@ -83,7 +86,7 @@ class MembershipTable:
             return True
         if heard > known.stats_heard:
             for name in _STAT_FIELDS:
-                setattr(known, name, rec[name])
+                setattr(known, name, rec.get(name, getattr(known, name)))
             known.stats_heard = heard
         known.last_heard = max(known.last_heard, heard)
         return False

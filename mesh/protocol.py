@@ -271,6 +271,9 @@ def _valid_record(rec: Any) -> bool:
         v = rec.get(name)
         if not isinstance(v, types) or isinstance(v, bool):
             return False
+    room = rec.get("room")
+    if room is not None and (not isinstance(room, int) or isinstance(room, bool)):
+        return False
     return True
 
 

@@ -1,0 +1,236 @@
+#!/usr/bin/env python3
+"""Benchmarks of the mesh, each against a baseline measured in the same run.
+
+    python tools/bench.py transfer [--size 1GiB] [--runs 5] [--chunk 4MiB] [--window 8] [--json]
+
+``transfer`` starts one real ``mesh-agent`` on loopback, allocates one block of ``--size``, then
+for each run writes the whole block from a warm client buffer and reads it back into another
+warm buffer (``read_into``). In the same process it measures the baseline: plain Python
+``sendall`` of the same bytes in 4 MiB pieces over a loopback TCP socket to a second process that
+``recv_into``s a warm buffer. Figures are medians over the runs, in GB/s (10**9 bytes/s), and
+ratios against that baseline. With ``--json`` the last line printed is one JSON object.
+
+A benchmark, not a test: it asserts nothing; it stops by itself (every wait has a timeout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import yaml  # noqa: E402
+
+from mesh.client import MeshClient  # noqa: E402
+from mesh.units import format_bytes, parse_size  # noqa: E402
+
+SEND_BYTES = 4 * 1024 * 1024
+
+
+# --- baseline: raw sockets -----------------------------------------------------------------------
+
+
+def _sink(port: int, size: int, runs: int) -> None:
+    """Child process: accept one connection, recv_into a warm buffer ``runs`` times, ack each."""
+    buf = bytearray(size)
+    buf[::4096] = b"\x01" * len(buf[::4096])  # touch every page once
+    view = memoryview(buf)
+    srv = socket.create_server(("127.0.0.1", port))
+    srv.settimeout(30)
+    conn, _ = srv.accept()
+    conn.settimeout(60)
+    for _ in range(runs):
+        got = 0
+        while got < size:
+            n = conn.recv_into(view[got:], min(SEND_BYTES, size - got))
+            if n == 0:
+                return
+            got += n
+        conn.sendall(b"k")
+    conn.close()
+
+
+def _free_port(host: str = "127.0.0.1") -> int:
+    for _ in range(100):
+        with socket.socket() as a, socket.socket() as b:
+            try:
+                a.bind((host, 0))
+                port = a.getsockname()[1]
+                b.bind((host, port + 1))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port pair")
+
+
+class Baseline:
+    def __init__(self, size: int, runs: int):
+        self.size, self.runs = size, runs
+        self.port = _free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "_sink", str(self.port), str(size), str(runs)]
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=60)
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("baseline sink did not start")
+                time.sleep(0.05)
+
+    def run_once(self, data: memoryview) -> float:
+        t0 = time.perf_counter()
+        for i in range(0, self.size, SEND_BYTES):
+            self.sock.sendall(data[i : i + SEND_BYTES])
+        if self.sock.recv(1) != b"k":
+            raise RuntimeError("baseline sink went away")
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        self.sock.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+# --- the mesh ----------------------------------------------------------------------------------
+
+
+class OneAgent:
+    """One real agent on 127.0.0.1 with room for ``size`` bytes."""
+
+    def __init__(self, size: int, chunk: int, window: int, tmp: Path):
+        self.port = _free_port()
+        cfg = {
+            "name": "bench",
+            "nodes": [{"name": "bench-1", "host": "127.0.0.1", "mesh_port": self.port,
+                       "memory_gb": size / 1024**3 + 0.25}],
+            "mesh": {"chunk_bytes": chunk, "window": window, "host_reserve_bytes": "512MiB",
+                     "request_timeout_s": 60},
+        }
+        self.config = tmp / "bench.yaml"
+        self.config.write_text(yaml.safe_dump(cfg))
+        self.log = open(tmp / "agent.log", "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agents.main", "--config", str(self.config), "--node", "bench-1"],
+            stdout=self.log, stderr=self.log, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )
+
+    def client(self) -> MeshClient:
+        client = MeshClient(self.config)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if any(n.state == "alive" for n in client.nodes()):
+                    return client
+            except Exception:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("agent did not start; see its log")
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def _warm(n: int, fill: bool) -> bytearray:
+    buf = bytearray(os.urandom(1 << 20)) * (n >> 20) + bytearray(n & ((1 << 20) - 1)) if fill else bytearray(n)
+    if not fill:
+        buf[::4096] = b"\x01" * len(buf[::4096])
+    return buf
+
+
+def transfer(args: argparse.Namespace) -> dict:
+    size = parse_size(args.size)
+    chunk = parse_size(args.chunk)
+    runs = args.runs
+    data = _warm(size, fill=True)
+    out = _warm(size, fill=False)
+    dv = memoryview(data)
+    with tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp:
+        agent = OneAgent(size, chunk, args.window, Path(tmp))
+        baseline = Baseline(size, runs)
+        try:
+            client = agent.client()
+            block = client.allocate(size)
+            w, r, b = [], [], []
+            for i in range(runs):
+                b.append(size / baseline.run_once(dv) / 1e9)
+                t0 = time.perf_counter()
+                client.write(block, dv)
+                w.append(size / (time.perf_counter() - t0) / 1e9)
+                t0 = time.perf_counter()
+                client.read_into(block, out)
+                r.append(size / (time.perf_counter() - t0) / 1e9)
+                if not args.json:
+                    print(f"run {i + 1}: baseline {b[-1]:.2f}  write {w[-1]:.2f}  read {r[-1]:.2f} GB/s")
+            same = out == data
+            client.free(block)
+            client.close()
+        finally:
+            baseline.close()
+            agent.close()
+    result = {
+        "bench": "transfer",
+        "size_bytes": size,
+        "runs": runs,
+        "chunk_bytes": chunk,
+        "window": args.window,
+        "baseline_gbps": round(statistics.median(b), 3),
+        "write_gbps": round(statistics.median(w), 3),
+        "read_gbps": round(statistics.median(r), 3),
+        "verified": same,
+    }
+    result["write_ratio"] = round(result["write_gbps"] / result["baseline_gbps"], 3)
+    result["read_ratio"] = round(result["read_gbps"] / result["baseline_gbps"], 3)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "_sink":
+        _sink(int(argv[1]), int(argv[2]), int(argv[3]))
+        return 0
+    parser = argparse.ArgumentParser(prog="tools/bench.py", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="bench", required=True)
+    t = sub.add_parser("transfer", help="write and read a block against a raw-socket baseline")
+    t.add_argument("--size", default="1GiB")
+    t.add_argument("--runs", type=int, default=5)
+    t.add_argument("--chunk", default="4MiB")
+    t.add_argument("--window", type=int, default=8)
+    t.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    args = parser.parse_args(argv)
+    result = transfer(args)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"{format_bytes(result['size_bytes'])} x {result['runs']} runs, chunk "
+            f"{format_bytes(result['chunk_bytes'])}, window {result['window']}\n"
+            f"baseline {result['baseline_gbps']:.2f} GB/s | write {result['write_gbps']:.2f} GB/s "
+            f"(ratio {result['write_ratio']:.2f}) | read {result['read_gbps']:.2f} GB/s "
+            f"(ratio {result['read_ratio']:.2f}) | verified {result['verified']}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
