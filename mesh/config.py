@@ -1,0 +1,516 @@
+"""Cluster files: finding one, loading it, checking it, and the frozen values the rest reads.
+
+A cluster file is YAML (the format of ``config/my-cluster-enhanced.yaml`` that users of the
+earlier version already have, accepted unchanged) plus an optional ``mesh:`` section and optional
+per-node ``mesh_host`` / ``mesh_port``::
+
+    name: my-cluster
+    nodes:
+    - {name: gpu1, host: gpu1, port: 22, user: mesh, role: worker, memory_gb: 16,
+       resource_sharing: {can_share: true, max_share_memory_gb: 8}}
+    execution: {working_directory: /tmp/grid, resource_sharing: {thresholds: {...}}}
+    logging: {level: INFO}
+    mesh: {port: 7700, chunk_bytes: 4MiB, heartbeat_interval_s: 0.5}
+
+``resolve_config`` picks the file: an explicit path, else ``$GRID_CONFIG``, else
+``config/my-cluster-enhanced.yaml`` under the current directory, else the embedded local default
+(``mesh/default_cluster.yaml``: three nodes on 127.0.0.1-3). ``parse_config`` checks everything
+once and raises one ``ConfigError`` naming the file and the field, for example
+``config/x.yaml: nodes[1].memory_gb: expected a number >= 0, got 'abc'``. ``MeshSettings`` also
+checks itself, so ``dataclasses.replace(settings, window=0)`` fails the same way.
+
+Keys this module does not know are kept, not refused: a node's in ``NodeConfig.extra``, the
+execution section's in ``ExecutionConfig.extra``, everything in ``ClusterConfig.raw``. The one
+exception is the ``mesh:`` section, which is new and ours, so a misspelt key there is an error.
+
+Not here: sizes for humans (``mesh/units.py``), the errors themselves (``mesh/errors.py``), what
+the agent does with these values (``agents/main.py``), deployment over ssh and Ray placement
+(they read ``NodeConfig`` and ``ExecutionConfig`` but live in their own modules). Host names are
+compared as written; nothing here resolves DNS or opens a socket.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mesh.errors import ConfigError, InvalidSize
+from mesh.units import GiB, KiB, MiB, parse_size
+
+ENV_VAR = "GRID_CONFIG"
+LOCAL_CONFIG_PATH = Path("config") / "my-cluster-enhanced.yaml"  # relative to the current directory
+EMBEDDED_SOURCE = "<embedded default>"
+
+DEFAULT_PORT = 7700
+MIN_CHUNK_BYTES = 64 * KiB
+MAX_CHUNK_BYTES = 64 * MiB
+MAX_WINDOW = 64
+# Highest data port: the gossip port (data port + 1) must still be a valid port.
+MAX_MESH_PORT = 65534
+
+
+# --- values -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MeshSettings:
+    """The ``mesh:`` section: ports, timings and transfer sizes shared by agents and clients.
+
+    Checks itself on construction (and so on ``dataclasses.replace``), raising ``ConfigError``
+    with a ``mesh.<field>`` path.
+    """
+
+    port: int = DEFAULT_PORT  # data port; gossip is port + 1
+    heartbeat_interval_s: float = 0.5
+    suspect_after_s: float = 1.5
+    dead_after_s: float = 3.0
+    chunk_bytes: int = 4 * MiB
+    window: int = 8  # chunks in flight per agent
+    request_timeout_s: float = 10.0
+    connect_timeout_s: float = 3.0
+    host_reserve_bytes: int = 1 * GiB  # RAM an agent always leaves to its host
+    state_dir: str | None = None
+    insecure: bool = False
+
+    def __post_init__(self) -> None:
+        try:
+            _check_int(self.port, "port", 1, MAX_MESH_PORT)
+            for name in ("heartbeat_interval_s", "suspect_after_s", "dead_after_s",
+                         "request_timeout_s", "connect_timeout_s"):
+                _check_positive(getattr(self, name), name)
+            if not self.suspect_after_s > self.heartbeat_interval_s:
+                raise _Invalid("suspect_after_s", f"must be greater than heartbeat_interval_s "
+                               f"({self.heartbeat_interval_s}), got {self.suspect_after_s}")
+            if not self.dead_after_s > self.suspect_after_s:
+                raise _Invalid("dead_after_s", f"must be greater than suspect_after_s "
+                               f"({self.suspect_after_s}), got {self.dead_after_s}")
+            _check_int(self.chunk_bytes, "chunk_bytes", MIN_CHUNK_BYTES, MAX_CHUNK_BYTES,
+                       shown="64KiB..64MiB")
+            _check_int(self.window, "window", 1, MAX_WINDOW)
+            _check_int(self.host_reserve_bytes, "host_reserve_bytes", 0, None)
+            if self.state_dir is not None:
+                _check_string(self.state_dir, "state_dir")
+            if not isinstance(self.insecure, bool):
+                raise _Invalid("insecure", f"expected true or false, got {self.insecure!r}")
+        except _Invalid as exc:
+            raise ConfigError(f"mesh.{exc.path}: {exc.problem}") from None
+
+    @property
+    def gossip_port(self) -> int:
+        return self.port + 1
+
+    @property
+    def max_message_bytes(self) -> int:
+        """The largest message an agent accepts: one chunk plus room for the header."""
+        return self.chunk_bytes + 1 * MiB
+
+
+@dataclass(frozen=True)
+class NodeSharing:
+    """A node's ``resource_sharing`` mapping (the seed format)."""
+
+    can_share: bool = True
+    max_share_memory_gb: float | None = None
+    max_share_cpu: float | None = None
+    max_share_gpu: float | None = None
+    priority: float | None = None
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """One entry of ``nodes:``. ``port`` is ssh; the agent listens on ``mesh_host:mesh_port``."""
+
+    name: str
+    host: str
+    port: int = 22
+    user: str | None = None
+    role: str = "worker"
+    memory_gb: float | None = None
+    cpu_count: int | None = None
+    gpu_count: int | None = None
+    tags: tuple[str, ...] = ()
+    resource_sharing: NodeSharing = field(default_factory=NodeSharing)
+    mesh_host: str = ""  # "" means the same as host
+    mesh_port: int = DEFAULT_PORT
+    ssh_key: str | None = None
+    extra: dict = field(default_factory=dict, hash=False)  # the node's other keys, as written
+
+    def __post_init__(self) -> None:
+        if not self.mesh_host:
+            object.__setattr__(self, "mesh_host", self.host)
+
+    @property
+    def data_address(self) -> str:
+        return f"tcp://{self.mesh_host}:{self.mesh_port}"
+
+    @property
+    def gossip_address(self) -> str:
+        return f"tcp://{self.mesh_host}:{self.mesh_port + 1}"
+
+    @property
+    def share_bytes(self) -> int | None:
+        """The most this node's agent may promise, or None for "only host RAM limits it"."""
+        sharing = self.resource_sharing
+        if not sharing.can_share:
+            return 0
+        if sharing.max_share_memory_gb is not None:
+            return round(sharing.max_share_memory_gb * GiB)
+        if self.memory_gb is not None:
+            return round(self.memory_gb * GiB)
+        return None
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    """The ``execution:`` section. ``resource_sharing`` is kept raw (the seed's policy knobs)."""
+
+    working_directory: str = "/tmp/grid"
+    resource_sharing: dict = field(default_factory=dict, hash=False)
+    extra: dict = field(default_factory=dict, hash=False)
+
+    @property
+    def thresholds(self) -> dict:
+        return self.resource_sharing.get("thresholds") or {}
+
+    @property
+    def memory_pressure_high(self) -> float:
+        """Pressure above which a node should offload (seed default 0.7)."""
+        value = self.thresholds.get("memory_pressure_high")
+        return 0.7 if value is None else float(value)
+
+    @property
+    def memory_pressure_low(self) -> float:
+        """Pressure below which a node may take load (seed default 0.3)."""
+        value = self.thresholds.get("memory_pressure_low")
+        return 0.3 if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    name: str
+    nodes: tuple[NodeConfig, ...]
+    mesh: MeshSettings = field(default_factory=MeshSettings)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    logging: dict = field(default_factory=dict, hash=False)
+    source: str = "<in memory>"  # the file it came from, or EMBEDDED_SOURCE; for messages
+    raw: dict = field(default_factory=dict, hash=False, repr=False)  # the parsed YAML
+
+    def node(self, name: str) -> NodeConfig:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        known = ", ".join(n.name for n in self.nodes)
+        raise ConfigError(f"{self.source}: unknown node {name!r} (known: {known})", node=name)
+
+    def worker_nodes(self) -> tuple[NodeConfig, ...]:
+        return tuple(n for n in self.nodes if n.role != "master")
+
+
+# --- finding and loading ----------------------------------------------------------------------
+
+
+def embedded_default_path() -> Path:
+    """The local default shipped inside the package (three nodes on 127.0.0.1-3)."""
+    return Path(__file__).with_name("default_cluster.yaml")
+
+
+def load_cluster_config(path: str | os.PathLike) -> ClusterConfig:
+    """Read, parse and check one cluster file. Every failure is a ``ConfigError`` naming it."""
+    source = os.fspath(path)
+    try:
+        text = Path(source).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such cluster file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"{source}: cannot read cluster file: {reason}") from None
+    return _parse_text(text, source)
+
+
+def resolve_config(path: str | os.PathLike | None = None) -> ClusterConfig:
+    """The cluster config to use, first found of: ``path``, ``$GRID_CONFIG``,
+    ``config/my-cluster-enhanced.yaml`` under the current directory, the embedded default.
+
+    A path that is given (argument or a non-empty ``$GRID_CONFIG``) must exist; we never fall
+    back silently from a file the user named.
+    """
+    if path is not None:
+        return load_cluster_config(path)
+    from_env = os.environ.get(ENV_VAR, "").strip()
+    if from_env:
+        if not Path(from_env).exists():
+            raise ConfigError(f"{from_env}: no such cluster file (named by ${ENV_VAR})")
+        return load_cluster_config(from_env)
+    if LOCAL_CONFIG_PATH.is_file():
+        return load_cluster_config(LOCAL_CONFIG_PATH)
+    try:
+        text = embedded_default_path().read_text(encoding="utf-8")
+    except OSError as exc:  # a broken install
+        raise ConfigError(f"{EMBEDDED_SOURCE}: cannot read {embedded_default_path()}: "
+                          f"{exc.strerror or exc}") from None
+    return _parse_text(text, EMBEDDED_SOURCE)
+
+
+def _parse_text(text: str, source: str) -> ClusterConfig:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{source}: invalid YAML{where}: {problem}") from None
+    return parse_config(data, source)
+
+
+# --- checking ---------------------------------------------------------------------------------
+
+
+class _Invalid(Exception):
+    """One bad field, found somewhere below ``parse_config``; it adds the file name."""
+
+    def __init__(self, path: str, problem: str):
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+def parse_config(data: Any, source: str) -> ClusterConfig:
+    """Check parsed YAML (``data``) and build a ``ClusterConfig``; ``source`` names the file
+    in error messages and is kept in ``ClusterConfig.source``."""
+    try:
+        return _parse_cluster(data, source)
+    except _Invalid as exc:
+        raise ConfigError(f"{source}: {exc.path}: {exc.problem}") from None
+    except ConfigError as exc:  # from MeshSettings, which checks itself
+        raise ConfigError(f"{source}: {exc.message}") from None
+
+
+def _parse_cluster(data: Any, source: str) -> ClusterConfig:
+    if data is None:
+        raise _Invalid("top level", "the file is empty; expected a mapping with 'name' and 'nodes'")
+    if not isinstance(data, dict):
+        raise _Invalid("top level", f"expected a mapping, got {_describe(data)}")
+    for key in ("name", "nodes"):
+        if key not in data:
+            raise _Invalid("top level", f"missing required field {key!r}")
+    name = _check_string(data["name"], "name")
+
+    mesh = _parse_mesh(data.get("mesh"))
+
+    nodes_raw = data["nodes"]
+    if not isinstance(nodes_raw, list) or not nodes_raw:
+        raise _Invalid("nodes", f"expected a non-empty list of nodes, got {_describe(nodes_raw)}")
+    nodes = tuple(_parse_node(item, f"nodes[{i}]", mesh.port) for i, item in enumerate(nodes_raw))
+    _check_unique_names(nodes)
+    _check_addresses(nodes)
+
+    execution = _parse_execution(data.get("execution"))
+    logging_section = _mapping_or_empty(data.get("logging"), "logging")
+
+    return ClusterConfig(
+        name=name,
+        nodes=nodes,
+        mesh=mesh,
+        execution=execution,
+        logging=logging_section,
+        source=source,
+        raw=data,
+    )
+
+
+_MESH_FIELDS = tuple(f.name for f in fields(MeshSettings))
+_MESH_SIZES = ("chunk_bytes", "host_reserve_bytes")
+
+
+def _parse_mesh(section: Any) -> MeshSettings:
+    values = _mapping_or_empty(section, "mesh")
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in _MESH_FIELDS:
+            raise _Invalid(f"mesh.{key}", f"unknown key{_did_you_mean(key, _MESH_FIELDS)} "
+                           f"(known: {', '.join(_MESH_FIELDS)})")
+        if key in _MESH_SIZES and isinstance(value, (str, float)):
+            try:
+                value = parse_size(value)
+            except InvalidSize as exc:
+                raise _Invalid(f"mesh.{key}", str(exc)) from None
+        elif key.endswith("_s") and _is_number(value):
+            value = float(value)
+        kwargs[key] = value
+    return MeshSettings(**kwargs)  # checks itself; parse_config adds the file name
+
+
+_NODE_FIELDS = (
+    "name", "host", "port", "user", "role", "memory_gb", "cpu_count", "gpu_count", "tags",
+    "resource_sharing", "mesh_host", "mesh_port", "ssh_key",
+)
+
+
+def _parse_node(item: Any, where: str, default_mesh_port: int) -> NodeConfig:
+    if not isinstance(item, dict):
+        raise _Invalid(where, f"expected a mapping with at least 'name' and 'host', got {_describe(item)}")
+    for key in ("name", "host"):
+        if key not in item:
+            raise _Invalid(where, f"missing required field {key!r}")
+
+    def get(key: str, check, *args, default=None):
+        value = item.get(key)
+        return default if value is None else check(value, f"{where}.{key}", *args)
+
+    host = _check_string(item["host"], f"{where}.host")
+    return NodeConfig(
+        name=_check_string(item["name"], f"{where}.name"),
+        host=host,
+        port=get("port", _check_int, 1, 65535, default=22),
+        user=get("user", _check_string),
+        role=get("role", _check_string, default="worker"),
+        memory_gb=get("memory_gb", _check_number),
+        cpu_count=get("cpu_count", _check_int, 0, None),
+        gpu_count=get("gpu_count", _check_int, 0, None),
+        tags=get("tags", _check_tags, default=()),
+        resource_sharing=_parse_sharing(item.get("resource_sharing"), f"{where}.resource_sharing"),
+        mesh_host=get("mesh_host", _check_string, default=host),
+        mesh_port=get("mesh_port", _check_int, 1, MAX_MESH_PORT, default=default_mesh_port),
+        ssh_key=get("ssh_key", _check_string),
+        extra={k: v for k, v in item.items() if k not in _NODE_FIELDS},
+    )
+
+
+def _parse_sharing(section: Any, where: str) -> NodeSharing:
+    values = _mapping_or_empty(section, where)
+    can_share = values.get("can_share", True)
+    if not isinstance(can_share, bool):
+        raise _Invalid(f"{where}.can_share", f"expected true or false, got {can_share!r}")
+    numbers = {}
+    for key in ("max_share_memory_gb", "max_share_cpu", "max_share_gpu", "priority"):
+        value = values.get(key)
+        numbers[key] = None if value is None else _check_number(value, f"{where}.{key}")
+    return NodeSharing(can_share=can_share, **numbers)
+
+
+def _parse_execution(section: Any) -> ExecutionConfig:
+    values = _mapping_or_empty(section, "execution")
+    working_directory = values.get("working_directory")
+    working_directory = ("/tmp/grid" if working_directory is None
+                         else _check_string(working_directory, "execution.working_directory"))
+    sharing = _mapping_or_empty(values.get("resource_sharing"), "execution.resource_sharing")
+    where = "execution.resource_sharing.thresholds"
+    thresholds = _mapping_or_empty(sharing.get("thresholds"), where)
+    # Only the two thresholds the mesh reads are checked; the seed's other knobs are kept as-is.
+    high = thresholds.get("memory_pressure_high")
+    high = 0.7 if high is None else _check_number(high, f"{where}.memory_pressure_high")
+    low = thresholds.get("memory_pressure_low")
+    low = 0.3 if low is None else _check_number(low, f"{where}.memory_pressure_low")
+    if high > 1:
+        raise _Invalid(f"{where}.memory_pressure_high", f"expected a fraction in 0..1, got {high!r}")
+    if not low < high:
+        raise _Invalid(f"{where}.memory_pressure_low",
+                       f"must be less than memory_pressure_high ({high}), got {low!r}")
+    return ExecutionConfig(
+        working_directory=working_directory,
+        resource_sharing=sharing,
+        extra={k: v for k, v in values.items() if k not in ("working_directory", "resource_sharing")},
+    )
+
+
+def _check_unique_names(nodes: tuple[NodeConfig, ...]) -> None:
+    first_index: dict[str, int] = {}
+    for i, node in enumerate(nodes):
+        if node.name in first_index:
+            raise _Invalid(f"nodes[{i}].name",
+                           f"duplicate node name {node.name!r} (also nodes[{first_index[node.name]}])")
+        first_index[node.name] = i
+
+
+def _check_addresses(nodes: tuple[NodeConfig, ...]) -> None:
+    """No two agents may bind the same port: each uses mesh_port (data) and mesh_port + 1
+    (gossip) on mesh_host. Hosts are compared as written ("localhost" != "127.0.0.1")."""
+    data_ports: dict[tuple[str, int], int] = {}
+    for i, node in enumerate(nodes):
+        host, port = node.mesh_host, node.mesh_port
+        where = f"nodes[{i}].mesh_port"
+        j = data_ports.get((host, port))
+        if j is not None:
+            raise _Invalid(where, f"data address {node.data_address} is already used by node "
+                           f"{nodes[j].name!r} (nodes[{j}])")
+        j = data_ports.get((host, port + 1))
+        if j is not None:
+            raise _Invalid(where, f"gossip port {port + 1} (mesh_port + 1) on {host} is the data "
+                           f"port of node {nodes[j].name!r} (nodes[{j}]); agents on one host "
+                           "need mesh ports at least 2 apart")
+        j = data_ports.get((host, port - 1))
+        if j is not None:
+            raise _Invalid(where, f"data port {port} on {host} is the gossip port (mesh_port + 1) "
+                           f"of node {nodes[j].name!r} (nodes[{j}]); agents on one host need mesh "
+                           "ports at least 2 apart")
+        data_ports[(host, port)] = i
+
+
+# --- small checks, each raising _Invalid with the field path ------------------------------------
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, (dict, list)):
+        return f"a {type(value).__name__}"
+    return repr(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_string(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _Invalid(where, f"expected a non-empty string, got {_describe(value)}")
+    return value
+
+
+def _check_number(value: Any, where: str) -> float:
+    """A finite number >= 0; ints stay ints (``memory_gb: 16`` prints as 16)."""
+    if not _is_number(value) or not math.isfinite(value) or value < 0:
+        raise _Invalid(where, f"expected a number >= 0, got {_describe(value)}")
+    return value
+
+
+def _check_positive(value: Any, where: str) -> float:
+    if not _is_number(value) or not math.isfinite(value) or value <= 0:
+        raise _Invalid(where, f"expected a number of seconds > 0, got {_describe(value)}")
+    return value
+
+
+def _check_int(value: Any, where: str, low: int, high: int | None, shown: str | None = None) -> int:
+    in_range = isinstance(value, int) and not isinstance(value, bool) and value >= low and (
+        high is None or value <= high)
+    if not in_range:
+        wanted = f"an integer >= {low}" if high is None else f"an integer in {shown or f'{low}..{high}'}"
+        raise _Invalid(where, f"expected {wanted}, got {_describe(value)}")
+    return value
+
+
+def _check_tags(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise _Invalid(where, f"expected a list of strings, got {_describe(value)}")
+    return tuple(value)
+
+
+def _mapping_or_empty(value: Any, where: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _Invalid(where, f"expected a mapping, got {_describe(value)}")
+    return value
+
+
+def _did_you_mean(key: Any, known: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(str(key), known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
