@@ -111,6 +111,10 @@ class MeshClient:
             except StopIteration as stop:
                 return stop.value
 
+    def ping(self, address: str | None = None, timeout_s: float | None = None) -> dict:
+        """Ask one agent (default: the first known) who it is: ``{node, incarnation}``."""
+        return self._run(self._core.ping(address, timeout_s))
+
     def allocate(self, size: int, node: str | None = None, lazy: bool = False) -> str:
         """Make a block of ``size`` bytes on ``node`` (else the live node with most room)."""
         return self._run(self._core.allocate(size, node, lazy))
@@ -213,6 +217,9 @@ class AsyncMeshClient:
                 live = {id(s) for s in self._core._sockets.values()}
                 for key in [k for k in self._shadows if k not in live]:
                     self._shadows.pop(key)
+
+    async def ping(self, address: str | None = None, timeout_s: float | None = None) -> dict:
+        return await self._run(self._core.ping(address, timeout_s))
 
     async def allocate(self, size: int, node: str | None = None, lazy: bool = False) -> str:
         return await self._run(self._core.allocate(size, node, lazy))

@@ -365,6 +365,12 @@ class Core:
         ))
         return calls[0].result
 
+    def ping(self, address: str | None = None, timeout_s: float | None = None) -> Op:
+        """{node, incarnation} of the agent at ``address`` (default: the first seed)."""
+        target = address or next(iter(self.seeds))
+        return (yield from self.call(target, P.PING, {},
+                                     timeout_s or self.settings.connect_timeout_s))
+
     # --- membership ---------------------------------------------------------------------------
 
     def known_addresses(self) -> list[str]:

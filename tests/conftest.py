@@ -123,7 +123,7 @@ class LocalMesh:
                 if agent.proc is not None and agent.proc.poll() is not None:
                     raise RuntimeError(f"agent {agent.name} exited:\n{agent.log.read_text()}")
                 try:
-                    client._run(client._core.call(agent.address, "ping", timeout_s=0.5))
+                    client.ping(agent.address, timeout_s=0.5)
                     return
                 except Exception:
                     if time.monotonic() > deadline:
