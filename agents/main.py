@@ -23,6 +23,7 @@ import zmq
 
 from agents.server import Agent, AgentSettings
 from mesh import __version__
+from mesh._malloc import tune_for_transfers
 from mesh.config import ClusterConfig, NodeConfig, resolve_config
 from mesh.errors import ConfigError
 
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    tune_for_transfers(settings.max_message_bytes, cfg.mesh.window)
     agent = Agent(settings)
     try:
         agent.bind()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -26,13 +27,15 @@ import zmq
 
 from agents.store import Block, BlockStore, populate
 from mesh import protocol as P
-from mesh.errors import BlockNotFound, MeshError, TooLarge
+from mesh.errors import AgentError, BlockNotFound, MeshError, TooLarge
 from mesh.membership import MembershipTable
 
 log = logging.getLogger("mesh.agent")
 
 # Messages handled per socket per loop turn, so heartbeats go out on time under load.
 _BATCH = 64
+# Writes waiting for a zero-copy read of the same range to leave libzmq; more are refused.
+MAX_DEFERRED_WRITES = 64
 _GOSSIP_ADDRESS = re.compile(r"^tcp://[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 
 
@@ -83,6 +86,11 @@ class Agent:
         self._connected_gossip: set[str] = set()
         self._stopping = False
         self.dropped_replies = 0
+        # block id -> [(start, end, tracker)] of zero-copy read replies libzmq still holds
+        self._sending: dict[str, list[tuple[int, int, zmq.MessageTracker]]] = {}
+        self._deferred: deque[tuple[bytes, P.Request]] = deque()
+        self._deferred_per_block: Counter[str] = Counter()
+        self._retrying = False
         self._handlers: dict[str, Callable[[bytes, P.Request], None]] = {
             P.HELLO: self._hello,
             P.PING: self._ping,
@@ -156,6 +164,8 @@ class Agent:
             timeout_s = next_beat - now
             if self._pending:
                 timeout_s = min(timeout_s, 0.005)
+            if self._deferred:
+                timeout_s = min(timeout_s, 0.001)
             events = dict(poller.poll(max(0, int(timeout_s * 1000))))
             if self.router in events:
                 self._drain_router()
@@ -163,6 +173,8 @@ class Agent:
                 self._drain_sub()
             if self._pending:
                 self._finish_allocations()
+            if self._deferred:
+                self._retry_deferred()
 
     def _drain_router(self) -> None:
         for _ in range(_BATCH):
@@ -176,16 +188,18 @@ class Agent:
             except P.BadRequest as bad:
                 self._send(identity, [P.encode_error(bad.op, bad.request_id, bad.code, bad.message)])
                 continue
-            try:
-                self._handlers[request.op](identity, request)
-            except MeshError as exc:
-                self._send(identity, [P.encode_exception(request.op, request.request_id, exc)])
-            except Exception as exc:  # a bug must not take the agent down
-                log.exception("internal error on %s", request.op)
-                self._send(
-                    identity,
-                    [P.encode_error(request.op, request.request_id, "internal", repr(exc))],
-                )
+            self._dispatch(identity, request)
+
+    def _dispatch(self, identity: bytes, request: P.Request) -> None:
+        try:
+            self._handlers[request.op](identity, request)
+        except MeshError as exc:
+            self._send(identity, [P.encode_exception(request.op, request.request_id, exc)])
+        except Exception as exc:  # a bug must not take the agent down
+            log.exception("internal error on %s", request.op)
+            self._send(
+                identity, [P.encode_error(request.op, request.request_id, "internal", repr(exc))]
+            )
 
     def _drain_sub(self) -> None:
         now = time.monotonic()
@@ -208,15 +222,65 @@ class Agent:
                 if self.members.observe(peer, now, peer["age_s"]):
                     self._follow(peer["gossip"])
 
-    def _send(self, identity: bytes, frames: list[Any], copy: bool = True) -> None:
+    def _send(self, identity: bytes, frames: list[Any], copy: bool = True,
+              track: bool = False) -> zmq.MessageTracker | None:
         try:
             self.router.send(identity, zmq.SNDMORE | zmq.NOBLOCK)
             for frame in frames[:-1]:
                 self.router.send(frame, zmq.SNDMORE | zmq.NOBLOCK)
-            self.router.send(frames[-1], zmq.NOBLOCK, copy=copy)
+            return self.router.send(frames[-1], zmq.NOBLOCK, copy=copy, track=track)
         except (zmq.Again, zmq.ZMQError):
             # The client went away (EHOSTUNREACH) or stopped reading (EAGAIN at the HWM).
             self.dropped_replies += 1
+            return None
+
+    # --- zero-copy reads and the writes that must wait for them -------------------------------
+
+    def _overlaps_send(self, block_id: str, start: int, end: int) -> bool:
+        sends = self._sending.get(block_id)
+        if not sends:
+            return False
+        live = [s for s in sends if not s[2].done]
+        if live:
+            self._sending[block_id] = live
+        else:
+            del self._sending[block_id]
+        return any(s < end and start < e for s, e, _ in live)
+
+    def _must_wait(self, block_id: str, start: int, end: int) -> bool:
+        """A write must wait while libzmq still sends a read of that range (or, to keep the
+        order of writes, while an earlier write to the block waits)."""
+        if not self._retrying and self._deferred_per_block[block_id]:
+            return True
+        return self._overlaps_send(block_id, start, end)
+
+    def _defer(self, identity: bytes, req: P.Request) -> None:
+        if len(self._deferred) >= MAX_DEFERRED_WRITES:
+            raise AgentError(
+                "busy: too many writes are waiting for reads of the same ranges; retry", 
+                node=self.s.node,
+            )
+        self._deferred.append((identity, req))
+        self._deferred_per_block[req.fields["block"]] += 1
+
+    def _retry_deferred(self) -> None:
+        waiting, self._deferred = self._deferred, deque()
+        held: set[str] = set()
+        for identity, req in waiting:
+            block_id = req.fields["block"]
+            self._deferred_per_block[block_id] -= 1
+            if block_id in held:
+                self._deferred.append((identity, req))
+                self._deferred_per_block[block_id] += 1
+                continue
+            self._retrying = True
+            try:
+                self._dispatch(identity, req)
+            finally:
+                self._retrying = False
+            if self._deferred and self._deferred[-1][1] is req:
+                held.add(block_id)
+        self._deferred_per_block = +self._deferred_per_block
 
     # --- gossip -------------------------------------------------------------------------------
 
@@ -305,6 +369,9 @@ class Agent:
         data = P.frame_view(frame)
         offset = req.fields["offset"]
         self.store.check_range(block, offset, data.nbytes)
+        if self._must_wait(block.block_id, offset, offset + data.nbytes):
+            self._defer(identity, req)
+            return
         block.view[offset : offset + data.nbytes] = data
         self._reply(identity, req, {
             "block": block.block_id, "offset": offset, "length": data.nbytes,
@@ -322,9 +389,14 @@ class Agent:
         header = P.encode_reply(req.op, req.request_id, {
             "block": block.block_id, "offset": offset, "length": length,
         })
-        # copy=True: a zero-copy send would hand libzmq a live view of the block, and a write
-        # landing before the send completes would tear the read (PERFORMANCE.md, trap 4).
-        self._send(identity, [header, block.view[offset : offset + length]], copy=True)
+        # Zero-copy: libzmq sends straight from the block (a copy here cost a third of the read
+        # throughput). Writes to this range wait until libzmq is done with it (trap 4:
+        # a write landing mid-send would tear the read); ``_must_wait`` enforces that.
+        tracker = self._send(
+            identity, [header, block.view[offset : offset + length]], copy=False, track=True
+        )
+        if tracker is not None and not tracker.done:
+            self._sending.setdefault(block.block_id, []).append((offset, offset + length, tracker))
 
     def _stat(self, identity: bytes, req: P.Request) -> None:
         block = self._ready_block(req.fields["block"])

@@ -70,7 +70,7 @@ class MeshSettings:
     heartbeat_interval_s: float = 0.5
     suspect_after_s: float = 1.5
     dead_after_s: float = 3.0
-    chunk_bytes: int = 4 * MiB
+    chunk_bytes: int = 2 * MiB
     window: int = 8  # chunks in flight per agent
     request_timeout_s: float = 10.0
     connect_timeout_s: float = 3.0

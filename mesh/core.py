@@ -32,6 +32,7 @@ from typing import Any, Generator, Iterable, Iterator
 import zmq
 
 from mesh import protocol as P
+from mesh._malloc import tune_for_transfers
 from mesh.config import ClusterConfig, MeshSettings
 from mesh.errors import (
     BlockNotFound,
@@ -275,6 +276,7 @@ class Core:
         self._nodes_at = -1e9
         self._locations: dict[str, tuple[str, int]] = {}  # block id -> (address, size)
         self.closed = False
+        tune_for_transfers(settings.max_message_bytes, settings.window)
 
     # --- sockets ------------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmarks of the mesh, each against a baseline measured in the same run.
 
-    python tools/bench.py transfer [--size 1GiB] [--runs 5] [--chunk 4MiB] [--window 8] [--json]
+    python tools/bench.py transfer [--size 1GiB] [--runs 5] [--chunk 2MiB] [--window 8] [--json]
 
 ``transfer`` starts one real ``mesh-agent`` on loopback, allocates one block of ``--size``, then
 for each run writes the whole block from a warm client buffer and reads it back into another
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("transfer", help="write and read a block against a raw-socket baseline")
     t.add_argument("--size", default="1GiB")
     t.add_argument("--runs", type=int, default=5)
-    t.add_argument("--chunk", default="4MiB")
+    t.add_argument("--chunk", default="2MiB")
     t.add_argument("--window", type=int, default=8)
     t.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args(argv)
