@@ -133,7 +133,7 @@ def test_example_cluster_file():
     assert cfg.node("gpu1").share_bytes == 8 * GiB
     assert cfg.node("gpu2").data_address == "tcp://gpu2:7710"
     assert cfg.node("gpu2").gossip_address == "tcp://gpu2:7711"
-    assert cfg.mesh.chunk_bytes == 4 * MiB
+    assert cfg.mesh.chunk_bytes == 2 * MiB
 
 
 # --- resolution order -------------------------------------------------------------------------
