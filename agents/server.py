@@ -378,13 +378,13 @@ class Agent:
         })
 
     def _read(self, identity: bytes, req: P.Request) -> None:
-        block = self._ready_block(req.fields["block"])
         offset, length = req.fields["offset"], req.fields["length"]
         if length > self.s.max_message_bytes:
             raise TooLarge(
                 f"read of {length} bytes is over this agent's {self.s.max_message_bytes}-byte "
                 "message limit; split it into chunks"
             )
+        block = self._ready_block(req.fields["block"])
         self.store.check_range(block, offset, length)
         header = P.encode_reply(req.op, req.request_id, {
             "block": block.block_id, "offset": offset, "length": length,

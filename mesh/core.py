@@ -26,7 +26,7 @@ import itertools
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Generator, Iterable, Iterator
 
 import zmq
@@ -45,7 +45,7 @@ from mesh.errors import (
     OutOfRange,
     ProtocolError,
 )
-from mesh.membership import ALIVE, DEAD
+from mesh.membership import ALIVE, DEAD, SUSPECT
 
 _BLOCK_ID = re.compile(r"^block_\d+_(?P<node>.+)_[0-9a-z]+$")
 
@@ -274,6 +274,7 @@ class Core:
         self._sockets: dict[str, zmq.Socket] = {}
         self._nodes: dict[str, NodeInfo] = {}  # by node name
         self._nodes_at = -1e9
+        self._nodes_heard_at = 0.0
         self._locations: dict[str, tuple[str, int]] = {}  # block id -> (address, size)
         self.closed = False
         tune_for_transfers(settings.max_message_bytes, settings.window)
@@ -428,6 +429,13 @@ class Core:
             )
             for name, r in merged.items()
         }
+        now = time.monotonic()
+        for name, old in self._nodes.items():
+            # A node this client has seen that no agent reports now (it died before its peers
+            # heard it) keeps ageing here, so it still turns suspect, then dead.
+            if name not in nodes and old.state != DOWN:
+                age = old.age_s + (now - self._nodes_heard_at)
+                nodes[name] = replace(old, state=self._state_for_age(age), age_s=age)
         if self.config is not None:
             for node in self.config.nodes:
                 if node.name not in nodes:
@@ -436,8 +444,15 @@ class Core:
                         float("inf"), "",
                     )
         self._nodes = dict(sorted(nodes.items()))
-        self._nodes_at = time.monotonic()
+        self._nodes_at = self._nodes_heard_at = now
         return list(self._nodes.values())
+
+    def _state_for_age(self, age_s: float) -> str:
+        if age_s >= self.settings.dead_after_s:
+            return DEAD
+        if age_s >= self.settings.suspect_after_s:
+            return SUSPECT
+        return ALIVE
 
     def alive_nodes(self) -> Op:
         nodes = yield from self.refresh_nodes(max_age_s=self.settings.heartbeat_interval_s)

@@ -115,6 +115,21 @@ class LocalMesh:
             self.start(a.name, wait=False)
         for a in self.nodes:
             self.wait_ready(a)
+        self.wait_converged()
+
+    def wait_converged(self, timeout_s: float = 15.0) -> None:
+        """Until every agent has heard every other one (PUB/SUB joins take a moment)."""
+        deadline = time.monotonic() + timeout_s
+        want = {a.name for a in self.nodes}
+        for a in self.nodes:
+            with MeshClient(address=a.address, timeout_s=2.0) as client:
+                while True:
+                    table = client._run(client._core.call(a.address, "nodes"))["nodes"]
+                    if {r["node"] for r in table if r["state"] == "alive"} >= want:
+                        break
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{a.name} never heard all of {sorted(want)}: {table}")
+                    time.sleep(0.05)
 
     def wait_ready(self, agent: AgentProc, timeout_s: float = 15.0) -> None:
         deadline = time.monotonic() + timeout_s
