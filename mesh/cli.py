@@ -29,8 +29,9 @@ from mesh.config import ClusterConfig, resolve_config
 from mesh.errors import MeshError, NodeUnavailable
 from mesh.units import format_bytes, parse_size
 
-out = Console()
-err = Console(stderr=True)
+# Wide enough for the tables when output goes to a file or a pipe.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
 class GridError(click.ClickException):
