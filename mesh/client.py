@@ -66,7 +66,34 @@ def _config(source: str | os.PathLike | ClusterConfig | None) -> ClusterConfig:
     return resolve_config(source)
 
 
-class MeshClient:
+class _ClientBase:
+    """What both clients share besides the core: construction and read-only properties."""
+
+    def __init__(
+        self,
+        config: str | os.PathLike | ClusterConfig | None,
+        address: str | None,
+        timeout_s: float | None,
+        chunk_bytes: int | None,
+        window: int | None,
+        ctx: zmq.Context,
+    ):
+        self._core = _build_core(
+            config, address,
+            {"request_timeout_s": timeout_s, "chunk_bytes": chunk_bytes, "window": window},
+            ctx,
+        )
+
+    @property
+    def settings(self) -> MeshSettings:
+        return self._core.settings
+
+    @property
+    def config(self) -> ClusterConfig | None:
+        return self._core.config
+
+
+class MeshClient(_ClientBase):
     """Blocking client. ``with MeshClient() as mesh: block = mesh.allocate(1 << 20)``."""
 
     def __init__(
@@ -78,20 +105,8 @@ class MeshClient:
         chunk_bytes: int | None = None,
         window: int | None = None,
     ):
-        self._core = _build_core(
-            config, address,
-            {"request_timeout_s": timeout_s, "chunk_bytes": chunk_bytes, "window": window},
-            zmq.Context.instance(),
-        )
+        super().__init__(config, address, timeout_s, chunk_bytes, window, zmq.Context.instance())
         self._lock = threading.Lock()
-
-    @property
-    def settings(self) -> MeshSettings:
-        return self._core.settings
-
-    @property
-    def config(self) -> ClusterConfig | None:
-        return self._core.config
 
     def _wait(self, wait: Wait) -> set[zmq.Socket]:
         if len(wait.sockets) == 1:
@@ -157,7 +172,7 @@ class MeshClient:
         self.close()
 
 
-class AsyncMeshClient:
+class AsyncMeshClient(_ClientBase):
     """Asyncio client: the same methods as ``MeshClient``, as coroutines."""
 
     def __init__(
@@ -172,21 +187,9 @@ class AsyncMeshClient:
         # Sync sockets of their own context: the core sends and receives with NOBLOCK, and
         # asyncio only waits for readability through shadow sockets.
         self._ctx = zmq.Context()
-        self._core = _build_core(
-            config, address,
-            {"request_timeout_s": timeout_s, "chunk_bytes": chunk_bytes, "window": window},
-            self._ctx,
-        )
+        super().__init__(config, address, timeout_s, chunk_bytes, window, self._ctx)
         self._lock = asyncio.Lock()
         self._shadows: dict[int, zmq.asyncio.Socket] = {}
-
-    @property
-    def settings(self) -> MeshSettings:
-        return self._core.settings
-
-    @property
-    def config(self) -> ClusterConfig | None:
-        return self._core.config
 
     def _shadow(self, sock: zmq.Socket) -> zmq.asyncio.Socket:
         shadow = self._shadows.get(id(sock))

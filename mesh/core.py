@@ -390,28 +390,33 @@ class Core:
         """Ask up to three agents for their membership tables and merge them."""
         if time.monotonic() - self._nodes_at <= max_age_s and self._nodes:
             return list(self._nodes.values())
-        candidates = self.known_addresses()[:3]
-        calls = yield from self.execute(Batch(
-            [Call(a, P.NODES, {}) for a in candidates],
-            timeout_s=self.settings.connect_timeout_s,
-            fail_fast=False,
-            settle_s=0.2,
-        ))
+        candidates = self.known_addresses()
         merged: dict[str, dict[str, Any]] = {}
-        for call in calls:
-            if call.result is None:
-                continue
-            for rec in call.result.get("nodes", []):
-                prev = merged.get(rec["node"])
-                if prev is None or (rec["incarnation"], -rec["age_s"]) > (
-                    prev["incarnation"], -prev["age_s"]
-                ):
-                    merged[rec["node"]] = rec
+        errors: list[str] = []
+        for start in range(0, len(candidates), 3):  # three at a time until one answers
+            calls = yield from self.execute(Batch(
+                [Call(a, P.NODES, {}) for a in candidates[start : start + 3]],
+                timeout_s=self.settings.connect_timeout_s,
+                fail_fast=False,
+                settle_s=0.2,
+            ))
+            for call in calls:
+                if call.result is None:
+                    errors.append(str(call.error))
+                    continue
+                for rec in call.result.get("nodes", []):
+                    prev = merged.get(rec["node"])
+                    if prev is None or (rec["incarnation"], -rec["age_s"]) > (
+                        prev["incarnation"], -prev["age_s"]
+                    ):
+                        merged[rec["node"]] = rec
+            if merged:
+                break
         if not merged:
-            errors = "; ".join(str(c.error) for c in calls if c.error is not None)
+            detail = "; ".join(errors[:3])
             raise NodeUnavailable(
                 "no mesh agent answered (are the agents running? try `grid agents start`)"
-                + (f": {errors}" if errors else "")
+                + (f": {detail}" if detail else "")
             )
         nodes = {
             name: NodeInfo(

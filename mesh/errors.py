@@ -57,18 +57,17 @@ class TooLarge(InvalidRequest):
     code = "too_large"
 
 
-class BlockNotFound(MeshError, KeyError):
-    code = "unknown_block"
-
+class _NotFound(MeshError, KeyError):
     def __str__(self) -> str:  # KeyError would quote the message
         return self.message
 
 
-class KeyNotFound(MeshError, KeyError):
-    code = "unknown_key"
+class BlockNotFound(_NotFound):
+    code = "unknown_block"
 
-    def __str__(self) -> str:
-        return self.message
+
+class KeyNotFound(_NotFound):
+    code = "unknown_key"
 
 
 class CapacityError(MeshError):

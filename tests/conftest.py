@@ -168,24 +168,23 @@ class LocalMesh:
         return leaked
 
 
-@pytest.fixture
-def mesh3(tmp_path):
-    mesh = LocalMesh.create(tmp_path)
+def _running(tmp: Path):
+    mesh = LocalMesh.create(tmp)
     mesh.start_all()
     try:
         yield mesh
     finally:
         leaked = mesh.stop_all()
         assert not leaked, f"agents ignored SIGTERM and had to be killed: {leaked}"
+
+
+@pytest.fixture
+def mesh3(tmp_path):
+    """Three fresh agents for one test (for tests that kill or restart them)."""
+    yield from _running(tmp_path)
 
 
 @pytest.fixture(scope="module")
 def shared_mesh(tmp_path_factory):
     """Three agents shared by a module's tests (each test cleans up its own blocks)."""
-    mesh = LocalMesh.create(tmp_path_factory.mktemp("mesh"))
-    mesh.start_all()
-    try:
-        yield mesh
-    finally:
-        leaked = mesh.stop_all()
-        assert not leaked, f"agents ignored SIGTERM and had to be killed: {leaked}"
+    yield from _running(tmp_path_factory.mktemp("mesh"))

@@ -322,3 +322,28 @@ def test_agent_refuses_non_loopback_bind_without_insecure(tmp_path):
     assert r.returncode == 2
     assert "refusing to bind" in r.stderr and "--insecure" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_client_finds_the_one_live_agent_behind_three_silent_ones(tmp_path):
+    from conftest import LocalMesh
+
+    mesh = LocalMesh.create(tmp_path, n=4, connect_timeout_s=0.5)
+    try:
+        mesh.start("node4")
+        with mesh.client() as c:
+            states = {n.name: n.state for n in c.nodes()}
+            assert states == {"node1": "down", "node2": "down", "node3": "down", "node4": "alive"}
+            block = c.allocate(1000)
+            assert c.stat(block).node == "node4"
+            c.free(block)
+    finally:
+        assert not mesh.stop_all()
+
+
+def test_no_agent_at_all_is_one_clear_error(tmp_path):
+    from conftest import LocalMesh
+
+    mesh = LocalMesh.create(tmp_path, n=2, connect_timeout_s=0.3)
+    with mesh.client() as c:
+        with pytest.raises(NodeUnavailable, match="no mesh agent answered"):
+            c.allocate(10)
