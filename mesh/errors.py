@@ -5,9 +5,11 @@
     ├── InvalidRequest             a request the agent (or the client, before sending) refuses:
     │   ├── InvalidSize            zero, negative or non-integer sizes
     │   ├── OutOfRange             offset/length outside the block
-    │   └── TooLarge               a single message larger than the agent accepts
+    │   ├── TooLarge               a single message larger than the agent accepts
+    │   └── KeyExists              a put of a key that exists, without replace
     ├── BlockNotFound              no live agent holds that block id
-    ├── KeyNotFound                no object stored under that key (issue 3 uses it)
+    ├── KeyNotFound                no object stored under that key
+    ├── IntegrityError             bytes read back do not match the stored checksum
     ├── CapacityError              the agent (or every live agent) has no room
     ├── ProtocolError              malformed frames, unknown op, wrong protocol version
     │   └── VersionMismatch
@@ -62,12 +64,20 @@ class _NotFound(MeshError, KeyError):
         return self.message
 
 
+class KeyExists(InvalidRequest):
+    code = "key_exists"
+
+
 class BlockNotFound(_NotFound):
     code = "unknown_block"
 
 
 class KeyNotFound(_NotFound):
     code = "unknown_key"
+
+
+class IntegrityError(MeshError):
+    code = "integrity"
 
 
 class CapacityError(MeshError):
@@ -102,8 +112,10 @@ ERROR_CODES: dict[str, type[MeshError]] = {
         InvalidSize,
         OutOfRange,
         TooLarge,
+        KeyExists,
         BlockNotFound,
         KeyNotFound,
+        IntegrityError,
         CapacityError,
         ProtocolError,
         VersionMismatch,
