@@ -102,6 +102,10 @@ class Agent:
             P.LIST: self._list,
             P.STATS: self._stats,
             P.NODES: self._nodes,
+            P.KPUT: self._kput,
+            P.KGET: self._kget,
+            P.KDEL: self._kdel,
+            P.KLIST: self._klist,
         }
 
     # --- sockets ------------------------------------------------------------------------------
@@ -419,3 +423,20 @@ class Agent:
         now = time.monotonic()
         self.members.observe(self.self_record(), now)
         self._reply(identity, req, {"nodes": self.members.snapshot(now)})
+
+    def _kput(self, identity: bytes, req: P.Request) -> None:
+        f = req.fields
+        if f["record"].get("block"):
+            self._ready_block(f["record"]["block"])
+        record = self.store.put_key(f["key"], f["record"], f["replace"], time.time())
+        self._reply(identity, req, record)
+
+    def _kget(self, identity: bytes, req: P.Request) -> None:
+        self._reply(identity, req, self.store.get_key(req.fields["key"]))
+
+    def _kdel(self, identity: bytes, req: P.Request) -> None:
+        freed = self.store.delete_key(req.fields["key"])
+        self._reply(identity, req, {"key": req.fields["key"], "freed_block": freed})
+
+    def _klist(self, identity: bytes, req: P.Request) -> None:
+        self._reply(identity, req, {"node": self.s.node, "keys": self.store.key_records()})

@@ -19,7 +19,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from mesh.errors import BlockNotFound, CapacityError, InvalidSize, OutOfRange
+from mesh.errors import (
+    BlockNotFound,
+    CapacityError,
+    InvalidRequest,
+    InvalidSize,
+    KeyExists,
+    KeyNotFound,
+    OutOfRange,
+)
 
 MADV_POPULATE_WRITE = 23  # Linux 5.14+
 PAGE = mmap.PAGESIZE
@@ -84,6 +92,7 @@ class BlockStore:
         self._available = available_fn
         self._total = total_fn
         self._blocks: dict[str, Block] = {}
+        self._keys: dict[str, dict] = {}  # key -> key record (see mesh/protocol.py)
         self._counter = 0
         self._tag = _base36(incarnation)
         self.used = 0
@@ -139,11 +148,51 @@ class BlockStore:
         return block
 
     def free(self, block_id: str) -> Block:
+        """Free a block and forget every key that points into it."""
         block = self.get(block_id)
         del self._blocks[block_id]
         self.used -= block.size
+        for key in [k for k, r in self._keys.items() if r["block"] == block_id]:
+            del self._keys[key]
         _release(block)
         return block
+
+    # --- keys ---------------------------------------------------------------------------------
+
+    def put_key(self, key: str, rec: dict, replace: bool, now: float) -> dict:
+        """Name a range of one of our blocks; on replace, free the old record's own block."""
+        if not key or len(key) > MAX_KEY_LENGTH:
+            raise InvalidRequest(f"a key must be 1 to {MAX_KEY_LENGTH} characters")
+        record = _check_key_record(key, rec, self.node, now)
+        if record["block"]:
+            block = self.get(record["block"])
+            self.check_range(block, record["offset"], record["length"])
+        old = self._keys.get(key)
+        if old is not None and not replace:
+            raise KeyExists(f"key {key!r} already exists (on node {self.node}); delete it or replace it")
+        self._keys[key] = record
+        if old is not None and old["owns_block"] and old["block"] and old["block"] != record["block"]:
+            if old["block"] in self._blocks:
+                self.free(old["block"])
+        return record
+
+    def get_key(self, key: str) -> dict:
+        record = self._keys.get(key)
+        if record is None:
+            raise KeyNotFound(f"key {key!r} not found on node {self.node}", node=self.node)
+        return record
+
+    def delete_key(self, key: str) -> bool:
+        """Forget a key; free its block when the block was made for it. True if freed."""
+        record = self.get_key(key)
+        del self._keys[key]
+        if record["owns_block"] and record["block"] in self._blocks:
+            self.free(record["block"])
+            return True
+        return False
+
+    def key_records(self) -> list[dict]:
+        return list(self._keys.values())
 
     def blocks(self) -> list[Block]:
         return list(self._blocks.values())
@@ -160,6 +209,35 @@ class BlockStore:
     def close(self) -> None:
         for block_id in list(self._blocks):
             self.free(block_id)
+
+
+MAX_KEY_LENGTH = 1024
+
+_KEY_RECORD_FIELDS: dict[str, tuple[type, ...]] = {
+    "block": (str,),
+    "offset": (int,),
+    "length": (int,),
+    "content_type": (str,),
+    "checksum": (str,),
+    "owns_block": (bool,),
+    "meta": (dict,),
+}
+
+
+def _check_key_record(key: str, rec: dict, node: str, now: float) -> dict:
+    out = {"key": key}
+    for name, types in _KEY_RECORD_FIELDS.items():
+        value = rec.get(name)
+        if not isinstance(value, types) or (types == (int,) and isinstance(value, bool)):
+            raise InvalidRequest(f"key record field {name!r} is missing or has the wrong type")
+        out[name] = value
+    if out["offset"] < 0 or out["length"] < 0:
+        raise OutOfRange("key record offset and length must be >= 0")
+    if not out["block"] and out["length"] != 0:
+        raise InvalidRequest("only a 0-byte object may have no block")
+    out["created"] = now
+    out["node"] = node
+    return out
 
 
 def _release(block: Block) -> None:

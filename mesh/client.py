@@ -1,8 +1,9 @@
 """``MeshClient`` (sync) and ``AsyncMeshClient`` (asyncio): the mesh's client API.
 
-Both have the same methods with the same arguments; the async ones are coroutines. Each method
-runs one operation generator of ``mesh/core.py``; the two classes differ only in how they wait
-for sockets (``_wait``). A client serialises its own operations (a lock), so one client may be
+Both have the same methods with the same arguments, defined once on ``_ClientBase``; each runs
+one operation generator of ``mesh/core.py`` or ``mesh/objects.py`` through ``_run``, which is a
+plain method in ``MeshClient`` and a coroutine in ``AsyncMeshClient`` (so there the methods
+return awaitables). The two classes differ only in how they wait for sockets (``_wait``). A client serialises its own operations (a lock), so one client may be
 shared by threads (sync) or tasks (async); open several clients for parallel transfers.
 
 Build a client from a cluster config (a path, a loaded ``ClusterConfig``, or nothing for the
@@ -19,15 +20,17 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 import zmq.asyncio
 
 from mesh.config import ClusterConfig, MeshSettings, resolve_config
+from mesh import objects
 from mesh.core import BlockInfo, Core, NodeInfo, Op, Wait
+from mesh.objects import ObjectInfo
 
-__all__ = ["MeshClient", "AsyncMeshClient", "NodeInfo", "BlockInfo"]
+__all__ = ["MeshClient", "AsyncMeshClient", "NodeInfo", "BlockInfo", "ObjectInfo"]
 
 
 def _normalise_address(address: str) -> str:
@@ -92,6 +95,100 @@ class _ClientBase:
     def config(self) -> ClusterConfig | None:
         return self._core.config
 
+    # --- operations: defined once; ``_run`` is sync in MeshClient and a coroutine in
+    # AsyncMeshClient, so each method returns a value or an awaitable of it. -----------------
+
+    def ping(self, address: str | None = None, timeout_s: float | None = None) -> dict:
+        """Ask one agent (default: the first known) who it is: ``{node, incarnation}``."""
+        return self._run(self._core.ping(address, timeout_s))
+
+    def allocate(self, size: int, node: str | None = None, lazy: bool = False) -> str:
+        """Make a block of ``size`` bytes on ``node`` (else the live node with most room)."""
+        return self._run(self._core.allocate(size, node, lazy))
+
+    def write(self, block_id: str, data: Any, offset: int = 0) -> int:
+        """Write any bytes-like ``data`` at ``offset``; returns the bytes written."""
+        return self._run(self._core.write(block_id, data, offset))
+
+    def read(self, block_id: str, size: int | None = None, offset: int = 0) -> bytearray:
+        """Read ``size`` bytes (default: to the block's end) from ``offset``."""
+        return self._run(self._core.read(block_id, size, offset))
+
+    def read_into(self, block_id: str, buffer: Any, offset: int = 0) -> int:
+        """Fill the writable ``buffer`` from the block at ``offset``; returns the bytes read."""
+        return self._run(self._core.read_into(block_id, buffer, offset))
+
+    def free(self, block_id: str) -> None:
+        """Free a block (and forget the keys that point into it)."""
+        return self._run(self._core.free(block_id))
+
+    def stat(self, block_id: str) -> BlockInfo:
+        return self._run(self._core.stat(block_id))
+
+    def blocks(self) -> list[BlockInfo]:
+        return self._run(self._core.blocks())
+
+    def nodes(self) -> list[NodeInfo]:
+        return self._run(self._core.refresh_nodes(max_age_s=0.0))
+
+    def stats(self) -> dict[str, Any]:
+        return self._run(self._core.stats())
+
+    # named objects (docs/objects-api.md)
+
+    def put_bytes(self, key: str | None, data: Any, node: str | None = None, *,
+                  block_id: str | None = None, offset: int = 0, replace: bool = False) -> ObjectInfo:
+        return self._run(objects.put_bytes(self._core, key, data, node, block_id, offset, replace))
+
+    def get_bytes(self, key: str) -> bytearray:
+        return self._run(objects.get_bytes(self._core, key))
+
+    def put_file(self, key: str | None, source: Any, node: str | None = None, *,
+                 block_id: str | None = None, offset: int = 0, replace: bool = False,
+                 progress: Callable[[int], None] | None = None) -> ObjectInfo:
+        """Stream a file (a path or a binary file object) into the mesh under ``key``."""
+        return self._run(objects.put_file(self._core, key, source, node, block_id, offset,
+                                          replace, progress))
+
+    def get_file(self, key: str, dest: Any, *,
+                 progress: Callable[[int], None] | None = None) -> ObjectInfo:
+        """Stream the object named ``key`` to ``dest`` (a path or a binary file object)."""
+        return self._run(objects.get_file(self._core, key, dest, progress))
+
+    def read_to_file(self, block_id: str, dest: Any, *, offset: int = 0, size: int | None = None,
+                     progress: Callable[[int], None] | None = None) -> int:
+        """Stream a raw range of a block to ``dest``; returns the bytes written."""
+        return self._run(objects.read_to_file(self._core, block_id, dest, offset, size, progress))
+
+    def put_object(self, key: str | None, obj: Any, node: str | None = None, *,
+                   replace: bool = False) -> ObjectInfo:
+        """Pickle (protocol 5, large buffers out of band) and store ``obj``."""
+        return self._run(objects.put_object(self._core, key, obj, node, replace))
+
+    def get_object(self, key: str) -> Any:
+        return self._run(objects.get_object(self._core, key))
+
+    def put_array(self, key: str | None, array: Any, node: str | None = None, *,
+                  replace: bool = False) -> ObjectInfo:
+        """Store a numpy array's memory as-is, with its dtype, shape and order."""
+        return self._run(objects.put_array(self._core, key, array, node, replace))
+
+    def get_array(self, key: str) -> Any:
+        return self._run(objects.get_array(self._core, key))
+
+    def object_info(self, key: str) -> ObjectInfo:
+        return self._run(objects.object_info(self._core, key))
+
+    def keys(self) -> list[ObjectInfo]:
+        return self._run(objects.keys(self._core))
+
+    def delete(self, key: str) -> None:
+        """Delete a key (and its block, when the block was made for it)."""
+        return self._run(objects.delete(self._core, key))
+
+    def _run(self, op: Op) -> Any:
+        raise NotImplementedError
+
 
 class MeshClient(_ClientBase):
     """Blocking client. ``with MeshClient() as mesh: block = mesh.allocate(1 << 20)``."""
@@ -125,41 +222,6 @@ class MeshClient(_ClientBase):
                     wait = op.send(self._wait(wait))
             except StopIteration as stop:
                 return stop.value
-
-    def ping(self, address: str | None = None, timeout_s: float | None = None) -> dict:
-        """Ask one agent (default: the first known) who it is: ``{node, incarnation}``."""
-        return self._run(self._core.ping(address, timeout_s))
-
-    def allocate(self, size: int, node: str | None = None, lazy: bool = False) -> str:
-        """Make a block of ``size`` bytes on ``node`` (else the live node with most room)."""
-        return self._run(self._core.allocate(size, node, lazy))
-
-    def write(self, block_id: str, data: Any, offset: int = 0) -> int:
-        """Write any bytes-like ``data`` at ``offset``; returns the bytes written."""
-        return self._run(self._core.write(block_id, data, offset))
-
-    def read(self, block_id: str, size: int | None = None, offset: int = 0) -> bytearray:
-        """Read ``size`` bytes (default: to the block's end) from ``offset``."""
-        return self._run(self._core.read(block_id, size, offset))
-
-    def read_into(self, block_id: str, buffer: Any, offset: int = 0) -> int:
-        """Fill the writable ``buffer`` from the block at ``offset``; returns the bytes read."""
-        return self._run(self._core.read_into(block_id, buffer, offset))
-
-    def free(self, block_id: str) -> None:
-        self._run(self._core.free(block_id))
-
-    def stat(self, block_id: str) -> BlockInfo:
-        return self._run(self._core.stat(block_id))
-
-    def blocks(self) -> list[BlockInfo]:
-        return self._run(self._core.blocks())
-
-    def nodes(self) -> list[NodeInfo]:
-        return self._run(self._core.refresh_nodes(max_age_s=0.0))
-
-    def stats(self) -> dict[str, Any]:
-        return self._run(self._core.stats())
 
     def close(self) -> None:
         with self._lock:
@@ -220,36 +282,6 @@ class AsyncMeshClient(_ClientBase):
                 live = {id(s) for s in self._core._sockets.values()}
                 for key in [k for k in self._shadows if k not in live]:
                     self._shadows.pop(key)
-
-    async def ping(self, address: str | None = None, timeout_s: float | None = None) -> dict:
-        return await self._run(self._core.ping(address, timeout_s))
-
-    async def allocate(self, size: int, node: str | None = None, lazy: bool = False) -> str:
-        return await self._run(self._core.allocate(size, node, lazy))
-
-    async def write(self, block_id: str, data: Any, offset: int = 0) -> int:
-        return await self._run(self._core.write(block_id, data, offset))
-
-    async def read(self, block_id: str, size: int | None = None, offset: int = 0) -> bytearray:
-        return await self._run(self._core.read(block_id, size, offset))
-
-    async def read_into(self, block_id: str, buffer: Any, offset: int = 0) -> int:
-        return await self._run(self._core.read_into(block_id, buffer, offset))
-
-    async def free(self, block_id: str) -> None:
-        await self._run(self._core.free(block_id))
-
-    async def stat(self, block_id: str) -> BlockInfo:
-        return await self._run(self._core.stat(block_id))
-
-    async def blocks(self) -> list[BlockInfo]:
-        return await self._run(self._core.blocks())
-
-    async def nodes(self) -> list[NodeInfo]:
-        return await self._run(self._core.refresh_nodes(max_age_s=0.0))
-
-    async def stats(self) -> dict[str, Any]:
-        return await self._run(self._core.stats())
 
     async def close(self) -> None:
         async with self._lock:

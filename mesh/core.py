@@ -27,7 +27,7 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Any, Generator, Iterable, Iterator
+from typing import Any, Callable, Generator, Iterable, Iterator
 
 import zmq
 
@@ -96,6 +96,7 @@ class Call:
     error: MeshError | None = None
     request_id: int = 0
     sent_at: float = 0.0
+    on_done: Callable[["Call"], None] | None = None  # runs when the call succeeds or fails
 
 
 @dataclass
@@ -157,6 +158,8 @@ class BatchRun:
         self.done_calls.append(call)
         if call.error is not None and self.first_error is None:
             self.first_error = call.error
+        if call.on_done is not None:
+            call.on_done(call)
 
     def fail(self, call: Call, error: MeshError) -> None:
         call.error = error

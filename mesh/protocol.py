@@ -23,6 +23,15 @@ Ops and their fields (all sizes and offsets are byte counts, ints >= 0)::
     LIST   {}                                 -> {node, blocks: [block record, ...]}
     STATS  {}                                 -> node record (see heartbeat)
     NODES  {}                                 -> {nodes: [node record with "state", ...]}
+    KPUT   {key, record, replace}             -> key record
+    KGET   {key}                              -> key record
+    KDEL   {key}                              -> {key, freed_block}
+    KLIST  {}                                 -> {keys: [key record, ...]}
+
+A key record names a range of one of this agent's blocks plus metadata::
+
+    {key, block ("" for a 0-byte object), offset, length, content_type, checksum, owns_block,
+     meta, created, node}
 
 A block record is ``{block, node, size, lazy, created}``. A request whose header cannot be
 parsed gets an ERROR reply with ``request_id`` 0 and op "?" when the agent can still reply.
@@ -58,6 +67,10 @@ STAT = "stat"
 LIST = "list"
 STATS = "stats"
 NODES = "nodes"
+KPUT = "kput"
+KGET = "kget"
+KDEL = "kdel"
+KLIST = "klist"
 
 OK = 0
 ERROR = 1
@@ -84,6 +97,10 @@ _REQUEST_SCHEMA: dict[str, tuple[dict[str, tuple[type, ...]], int]] = {
     LIST: ({}, 0),
     STATS: ({}, 0),
     NODES: ({}, 0),
+    KPUT: ({"key": (str,), "record": (dict,), "replace": (bool,)}, 0),
+    KGET: ({"key": (str,)}, 0),
+    KDEL: ({"key": (str,)}, 0),
+    KLIST: ({}, 0),
 }
 OPS = frozenset(_REQUEST_SCHEMA)
 
