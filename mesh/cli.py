@@ -246,6 +246,10 @@ def demo(config_path: str | None, size: str, keep: bool) -> None:
             out.print(f"stopped the agents the demo started: {', '.join(started)}", highlight=False)
 
 
+from mesh.cli_memory import memory  # noqa: E402
+cli.add_command(memory)
+
+
 def main() -> None:
     try:
         cli.main(prog_name="grid", standalone_mode=False)
@@ -257,6 +261,17 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except MeshError as exc:
         err.print(f"[red]✗[/red] {exc}", highlight=False)
+        sys.exit(1)
+    except BrokenPipeError:
+        # The reader of our output went away (`grid memory retrieve K -o - | head`).
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        sys.exit(1)
+    except OSError as exc:  # a file we were told to read or write
+        err.print(f"[red]✗[/red] {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+                  highlight=False)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
