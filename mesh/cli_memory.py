@@ -59,7 +59,14 @@ from rich.text import Text  # noqa: E402
 from mesh.cli import GridError, config_option, err, load, out  # noqa: E402
 from mesh.client import MeshClient  # noqa: E402
 from mesh.core import block_node_hint  # noqa: E402
-from mesh.errors import BlockNotFound, KeyNotFound, MeshError, OutOfRange  # noqa: E402
+from mesh.errors import (  # noqa: E402
+    BlockNotFound,
+    CapacityError,
+    KeyExists,
+    KeyNotFound,
+    MeshError,
+    OutOfRange,
+)
 from mesh.units import MiB, format_bytes, parse_size  # noqa: E402
 
 PROGRESS_MIN_BYTES = 32 * MiB  # smaller transfers finish before a bar would help
@@ -228,6 +235,15 @@ def _output(dest: str) -> Iterator[BinaryIO]:
         raise
 
 
+@contextmanager
+def _capacity_hint() -> Iterator[None]:
+    """The seeds' troubleshooting step for a full mesh: look at what is free."""
+    try:
+        yield
+    except CapacityError as exc:
+        raise GridError(f"{exc} (check free memory with `grid memory stats`)") from None
+
+
 def _is_text(data: bytes, truncated: bool) -> str | None:
     """``data`` as text when it is UTF-8 without control characters (else ``None``)."""
     try:
@@ -276,7 +292,7 @@ def allocate(config_path: str | None, size_arg: str | None, size_gb: str | None,
             f"give the size once, not both {size_arg!r} and --size {size_gb!r}"
         )
     nbytes = parse_size(size_gb, default_unit="GB") if size_gb is not None else parse_size(size_arg)
-    with _client(config_path) as client:
+    with _client(config_path) as client, _capacity_hint():
         block_id = client.allocate(nbytes, node=node, lazy=lazy)
         where = block_node_hint(block_id) or client.stat(block_id).node
     if as_json:
@@ -395,8 +411,12 @@ def store(config_path: str | None, key: str, file: str, block_id: str | None, of
     cfg = load(config_path)
     source: Any = sys.stdin.buffer if file == "-" else file
     with MeshClient(cfg) as client, Progress(f"store {key}", _input_size(file)) as bar:
-        info = client.put_file(key, source, node, block_id=block_id, offset=at,
-                               replace=replace, progress=bar)
+        try:
+            with _capacity_hint():
+                info = client.put_file(key, source, node, block_id=block_id, offset=at,
+                                       replace=replace, progress=bar)
+        except KeyExists as exc:
+            raise GridError(f"{exc} (grid memory store --replace)") from None
     if as_json:
         _echo_json(_info_dict(info))
         return

@@ -2,6 +2,7 @@
 """Benchmarks of the mesh, each against a baseline measured in the same run.
 
     python tools/bench.py transfer [--size 1GiB] [--runs 5] [--chunk 2MiB] [--window 8] [--json]
+    python tools/bench.py cli-memory [--size 2GiB] [--chunk 2MiB] [--window 8] [--json]
 
 ``transfer`` starts one real ``mesh-agent`` on loopback, allocates one block of ``--size``, then
 for each run writes the whole block from a warm client buffer and reads it back into another
@@ -9,6 +10,15 @@ warm buffer (``read_into``). In the same process it measures the baseline: plain
 ``sendall`` of the same bytes in 4 MiB pieces over a loopback TCP socket to a second process that
 ``recv_into``s a warm buffer. Figures are medians over the runs, in GB/s (10**9 bytes/s), and
 ratios against that baseline. With ``--json`` the last line printed is one JSON object.
+
+``cli-memory`` measures the memory of the ``grid`` client process itself: it writes a file of
+``--size`` random bytes, starts one real agent with room for it, then runs ``grid memory store``
+and ``grid memory retrieve -o FILE`` as subprocesses, sampling each one's RSS (with its children,
+psutil) every 20 ms until it exits; the peak is the larger of that and the kernel's own
+``ru_maxrss`` for the process. Baseline, in the same run: the peak RSS of ``python -c "import
+mesh.cli"`` (what ``grid`` loads before it does anything). GB/s are over each command's whole wall
+time, Python start-up included. The retrieved file is compared with the original by a streaming
+SHA-256.
 
 A benchmark, not a test: it asserts nothing; it stops by itself (every wait has a timeout).
 """
@@ -204,6 +214,140 @@ def transfer(args: argparse.Namespace) -> dict:
     return result
 
 
+# --- cli-memory: the grid process's own memory while files stream through it -----------------
+
+
+GRID = Path(sys.executable).parent / "grid"
+SAMPLE_S = 0.02
+
+
+def _grid_command() -> list[str]:
+    return [str(GRID)] if GRID.exists() else [sys.executable, "-m", "mesh.cli"]
+
+
+def _rss_tree(proc) -> int:
+    import psutil
+
+    total = 0
+    try:
+        total += proc.memory_info().rss
+        for child in proc.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                pass
+    except psutil.Error:
+        pass
+    return total
+
+
+def _measure(cmd: list[str], log: Path, timeout_s: float) -> tuple[int, float]:
+    """Run ``cmd``, sampling its RSS every 20 ms; (peak RSS bytes, wall seconds). Raises on
+    a non-zero exit or when it outlives ``timeout_s`` (it is killed)."""
+    import psutil
+
+    with open(log, "wb") as out:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        ps = psutil.Process(proc.pid)
+        peak = 0
+        deadline = time.monotonic() + timeout_s
+        while True:
+            # wait4 reaps only this child and hands back its own peak (ru_maxrss, KiB on Linux)
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid == proc.pid:
+                wall = time.perf_counter() - t0
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                break
+            peak = max(peak, _rss_tree(ps))
+            if time.monotonic() > deadline:
+                proc.kill()
+                os.wait4(proc.pid, 0)
+                raise RuntimeError(f"{' '.join(cmd)} did not finish in {timeout_s:.0f} s; see {log}")
+            time.sleep(SAMPLE_S)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{log.read_text(errors='replace')}")
+    return max(peak, usage.ru_maxrss * 1024), wall
+
+
+def _write_random(path: Path, size: int, piece: int = 16 << 20) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            chunk = os.urandom(min(piece, left))
+            h.update(chunk)
+            f.write(chunk)
+            left -= len(chunk)
+    return h.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cli_memory(args: argparse.Namespace) -> dict:
+    size = parse_size(args.size)
+    chunk = parse_size(args.chunk)
+    timeout_s = 120 + size / 50e6  # generous: 50 MB/s would be a broken build
+    mib = 1 << 20
+    with tempfile.TemporaryDirectory(prefix="mesh-bench-cli-") as tmp_name:
+        tmp = Path(tmp_name)
+        src, dst = tmp / "src.bin", tmp / "dst.bin"
+        if not args.json:
+            print(f"writing {format_bytes(size)} of random bytes to {src}")
+        digest = _write_random(src, size)
+        agent = OneAgent(size, chunk, args.window, tmp)
+        try:
+            agent.client().close()  # waits until the agent answers
+            grid = _grid_command()
+            cfg = ["-c", str(agent.config)]
+            baseline, startup_s = _measure([sys.executable, "-c", "import mesh.cli"],
+                                           tmp / "baseline.log", 60)
+            store_rss, store_s = _measure([*grid, "memory", "store", "bench", str(src), *cfg],
+                                          tmp / "store.log", timeout_s)
+            if not args.json:
+                print((tmp / "store.log").read_text().rstrip())
+            src.unlink()  # the digest is all we need; keep the page cache for the retrieve
+            retrieve_rss, retrieve_s = _measure(
+                [*grid, "memory", "retrieve", "bench", "-o", str(dst), *cfg],
+                tmp / "retrieve.log", timeout_s)
+            if not args.json:
+                print((tmp / "retrieve.log").read_text().rstrip())
+            verified = dst.stat().st_size == size and _sha256(dst) == digest
+            dst.unlink()
+            _measure([*grid, "memory", "delete", "bench", *cfg], tmp / "delete.log", 60)
+        finally:
+            agent.close()
+    result = {
+        "bench": "cli-memory",
+        "size_bytes": size,
+        "chunk_bytes": chunk,
+        "window": args.window,
+        "baseline_rss_mib": round(baseline / mib, 1),
+        "store_peak_rss_mib": round(store_rss / mib, 1),
+        "retrieve_peak_rss_mib": round(retrieve_rss / mib, 1),
+        "store_rss_ratio": round(store_rss / baseline, 2),
+        "retrieve_rss_ratio": round(retrieve_rss / baseline, 2),
+        "startup_s": round(startup_s, 3),
+        "store_s": round(store_s, 3),
+        "retrieve_s": round(retrieve_s, 3),
+        "store_gbps": round(size / store_s / 1e9, 3),
+        "retrieve_gbps": round(size / retrieve_s / 1e9, 3),
+        "verified": verified,
+    }
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_sink":
@@ -217,7 +361,25 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--chunk", default="2MiB")
     t.add_argument("--window", type=int, default=8)
     t.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    c = sub.add_parser("cli-memory", help="peak RSS of `grid memory store/retrieve` moving a file")
+    c.add_argument("--size", default="2GiB")
+    c.add_argument("--chunk", default="2MiB")
+    c.add_argument("--window", type=int, default=8)
+    c.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args(argv)
+    if args.bench == "cli-memory":
+        result = cli_memory(args)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print(
+                f"{format_bytes(result['size_bytes'])}: grid memory store peak RSS "
+                f"{result['store_peak_rss_mib']:.0f} MiB ({result['store_gbps']:.2f} GB/s), "
+                f"retrieve {result['retrieve_peak_rss_mib']:.0f} MiB "
+                f"({result['retrieve_gbps']:.2f} GB/s); baseline `import mesh.cli` "
+                f"{result['baseline_rss_mib']:.0f} MiB; verified {result['verified']}"
+            )
+        return 0
     result = transfer(args)
     if args.json:
         print(json.dumps(result))
