@@ -15,7 +15,8 @@
     │   └── VersionMismatch
     ├── NodeUnavailable            a node is unknown, dead, or does not answer
     │   └── MeshTimeout            no reply within the timeout
-    └── AgentError                 the agent failed internally (it keeps serving)
+    ├── AgentError                 the agent failed internally (it keeps serving)
+    └── PoolNotInitialized         (mesh/pool.py) the seeds' pool used before initialize()
 
 Wire error codes map to these classes through ``ERROR_CODES`` (and back through
 ``code_for``), so the agent and the client agree on one table. Third-party errors (zmq, msgpack,
