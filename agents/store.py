@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from mesh.units import format_bytes
 from mesh.errors import (
     BlockNotFound,
     CapacityError,
@@ -128,8 +129,8 @@ class BlockStore:
         room = self.room()
         if size > room:
             raise CapacityError(
-                f"node {self.node} has room for {room} bytes, {size} were asked "
-                f"(capacity {self.capacity}, used {self.used})",
+                f"node {self.node} has room for {format_bytes(room)}, {format_bytes(size)} "
+                f"asked (capacity {format_bytes(self.capacity)}, used {format_bytes(self.used)})",
                 node=self.node,
             )
         try:

@@ -268,7 +268,7 @@ def main() -> None:
             sys.stdout = open(os.devnull, "w")
         except OSError:
             pass
-        sys.exit(1)
+        sys.exit(141)  # 128 + SIGPIPE, as shell tools do
     except OSError as exc:  # a file we were told to read or write
         err.print(f"[red]✗[/red] {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
                   highlight=False)

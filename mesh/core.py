@@ -46,6 +46,7 @@ from mesh.errors import (
     ProtocolError,
 )
 from mesh.membership import ALIVE, DEAD, SUSPECT
+from mesh.units import format_bytes
 
 _BLOCK_ID = re.compile(r"^block_\d+_(?P<node>.+)_[0-9a-z]+$")
 
@@ -490,8 +491,8 @@ class Core:
                 alive = [n for n in nodes if n.state == ALIVE]
                 most = max((n.room for n in alive), default=0)
                 raise CapacityError(
-                    f"No available nodes for memory allocation: {size} bytes asked, "
-                    f"{len(alive)} live node(s), the most room on one node is {most} bytes"
+                    f"No available nodes for memory allocation: {format_bytes(size)} asked, "
+                    f"{len(alive)} live node(s), the most room on one node is {format_bytes(most)}"
                 )
         last: MeshError | None = None
         for target in candidates:
