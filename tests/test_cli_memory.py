@@ -436,7 +436,8 @@ def test_progress_bar_only_on_a_terminal(mesh, tmp_path):
     try:
         p = subprocess.run([str(GRID), "memory", "store", "bar", str(src), "-c", str(cfg)],
                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave,
-                           env=_env(), timeout=60)
+                           # a real terminal type: with TERM=dumb (as in CI) rich draws no bar
+                           env={**_env(), "TERM": "xterm-256color"}, timeout=60)
     finally:
         os.close(slave)
     try:
