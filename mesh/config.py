@@ -139,6 +139,14 @@ class NodeConfig:
     mesh_host: str = ""  # "" means the same as host
     mesh_port: int = DEFAULT_PORT
     ssh_key: str | None = None
+    # Deployment (``grid agents deploy``): where the node keeps its venv, config, pid and log
+    # files (default: <execution.working_directory>/mesh/<node name>), its Python, and whether
+    # its agent is managed over SSH or as a local process ("auto": local when the host is this
+    # machine). ``ssh`` holds extra paramiko connect options (e.g. {"timeout": 5}).
+    deploy_dir: str | None = None
+    python: str = "python3"
+    managed_by: str = "auto"
+    ssh: dict = field(default_factory=dict, hash=False)
     extra: dict = field(default_factory=dict, hash=False)  # the node's other keys, as written
 
     def __post_init__(self) -> None:
@@ -350,8 +358,10 @@ def _parse_mesh(section: Any) -> MeshSettings:
 
 _NODE_FIELDS = (
     "name", "host", "port", "user", "role", "memory_gb", "cpu_count", "gpu_count", "tags",
-    "resource_sharing", "mesh_host", "mesh_port", "ssh_key",
+    "resource_sharing", "mesh_host", "mesh_port", "ssh_key", "deploy_dir", "python",
+    "managed_by", "ssh",
 )
+_MANAGED_BY = ("auto", "local", "ssh")
 
 
 def _parse_node(item: Any, where: str, default_mesh_port: int) -> NodeConfig:
@@ -380,8 +390,18 @@ def _parse_node(item: Any, where: str, default_mesh_port: int) -> NodeConfig:
         mesh_host=get("mesh_host", _check_string, default=host),
         mesh_port=get("mesh_port", _check_int, 1, MAX_MESH_PORT, default=default_mesh_port),
         ssh_key=get("ssh_key", _check_string),
+        deploy_dir=get("deploy_dir", _check_string),
+        python=get("python", _check_string, default="python3"),
+        managed_by=get("managed_by", _check_choice, _MANAGED_BY, default="auto"),
+        ssh=_mapping_or_empty(item.get("ssh"), f"{where}.ssh"),
         extra={k: v for k, v in item.items() if k not in _NODE_FIELDS},
     )
+
+
+def _check_choice(value: Any, where: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise _Invalid(where, f"expected one of {', '.join(choices)}, got {value!r}")
+    return value
 
 
 def _parse_sharing(section: Any, where: str) -> NodeSharing:

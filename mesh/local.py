@@ -53,6 +53,13 @@ def is_local_host(host: str) -> bool:
     return False
 
 
+def is_managed_locally(node: NodeConfig) -> bool:
+    """Local process, or over SSH? ``managed_by`` decides; "auto" asks where the host is."""
+    if node.managed_by != "auto":
+        return node.managed_by == "local"
+    return is_local_host(node.mesh_host)
+
+
 def state_dir(cfg: ClusterConfig) -> Path:
     if cfg.mesh.state_dir:
         base = Path(cfg.mesh.state_dir).expanduser()
@@ -114,7 +121,7 @@ def local_agents(cfg: ClusterConfig, names: tuple[str, ...] = ()) -> tuple[list[
     sdir = state_dir(cfg)
     local, remote = [], []
     for node in nodes:
-        if is_local_host(node.mesh_host):
+        if is_managed_locally(node):
             local.append(LocalAgent(node, sdir / f"{node.name}.pid", sdir / f"{node.name}.log"))
         else:
             remote.append(node)
@@ -141,8 +148,8 @@ def _ping(address: str, timeout_s: float) -> bool:
 
 
 def start(cfg: ClusterConfig, agents: list[LocalAgent], insecure: bool = False,
-          timeout_s: float = 15.0) -> list[Outcome]:
-    cfg_path = config_path_for_agents(cfg)
+          timeout_s: float = 15.0, config_path: str | None = None) -> list[Outcome]:
+    cfg_path = config_path or config_path_for_agents(cfg)
     launched: list[tuple[LocalAgent, subprocess.Popen]] = []
     outcomes: dict[str, Outcome] = {}
     for agent in agents:
