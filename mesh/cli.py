@@ -67,59 +67,135 @@ def agents() -> None:
     """Start, watch and stop the mesh agents."""
 
 
-def _remote_note(remote) -> None:
-    for node in remote:
-        out.print(
-            f"[yellow]•[/yellow] {node.name}: remote node ({node.host}), not started: remote "
-            "agents are deployed over SSH by `grid agents deploy`, which is not available yet",
-            highlight=False,
-        )
+def _report(results, verb_ok: str = "") -> bool:
+    """Print one line per node; True when every node succeeded."""
+    all_ok = True
+    for r in results:
+        if r.ok:
+            out.print(f"[green]✓[/green] {r.node}: {r.message}", highlight=False)
+        else:
+            all_ok = False
+            err.print(f"[red]✗[/red] {r.node}: {r.message}", highlight=False)
+    return all_ok
+
+
+def _local_results(outcomes):
+    from mesh.deploy import NodeResult
+
+    return [NodeResult(o.node, o.ok, o.message + (f" (pid {o.pid})" if o.pid else ""))
+            for o in outcomes]
+
+
+node_option = click.option("--node", "-n", "nodes", multiple=True,
+                           help="only these nodes (repeatable)")
+
+
+@agents.command("deploy")
+@config_option
+@node_option
+@click.option("--wheelhouse", type=click.Path(file_okay=False),
+              help="install from these wheels only, without any package index")
+def agents_deploy(config_path: str | None, nodes: tuple[str, ...], wheelhouse: str | None) -> None:
+    """Install this version on the nodes over SSH and write their agent config."""
+    from mesh import deploy
+
+    cfg = load(config_path)
+    targets = deploy.ssh_nodes(cfg, nodes)
+    if not targets:
+        raise GridError("no node of this cluster file is managed over SSH (managed_by: ssh, or "
+                        "a host that is not this machine)")
+    if not _report(deploy.deploy(cfg, targets, wheelhouse)):
+        sys.exit(1)
+
+
+def _start(cfg: ClusterConfig, nodes: tuple[str, ...], insecure: bool, systemd: bool) -> bool:
+    from mesh import deploy, local
+
+    mine, _ = local.local_agents(cfg, nodes)
+    ok = _report(_local_results(local.start(cfg, mine, insecure=insecure)))
+    args = (["--insecure"] if insecure else []) + (["--systemd"] if systemd else [])
+    ok = _report(deploy.remote(cfg, deploy.ssh_nodes(cfg, nodes), "start", *args)) and ok
+    if mine:
+        out.print(f"state and logs of local agents: {local.state_dir(cfg)}", highlight=False)
+    return ok
+
+
+def _stop(cfg: ClusterConfig, nodes: tuple[str, ...]) -> bool:
+    from mesh import deploy, local
+
+    mine, _ = local.local_agents(cfg, nodes)
+    ok = _report(_local_results(local.stop(mine)))
+    return _report(deploy.remote(cfg, deploy.ssh_nodes(cfg, nodes), "stop")) and ok
 
 
 @agents.command("start")
 @config_option
-@click.option("--node", "-n", "nodes", multiple=True, help="only these nodes (repeatable)")
+@node_option
 @click.option("--insecure", is_flag=True, help="allow non-loopback binds without cluster keys")
-def agents_start(config_path: str | None, nodes: tuple[str, ...], insecure: bool) -> None:
-    """Start the agents of every node whose host is this machine."""
-    from mesh import local
-
-    cfg = load(config_path)
-    mine, remote = local.local_agents(cfg, nodes)
-    failed = False
-    for o in local.start(cfg, mine, insecure=insecure):
-        if o.ok:
-            out.print(f"[green]✓[/green] {o.node}: {o.message} (pid {o.pid})", highlight=False)
-        else:
-            failed = True
-            err.print(f"[red]✗[/red] {o.node}: {o.message}", highlight=False)
-    _remote_note(remote)
-    if mine:
-        out.print(f"state and logs: {local.state_dir(cfg)}", highlight=False)
-    if failed or (remote and not mine):
+@click.option("--systemd", is_flag=True, help="run remote agents as systemd units")
+def agents_start(config_path: str | None, nodes: tuple[str, ...], insecure: bool,
+                 systemd: bool) -> None:
+    """Start the agents: local processes here, over SSH on the other nodes."""
+    if not _start(load(config_path), nodes, insecure, systemd):
         sys.exit(1)
 
 
 @agents.command("stop")
 @config_option
-@click.option("--node", "-n", "nodes", multiple=True, help="only these nodes (repeatable)")
+@node_option
 def agents_stop(config_path: str | None, nodes: tuple[str, ...]) -> None:
-    """Stop the agents this machine started (SIGTERM, then SIGKILL after 10 s)."""
-    from mesh import local
+    """Stop the agents (SIGTERM, then SIGKILL after 10 s)."""
+    if not _stop(load(config_path), nodes):
+        sys.exit(1)
+
+
+@agents.command("restart")
+@config_option
+@node_option
+@click.option("--insecure", is_flag=True, help="allow non-loopback binds without cluster keys")
+@click.option("--systemd", is_flag=True, help="run remote agents as systemd units")
+def agents_restart(config_path: str | None, nodes: tuple[str, ...], insecure: bool,
+                   systemd: bool) -> None:
+    """Stop, then start the agents (their blocks are lost: memory is not persisted)."""
+    cfg = load(config_path)
+    ok = _stop(cfg, nodes)
+    if not (_start(cfg, nodes, insecure, systemd) and ok):
+        sys.exit(1)
+
+
+@agents.command("logs")
+@config_option
+@node_option
+@click.option("--lines", "-l", default=30, show_default=True, help="how many lines")
+def agents_logs(config_path: str | None, nodes: tuple[str, ...], lines: int) -> None:
+    """Show the tail of each node's agent log."""
+    from mesh import deploy, local
 
     cfg = load(config_path)
-    mine, remote = local.local_agents(cfg, nodes)
-    for o in local.stop(mine):
-        pid = f" (pid {o.pid})" if o.pid else ""
-        out.print(f"[green]✓[/green] {o.node}: {o.message}{pid}", highlight=False)
-    _remote_note(remote)
+    mine, _ = local.local_agents(cfg, nodes)
+    ok = True
+    for agent in mine:
+        out.rule(f"{agent.node.name} ({agent.log_file})")
+        click.echo(agent.log_tail(lines))
+    for r in deploy.remote(cfg, deploy.ssh_nodes(cfg, nodes), "logs", "--lines", str(lines)):
+        out.rule(f"{r.node} ({r.detail.get('log_file', 'over ssh')})")
+        if r.ok:
+            click.echo(r.message)
+        else:
+            ok = False
+            err.print(f"[red]✗[/red] {r.node}: {r.message}", highlight=False)
+    if not ok:
+        sys.exit(1)
 
 
 def _status_rows(cfg: ClusterConfig) -> list[dict[str, Any]]:
     from mesh import local
 
+    from mesh import deploy
+
     mine, _ = local.local_agents(cfg)
     pids = {a.node.name: a.pid() for a in mine}
+    remote = {r.node: r for r in deploy.remote(cfg, deploy.ssh_nodes(cfg), "status")}
     try:
         with MeshClient(cfg) as client:
             seen = {n.name: n for n in client.nodes()}
@@ -128,24 +204,39 @@ def _status_rows(cfg: ClusterConfig) -> list[dict[str, Any]]:
     rows = []
     for node in cfg.nodes:
         n = seen.get(node.name)
+        r = remote.get(node.name)
+        pid = pids.get(node.name) if r is None else r.detail.get("pid")
+        state = n.state if n else "down"
+        reason = None
+        if state != "alive":
+            if r is not None and not r.ok:
+                reason = r.message
+            elif r is not None or node.name in pids:
+                reason = "agent not running" if not pid else "agent running but not heard"
+            else:
+                reason = "no agent has heard from it"
         rows.append({
             "node": node.name,
             "address": node.data_address,
             "local": node.name in pids,
-            "pid": pids.get(node.name),
-            "state": n.state if n else "down",
+            "managed_by": "local" if node.name in pids or r is None else "ssh",
+            "pid": pid,
+            "uptime_s": r.detail.get("uptime_s") if r is not None else None,
+            "reason": reason,
+            "state": state,
             "incarnation": n.incarnation if n else None,
             "capacity": n.capacity if n and n.state != "down" else None,
             "used": n.used if n and n.state != "down" else None,
             "blocks": n.blocks if n and n.state != "down" else None,
             "host_available": n.host_available if n and n.state != "down" else None,
             "last_heard_s": round(n.age_s, 2) if n and n.state != "down" else None,
-            "version": n.version if n else None,
+            "version": (n.version if n else None) or (r.detail.get("version") if r else None),
         })
     for name, n in seen.items():  # agents heard by gossip that the file does not list
         if name not in {r["node"] for r in rows}:
             rows.append({
-                "node": name, "address": n.address, "local": False, "pid": None,
+                "node": name, "address": n.address, "local": False, "managed_by": None,
+                "pid": None, "uptime_s": None, "reason": None,
                 "state": n.state, "incarnation": n.incarnation, "capacity": n.capacity,
                 "used": n.used, "blocks": n.blocks, "host_available": n.host_available,
                 "last_heard_s": round(n.age_s, 2), "version": n.version,
@@ -173,7 +264,7 @@ def agents_status(config_path: str | None, as_json: bool) -> None:
     table = Table(title=f"Mesh agents of {cfg.name}")
     for col, just in [("Node", "left"), ("Address", "left"), ("State", "left"), ("PID", "right"),
                       ("Capacity", "right"), ("Used", "right"), ("Blocks", "right"),
-                      ("Host free", "right"), ("Heard", "right")]:
+                      ("Host free", "right"), ("Heard", "right"), ("Note", "left")]:
         table.add_column(col, justify=just)
     for r in rows:
         style = _STATE_STYLE.get(r["state"], "")
@@ -182,6 +273,7 @@ def agents_status(config_path: str | None, as_json: bool) -> None:
             str(r["pid"]) if r["pid"] else "-", _size(r["capacity"]), _size(r["used"]),
             "-" if r["blocks"] is None else str(r["blocks"]), _size(r["host_available"]),
             "-" if r["last_heard_s"] is None else f"{r['last_heard_s']:.1f}s ago",
+            r["reason"] or "",
         )
     out.print(table)
 

@@ -78,9 +78,11 @@ def connect(node: NodeConfig):
         # An explicit key: use it alone, so a wrong key fails as such (not via other keys).
         kwargs.update(key_filename=os.path.expanduser(node.ssh_key), look_for_keys=False,
                       allow_agent=False)
-    kwargs.update(node.ssh)
+    options = dict(node.ssh)
+    timeout_s = float(options.pop("timeout", SSH_TIMEOUT_S))  # Fabric takes it separately
+    kwargs.update(options)
     return Connection(host=node.host, port=node.port, user=node.user, connect_kwargs=kwargs,
-                      connect_timeout=float(node.ssh.get("timeout", SSH_TIMEOUT_S)))
+                      connect_timeout=timeout_s)
 
 
 def describe_failure(node: NodeConfig, exc: BaseException) -> str:

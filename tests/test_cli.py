@@ -103,16 +103,17 @@ def test_demo_runs_and_leaves_nothing_behind(tmp_path, env):
     assert agents_of(tmp_path / "state") == []
 
 
-def test_remote_nodes_are_named_as_not_started(tmp_path, env):
+def test_an_unreachable_remote_node_fails_alone(tmp_path, env):
     cfg = str(write_config(tmp_path, n=1, extra_nodes=[
-        {"name": "far", "host": "far-away.invalid", "memory_gb": 1}]))
+        {"name": "far", "host": "far-away.invalid", "memory_gb": 1, "ssh": {"timeout": 2}}]))
     try:
         r = grid("agents", "start", "-c", cfg, env=env, cwd=tmp_path)
-        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.returncode == 1, r.stdout + r.stderr
         assert "n1: started" in r.stdout
-        assert "far: remote node" in r.stdout and "not started" in r.stdout
+        assert "far: host unreachable" in r.stderr and "Traceback" not in r.stderr
         doc = json.loads(grid("agents", "status", "-c", cfg, "--json", env=env, cwd=tmp_path).stdout)
-        assert {n["node"]: n["state"] for n in doc["nodes"]}["far"] == "down"
+        far = {n["node"]: n for n in doc["nodes"]}["far"]
+        assert far["state"] == "down" and far["reason"].startswith("host unreachable")
     finally:
         grid("agents", "stop", "-c", cfg, env=env, cwd=tmp_path)
 
