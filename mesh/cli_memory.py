@@ -368,7 +368,7 @@ def stats(config_path: str | None, as_json: bool) -> None:
     out.print()
     table = Table(title="Node Memory Usage")
     for col, just in [("Node", "left"), ("State", "left"), ("Blocks", "right"), ("Used", "right"),
-                      ("Capacity", "right"), ("Host free", "right")]:
+                      ("Capacity", "right"), ("Host free", "right"), ("Note", "left")]:
         table.add_column(col, justify=just)
     for r in doc["nodes"]:
         style = _STATE_STYLE.get(r["state"], "")
@@ -377,6 +377,7 @@ def stats(config_path: str | None, as_json: bool) -> None:
             Text(r["node"]), Text(r["state"], style=style),
             str(r["blocks"]) if up else "-", human(r["used"]) if up else "-",
             human(r["capacity"]), human(r["host_available"]) if up else "-",
+            Text(r.get("reason") or ""),
         )
     out.print(table)
 

@@ -675,6 +675,7 @@ class Core:
                 "blocks": rec["blocks"] if rec else n.blocks,
                 "host_available": rec["host_available"] if rec else n.host_available,
                 "host_total": rec.get("host_total", 0) if rec else 0,
+                "reason": _down_reason(n, rec is not None),
             })
         return {
             "nodes": per_node,
@@ -683,6 +684,17 @@ class Core:
             "total_used": sum(p["used"] for p in per_node if p["state"] == ALIVE),
             "total_capacity": sum(p["capacity"] for p in per_node if p["state"] == ALIVE),
         }
+
+
+def _down_reason(n: NodeInfo, answered: bool) -> str | None:
+    """Why a node is not serving, as far as heartbeats tell."""
+    if n.state == DOWN:
+        return "in the config, but no agent has heard from it"
+    if n.state in (DEAD, SUSPECT):
+        return f"no heartbeat for {n.age_s:.0f} s"
+    if not answered:
+        return "did not answer the stats request"
+    return None
 
 
 def _check_offset(offset: Any) -> None:

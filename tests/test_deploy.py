@@ -159,3 +159,29 @@ def test_wheelhouse_install_without_any_index(cluster):
                             "import mesh, zmq, fabric; print(mesh.__version__)"],
                            capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stderr
+
+
+def test_systemd_start_is_refused_clearly_where_there_is_no_systemd(cluster):
+    hosts, cfg, env, tmp = cluster
+    if Path("/run/systemd/system").is_dir():
+        pytest.skip("this machine runs systemd; the refusal path needs one that does not")
+    r = grid("agents", "start", "-c", str(cfg), "--node", "host1", "--systemd", env=env)
+    assert r.returncode == 1
+    assert "host1: this node has no running systemd" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_memory_stats_says_why_a_node_is_down(cluster):
+    hosts, cfg, env, tmp = cluster
+    r = grid("memory", "stats", "-c", str(cfg), "--json", env=env, timeout=60)
+    # the agents are stopped by now: every node is in the config but unheard of
+    assert r.returncode == 1 and "no mesh agent answered" in r.stderr
+    assert grid("agents", "start", "-c", str(cfg), "--node", "host1", env=env).returncode == 0
+    try:
+        doc = json.loads(grid("memory", "stats", "-c", str(cfg), "--json", env=env).stdout)
+        rows = {n["node"]: n for n in doc["nodes"]}
+        assert rows["host1"]["state"] == "alive" and rows["host1"]["reason"] is None
+        assert rows["host2"]["state"] == "down"
+        assert "no agent has heard from it" in rows["host2"]["reason"]
+    finally:
+        grid("agents", "stop", "-c", str(cfg), "--node", "host1", env=env)
