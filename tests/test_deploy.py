@@ -126,19 +126,21 @@ def test_deploy_start_use_restart_and_stop(cluster):
     assert agents_under(tmp) == []
 
 
-def test_unreachable_host_and_wrong_key_fail_alone(cluster):
+def test_unreachable_host_wrong_key_and_no_python_fail_alone(cluster):
     hosts, cfg, env, tmp = cluster
     good = yaml.safe_load(cfg.read_text())["nodes"][0]
     h2 = hosts.hosts[1]
     wrong = node_entry(h2, tmp / "wrong", name="wrongkey", ssh_key=str(hosts.wrong_key_path))
     gone = node_entry(h2, tmp / "gone", name="gone", host="127.0.0.9",
                       port=free_port_pair("127.0.0.9"))
-    bad = write_cfg(tmp / "bad.yaml", [good, wrong, gone])
+    nopy = node_entry(h2, tmp / "nopy", name="nopy", python="/nonexistent/python3.11")
+    bad = write_cfg(tmp / "bad.yaml", [good, wrong, gone, nopy])
     r = grid("agents", "deploy", "-c", str(bad), env=env)
     assert r.returncode == 1
     assert "host1: " in r.stdout  # the good node went ahead
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 2, r.stderr
+    assert len(lines) == 3, r.stderr
+    assert any("nopy: no Python 3.11+ on nopy" in x for x in lines), r.stderr
     assert any("wrongkey: authentication refused" in x for x in lines), r.stderr
     assert any("gone: host unreachable" in x for x in lines), r.stderr
     assert "Traceback" not in r.stdout + r.stderr
