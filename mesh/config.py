@@ -198,6 +198,18 @@ class ExecutionConfig:
         value = self.thresholds.get("memory_pressure_low")
         return 0.3 if value is None else float(value)
 
+    @property
+    def rebalance_interval_s(self) -> float:
+        """Seconds between passes of ``grid rebalance --watch`` (seed default 30)."""
+        value = self.resource_sharing.get("rebalance_interval_seconds")
+        return 30.0 if value is None else float(value)
+
+    @property
+    def allocation_timeout_s(self) -> float:
+        """How long a ``resource-sharing request`` reservation lives (seed default 10 min)."""
+        value = self.resource_sharing.get("allocation_timeout_minutes")
+        return 600.0 if value is None else float(value) * 60.0
+
 
 @dataclass(frozen=True)
 class ClusterConfig:
@@ -218,6 +230,17 @@ class ClusterConfig:
 
     def worker_nodes(self) -> tuple[NodeConfig, ...]:
         return tuple(n for n in self.nodes if n.role != "master")
+
+    def master_node(self) -> NodeConfig | None:
+        return next((n for n in self.nodes if n.role == "master"), None)
+
+    @property
+    def ray_address(self) -> str:
+        """Where Ray's GCS is: the ``ray.address`` field, else ``auto`` (RAY_ADDRESS or the
+        cluster started on this machine)."""
+        section = self.raw.get("ray") if isinstance(self.raw, dict) else None
+        value = section.get("address") if isinstance(section, dict) else None
+        return "auto" if value is None else str(value)
 
 
 # --- finding and loading ----------------------------------------------------------------------
@@ -321,6 +344,9 @@ def _parse_cluster(data: Any, source: str) -> ClusterConfig:
     _check_addresses(nodes)
 
     execution = _parse_execution(data.get("execution"))
+    ray_section = _mapping_or_empty(data.get("ray"), "ray")
+    if ray_section.get("address") is not None:
+        _check_string(ray_section["address"], "ray.address")
     logging_section = _mapping_or_empty(data.get("logging"), "logging")
 
     return ClusterConfig(
@@ -434,6 +460,10 @@ def _parse_execution(section: Any) -> ExecutionConfig:
     if not low < high:
         raise _Invalid(f"{where}.memory_pressure_low",
                        f"must be less than memory_pressure_high ({high}), got {low!r}")
+    for key in ("rebalance_interval_seconds", "allocation_timeout_minutes"):
+        value = sharing.get(key)
+        if value is not None and _check_number(value, f"execution.resource_sharing.{key}") <= 0:
+            raise _Invalid(f"execution.resource_sharing.{key}", f"must be > 0, got {value!r}")
     return ExecutionConfig(
         working_directory=working_directory,
         resource_sharing=sharing,

@@ -70,7 +70,9 @@ class LocalMesh:
     started: list[subprocess.Popen] = field(default_factory=list)
 
     @classmethod
-    def create(cls, tmp: Path, n: int = 3, memory_gb: float = 1.0, **mesh_settings) -> "LocalMesh":
+    def create(cls, tmp: Path, n: int = 3, memory_gb: float = 1.0, extra: dict | None = None,
+               **mesh_settings) -> "LocalMesh":
+        """``extra`` adds top-level sections to the cluster file (``ray``, ``execution``)."""
         nodes = []
         for i in range(n):
             host = f"127.0.0.{i + 1}"
@@ -89,6 +91,7 @@ class LocalMesh:
                 for a in nodes
             ],
             "mesh": {"host_reserve_bytes": "256MiB", **mesh_settings},
+            **(extra or {}),
         }
         path = tmp / "cluster.yaml"
         path.write_text(yaml.safe_dump(cfg))
