@@ -16,6 +16,8 @@
     ├── NodeUnavailable            a node is unknown, dead, or does not answer
     │   └── MeshTimeout            no reply within the timeout
     ├── AgentError                 the agent failed internally (it keeps serving)
+    ├── BlockMoving                the block is being moved to another node; retry shortly
+    ├── MoveFailed                 a move stopped half-way; the original is intact at the source
     └── PoolNotInitialized         (mesh/pool.py) the seeds' pool used before initialize()
 
 Wire error codes map to these classes through ``ERROR_CODES`` (and back through
@@ -105,6 +107,16 @@ class AgentError(MeshError):
     code = "internal"
 
 
+class BlockMoving(MeshError):
+    """Writes, frees and key changes wait while a block is copied; the client retries them."""
+
+    code = "moving"
+
+
+class MoveFailed(MeshError):
+    code = "move_failed"
+
+
 # One table from wire code to class. "unknown_op" and "bad_request" share classes with kin.
 ERROR_CODES: dict[str, type[MeshError]] = {
     cls.code: cls
@@ -123,6 +135,8 @@ ERROR_CODES: dict[str, type[MeshError]] = {
         NodeUnavailable,
         MeshTimeout,
         AgentError,
+        BlockMoving,
+        MoveFailed,
     )
 }
 ERROR_CODES["unknown_op"] = ProtocolError
