@@ -17,18 +17,28 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections import Counter, deque
+import zlib
+from collections import Counter, OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import psutil
 import zmq
 
 from agents.store import Block, BlockStore, populate
 from mesh import protocol as P
-from mesh.errors import AgentError, BlockNotFound, MeshError, TooLarge
-from mesh.membership import MembershipTable
+from mesh.errors import (
+    AgentError,
+    BlockNotFound,
+    InvalidRequest,
+    MeshError,
+    MeshTimeout,
+    MoveFailed,
+    NodeUnavailable,
+    TooLarge,
+)
+from mesh.membership import DEAD, MembershipTable
+from mesh.pressure import host_memory
 
 log = logging.getLogger("mesh.agent")
 
@@ -37,6 +47,14 @@ _BATCH = 64
 # Writes waiting for a zero-copy read of the same range to leave libzmq; more are refused.
 MAX_DEFERRED_WRITES = 64
 _GOSSIP_ADDRESS = re.compile(r"^tcp://[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+# Moving blocks peer to peer: READ chunk size and requests in flight for a pull, how long an
+# arrived copy waits for its COMMIT, how many moved-away ids keep a forwarding note.
+PULL_CHUNK = 4 * 1024 * 1024
+PULL_WINDOW = 8
+COMMIT_WAIT_S = 30.0
+STALL_S = 10.0  # no reply from the peer for this long ends a pull or a move
+MOVED_MEMORY = 10_000
+MAX_MOVE_TIMEOUT_S = 3600.0
 
 
 @dataclass
@@ -76,8 +94,8 @@ class Agent:
             self.incarnation,
             settings.share_bytes,
             settings.reserve_bytes,
-            available_fn=lambda: psutil.virtual_memory().available,
-            total_fn=lambda: psutil.virtual_memory().total,
+            available_fn=lambda: host_memory().available,
+            total_fn=lambda: host_memory().total,
         )
         self.members = MembershipTable(settings.suspect_after_s, settings.dead_after_s)
         self.ctx = ctx or zmq.Context.instance()
@@ -91,6 +109,11 @@ class Agent:
         self._deferred: deque[tuple[bytes, P.Request]] = deque()
         self._deferred_per_block: Counter[str] = Counter()
         self._retrying = False
+        # moves and pulls run in threads with sockets of their own; the loop finishes them
+        self._movers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="move")
+        self._jobs: dict[Future, tuple[Callable[..., None], tuple]] = {}
+        self._dead_addresses: frozenset[str] = frozenset()  # read by the move threads
+        self._moved: OrderedDict[str, str] = OrderedDict()  # block id -> where it went
         self._handlers: dict[str, Callable[[bytes, P.Request], None]] = {
             P.HELLO: self._hello,
             P.PING: self._ping,
@@ -106,6 +129,10 @@ class Agent:
             P.KGET: self._kget,
             P.KDEL: self._kdel,
             P.KLIST: self._klist,
+            P.MOVE: self._move,
+            P.PULL: self._pull,
+            P.COMMIT: self._commit,
+            P.ABORT: self._abort,
         }
 
     # --- sockets ------------------------------------------------------------------------------
@@ -140,7 +167,9 @@ class Agent:
         self._connected_gossip.add(gossip_address)
 
     def close(self) -> None:
+        self._stopping = True  # moves and pulls see it within a poll slice and give up
         self._populator.shutdown(wait=True, cancel_futures=True)
+        self._movers.shutdown(wait=True, cancel_futures=True)
         for sock in (self.router, self.pub, self.sub):
             sock.close(linger=0)
         self.store.close()
@@ -166,7 +195,7 @@ class Agent:
                 self._beat(now)
                 next_beat = max(next_beat + interval, now + interval / 2)
             timeout_s = next_beat - now
-            if self._pending:
+            if self._pending or self._jobs:
                 timeout_s = min(timeout_s, 0.005)
             if self._deferred:
                 timeout_s = min(timeout_s, 0.001)
@@ -177,6 +206,8 @@ class Agent:
                 self._drain_sub()
             if self._pending:
                 self._finish_allocations()
+            if self._jobs:
+                self._finish_jobs()
             if self._deferred:
                 self._retry_deferred()
 
@@ -289,7 +320,7 @@ class Agent:
     # --- gossip -------------------------------------------------------------------------------
 
     def self_record(self) -> dict[str, Any]:
-        vm = psutil.virtual_memory()
+        vm = host_memory()
         return {
             "node": self.s.node,
             "address": self.address,
@@ -300,12 +331,17 @@ class Agent:
             "used": self.store.used,
             "room": self.store.room(),
             "host_available": int(vm.available),
+            "host_total": int(vm.total),
             "blocks": len(self.store),
         }
 
     def _beat(self, now: float) -> None:
         rec = self.self_record()
         self.members.observe(rec, now)
+        self._dead_addresses = frozenset(
+            r["address"] for r in self.members.snapshot(now) if r["state"] == DEAD
+        )
+        self._drop_stale_copies(now)
         rec["peers"] = self.members.gossip_entries(now, exclude=self.s.node)
         try:
             self.pub.send_multipart(P.encode_heartbeat(rec), zmq.NOBLOCK)
@@ -357,7 +393,14 @@ class Agent:
             )])
 
     def _ready_block(self, block_id: str) -> Block:
-        block = self.store.get(block_id)
+        try:
+            block = self.store.get(block_id)
+        except BlockNotFound:
+            where = self._moved.get(block_id)
+            if where is None:
+                raise
+            raise BlockNotFound(f"block {block_id!r} moved from node {self.s.node} to {where}",
+                                node=self.s.node) from None
         if not block.ready:
             raise BlockNotFound(f"block {block_id!r} is still being allocated", node=self.s.node)
         return block
@@ -373,6 +416,7 @@ class Agent:
         data = P.frame_view(frame)
         offset = req.fields["offset"]
         self.store.check_range(block, offset, data.nbytes)
+        self.store.check_still(block)
         if self._must_wait(block.block_id, offset, offset + data.nbytes):
             self._defer(identity, req)
             return
@@ -414,7 +458,6 @@ class Agent:
 
     def _stats(self, identity: bytes, req: P.Request) -> None:
         rec = self.self_record()
-        rec["host_total"] = int(psutil.virtual_memory().total)
         rec["reserve"] = self.s.reserve_bytes
         rec["dropped_replies"] = self.dropped_replies
         self._reply(identity, req, rec)
@@ -440,3 +483,229 @@ class Agent:
 
     def _klist(self, identity: bytes, req: P.Request) -> None:
         self._reply(identity, req, {"node": self.s.node, "keys": self.store.key_records()})
+
+    # --- moving blocks peer to peer (see mesh/protocol.py: MOVE, PULL, COMMIT, ABORT) ----------
+
+    def _finish_jobs(self) -> None:
+        for future in [f for f in self._jobs if f.done()]:
+            done, args = self._jobs.pop(future)
+            done(future, *args)
+
+    def _job_error(self, future: Future, what: str) -> MeshError | None:
+        exc = future.exception()
+        if exc is None:
+            return None
+        if isinstance(exc, MeshError):
+            return exc
+        log.error("%s failed: %r", what, exc)
+        return AgentError(f"{what} failed: {exc!r}", node=self.s.node)
+
+    def _peer_socket(self, address: str, max_reply: int) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 4 * PULL_WINDOW)
+        sock.setsockopt(zmq.RCVHWM, 4 * PULL_WINDOW)
+        sock.setsockopt(zmq.MAXMSGSIZE, max_reply + 65536)
+        sock.connect(address)
+        return sock
+
+    def _await_reply(self, sock: zmq.Socket, peer: str, deadline: float,
+                     stall_s: float = STALL_S) -> P.Reply:
+        """The next reply from ``peer``, polling in short slices so that this agent stopping,
+        the peer dying (its heartbeat goes dead) or the deadline ends the wait."""
+        stall_at = time.monotonic() + stall_s
+        while True:
+            if sock.poll(200):
+                return P.parse_reply(sock.recv_multipart(copy=False))
+            now = time.monotonic()
+            if self._stopping:
+                raise AgentError(f"agent {self.s.node} is stopping", node=self.s.node)
+            if peer in self._dead_addresses:
+                raise NodeUnavailable(f"{peer} stopped sending heartbeats", node=self.s.node)
+            if now > deadline or now > stall_at:
+                raise MeshTimeout(f"{peer} did not answer in time", node=self.s.node)
+
+    def _valid_peer(self, address: str, what: str) -> str:
+        if not _GOSSIP_ADDRESS.match(address):
+            raise InvalidRequest(f"{what} must be an address like tcp://host:port, got {address!r}")
+        if address == self.address:
+            raise InvalidRequest(f"{what} {address} is this agent ({self.s.node})")
+        return address
+
+    # source side
+
+    def _move(self, identity: bytes, req: P.Request) -> None:
+        f = req.fields
+        block = self._ready_block(f["block"])
+        self.store.check_still(block)  # one move at a time
+        target = self._valid_peer(f["target"], "target")
+        timeout_s = float(f["timeout_s"])
+        if not 0 < timeout_s <= MAX_MOVE_TIMEOUT_S:
+            raise InvalidRequest(f"timeout_s must be in (0, {MAX_MOVE_TIMEOUT_S:g}], got {timeout_s}")
+        keys = [dict(r) for r in self.store.key_records(block.block_id)]
+        block.moving = True
+        future = self._movers.submit(self._move_job, block, target, keys,
+                                     time.monotonic() + timeout_s)
+        self._jobs[future] = (self._move_done, (identity, req, block, target))
+
+    def _move_job(self, block: Block, target: str, keys: list[dict], deadline: float) -> dict:
+        started = time.monotonic()
+        sock = self._peer_socket(target, 1 << 20)
+        pulled = False
+        try:
+            sock.send(P.encode_request(P.PULL, 1, {
+                "block": block.block_id, "source": self.address, "size": block.size,
+                "created": block.created, "lazy": block.lazy,
+            }))
+            # checksum our copy while the target pulls it (zlib releases the GIL)
+            checksum = f"crc32:{zlib.crc32(block.view):08x}"
+            reply = self._await_reply(sock, target, deadline,
+                                      stall_s=max(STALL_S, deadline - time.monotonic()))
+            reply.raise_for_error(target)
+            pulled = True
+            if reply.body.get("checksum") != checksum:
+                raise MoveFailed(
+                    f"the copy of {block.block_id} on {target} has checksum "
+                    f"{reply.body.get('checksum')}, the original {checksum}", node=self.s.node)
+            sock.send(P.encode_request(P.COMMIT, 2, {"block": block.block_id, "keys": keys}))
+            self._await_reply(sock, target, deadline + STALL_S).raise_for_error(target)
+            return {
+                "block": block.block_id, "from": self.s.node, "from_address": self.address,
+                "to": str(reply.body.get("node", "")), "to_address": target,
+                "size": block.size, "checksum": checksum, "keys": len(keys),
+                "seconds": time.monotonic() - started,
+            }
+        except MeshError:
+            if pulled or not self._stopping:
+                try:  # best effort: the target also drops an uncommitted copy on its own
+                    sock.send(P.encode_request(P.ABORT, 3, {"block": block.block_id}),
+                              zmq.NOBLOCK)
+                    if sock.poll(500):
+                        sock.recv_multipart()
+                except zmq.ZMQError:
+                    pass
+            raise
+        finally:
+            sock.close(0)
+
+    def _move_done(self, future: Future, identity: bytes, req: P.Request, block: Block,
+                   target: str) -> None:
+        error = self._job_error(future, f"moving {block.block_id}")
+        if error is not None:
+            block.moving = False
+            log.warning("move of %s to %s failed: %s", block.block_id, target, error)
+            self._send(identity, [P.encode_error(
+                req.op, req.request_id, MoveFailed.code,
+                f"moving {block.block_id} from {self.s.node} to {target} failed, the original "
+                f"is intact on {self.s.node}: {error}",
+            )])
+            return
+        result = future.result()
+        self.store.free(block.block_id, moved=True)
+        self._moved[block.block_id] = result["to"] or target
+        while len(self._moved) > MOVED_MEMORY:
+            self._moved.popitem(last=False)
+        log.info("moved %s (%d bytes) to %s in %.2f s", block.block_id, block.size, target,
+                 result["seconds"])
+        self._reply(identity, req, result)
+
+    # target side
+
+    def _pull(self, identity: bytes, req: P.Request) -> None:
+        f = req.fields
+        source = self._valid_peer(f["source"], "source")
+        if not f["block"] or len(f["block"]) > 256:
+            raise InvalidRequest("block id must be 1 to 256 characters")
+        block = self.store.allocate(f["size"], bool(f["lazy"]), block_id=f["block"],
+                                    created=float(f["created"]))
+        block.incoming = True
+        block.meta["commit_by"] = None
+        deadline = time.monotonic() + STALL_S + block.size / 20e6
+        future = self._movers.submit(self._pull_job, block, source, deadline)
+        self._jobs[future] = (self._pull_done, (identity, req, block))
+
+    def _pull_job(self, block: Block, source: str, deadline: float) -> str:
+        chunk = min(PULL_CHUNK, self.s.max_message_bytes)
+        sock = self._peer_socket(source, chunk)
+        try:
+            inflight: dict[int, tuple[int, int]] = {}
+            next_offset, request_id, received = 0, 0, 0
+            while received < block.size:
+                while len(inflight) < PULL_WINDOW and next_offset < block.size:
+                    request_id += 1
+                    length = min(chunk, block.size - next_offset)
+                    sock.send(P.encode_request(P.READ, request_id, {
+                        "block": block.block_id, "offset": next_offset, "length": length,
+                    }))
+                    inflight[request_id] = (next_offset, length)
+                    next_offset += length
+                if block.meta.get("cancelled"):
+                    raise MoveFailed(f"the move of {block.block_id} was aborted by its source")
+                reply = self._await_reply(sock, source, deadline)
+                reply.raise_for_error(source)
+                offset, length = inflight.pop(reply.request_id, (None, None))
+                if offset is None or len(reply.payload) != 1 or \
+                        P.frame_len(reply.payload[0]) != length:
+                    raise MoveFailed(f"{source} sent an unexpected reply while copying "
+                                     f"{block.block_id}")
+                block.view[offset : offset + length] = P.frame_view(reply.payload[0])
+                received += length
+            return f"crc32:{zlib.crc32(block.view):08x}"
+        finally:
+            sock.close(0)
+
+    def _pull_done(self, future: Future, identity: bytes, req: P.Request, block: Block) -> None:
+        error = self._job_error(future, f"copying {block.block_id}")
+        if error is None and block.meta.get("cancelled"):
+            error = MoveFailed(f"the move of {block.block_id} was aborted by its source")
+        if error is not None:
+            self.store.free(block.block_id, moved=True)
+            self._send(identity, [P.encode_exception(req.op, req.request_id, error)])
+            return
+        block.meta["commit_by"] = time.monotonic() + COMMIT_WAIT_S
+        self._reply(identity, req, {"block": block.block_id, "size": block.size,
+                                    "checksum": future.result(), "node": self.s.node})
+
+    def _arrived(self, block_id: str) -> Block:
+        block = self.store.get(block_id)
+        if not block.incoming or block.meta.get("commit_by") is None:
+            raise InvalidRequest(f"block {block_id!r} is not a copy waiting for its commit here")
+        return block
+
+    def _commit(self, identity: bytes, req: P.Request) -> None:
+        block = self._arrived(req.fields["block"])
+        for rec in req.fields["keys"]:
+            if not isinstance(rec, dict) or not isinstance(rec.get("key"), str) or \
+                    rec.get("block") != block.block_id:
+                raise InvalidRequest("COMMIT keys must be key records of the moved block")
+            created = rec.get("created")
+            self.store.put_key(rec["key"], rec, True,
+                               created if isinstance(created, (int, float)) else time.time())
+        block.incoming = False
+        block.ready = True
+        block.meta.pop("commit_by", None)
+        self._reply(identity, req, {"block": block.block_id, "node": self.s.node})
+
+    def _abort(self, identity: bytes, req: P.Request) -> None:
+        block_id = req.fields["block"]
+        dropped = False
+        try:
+            block = self.store.get(block_id)
+        except BlockNotFound:
+            block = None
+        if block is not None and block.incoming:
+            if block.meta.get("commit_by") is None:
+                block.meta["cancelled"] = True  # the pull thread stops; _pull_done frees it
+            else:
+                self.store.free(block_id, moved=True)
+            dropped = True
+        self._reply(identity, req, {"block": block_id, "dropped": dropped})
+
+    def _drop_stale_copies(self, now: float) -> None:
+        """Arrived copies whose source never committed (it died or gave up) are dropped."""
+        for block in self.store.blocks():
+            commit_by = block.meta.get("commit_by") if block.incoming else None
+            if commit_by is not None and now > commit_by:
+                log.warning("dropping the copy of %s: its source never committed the move",
+                            block.block_id)
+                self.store.free(block.block_id, moved=True)

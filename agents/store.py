@@ -21,6 +21,7 @@ from typing import Callable
 
 from mesh.units import format_bytes
 from mesh.errors import (
+    BlockMoving,
     BlockNotFound,
     CapacityError,
     InvalidRequest,
@@ -48,6 +49,8 @@ class Block:
     view: memoryview
     ready: bool = False  # pages populated (or lazy); writes and reads wait for it
     meta: dict = field(default_factory=dict)
+    moving: bool = False  # being copied away: writes, frees and key changes wait
+    incoming: bool = False  # a copy arriving from another node, not served until COMMIT
 
     def record(self, node: str) -> dict:
         return {
@@ -122,8 +125,14 @@ class BlockStore:
         self._counter += 1
         return block_id
 
-    def allocate(self, size: int, lazy: bool) -> Block:
-        """Reserve and map a block; the caller populates it (unless lazy) before marking ready."""
+    def allocate(self, size: int, lazy: bool, block_id: str | None = None,
+                 created: float | None = None) -> Block:
+        """Reserve and map a block; the caller populates it (unless lazy) before marking ready.
+
+        ``block_id`` adopts the id of a block moving here from another node (ids name where a
+        block was made, not where it lives)."""
+        if block_id is not None and block_id in self._blocks:
+            raise InvalidRequest(f"block {block_id!r} already exists on node {self.node}")
         if size <= 0:
             raise InvalidSize(f"allocation size must be a positive number of bytes, got {size}")
         room = self.room()
@@ -137,7 +146,9 @@ class BlockStore:
             buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
         except (OSError, OverflowError, MemoryError) as exc:
             raise CapacityError(f"node {self.node} could not map {size} bytes: {exc}") from None
-        block = Block(self.new_id(), size, lazy, time.time(), buf, memoryview(buf), ready=lazy)
+        block = Block(block_id or self.new_id(), size, lazy,
+                      time.time() if created is None else created, buf, memoryview(buf),
+                      ready=lazy and block_id is None)
         self._blocks[block.block_id] = block
         self.used += size
         return block
@@ -148,9 +159,18 @@ class BlockStore:
             raise BlockNotFound(f"block {block_id!r} not found on node {self.node}", node=self.node)
         return block
 
-    def free(self, block_id: str) -> Block:
-        """Free a block and forget every key that points into it."""
+    def check_still(self, block: Block) -> None:
+        """Refuse a change to a block that is being moved (the client retries)."""
+        if block.moving:
+            raise BlockMoving(f"block {block.block_id} is being moved off node {self.node}; "
+                              "retry in a moment", node=self.node)
+
+    def free(self, block_id: str, moved: bool = False) -> Block:
+        """Free a block and forget every key that points into it (``moved``: it lives on
+        elsewhere now, so a move in progress does not stop this)."""
         block = self.get(block_id)
+        if not moved:
+            self.check_still(block)
         del self._blocks[block_id]
         self.used -= block.size
         for key in [k for k, r in self._keys.items() if r["block"] == block_id]:
@@ -168,9 +188,12 @@ class BlockStore:
         if record["block"]:
             block = self.get(record["block"])
             self.check_range(block, record["offset"], record["length"])
+            self.check_still(block)
         old = self._keys.get(key)
         if old is not None and not replace:
             raise KeyExists(f"key {key!r} already exists (on node {self.node}); delete it or replace it")
+        if old is not None and old["block"] in self._blocks:
+            self.check_still(self._blocks[old["block"]])
         self._keys[key] = record
         if old is not None and old["owns_block"] and old["block"] and old["block"] != record["block"]:
             if old["block"] in self._blocks:
@@ -186,14 +209,19 @@ class BlockStore:
     def delete_key(self, key: str) -> bool:
         """Forget a key; free its block when the block was made for it. True if freed."""
         record = self.get_key(key)
+        if record["block"] in self._blocks:
+            self.check_still(self._blocks[record["block"]])
         del self._keys[key]
         if record["owns_block"] and record["block"] in self._blocks:
             self.free(record["block"])
             return True
         return False
 
-    def key_records(self) -> list[dict]:
-        return list(self._keys.values())
+    def key_records(self, block_id: str | None = None) -> list[dict]:
+        """Every key record, or those naming a range of ``block_id``."""
+        if block_id is None:
+            return list(self._keys.values())
+        return [r for r in self._keys.values() if r["block"] == block_id]
 
     def blocks(self) -> list[Block]:
         return list(self._blocks.values())
@@ -209,7 +237,7 @@ class BlockStore:
 
     def close(self) -> None:
         for block_id in list(self._blocks):
-            self.free(block_id)
+            self.free(block_id, moved=True)
 
 
 MAX_KEY_LENGTH = 1024

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from typing import Any, Callable
 
 import zmq
@@ -125,6 +126,11 @@ class _ClientBase:
     def stat(self, block_id: str) -> BlockInfo:
         return self._run(self._core.stat(block_id))
 
+    def move(self, block_id: str, node: str, timeout_s: float | None = None) -> dict[str, Any]:
+        """Move a block to ``node``, agent to agent, keeping its id (and the keys naming it).
+        Returns {from, to, size, checksum, seconds}; ``MoveFailed`` leaves it at the source."""
+        return self._run(self._core.move(block_id, node, timeout_s))
+
     def blocks(self) -> list[BlockInfo]:
         return self._run(self._core.blocks())
 
@@ -206,6 +212,9 @@ class MeshClient(_ClientBase):
         self._lock = threading.Lock()
 
     def _wait(self, wait: Wait) -> set[zmq.Socket]:
+        if not wait.sockets:
+            time.sleep(wait.timeout_s)
+            return set()
         if len(wait.sockets) == 1:
             sock = wait.sockets[0]
             return {sock} if sock.poll(max(1, int(wait.timeout_s * 1000))) else set()
@@ -261,6 +270,9 @@ class AsyncMeshClient(_ClientBase):
         return shadow
 
     async def _wait(self, wait: Wait) -> set[zmq.Socket]:
+        if not wait.sockets:
+            await asyncio.sleep(wait.timeout_s)
+            return set()
         poller = zmq.asyncio.Poller()
         shadows = {}
         for sock in wait.sockets:

@@ -35,6 +35,7 @@ from mesh import protocol as P
 from mesh._malloc import tune_for_transfers
 from mesh.config import ClusterConfig, MeshSettings
 from mesh.errors import (
+    BlockMoving,
     BlockNotFound,
     CapacityError,
     InvalidRequest,
@@ -67,6 +68,7 @@ class NodeInfo:
     blocks: int
     age_s: float
     version: str
+    host_total: int = 0
 
 
 @dataclass(frozen=True)
@@ -255,6 +257,9 @@ def byte_view(data: Any, *, writable: bool = False) -> memoryview:
     return view
 
 
+MOVING_RETRY_S = 0.02  # how soon a change refused during a move is tried again
+
+
 def block_node_hint(block_id: str) -> str | None:
     m = _BLOCK_ID.match(block_id)
     return m.group("node") if m else None
@@ -365,12 +370,25 @@ class Core:
         return run.outcome()
 
     def call(self, address: str, op: str, fields: dict[str, Any] | None = None,
-             timeout_s: float | None = None) -> Op:
-        calls = yield from self.execute(Batch(
-            [Call(address, op, fields or {})],
-            timeout_s or self.settings.request_timeout_s,
-        ))
-        return calls[0].result
+             timeout_s: float | None = None, wait_moving: bool = True) -> Op:
+        """One request. A change refused because its block is being moved (``BlockMoving``)
+        is retried until the request timeout, unless ``wait_moving`` is False."""
+        deadline = time.monotonic() + (timeout_s or self.settings.request_timeout_s)
+        while True:
+            try:
+                calls = yield from self.execute(Batch(
+                    [Call(address, op, fields or {})],
+                    timeout_s or self.settings.request_timeout_s,
+                ))
+                return calls[0].result
+            except BlockMoving:
+                if not wait_moving or time.monotonic() > deadline:
+                    raise
+                yield from self.pause(MOVING_RETRY_S)
+
+    def pause(self, seconds: float) -> Op:
+        """Sleep inside an operation (the client's wait with no sockets)."""
+        yield Wait((), seconds)
 
     def ping(self, address: str | None = None, timeout_s: float | None = None) -> Op:
         """{node, incarnation} of the agent at ``address`` (default: the first seed)."""
@@ -435,6 +453,7 @@ class Core:
                 blocks=r["blocks"],
                 age_s=float(r["age_s"]),
                 version=str(r.get("version", "")),
+                host_total=int(r.get("host_total") or 0),
             )
             for name, r in merged.items()
         }
@@ -544,7 +563,19 @@ class Core:
         self._locations.pop(block_id, None)
 
     def _with_location(self, block_id: str, body) -> Op:
-        """Run ``body(address, size)``; if the block moved since we cached it, look again once."""
+        """Run ``body(address, size)``; if the block moved since we cached it, look again once.
+        While it is being moved (``BlockMoving``), wait and follow it to its new node."""
+        deadline = time.monotonic() + self.settings.request_timeout_s
+        while True:
+            try:
+                return (yield from self._located(block_id, body))
+            except BlockMoving:
+                if time.monotonic() > deadline:
+                    raise
+                self._forget(block_id)
+                yield from self.pause(MOVING_RETRY_S)
+
+    def _located(self, block_id: str, body) -> Op:
         cached = block_id in self._locations
         address, size = yield from self.locate(block_id)
         try:
@@ -630,6 +661,31 @@ class Core:
         yield from self._with_location(block_id, body)
         self._forget(block_id)
         self._nodes_at = -1e9
+
+    def move(self, block_id: str, target: str, timeout_s: float | None = None) -> Op:
+        """Move a block to node ``target``, agent to agent; its id stays the same.
+
+        The source copies it to the target (which verifies a crc32 of the copy), hands over the
+        keys naming it, then frees its own copy. Returns the source's report (from, to, size,
+        checksum, seconds). On failure (``MoveFailed``) the original is intact at the source."""
+        nodes = yield from self.refresh_nodes(max_age_s=self.settings.heartbeat_interval_s)
+        dest = next((n for n in nodes if n.name == target), None)
+        if dest is None:
+            known = ", ".join(n.name for n in nodes) or "none"
+            raise NodeUnavailable(f"unknown node {target!r} (known: {known})")
+        if dest.state != ALIVE:
+            raise NodeUnavailable(f"node {target!r} is {dest.state}", node=target)
+        address, size = yield from self.locate(block_id)
+        if address == dest.address:
+            raise InvalidRequest(f"block {block_id} is already on node {target}")
+        # a generous allowance: copying runs at about 1 GB/s here, verifying at 4 GB/s
+        budget = timeout_s or (self.settings.request_timeout_s + size / 20e6)
+        result = yield from self.call(address, P.MOVE, {
+            "block": block_id, "target": dest.address, "timeout_s": float(budget),
+        }, timeout_s=budget + self.settings.request_timeout_s, wait_moving=False)
+        self._locations[block_id] = (dest.address, size)
+        self._nodes_at = -1e9
+        return result
 
     def stat(self, block_id: str) -> Op:
         def body(address: str, size: int) -> Op:

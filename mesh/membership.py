@@ -21,7 +21,7 @@ ALIVE = "alive"
 SUSPECT = "suspect"
 DEAD = "dead"
 
-_STAT_FIELDS = ("capacity", "used", "room", "host_available", "blocks")
+_STAT_FIELDS = ("capacity", "used", "room", "host_available", "host_total", "blocks")
 
 
 @dataclass
@@ -38,6 +38,7 @@ class Member:
     blocks: int
     last_heard: float
     stats_heard: float  # when the stat fields were current
+    host_total: int = 0  # 0 from agents older than the field
 
     def as_record(self, now: float, state: str) -> dict[str, Any]:
         return {
@@ -50,6 +51,7 @@ class Member:
             "used": self.used,
             "room": self.room,
             "host_available": self.host_available,
+            "host_total": self.host_total,
             "blocks": self.blocks,
             "age_s": max(0.0, now - self.last_heard),
             "state": state,
@@ -80,6 +82,7 @@ class MembershipTable:
                 room=rec.get("room", max(0, rec["capacity"] - rec["used"])),
                 host_available=rec["host_available"],
                 blocks=rec["blocks"],
+                host_total=int(rec.get("host_total") or 0),
                 last_heard=heard,
                 stats_heard=heard,
             )

@@ -28,6 +28,19 @@ Ops and their fields (all sizes and offsets are byte counts, ints >= 0)::
     KDEL   {key}                              -> {key, freed_block}
     KLIST  {}                                 -> {keys: [key record, ...]}
 
+Moving a block peer to peer (rebalancing, draining); the master sends only MOVE::
+
+    MOVE   {block, target, timeout_s}  to the source  -> {block, from, to, size, checksum, seconds}
+    PULL   {block, source, size, created, lazy}  source -> target: the target makes an incoming
+                                      block with the same id, READs it from the source in chunks
+                                      and answers {block, size, checksum} (crc32 of its copy)
+    COMMIT {block, keys}               source -> target: the copy is verified; the target takes the
+                                      key records and serves the block -> {block}
+    ABORT  {block}                     source -> target: drop an incoming copy -> {block, dropped}
+
+While a block moves, the source refuses writes, frees and key changes on it with code "moving"
+(clients retry); reads go on. After COMMIT the source frees its copy.
+
 A key record names a range of one of this agent's blocks plus metadata::
 
     {key, block ("" for a 0-byte object), offset, length, content_type, checksum, owns_block,
@@ -39,7 +52,7 @@ parsed gets an ERROR reply with ``request_id`` 0 and op "?" when the agent can s
 Gossip plane (agent PUB -> peer SUB), one message of two frames::
 
     [b"hb", msgpack {node, address, gossip, incarnation, version, capacity, used,
-                     host_available, blocks, peers: [{...same fields..., age_s}, ...]}]
+                     host_available, host_total, blocks, peers: [{...same fields..., age_s}, ...]}]
 
 What this module does not do: sockets, timers, block memory. The agent (``agents/``) and the
 client (``mesh/client.py``) drive sockets and call these functions; ``mesh/errors.py`` maps error
@@ -71,6 +84,10 @@ KPUT = "kput"
 KGET = "kget"
 KDEL = "kdel"
 KLIST = "klist"
+MOVE = "move"
+PULL = "pull"
+COMMIT = "commit"
+ABORT = "abort"
 
 OK = 0
 ERROR = 1
@@ -101,6 +118,11 @@ _REQUEST_SCHEMA: dict[str, tuple[dict[str, tuple[type, ...]], int]] = {
     KGET: ({"key": (str,)}, 0),
     KDEL: ({"key": (str,)}, 0),
     KLIST: ({}, 0),
+    MOVE: ({"block": (str,), "target": (str,), "timeout_s": (int, float)}, 0),
+    PULL: ({"block": (str,), "source": (str,), "size": _INT, "created": (int, float),
+            "lazy": (bool,)}, 0),
+    COMMIT: ({"block": (str,), "keys": (list,)}, 0),
+    ABORT: ({"block": (str,)}, 0),
 }
 OPS = frozenset(_REQUEST_SCHEMA)
 
@@ -288,9 +310,10 @@ def _valid_record(rec: Any) -> bool:
         v = rec.get(name)
         if not isinstance(v, types) or isinstance(v, bool):
             return False
-    room = rec.get("room")
-    if room is not None and (not isinstance(room, int) or isinstance(room, bool)):
-        return False
+    for name in ("room", "host_total"):
+        value = rec.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            return False
     return True
 
 
