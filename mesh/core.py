@@ -576,14 +576,13 @@ class Core:
                 yield from self.pause(MOVING_RETRY_S)
 
     def _located(self, block_id: str, body) -> Op:
-        cached = block_id in self._locations
+        # A "not found" from where we looked (in the cache, or just now: a move may have
+        # finished in between) means look once more; if it is gone, locate says so.
         address, size = yield from self.locate(block_id)
         try:
             return (yield from body(address, size))
         except BlockNotFound:
             self._forget(block_id)
-            if not cached:
-                raise
         address, size = yield from self.locate(block_id)
         return (yield from body(address, size))
 
