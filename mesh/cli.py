@@ -340,6 +340,7 @@ def demo(config_path: str | None, size: str, keep: bool) -> None:
 
 from mesh.cli_memory import memory  # noqa: E402
 cli.add_command(memory)
+import mesh.cli_rebalance  # noqa: E402,F401  (registers `grid rebalance`, `grid agents drain`)
 
 
 def main() -> None:
