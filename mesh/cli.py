@@ -340,7 +340,9 @@ def demo(config_path: str | None, size: str, keep: bool) -> None:
 
 from mesh.cli_memory import memory  # noqa: E402
 cli.add_command(memory)
-import mesh.cli_rebalance  # noqa: E402,F401  (registers `grid rebalance`, `grid agents drain`)
+from mesh.cli_rebalance import drain, rebalance  # noqa: E402
+cli.add_command(rebalance)
+agents.add_command(drain)
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import click
 from rich.table import Table
 
-from mesh.cli import GridError, agents, cli, config_option, err, load, out
+from mesh.cli import GridError, config_option, err, load, out
 from mesh.client import MeshClient
 from mesh.config import ClusterConfig
 from mesh.rebalance import MoveResult, PassReport, Rebalancer
@@ -79,7 +79,7 @@ def _one_pass(rebalancer: Rebalancer, drain: str | None, dry_run: bool) -> PassR
     return report
 
 
-@cli.command()
+@click.command()
 @config_option
 @click.option("--watch", is_flag=True, help="keep rebalancing every rebalance_interval_seconds")
 @click.option("--interval", type=float, default=None,
@@ -116,7 +116,7 @@ def rebalance(config_path: str | None, watch: bool, interval: float | None,
         raise GridError(f"{failed} move(s) failed; their blocks are intact where they were")
 
 
-@agents.command()
+@click.command()
 @config_option
 @click.argument("node")
 @click.option("--no-ray", "no_ray", is_flag=True,
