@@ -1,6 +1,7 @@
-"""Seed import path for the memory pool; the code is ``mesh.pool``. The seeds' orchestrator
-(``ResourceSharingOrchestrator``) is not built yet."""
+"""Seed import paths for the memory pool (``mesh.pool``) and the orchestrator
+(``mesh.orchestrator``)."""
 
+from mesh.orchestrator import ResourceSharingOrchestrator
 from mesh.pool import DistributedMemoryPool, PoolNotInitialized
 
-__all__ = ["DistributedMemoryPool", "PoolNotInitialized"]
+__all__ = ["DistributedMemoryPool", "PoolNotInitialized", "ResourceSharingOrchestrator"]
