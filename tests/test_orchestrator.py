@@ -48,7 +48,7 @@ def test_pressure_and_offload_decisions_from_heartbeats(shared_mesh):
 
     loads, hot, calm, big, small, master, unknown = asyncio.run(main())
     assert loads["node3"].used >= 880 * MiB and master_name_in(loads)
-    assert hot > 0.8 and calm == 0.1  # 86 % of a 1 GiB share vs nothing
+    assert hot > 0.7 and calm == 0.1  # 86 % of a 1 GiB share (over the high threshold) vs nothing
     assert big.offload and any("needs 2 GB" in r for r in big.reasons)
     assert not small.offload, small.reasons
     assert 0.1 <= master <= 1.0
