@@ -3,6 +3,7 @@
 
     python tools/bench.py transfer [--size 1GiB] [--runs 5] [--chunk 2MiB] [--window 8] [--json]
     python tools/bench.py cli-memory [--size 2GiB] [--chunk 2MiB] [--window 8] [--json]
+    python tools/bench.py move [--size 1GiB] [--runs 4] [--json]
 
 ``transfer`` starts one real ``mesh-agent`` on loopback, allocates one block of ``--size``, then
 for each run writes the whole block from a warm client buffer and reads it back into another
@@ -18,6 +19,13 @@ psutil) and the kernel's peak (VmHWM) every 20 ms until it exits. Baseline, in t
 the peak RSS of ``python -c "import mesh.cli"`` (what ``grid`` loads before it does anything).
 GB/s are over each command's whole wall time, start-up included (``startup_s``: the wall time of
 ``grid --version``). The retrieved file is compared with the original by a streaming SHA-256.
+
+``move`` starts two real agents (127.0.0.1 and 127.0.0.2), writes one block of ``--size`` on the
+first, then moves it back and forth (``MeshClient.move``: agent to agent, crc32 on both sides,
+keys handed over, the source freed) ``--runs`` times, and reads it back once at the end to check
+every byte. Baselines in the same run: the raw-socket ``sendall`` of ``transfer`` and the
+client's own write of the same block. Each move lands in fresh memory on the target (page
+faults included), as a real move does.
 
 A benchmark, not a test: it asserts nothing; it stops by itself (every wait has a timeout).
 """
@@ -119,44 +127,52 @@ class Baseline:
 
 
 class OneAgent:
-    """One real agent on 127.0.0.1 with room for ``size`` bytes."""
+    """``n`` real agents on 127.0.0.1, .2, ... each with room for ``size`` bytes."""
 
-    def __init__(self, size: int, chunk: int, window: int, tmp: Path):
-        self.port = _free_port()
+    def __init__(self, size: int, chunk: int, window: int, tmp: Path, n: int = 1):
+        hosts = [f"127.0.0.{i + 1}" for i in range(n)]
+        ports = [_free_port(h) for h in hosts]
+        self.port = ports[0]
+        self.n = n
         cfg = {
             "name": "bench",
-            "nodes": [{"name": "bench-1", "host": "127.0.0.1", "mesh_port": self.port,
-                       "memory_gb": size / 1024**3 + 0.25}],
+            "nodes": [{"name": f"bench-{i + 1}", "host": h, "mesh_port": p,
+                       "memory_gb": size / 1024**3 + 0.25}
+                      for i, (h, p) in enumerate(zip(hosts, ports))],
             "mesh": {"chunk_bytes": chunk, "window": window, "host_reserve_bytes": "512MiB",
                      "request_timeout_s": 60},
         }
         self.config = tmp / "bench.yaml"
         self.config.write_text(yaml.safe_dump(cfg))
         self.log = open(tmp / "agent.log", "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agents.main", "--config", str(self.config), "--node", "bench-1"],
+        self.procs = [subprocess.Popen(
+            [sys.executable, "-m", "agents.main", "--config", str(self.config),
+             "--node", f"bench-{i + 1}"],
             stdout=self.log, stderr=self.log, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        )
+        ) for i in range(n)]
+        self.proc = self.procs[0]
 
     def client(self) -> MeshClient:
         client = MeshClient(self.config)
         deadline = time.monotonic() + 30
         while True:
             try:
-                if any(n.state == "alive" for n in client.nodes()):
+                if sum(n.state == "alive" for n in client.nodes()) >= self.n:
                     return client
             except Exception:
                 pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
+            if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs):
                 raise RuntimeError("agent did not start; see its log")
             time.sleep(0.1)
 
     def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         self.log.close()
 
 
@@ -210,6 +226,58 @@ def transfer(args: argparse.Namespace) -> dict:
     }
     result["write_ratio"] = round(result["write_gbps"] / result["baseline_gbps"], 3)
     result["read_ratio"] = round(result["read_gbps"] / result["baseline_gbps"], 3)
+    return result
+
+
+# --- move: a block from one agent to another -------------------------------------------------
+
+
+def move(args: argparse.Namespace) -> dict:
+    size = parse_size(args.size)
+    runs = args.runs
+    data = _warm(size, fill=True)
+    dv = memoryview(data)
+    with tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp:
+        agents = OneAgent(size, 2 << 20, 8, Path(tmp), n=2)
+        baseline = Baseline(size, runs)
+        try:
+            client = agents.client()
+            block = client.allocate(size, node="bench-1")
+            b, w, m = [], [], []
+            where = "bench-1"
+            for i in range(runs):
+                b.append(size / baseline.run_once(dv) / 1e9)
+                t0 = time.perf_counter()
+                client.write(block, dv)
+                w.append(size / (time.perf_counter() - t0) / 1e9)
+                where = "bench-2" if where == "bench-1" else "bench-1"
+                t0 = time.perf_counter()
+                client.move(block, where)
+                seconds = time.perf_counter() - t0
+                m.append(seconds)
+                if not args.json:
+                    print(f"run {i + 1}: baseline {b[-1]:.2f} GB/s  client write {w[-1]:.2f} GB/s"
+                          f"  move {seconds:.2f} s ({size / seconds / 1e9:.2f} GB/s)")
+            out = client.read(block)
+            same = out == data and client.stat(block).node == where
+            client.free(block)
+            client.close()
+        finally:
+            baseline.close()
+            agents.close()
+    move_s = statistics.median(m)
+    result = {
+        "bench": "move",
+        "size_bytes": size,
+        "runs": runs,
+        "move_seconds": round(move_s, 3),
+        "move_gbps": round(size / move_s / 1e9, 3),
+        "baseline_gbps": round(statistics.median(b), 3),
+        "client_write_gbps": round(statistics.median(w), 3),
+        "verified": same,
+    }
+    result["ratio_to_baseline"] = round(result["move_gbps"] / result["baseline_gbps"], 3)
+    result["ratio_to_client_write"] = round(result["move_gbps"] / result["client_write_gbps"], 3)
     return result
 
 
@@ -378,7 +446,24 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--chunk", default="2MiB")
     c.add_argument("--window", type=int, default=8)
     c.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    mv = sub.add_parser("move", help="move a block between two agents against the baselines")
+    mv.add_argument("--size", default="1GiB")
+    mv.add_argument("--runs", type=int, default=4)
+    mv.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args(argv)
+    if args.bench == "move":
+        result = move(args)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print(
+                f"{format_bytes(result['size_bytes'])} moved agent to agent in "
+                f"{result['move_seconds']:.2f} s ({result['move_gbps']:.2f} GB/s, median of "
+                f"{result['runs']}); baseline sendall {result['baseline_gbps']:.2f} GB/s, ratio "
+                f"{result['ratio_to_baseline']:.2f}; client write {result['client_write_gbps']:.2f}"
+                f" GB/s, ratio {result['ratio_to_client_write']:.2f}; verified {result['verified']}"
+            )
+        return 0
     if args.bench == "cli-memory":
         result = cli_memory(args)
         if args.json:
