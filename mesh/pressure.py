@@ -175,29 +175,72 @@ def _inactive_file(stat_path: Path, key: str) -> int:
     return 0
 
 
-def cgroup_memory(root: str | os.PathLike = "/sys/fs/cgroup") -> tuple[int, int, str] | None:
-    """(limit, usage, kind) of the cgroup this process runs in, or None when it has no limit."""
+def _own_paths(proc_cgroup: str | None) -> tuple[str | None, str | None]:
+    """This process's cgroup path in the v2 hierarchy and in v1's memory hierarchy."""
+    if proc_cgroup is None:
+        try:
+            proc_cgroup = Path("/proc/self/cgroup").read_text()
+        except OSError:
+            return None, None
+    v2 = v1 = None
+    for line in proc_cgroup.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        hierarchy, controllers, path = parts
+        if hierarchy == "0" and controllers == "":
+            v2 = path
+        elif "memory" in controllers.split(","):
+            v1 = path
+    return v2, v1
+
+
+def _chain(base: Path, path: str | None) -> list[Path]:
+    """``base/path`` and each of its parents up to ``base`` (a parent's limit applies too)."""
+    out = []
+    rel = Path((path or "/").lstrip("/"))
+    while True:
+        out.append(base / rel)
+        if rel == Path("."):
+            return out
+        rel = rel.parent
+
+
+def cgroup_memory(root: str | os.PathLike = "/sys/fs/cgroup",
+                  proc_cgroup: str | None = None) -> tuple[int, int, str] | None:
+    """(limit, usage, kind) of the tightest memory limit over this process's cgroup and its
+    parents (cgroup v2, else v1), or None when none is limited. ``proc_cgroup`` is the text of
+    /proc/self/cgroup (read when None). Inside a container the container's own cgroup is the
+    root of the mount, so the root is always looked at."""
     base = Path(root)
-    # cgroup v2: one unified hierarchy; the container sees its own cgroup at the root.
-    limit = _read_int(base / "memory.max")
-    if limit is not None:
-        usage = _read_int(base / "memory.current") or 0
-        usage -= _inactive_file(base / "memory.stat", "inactive_file")
-        return limit, max(0, usage), "cgroup v2"
-    v1 = base / "memory"
-    limit = _read_int(v1 / "memory.limit_in_bytes")
-    if limit is not None:
-        usage = _read_int(v1 / "memory.usage_in_bytes") or 0
-        usage -= _inactive_file(v1 / "memory.stat", "total_inactive_file")
-        return limit, max(0, usage), "cgroup v1"
+    v2_path, v1_path = _own_paths(proc_cgroup)
+    layouts = (
+        (_chain(base, v2_path), "memory.max", "memory.current", "inactive_file", "cgroup v2"),
+        (_chain(base / "memory", v1_path), "memory.limit_in_bytes", "memory.usage_in_bytes",
+         "total_inactive_file", "cgroup v1"),
+    )
+    for dirs, limit_file, usage_file, inactive_key, kind in layouts:
+        best: tuple[int, int] | None = None
+        for d in dirs:
+            limit = _read_int(d / limit_file)
+            if limit is None:
+                continue
+            usage = (_read_int(d / usage_file) or 0) - _inactive_file(d / "memory.stat",
+                                                                       inactive_key)
+            usage = max(0, usage)
+            if best is None or limit - usage < best[0] - best[1]:
+                best = (limit, usage)
+        if best is not None:
+            return best[0], best[1], kind
     return None
 
 
-def host_memory(cgroup_root: str | os.PathLike = "/sys/fs/cgroup") -> HostMemory:
+def host_memory(cgroup_root: str | os.PathLike = "/sys/fs/cgroup",
+                proc_cgroup: str | None = None) -> HostMemory:
     """Total and available RAM for this process: the host's, or its cgroup's when smaller."""
     vm = psutil.virtual_memory()
     total, available, source = int(vm.total), int(vm.available), "host"
-    limited = cgroup_memory(cgroup_root)
+    limited = cgroup_memory(cgroup_root, proc_cgroup)
     if limited is not None:
         limit, usage, kind = limited
         if limit < total:

@@ -108,8 +108,8 @@ def test_cgroup_v2_limit_and_usage(tmp_path):
     (tmp_path / "memory.max").write_text("1073741824\n")
     (tmp_path / "memory.current").write_text(str(600 * 2**20))
     (tmp_path / "memory.stat").write_text("anon 100\ninactive_file 104857600\nactive_file 5\n")
-    assert cgroup_memory(tmp_path) == (2**30, 500 * 2**20, "cgroup v2")
-    mem = host_memory(tmp_path)
+    assert cgroup_memory(tmp_path, "0::/\n") == (2**30, 500 * 2**20, "cgroup v2")
+    mem = host_memory(tmp_path, "0::/\n")
     assert mem.source == "cgroup v2" and mem.total == 2**30
     assert mem.available <= 2**30 - 500 * 2**20
 
@@ -117,8 +117,8 @@ def test_cgroup_v2_limit_and_usage(tmp_path):
 def test_cgroup_v2_without_limit_is_the_host(tmp_path):
     (tmp_path / "memory.max").write_text("max\n")
     (tmp_path / "memory.current").write_text("123")
-    assert cgroup_memory(tmp_path) is None
-    assert host_memory(tmp_path).source == "host"
+    assert cgroup_memory(tmp_path, "0::/\n") is None
+    assert host_memory(tmp_path, "0::/\n").source == "host"
 
 
 def test_cgroup_v1(tmp_path):
@@ -127,9 +127,28 @@ def test_cgroup_v1(tmp_path):
     (v1 / "memory.limit_in_bytes").write_text(str(512 * 2**20))
     (v1 / "memory.usage_in_bytes").write_text(str(300 * 2**20))
     (v1 / "memory.stat").write_text("cache 1\ntotal_inactive_file 104857600\n")
-    assert cgroup_memory(tmp_path) == (512 * 2**20, 200 * 2**20, "cgroup v1")
+    own = "4:memory:/\n0::/\n"
+    assert cgroup_memory(tmp_path, own) == (512 * 2**20, 200 * 2**20, "cgroup v1")
     (v1 / "memory.limit_in_bytes").write_text("9223372036854771712")  # v1's "unlimited"
-    assert cgroup_memory(tmp_path) is None
+    assert cgroup_memory(tmp_path, own) is None
+
+
+def test_the_process_own_cgroup_and_the_tightest_parent(tmp_path):
+    own = "9:name=systemd:/\n4:memory,foo:/jobs/job-7\n0::/\n"
+    job = tmp_path / "memory" / "jobs" / "job-7"
+    job.mkdir(parents=True)
+    (tmp_path / "memory" / "jobs" / "memory.limit_in_bytes").write_text(str(4 << 30))
+    (tmp_path / "memory" / "jobs" / "memory.usage_in_bytes").write_text(str(1 << 30))
+    assert cgroup_memory(tmp_path, own) == (4 << 30, 1 << 30, "cgroup v1")  # the parent's
+    (job / "memory.limit_in_bytes").write_text(str(1 << 30))
+    (job / "memory.usage_in_bytes").write_text(str(900 << 20))
+    assert cgroup_memory(tmp_path, own) == (1 << 30, 900 << 20, "cgroup v1")  # tighter
+    v2 = "0::/user.slice/app\n"
+    app = tmp_path / "user.slice" / "app"
+    app.mkdir(parents=True)
+    (app / "memory.max").write_text(str(2 << 30))
+    (app / "memory.current").write_text(str(1 << 30))
+    assert cgroup_memory(tmp_path, v2) == (2 << 30, 1 << 30, "cgroup v2")
 
 
 def test_this_machine():
