@@ -340,6 +340,8 @@ def demo(config_path: str | None, size: str, keep: bool) -> None:
 
 from mesh.cli_memory import memory  # noqa: E402
 cli.add_command(memory)
+from mesh.cli_sharing import resource_sharing  # noqa: E402
+cli.add_command(resource_sharing)
 from mesh.cli_rebalance import drain, rebalance  # noqa: E402
 cli.add_command(rebalance)
 agents.add_command(drain)

@@ -20,6 +20,9 @@
     ├── MoveFailed                 a move stopped half-way; the original is intact at the source
     └── PoolNotInitialized         (mesh/pool.py) the seeds' pool used before initialize()
 
+Placement errors never travel between agent and client, so they have codes (for ``--json``
+output and logs) but no entry in the wire table.
+
 Wire error codes map to these classes through ``ERROR_CODES`` (and back through
 ``code_for``), so the agent and the client agree on one table. Third-party errors (zmq, msgpack,
 yaml, OS errors) are converted at the boundary where they happen. This module does no I/O.
@@ -115,6 +118,30 @@ class BlockMoving(MeshError):
 
 class MoveFailed(MeshError):
     code = "move_failed"
+
+
+class PlacementError(MeshError):
+    code = "placement"
+
+
+class RayNotInstalled(PlacementError):
+    code = "ray_not_installed"
+
+
+class RayUnavailable(PlacementError, ConnectionError):
+    code = "ray_unavailable"
+
+
+class NoRayNode(PlacementError):
+    code = "no_ray_node"
+
+
+class ReservationNotFound(PlacementError, _NotFound):
+    code = "unknown_reservation"
+
+
+class ReservationFailed(PlacementError):
+    code = "reservation_failed"
 
 
 # One table from wire code to class. "unknown_op" and "bad_request" share classes with kin.

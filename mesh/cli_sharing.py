@@ -1,0 +1,434 @@
+"""``grid resource-sharing``: reserve worker memory, CPUs or GPUs through Ray placement groups.
+
+    grid resource-sharing request --node NODE --type memory|cpu|gpu --amount AMOUNT
+                                  [--priority low|normal|high|critical]
+    grid resource-sharing status
+    grid resource-sharing release ALLOCATION_ID
+
+Every command takes ``--config/-c`` and ``--json``. ``request`` spreads the amount over the
+nodes with the most room (memory: what the live agents report, within each node's
+``resource_sharing`` limits and Ray's own accounting; cpu/gpu: what Ray has free on the Ray nodes
+that stand for mesh nodes), never on NODE itself, and the reservation expires after
+``execution.resource_sharing.allocation_timeout_minutes``. ``status`` first releases expired
+reservations, then lists the others and each node's utilisation. Memory amounts are GB when
+plain numbers ("10.0" = 10 GiB), or sizes ("512MiB").
+
+Errors follow ``mesh/cli.py``: one red line on stderr and exit code 1, no traceback; without
+Ray running that line says so.
+
+Not here: reservations themselves (``mesh/placement.py``, docs/placement.md), the pressure
+score (``mesh/pressure.py``), the mesh's stats (``mesh/client.py``).
+"""
+
+from __future__ import annotations
+
+import click
+
+# Defined before importing mesh.cli: mesh.cli registers this group at its end, so either module
+# may be imported first.
+
+
+class _InOrder(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+@click.group("resource-sharing", cls=_InOrder)
+def resource_sharing() -> None:
+    """Reserve worker resources with Ray placement groups, watch and release them."""
+
+
+import functools  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import socket  # noqa: E402
+import time  # noqa: E402
+from typing import Any, Callable  # noqa: E402
+
+from rich.markup import escape  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from mesh.cli import GridError, config_option, err, load, out  # noqa: E402
+from mesh.client import MeshClient  # noqa: E402
+from mesh.config import ClusterConfig  # noqa: E402
+from mesh.errors import CapacityError, MeshError  # noqa: E402
+from mesh.units import GiB, format_bytes, parse_size  # noqa: E402
+
+TYPES = ("memory", "cpu", "gpu")
+PRIORITIES = ("low", "normal", "high", "critical")  # as mesh.placement.PRIORITIES (no Ray import)
+RAY_KEY = {"memory": "memory", "cpu": "CPU", "gpu": "GPU"}
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def human(n: float | None) -> str:
+    """Bytes as the seed prints them ("10.00 GB": binary, like the rest of the mesh)."""
+    return "-" if n is None else format_bytes(int(round(n))).replace("iB", "B")
+
+
+def show(resource: str, amount: float) -> str:
+    if resource == "memory":
+        return human(amount)
+    return str(int(amount)) if float(amount).is_integer() else f"{amount:.4f}".rstrip("0")
+
+
+def what(resource: str, amount: float) -> str:
+    """"1.50 GB of memory", "1 CPU", "2.5 CPUs"."""
+    if resource == "memory":
+        return f"{human(amount)} of memory"
+    unit = RAY_KEY[resource]
+    return f"{show(resource, amount)} {unit}{'' if amount == 1 else 's'}"
+
+
+def duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60}m"
+
+
+def _ok(message: str) -> None:
+    out.print(f"[green]✓[/green] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _line(message: str) -> None:
+    out.print(message, highlight=False, markup=False, soft_wrap=True)
+
+
+class OneLine(GridError):
+    """A ``GridError`` printed as written (no rich markup) on one line however long (rich would
+    wrap it at 200 columns when stderr is not a terminal)."""
+
+    def show(self, file: Any = None) -> None:
+        err.print(f"[red]✗[/red] {escape(self.message)}", highlight=False, soft_wrap=True)
+
+
+def _one_line(f: Callable) -> Callable:
+    """A ``MeshError`` becomes a ``OneLine``: ``mesh.cli.main`` prints messages as rich markup,
+    which would swallow "[placement]" in the install hint, and wraps long ones."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except MeshError as exc:
+            raise OneLine(str(exc)) from None
+
+    return wrapper
+
+
+def _enabled(cfg: ClusterConfig) -> bool:
+    return cfg.execution.resource_sharing.get("enabled", True) is not False
+
+
+def _master_name(cfg: ClusterConfig) -> str:
+    master = cfg.master_node()
+    return master.name if master is not None else socket.gethostname()
+
+
+def _check_node(cfg: ClusterConfig, node: str) -> None:
+    names = [n.name for n in cfg.nodes]
+    if node in names or node == _master_name(cfg):
+        return
+    raise OneLine(f"unknown node {node!r} (known: {', '.join(names)}; see {cfg.source})")
+
+
+def _parse_amount(resource: str, value: str) -> float:
+    if resource == "memory":
+        nbytes = parse_size(value, default_unit="GB")
+        if nbytes <= 0:
+            raise OneLine(f"--amount: the memory to reserve must be more than 0, got {value!r}")
+        return nbytes
+    try:
+        amount = float(value)
+    except ValueError:
+        raise OneLine(f"--amount: expected a number of {resource.upper()}s, got {value!r}") from None
+    if not math.isfinite(amount) or amount <= 0:
+        raise OneLine(f"--amount: expected a number of {resource.upper()}s > 0, got {value!r}")
+    return amount
+
+
+def _placement(cfg: ClusterConfig) -> Any:
+    from mesh.placement import Placement
+
+    return Placement(cfg)
+
+
+def _reserved_on(reservations: list[Any], resource: str, kinds: tuple[str, ...]) -> dict[str, float]:
+    """Per node, what live reservations of these kinds hold there."""
+    held: dict[str, float] = {}
+    for r in reservations:
+        if r.resource == resource and r.kind in kinds:
+            for name, amount in r.targets:
+                held[name] = held.get(name, 0.0) + amount
+    return held
+
+
+def candidates(cfg: ClusterConfig, resource: str, stats_nodes: list[dict] | None,
+               ray_nodes: dict[str, dict], reservations: list[Any],
+               exclude: str) -> tuple[list[tuple[str, float]], list[str]]:
+    """(node, room) pairs a request may use, and the names of nodes with room that were left out
+    because no Ray node stands for them. Pure: takes what the mesh and Ray said.
+
+    Memory room is the least of: the agent's room, the node's share limit less what requests
+    already hold there (block reservations are already counted as used blocks), and Ray's free
+    ``memory`` on its Ray node. CPU/GPU room is Ray's free amount, within ``max_share_cpu/gpu``
+    less what requests already hold.
+    """
+    by_name = {n.name: n for n in cfg.nodes}
+    held = _reserved_on(reservations, resource, ("request",))
+    key = RAY_KEY[resource]
+    rooms: list[tuple[str, float]] = []
+    unmapped: list[str] = []
+    if resource == "memory":
+        pool = [(n["node"], float(n["room"]), float(n["used"])) for n in stats_nodes or []
+                if n["state"] == "alive"]
+    else:
+        pool = [(name, float(info["available"].get(key, 0.0)), 0.0)
+                for name, info in ray_nodes.items() if info.get("alive", True)]
+    for name, room, used in pool:
+        if name == exclude:
+            continue
+        node = by_name.get(name)
+        sharing = node.resource_sharing if node is not None else None
+        if sharing is not None and not sharing.can_share:
+            continue
+        limit = None
+        if sharing is not None:
+            limit = {"memory": None if sharing.max_share_memory_gb is None
+                     else sharing.max_share_memory_gb * GiB,
+                     "cpu": sharing.max_share_cpu, "gpu": sharing.max_share_gpu}[resource]
+        if resource == "memory":
+            # Requests hold memory the agent does not see as used; Ray's free memory already
+            # leaves them out.
+            if limit is not None:
+                room = min(room, limit - used)
+            room -= held.get(name, 0.0)
+            if name not in ray_nodes:
+                if room > 0:
+                    unmapped.append(name)
+                continue
+            room = float(math.floor(min(room, ray_nodes[name]["available"].get(key, 0.0))))
+        elif limit is not None:
+            room = min(room, limit - held.get(name, 0.0))  # Ray's free amount already excludes them
+        if room > 0:
+            rooms.append((name, room))
+    return rooms, unmapped
+
+
+# --- request ------------------------------------------------------------------------------------
+
+
+@resource_sharing.command("request")
+@config_option
+@click.option("--node", "-n", required=True, help="the node to reserve resources for")
+@click.option("--type", "-t", "resource", required=True, type=click.Choice(TYPES),
+              help="what to reserve")
+@click.option("--amount", "-a", required=True,
+              help="memory: GB (10.0) or a size (512MiB); cpu/gpu: a number of units")
+@click.option("--priority", "-p", default="normal", show_default=True,
+              type=click.Choice(PRIORITIES))
+@click.option("--json", "as_json", is_flag=True, help="one JSON document for scripts")
+@_one_line
+def request(config_path: str | None, node: str, resource: str, amount: str, priority: str,
+            as_json: bool) -> None:
+    """Reserve AMOUNT of memory, CPUs or GPUs on the workers for NODE."""
+    from mesh.placement import no_ray_node_message, ray_start_args, split_amount
+
+    cfg = load(config_path)
+    if not _enabled(cfg):
+        raise OneLine(f"resource sharing is disabled in {cfg.source} "
+                        "(execution.resource_sharing.enabled: false)")
+    _check_node(cfg, node)
+    need = _parse_amount(resource, amount)
+    with _placement(cfg) as placement:
+        stats_nodes = None
+        if resource == "memory":
+            with MeshClient(cfg) as client:
+                stats_nodes = client.stats()["nodes"]
+        ray_nodes = placement.ray_nodes()
+        rooms, unmapped = candidates(cfg, resource, stats_nodes, ray_nodes,
+                                     placement.reservations(), node)
+        if not rooms and unmapped:
+            raise OneLine(no_ray_node_message(unmapped[0]))
+        try:
+            targets = split_amount(need, rooms, exclude=node, resource=resource)
+        except CapacityError as exc:
+            hint = ""
+            if unmapped:
+                hint = (f" ({', '.join(unmapped)} not counted: no Ray node stands for "
+                        f"{'it' if len(unmapped) == 1 else 'them'}; start with "
+                        f"{ray_start_args(unmapped[0])})")
+            raise OneLine(f"{exc}{hint}") from None
+        res = placement.reserve(node, resource, targets, priority, "request", "",
+                                cfg.execution.allocation_timeout_s)
+    if as_json:
+        click.echo(json.dumps(_as_dict(res, time.time()), indent=2))
+        return
+    _ok(f"Reserved {what(resource, res.amount)} for {node} (priority {priority})")
+    _line(f"Allocation ID: {res.id}")
+    for (target, part), ray_node in zip(res.targets, res.bundle_nodes or ("",) * len(res.targets)):
+        _line(f"Target: {target}  {show(resource, part)}"
+              + (f"  (Ray node {ray_node[:8]})" if ray_node else ""))
+    if res.expires is not None:
+        _line(f"Expires: in {duration(res.expires - time.time())} "
+              f"({time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(res.expires))})")
+
+
+def _as_dict(r: Any, now: float) -> dict[str, Any]:
+    return {
+        "id": r.id, "source": r.source, "targets": [[t, a] for t, a in r.targets],
+        "resource": r.resource, "amount": r.amount, "priority": r.priority, "kind": r.kind,
+        "block": r.block, "created": r.created, "expires": r.expires,
+        "age_s": round(r.age_s(now), 3),
+        "expires_in_s": None if r.expires is None else round(r.expires - now, 3),
+        "pg_id": r.pg_id, "state": r.state, "ray_nodes": list(r.bundle_nodes),
+    }
+
+
+# --- status -------------------------------------------------------------------------------------
+
+
+def _node_rows(cfg: ClusterConfig, stats_nodes: list[dict], ray_nodes: dict[str, dict],
+               reservations: list[Any]) -> list[dict[str, Any]]:
+    from mesh.pressure import pressure_score
+
+    held = _reserved_on(reservations, "memory", ("request", "block"))
+    rows = []
+    names = [n.name for n in cfg.nodes]
+    names += [n["node"] for n in stats_nodes if n["node"] not in names]
+    by_name = {n["node"]: n for n in stats_nodes}
+    for name in names:
+        n = by_name.get(name)
+        up = n is not None and n["state"] != "down"
+        host_total = int(n.get("host_total") or 0) if up else 0
+        host_used = max(0, host_total - int(n.get("host_available") or 0)) if host_total else None
+        pressure = None
+        if up:
+            # The worse of the agent's share and the host, as `grid rebalance` judges a node.
+            pressure = pressure_score(n["used"], n["capacity"])
+            if host_total:
+                pressure = max(pressure, pressure_score(host_used, host_total))
+        rows.append({
+            "node": name,
+            "state": n["state"] if n is not None else "down",
+            "used": n["used"] if up else None,
+            "capacity": n["capacity"] if up else None,
+            "pressure": None if pressure is None else round(pressure, 3),
+            "room": n["room"] if up else None,
+            "host_used": host_used,
+            "host_total": host_total or None,
+            "reserved": held.get(name, 0),
+            "ray_node": ray_nodes[name]["node_id"] if name in ray_nodes else None,
+        })
+    return rows
+
+
+_STATE_STYLE = {"alive": "green", "suspect": "yellow", "dead": "red", "down": "red"}
+
+
+@resource_sharing.command("status")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="one JSON document for scripts")
+@_one_line
+def status(config_path: str | None, as_json: bool) -> None:
+    """Release expired reservations, then show the others and each node's utilisation."""
+    cfg = load(config_path)
+    with _placement(cfg) as placement:
+        released = placement.sweep_expired()
+        reservations = placement.reservations()
+        ray_nodes = placement.ray_nodes()
+        ray_address = placement.gcs_address or cfg.ray_address
+    now = time.time()
+    stats_nodes = None
+    unavailable = ""
+    try:
+        with MeshClient(cfg) as client:
+            stats_nodes = client.stats()["nodes"]
+    except MeshError as exc:
+        unavailable = str(exc)
+    rows = _node_rows(cfg, stats_nodes, ray_nodes, reservations) if stats_nodes is not None else []
+
+    if as_json:
+        click.echo(json.dumps({
+            "cluster": cfg.name, "sharing_enabled": _enabled(cfg), "ray_address": ray_address,
+            "released": [r.id for r in released],
+            "reservations": [_as_dict(r, now) for r in reservations],
+            "nodes": rows if stats_nodes is not None else None,
+            "nodes_unavailable": unavailable or None,
+        }, indent=2))
+        return
+
+    _line("Resource Sharing Status")
+    _line(f"Sharing Enabled: {'Yes' if _enabled(cfg) else 'No'}")
+    _line(f"Ray: {ray_address} ({len(ray_nodes)} of {len(cfg.nodes)} mesh nodes have a Ray node)")
+    if released:
+        _line(f"Released {len(released)} expired reservation{'s' if len(released) != 1 else ''}: "
+              + ", ".join(r.id for r in released))
+    out.print()
+
+    if reservations:
+        table = Table(title="Active Allocations")
+        for col, just in [("ID", "left"), ("Source", "left"), ("Target", "left"),
+                          ("Resource", "left"), ("Amount", "right"), ("Priority", "left"),
+                          ("Age", "right"), ("Expires in", "right")]:
+            table.add_column(col, justify=just, no_wrap=col == "ID")
+        for r in reservations:
+            if len(r.targets) == 1:
+                target = r.targets[0][0]
+            else:
+                target = ", ".join(f"{t} ({show(r.resource, a)})" for t, a in r.targets)
+            label = r.resource.upper() + (f" (block {r.block})" if r.kind == "block" else "")
+            left = r.expires_in_s(now)
+            table.add_row(escape(r.id), escape(r.source), escape(target), escape(label),
+                          show(r.resource, r.amount), r.priority, duration(r.age_s(now)),
+                          "never" if left is None else duration(left))
+        out.print(table)
+    else:
+        _line("No active allocations")
+    out.print()
+
+    if stats_nodes is None:
+        _line(f"Node utilisation unavailable: {unavailable}")
+        return
+    table = Table(title="Node Utilization")
+    for col, just in [("Node", "left"), ("State", "left"), ("Used / Capacity", "right"),
+                      ("Pressure", "right"), ("Room", "right"), ("Host memory", "right"),
+                      ("Reserved here", "right"), ("Ray node", "left")]:
+        table.add_column(col, justify=just)
+    for row in rows:
+        style = _STATE_STYLE.get(row["state"], "")
+        used = ("-" if row["used"] is None
+                else f"{human(row['used'])} / {human(row['capacity'])}")
+        host = ("-" if row["host_total"] is None
+                else f"{human(row['host_used'])} / {human(row['host_total'])}")
+        table.add_row(
+            escape(row["node"]), f"[{style}]{row['state']}[/{style}]", used,
+            "-" if row["pressure"] is None else f"{row['pressure']:.2f}",
+            human(row["room"]), host, human(row["reserved"]) if row["reserved"] else "-",
+            "yes" if row["ray_node"] else "no",
+        )
+    out.print(table)
+
+
+# --- release ------------------------------------------------------------------------------------
+
+
+@resource_sharing.command("release")
+@config_option
+@click.argument("allocation_id")
+@click.option("--json", "as_json", is_flag=True, help="one JSON document for scripts")
+@_one_line
+def release(config_path: str | None, allocation_id: str, as_json: bool) -> None:
+    """Release a reservation (its id is in `grid resource-sharing status`)."""
+    cfg = load(config_path)
+    with _placement(cfg) as placement:
+        res = placement.release(allocation_id)
+    if as_json:
+        click.echo(json.dumps({"id": res.id, "released": True}, indent=2))
+        return
+    _ok(f"Released {res.id}: {what(res.resource, res.amount)} on "
+        + ", ".join(t for t, _ in res.targets))
