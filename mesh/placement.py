@@ -436,7 +436,11 @@ class Placement:
             self._ray, self._owns_connection = ray, False
             return self
         target = self._resolve(ray)
-        _probe(target, self.probe_timeout_s)
+        try:
+            _probe(target, self.probe_timeout_s)
+        except RayUnavailable:
+            self._explain_rewrite(target)
+            raise
         self._check_local_raylet(ray, target)
         try:
             ray.init(address=target, namespace=RAY_NAMESPACE, logging_level="ERROR",
@@ -472,6 +476,21 @@ class Placement:
         if self.address.startswith("ray://"):
             return self.address
         return resolved
+
+    def _explain_rewrite(self, target: str) -> None:
+        """Ray was imported before ``_import_ray`` could keep a loopback address on loopback, and
+        dials this machine's outward IP, where a loopback-only cluster does not listen."""
+        host = _host_port(self.address)[0]
+        if not _is_loopback(host) or _is_loopback(_host_port(target)[0]):
+            return
+        try:
+            _probe(self.address, self.probe_timeout_s)
+        except RayUnavailable:
+            return
+        raise RayUnavailable(
+            f"Ray at {self.address} listens on loopback only, but Ray, imported before the mesh "
+            f"connected, dials it as {target}: set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before "
+            "importing ray (grid does)")
 
     def _shown(self, target: str | None) -> str:
         if self.address == "auto":

@@ -607,3 +607,27 @@ def test_an_app_runs_its_ray_tasks_inside_a_reservation(mesh, table, tmp_path):
         assert m.group(1) == entry["bundles_to_node_id"][i] and node_of(m.group(1)) == node
     ok(grid(mesh.config_path, "release", rid))
     assert table() == {}
+
+
+@ray_test
+def test_an_app_that_imported_ray_first_is_told_why_loopback_fails(mesh):
+    """Ray rewrites 127.0.0.1 to this machine's outward IP unless told not to before import."""
+    code = ("import ray, sys\n"
+            "from ray._private.services import get_node_ip_address\n"
+            "from mesh.config import load_cluster_config\n"
+            "from mesh.errors import RayUnavailable\n"
+            "from mesh.placement import Placement\n"
+            "if get_node_ip_address().startswith('127.'):\n"
+            "    sys.exit(3)  # no outward IP: nothing to rewrite to\n"
+            "try:\n"
+            "    Placement(load_cluster_config(sys.argv[1])).connect()\n"
+            "except RayUnavailable as exc:\n"
+            "    print(exc)\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    done = subprocess.run([sys.executable, "-c", code, str(mesh.config_path)], env=env,
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    if done.returncode == 3:
+        pytest.skip("this machine has no outward IP for Ray to rewrite 127.0.0.1 to")
+    assert done.returncode == 0, done.stderr
+    assert "listens on loopback only" in done.stdout, done.stdout + done.stderr
+    assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0" in done.stdout and "\n" not in done.stdout.strip()
