@@ -394,7 +394,8 @@ def _unavailable(address: str, detail: str = "") -> RayUnavailable:
                           "file)")
 
 
-def _probe(address: str, timeout_s: float) -> None:
+def _probe(address: str, timeout_s: float, shown: str | None = None) -> None:
+    """Fail fast, with ``RayUnavailable``, when nothing accepts TCP connections at ``address``."""
     host, port = _host_port(address)
     if port is None:
         return
@@ -403,7 +404,7 @@ def _probe(address: str, timeout_s: float) -> None:
             pass
     except OSError as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-        raise _unavailable(address, reason.lower()) from None
+        raise _unavailable(shown or address, reason.lower()) from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -437,7 +438,7 @@ class Placement:
             return self
         target = self._resolve(ray)
         try:
-            _probe(target, self.probe_timeout_s)
+            _probe(target, self.probe_timeout_s, self._shown(target))
         except RayUnavailable:
             self._explain_rewrite(target)
             raise
@@ -493,8 +494,11 @@ class Placement:
             "importing ray (grid does)")
 
     def _shown(self, target: str | None) -> str:
+        """The address for messages: as configured, and what Ray made of it when that differs."""
         if self.address == "auto":
             return "auto" if target is None or target == "auto" else f"{target} (found by auto)"
+        if target is not None and target != self.address and not self.address.startswith("ray://"):
+            return f"{self.address} (dialled as {target})"
         return self.address
 
     def _check_local_raylet(self, ray: Any, target: str) -> None:
