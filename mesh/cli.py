@@ -21,6 +21,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mesh import __version__
@@ -38,7 +39,12 @@ class GridError(click.ClickException):
     """One red line, exit 1."""
 
     def show(self, file: Any = None) -> None:
-        err.print(f"[red]✗[/red] {self.message}", highlight=False)
+        fail(self.message)
+
+
+def fail(message: str) -> None:
+    """One red line on stderr: the message as written (no markup, never wrapped)."""
+    err.print(f"[red]✗[/red] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def config_option(f):
@@ -357,7 +363,7 @@ def main() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except MeshError as exc:
-        err.print(f"[red]✗[/red] {exc}", highlight=False)
+        fail(str(exc))
         sys.exit(1)
     except BrokenPipeError:
         # The reader of our output went away (`grid memory retrieve K -o - | head`).
@@ -367,8 +373,7 @@ def main() -> None:
             pass
         sys.exit(141)  # 128 + SIGPIPE, as shell tools do
     except OSError as exc:  # a file we were told to read or write
-        err.print(f"[red]✗[/red] {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
-                  highlight=False)
+        fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from mesh.cli import GridError, config_option, err, load, out
@@ -41,7 +42,8 @@ def _print_move(result: MoveResult) -> None:
         out.print(f"[green]✓[/green] moved {what} in {result.seconds:.2f} s{extra}",
                   highlight=False)
     else:
-        err.print(f"[red]✗[/red] {what}: {result.error}", highlight=False)
+        err.print(f"[red]✗[/red] {escape(what)}: {escape(result.error)}", highlight=False,
+                  soft_wrap=True)
 
 
 def _print_plan(report: PassReport, dry_run: bool) -> None:
@@ -58,7 +60,7 @@ def _print_plan(report: PassReport, dry_run: bool) -> None:
                       highlight=False)
     for block, size, source in plan.unplaced:
         err.print(f"[yellow]![/yellow] no node has room for {block} ({format_bytes(size)}) "
-                  f"from {source}", highlight=False)
+                  f"from {source}", highlight=False, soft_wrap=True)
     for rid in report.released:
         out.print(f"released reservation {rid} (its block is gone or it expired)",
                   highlight=False)

@@ -38,25 +38,23 @@ def resource_sharing() -> None:
     """Reserve worker resources with Ray placement groups, watch and release them."""
 
 
-import functools  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-import socket  # noqa: E402
 import time  # noqa: E402
-from typing import Any, Callable  # noqa: E402
+from typing import Any  # noqa: E402
 
 from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from mesh.cli import GridError, config_option, err, load, out  # noqa: E402
+from mesh.cli import GridError, config_option, load, out  # noqa: E402
 from mesh.client import MeshClient  # noqa: E402
 from mesh.config import ClusterConfig  # noqa: E402
 from mesh.errors import CapacityError, MeshError  # noqa: E402
-from mesh.units import GiB, format_bytes, parse_size  # noqa: E402
+from mesh.placement import RAY_RESOURCE, reserved_on  # noqa: E402
+from mesh.units import format_bytes, parse_size  # noqa: E402
 
 TYPES = ("memory", "cpu", "gpu")
 PRIORITIES = ("low", "normal", "high", "critical")  # as mesh.placement.PRIORITIES (no Ray import)
-RAY_KEY = {"memory": "memory", "cpu": "CPU", "gpu": "GPU"}
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -77,7 +75,7 @@ def what(resource: str, amount: float) -> str:
     """"1.50 GB of memory", "1 CPU", "2.5 CPUs"."""
     if resource == "memory":
         return f"{human(amount)} of memory"
-    unit = RAY_KEY[resource]
+    unit = RAY_RESOURCE[resource]
     return f"{show(resource, amount)} {unit}{'' if amount == 1 else 's'}"
 
 
@@ -98,56 +96,29 @@ def _line(message: str) -> None:
     out.print(message, highlight=False, markup=False, soft_wrap=True)
 
 
-class OneLine(GridError):
-    """A ``GridError`` printed as written (no rich markup) on one line however long (rich would
-    wrap it at 200 columns when stderr is not a terminal)."""
-
-    def show(self, file: Any = None) -> None:
-        err.print(f"[red]✗[/red] {escape(self.message)}", highlight=False, soft_wrap=True)
-
-
-def _one_line(f: Callable) -> Callable:
-    """A ``MeshError`` becomes a ``OneLine``: ``mesh.cli.main`` prints messages as rich markup,
-    which would swallow "[placement]" in the install hint, and wraps long ones."""
-
-    @functools.wraps(f)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return f(*args, **kwargs)
-        except MeshError as exc:
-            raise OneLine(str(exc)) from None
-
-    return wrapper
-
-
 def _enabled(cfg: ClusterConfig) -> bool:
     return cfg.execution.resource_sharing.get("enabled", True) is not False
 
 
-def _master_name(cfg: ClusterConfig) -> str:
-    master = cfg.master_node()
-    return master.name if master is not None else socket.gethostname()
-
-
 def _check_node(cfg: ClusterConfig, node: str) -> None:
     names = [n.name for n in cfg.nodes]
-    if node in names or node == _master_name(cfg):
+    if node in names or node == cfg.master_name():
         return
-    raise OneLine(f"unknown node {node!r} (known: {', '.join(names)}; see {cfg.source})")
+    raise GridError(f"unknown node {node!r} (known: {', '.join(names)}; see {cfg.source})")
 
 
 def _parse_amount(resource: str, value: str) -> float:
     if resource == "memory":
         nbytes = parse_size(value, default_unit="GB")
         if nbytes <= 0:
-            raise OneLine(f"--amount: the memory to reserve must be more than 0, got {value!r}")
+            raise GridError(f"--amount: the memory to reserve must be more than 0, got {value!r}")
         return nbytes
     try:
         amount = float(value)
     except ValueError:
-        raise OneLine(f"--amount: expected a number of {resource.upper()}s, got {value!r}") from None
+        raise GridError(f"--amount: expected a number of {resource.upper()}s, got {value!r}") from None
     if not math.isfinite(amount) or amount <= 0:
-        raise OneLine(f"--amount: expected a number of {resource.upper()}s > 0, got {value!r}")
+        raise GridError(f"--amount: expected a number of {resource.upper()}s > 0, got {value!r}")
     return amount
 
 
@@ -155,68 +126,6 @@ def _placement(cfg: ClusterConfig) -> Any:
     from mesh.placement import Placement
 
     return Placement(cfg)
-
-
-def _reserved_on(reservations: list[Any], resource: str, kinds: tuple[str, ...]) -> dict[str, float]:
-    """Per node, what live reservations of these kinds hold there."""
-    held: dict[str, float] = {}
-    for r in reservations:
-        if r.resource == resource and r.kind in kinds:
-            for name, amount in r.targets:
-                held[name] = held.get(name, 0.0) + amount
-    return held
-
-
-def candidates(cfg: ClusterConfig, resource: str, stats_nodes: list[dict] | None,
-               ray_nodes: dict[str, dict], reservations: list[Any],
-               exclude: str) -> tuple[list[tuple[str, float]], list[str]]:
-    """(node, room) pairs a request may use, and the names of nodes with room that were left out
-    because no Ray node stands for them. Pure: takes what the mesh and Ray said.
-
-    Memory room is the least of: the agent's room, the node's share limit less what requests
-    already hold there (block reservations are already counted as used blocks), and Ray's free
-    ``memory`` on its Ray node. CPU/GPU room is Ray's free amount, within ``max_share_cpu/gpu``
-    less what requests already hold.
-    """
-    by_name = {n.name: n for n in cfg.nodes}
-    held = _reserved_on(reservations, resource, ("request",))
-    key = RAY_KEY[resource]
-    rooms: list[tuple[str, float]] = []
-    unmapped: list[str] = []
-    if resource == "memory":
-        pool = [(n["node"], float(n["room"]), float(n["used"])) for n in stats_nodes or []
-                if n["state"] == "alive"]
-    else:
-        pool = [(name, float(info["available"].get(key, 0.0)), 0.0)
-                for name, info in ray_nodes.items() if info.get("alive", True)]
-    for name, room, used in pool:
-        if name == exclude:
-            continue
-        node = by_name.get(name)
-        sharing = node.resource_sharing if node is not None else None
-        if sharing is not None and not sharing.can_share:
-            continue
-        limit = None
-        if sharing is not None:
-            limit = {"memory": None if sharing.max_share_memory_gb is None
-                     else sharing.max_share_memory_gb * GiB,
-                     "cpu": sharing.max_share_cpu, "gpu": sharing.max_share_gpu}[resource]
-        if resource == "memory":
-            # Requests hold memory the agent does not see as used; Ray's free memory already
-            # leaves them out.
-            if limit is not None:
-                room = min(room, limit - used)
-            room -= held.get(name, 0.0)
-            if name not in ray_nodes:
-                if room > 0:
-                    unmapped.append(name)
-                continue
-            room = float(math.floor(min(room, ray_nodes[name]["available"].get(key, 0.0))))
-        elif limit is not None:
-            room = min(room, limit - held.get(name, 0.0))  # Ray's free amount already excludes them
-        if room > 0:
-            rooms.append((name, room))
-    return rooms, unmapped
 
 
 # --- request ------------------------------------------------------------------------------------
@@ -232,15 +141,14 @@ def candidates(cfg: ClusterConfig, resource: str, stats_nodes: list[dict] | None
 @click.option("--priority", "-p", default="normal", show_default=True,
               type=click.Choice(PRIORITIES))
 @click.option("--json", "as_json", is_flag=True, help="one JSON document for scripts")
-@_one_line
 def request(config_path: str | None, node: str, resource: str, amount: str, priority: str,
             as_json: bool) -> None:
     """Reserve AMOUNT of memory, CPUs or GPUs on the workers for NODE."""
-    from mesh.placement import no_ray_node_message, ray_start_args, split_amount
+    from mesh.placement import candidates, no_ray_node_message, ray_start_args, split_amount
 
     cfg = load(config_path)
     if not _enabled(cfg):
-        raise OneLine(f"resource sharing is disabled in {cfg.source} "
+        raise GridError(f"resource sharing is disabled in {cfg.source} "
                         "(execution.resource_sharing.enabled: false)")
     _check_node(cfg, node)
     need = _parse_amount(resource, amount)
@@ -253,7 +161,7 @@ def request(config_path: str | None, node: str, resource: str, amount: str, prio
         rooms, unmapped = candidates(cfg, resource, stats_nodes, ray_nodes,
                                      placement.reservations(), node)
         if not rooms and unmapped:
-            raise OneLine(no_ray_node_message(unmapped[0]))
+            raise GridError(no_ray_node_message(unmapped[0]))
         try:
             targets = split_amount(need, rooms, exclude=node, resource=resource)
         except CapacityError as exc:
@@ -262,7 +170,7 @@ def request(config_path: str | None, node: str, resource: str, amount: str, prio
                 hint = (f" ({', '.join(unmapped)} not counted: no Ray node stands for "
                         f"{'it' if len(unmapped) == 1 else 'them'}; start with "
                         f"{ray_start_args(unmapped[0])})")
-            raise OneLine(f"{exc}{hint}") from None
+            raise GridError(f"{exc}{hint}") from None
         res = placement.reserve(node, resource, targets, priority, "request", "",
                                 cfg.execution.allocation_timeout_s)
     if as_json:
@@ -294,9 +202,9 @@ def _as_dict(r: Any, now: float) -> dict[str, Any]:
 
 def _node_rows(cfg: ClusterConfig, stats_nodes: list[dict], ray_nodes: dict[str, dict],
                reservations: list[Any]) -> list[dict[str, Any]]:
-    from mesh.pressure import pressure_score
+    from mesh.pressure import NodeLoad
 
-    held = _reserved_on(reservations, "memory", ("request", "block"))
+    held = reserved_on(reservations, "memory", ("request", "block"))
     rows = []
     names = [n.name for n in cfg.nodes]
     names += [n["node"] for n in stats_nodes if n["node"] not in names]
@@ -309,9 +217,8 @@ def _node_rows(cfg: ClusterConfig, stats_nodes: list[dict], ray_nodes: dict[str,
         pressure = None
         if up:
             # The worse of the agent's share and the host, as `grid rebalance` judges a node.
-            pressure = pressure_score(n["used"], n["capacity"])
-            if host_total:
-                pressure = max(pressure, pressure_score(host_used, host_total))
+            pressure = NodeLoad(name, n["used"], n["capacity"], host_used or 0,
+                                host_total).pressure
         rows.append({
             "node": name,
             "state": n["state"] if n is not None else "down",
@@ -333,7 +240,6 @@ _STATE_STYLE = {"alive": "green", "suspect": "yellow", "dead": "red", "down": "r
 @resource_sharing.command("status")
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="one JSON document for scripts")
-@_one_line
 def status(config_path: str | None, as_json: bool) -> None:
     """Release expired reservations, then show the others and each node's utilisation."""
     cfg = load(config_path)
@@ -421,7 +327,6 @@ def status(config_path: str | None, as_json: bool) -> None:
 @config_option
 @click.argument("allocation_id")
 @click.option("--json", "as_json", is_flag=True, help="one JSON document for scripts")
-@_one_line
 def release(config_path: str | None, allocation_id: str, as_json: bool) -> None:
     """Release a reservation (its id is in `grid resource-sharing status`)."""
     cfg = load(config_path)

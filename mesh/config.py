@@ -34,6 +34,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import socket
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -233,6 +234,11 @@ class ClusterConfig:
 
     def master_node(self) -> NodeConfig | None:
         return next((n for n in self.nodes if n.role == "master"), None)
+
+    def master_name(self) -> str:
+        """The master's node name: the ``role: master`` node's, else this machine's host name."""
+        node = self.master_node()
+        return node.name if node is not None else socket.gethostname()
 
     @property
     def ray_address(self) -> str:

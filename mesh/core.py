@@ -26,7 +26,7 @@ import itertools
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Generator, Iterable, Iterator
 
 import zmq

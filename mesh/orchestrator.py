@@ -37,7 +37,7 @@ from mesh.client import MeshClient
 from mesh.config import ClusterConfig, resolve_config
 from mesh.pool import DistributedMemoryPool
 from mesh.pressure import NodeLoad, OffloadDecision, should_offload
-from mesh.rebalance import PassReport, Rebalancer, loads_from, master_load, master_name
+from mesh.rebalance import PassReport, Rebalancer, loads_from, master_load
 from mesh.units import parse_size
 
 __all__ = ["ResourceSharingOrchestrator"]
@@ -104,13 +104,13 @@ class ResourceSharingOrchestrator:
     async def get_memory_pressure(self, node: str | None = None) -> float:
         """The pressure score (``mesh.pressure``) of ``node``; the master's when None."""
         loads = await self.node_loads()
-        load = loads.get(node or master_name(self.config))
+        load = loads.get(node or self.config.master_name())
         return 0.5 if load is None or not load.alive else load.pressure
 
     async def should_offload(self, node: str | None, estimated_gb: float,
                              buffer_gb: float = 2.0) -> OffloadDecision:
         loads = await self.node_loads()
-        return should_offload(loads.get(node or master_name(self.config)), estimated_gb,
+        return should_offload(loads.get(node or self.config.master_name()), estimated_gb,
                               self.config.execution.memory_pressure_high, buffer_gb)
 
     # --- reservations through Ray ---------------------------------------------------------------
@@ -128,22 +128,16 @@ class ResourceSharingOrchestrator:
                                 priority: str = "normal") -> Any:
         """Reserve ``amount`` (memory: GB or a size like "512MiB"; cpu/gpu: units) on the
         workers with room, for ``node``, as ``grid resource-sharing request`` does."""
-        from mesh.placement import split_amount
+        from mesh.placement import candidates, split_amount
 
         placement = await self._ray()
-        if resource_type == "memory":
-            need = float(parse_size(amount, default_unit="GB"))
-            stats = await self.pool.client.stats()
-            rooms = [(n["node"], float(n["room"])) for n in stats["nodes"]
-                     if n["state"] == "alive"]
-            targets = split_amount(need, rooms, exclude=node)
-        else:
-            need = float(amount)
-            nodes = await asyncio.to_thread(placement.ray_nodes)
-            key = resource_type.upper()
-            rooms = [(name, float(info.get("available", {}).get(key, 0.0)))
-                     for name, info in nodes.items() if info.get("alive", True)]
-            targets = split_amount(need, rooms, exclude=node)
+        need = (float(parse_size(amount, default_unit="GB")) if resource_type == "memory"
+                else float(amount))
+        stats = (await self.pool.client.stats())["nodes"] if resource_type == "memory" else None
+        ray_nodes = await asyncio.to_thread(placement.ray_nodes)
+        held = await asyncio.to_thread(placement.reservations)
+        rooms, _ = candidates(self.config, resource_type, stats, ray_nodes, held, exclude=node)
+        targets = split_amount(need, rooms, exclude=node)
         return await asyncio.to_thread(
             placement.reserve, node, resource_type, targets, priority, "request", "",
             self.config.execution.allocation_timeout_s,

@@ -36,7 +36,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from mesh.errors import (
     CapacityError,
@@ -47,7 +47,10 @@ from mesh.errors import (
     ReservationFailed,
     ReservationNotFound,
 )
-from mesh.units import format_bytes
+from mesh.units import GiB, format_bytes
+
+if TYPE_CHECKING:
+    from mesh.config import ClusterConfig
 
 RESOURCES = ("memory", "cpu", "gpu")
 PRIORITIES = ("low", "normal", "high", "critical")
@@ -349,6 +352,71 @@ def _int(k: Any) -> Any:
         return int(k)
     except (TypeError, ValueError):
         return k
+
+
+# --- pure: where a request may go --------------------------------------------------------------
+
+
+def reserved_on(reservations: list[Any], resource: str, kinds: tuple[str, ...]) -> dict[str, float]:
+    """Per node, what live reservations of these kinds hold there."""
+    held: dict[str, float] = {}
+    for r in reservations:
+        if r.resource == resource and r.kind in kinds:
+            for name, amount in r.targets:
+                held[name] = held.get(name, 0.0) + amount
+    return held
+
+
+def candidates(cfg: ClusterConfig, resource: str, stats_nodes: list[dict] | None,
+               ray_nodes: dict[str, dict], reservations: list[Any],
+               exclude: str) -> tuple[list[tuple[str, float]], list[str]]:
+    """(node, room) pairs a request may use, and the names of nodes with room that were left out
+    because no Ray node stands for them. Pure: takes what the mesh and Ray said.
+
+    Memory room is the least of: the agent's room, the node's share limit less what requests
+    already hold there (block reservations are already counted as used blocks), and Ray's free
+    ``memory`` on its Ray node. CPU/GPU room is Ray's free amount, within ``max_share_cpu/gpu``
+    less what requests already hold.
+    """
+    by_name = {n.name: n for n in cfg.nodes}
+    held = reserved_on(reservations, resource, ("request",))
+    key = RAY_RESOURCE[resource]
+    rooms: list[tuple[str, float]] = []
+    unmapped: list[str] = []
+    if resource == "memory":
+        pool = [(n["node"], float(n["room"]), float(n["used"])) for n in stats_nodes or []
+                if n["state"] == "alive"]
+    else:
+        pool = [(name, float(info["available"].get(key, 0.0)), 0.0)
+                for name, info in ray_nodes.items() if info.get("alive", True)]
+    for name, room, used in pool:
+        if name == exclude:
+            continue
+        node = by_name.get(name)
+        sharing = node.resource_sharing if node is not None else None
+        if sharing is not None and not sharing.can_share:
+            continue
+        limit = None
+        if sharing is not None:
+            limit = {"memory": None if sharing.max_share_memory_gb is None
+                     else sharing.max_share_memory_gb * GiB,
+                     "cpu": sharing.max_share_cpu, "gpu": sharing.max_share_gpu}[resource]
+        if resource == "memory":
+            # Requests hold memory the agent does not see as used; Ray's free memory already
+            # leaves them out.
+            if limit is not None:
+                room = min(room, limit - used)
+            room -= held.get(name, 0.0)
+            if name not in ray_nodes:
+                if room > 0:
+                    unmapped.append(name)
+                continue
+            room = float(math.floor(min(room, ray_nodes[name]["available"].get(key, 0.0))))
+        elif limit is not None:
+            room = min(room, limit - held.get(name, 0.0))  # Ray's free amount already excludes them
+        if room > 0:
+            rooms.append((name, room))
+    return rooms, unmapped
 
 
 # --- the Ray driver ---------------------------------------------------------------------------

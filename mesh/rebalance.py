@@ -15,7 +15,6 @@ score (``mesh/pressure.py``), output (``mesh/cli_rebalance.py``).
 
 from __future__ import annotations
 
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -99,15 +98,10 @@ def loads_from(stats: dict[str, Any]) -> list[NodeLoad]:
     return out
 
 
-def master_name(config: ClusterConfig) -> str:
-    node = config.master_node()
-    return node.name if node is not None else socket.gethostname()
-
-
 def master_load(config: ClusterConfig) -> NodeLoad:
     """This machine as a node: its host (or cgroup) memory is both its share and its host."""
     mem = host_memory()
-    return NodeLoad(master_name(config), mem.used, mem.total, mem.used, mem.total)
+    return NodeLoad(config.master_name(), mem.used, mem.total, mem.used, mem.total)
 
 
 def master_shortfall(load: NodeLoad, high: float, low: float) -> int:
@@ -209,10 +203,11 @@ class Rebalancer:
                for r in self.placement.reservations()):
             info["request"] = "already reserved"
             return info
-        from mesh.placement import split_amount
+        from mesh.placement import candidates, split_amount
 
-        stats = self.client.stats()
-        rooms = [(n["node"], float(n["room"])) for n in stats["nodes"] if n["state"] == "alive"]
+        rooms, _ = candidates(self.config, "memory", self.client.stats()["nodes"],
+                              self.placement.ray_nodes(), self.placement.reservations(),
+                              exclude=load.name)
         targets = split_amount(float(need), rooms, exclude=load.name)
         res = self.placement.reserve(load.name, "memory", targets, priority="high",
                                      kind="request", ttl_s=self.config.execution.allocation_timeout_s)

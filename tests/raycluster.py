@@ -12,12 +12,6 @@ connects this process as a driver (namespace "mesh") so tests can read the place
 table, and yields the cluster address. At teardown it removes and reports any placement group
 with a "mesh:" name that is still there (the session fails), disconnects and shuts the cluster
 down, whatever happened before.
-
-It also works around pytest-xdist#1386: with pytest 9.2, ``--dist loadgroup`` marks a group by
-writing a node id field that pytest no longer reads, so grouped tests are spread over the
-workers (and each worker would start its own cluster). ``pytest_collection_modifyitems`` below
-adds the ``@group`` suffix where xdist meant to, on workers only, and does nothing once the
-suffix is there (an older pytest, or a fixed xdist).
 """
 
 from __future__ import annotations
@@ -64,21 +58,6 @@ def node_of(node_id: str) -> str | None:
                 if key.startswith("mesh_node:"):
                     return key.split(":", 1)[1]
     return None
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(config, items):
-    if not getattr(config.option, "loadgroup", False):  # set by xdist on its workers only
-        return
-    try:
-        from _pytest.nodeid import NodeId
-    except ImportError:  # a pytest whose node ids xdist can still suffix itself
-        return
-    for item in items:
-        groups = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
-                         for m in item.iter_markers("xdist_group")})
-        if groups and "@" not in item.nodeid.rpartition("::")[2] and hasattr(item, "_id"):
-            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(groups)}")
 
 
 @pytest.fixture(scope="session")

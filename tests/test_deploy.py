@@ -20,6 +20,9 @@ from conftest import ROOT, free_port_pair
 from mesh.client import MeshClient
 from sshd import SshHosts
 
+# the module's tests share deployed hosts (a module fixture): keep them on one xdist worker
+pytestmark = pytest.mark.xdist_group("deploy")
+
 GRID = Path(sys.executable).parent / "grid"
 BASE_PYTHON = getattr(sys, "_base_executable", sys.executable)
 

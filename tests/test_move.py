@@ -75,29 +75,24 @@ def test_a_client_with_a_stale_location_follows_the_block(shared_mesh):
 
 
 def test_keys_move_with_their_block(shared_mesh):
+    np = pytest.importorskip("numpy")
     with shared_mesh.client() as c:
         c.put_bytes("move/k", b"payload under a key", node="node1")
-        c.put_array("move/a", list(range(5)) and __import__("numpy").arange(1000), node="node1") \
-            if _has_numpy() else None
+        c.put_array("move/a", np.arange(1000), node="node1")
         info = c.object_info("move/k")
+        array_block = c.object_info("move/a").block_id
         c.move(info.block_id, "node2")
+        c.move(array_block, "node3")
         with shared_mesh.client() as fresh:
             assert fresh.get_bytes("move/k") == b"payload under a key"
+            assert (fresh.get_array("move/a") == np.arange(1000)).all()
             moved = fresh.object_info("move/k")
             assert moved.node == "node2" and moved.block_id == info.block_id
             assert moved.created == info.created and moved.checksum == info.checksum
+            assert fresh.object_info("move/a").node == "node3"
         assert [k.key for k in c.keys() if k.key == "move/k"] == ["move/k"]  # once, not twice
         c.delete("move/k")
-        if _has_numpy():
-            c.delete("move/a")
-
-
-def _has_numpy() -> bool:
-    try:
-        import numpy  # noqa: F401
-    except ImportError:
-        return False
-    return True
+        c.delete("move/a")
 
 
 def test_writes_during_a_move_wait_and_land(shared_mesh):
