@@ -210,3 +210,45 @@ def test_drain_reserves_too_and_ray_down_is_one_line(ray_cluster, tmp_path):
             assert len(r.stderr.strip().splitlines()) == 1 and time.monotonic() - t0 < 30
     finally:
         assert not mesh.stop_all()
+
+
+def test_the_orchestrator_reserves_and_an_app_runs_ray_tasks_inside(ray_cluster, tmp_path):
+    import asyncio
+
+    import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from mesh.orchestrator import ResourceSharingOrchestrator
+
+    mesh = _mesh(tmp_path, ray_cluster, 1.0)
+    try:
+        async def main():
+            async with ResourceSharingOrchestrator(mesh.config_path) as orch:
+                res = await orch.request_resources("node1", "memory", "256MiB", priority="high")
+                listed = [r.id for r in await orch.get_reservations()]
+                pg = await orch.placement_group(res.id)
+                cpu = await orch.request_resources("node1", "cpu", 1)
+                return res, listed, pg, cpu
+
+        res, listed, pg, cpu = asyncio.run(main())
+        assert res.id in listed and cpu.resource == "cpu"
+        assert res.source == "node1" and res.amount == 256 * MiB and res.priority == "high"
+        assert all(t != "node1" for t, _ in res.targets)
+
+        @ray.remote(num_cpus=0, memory=64 * MiB)
+        def where() -> str:
+            return ray.get_runtime_context().get_node_id()
+
+        node_id = ray.get(where.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
+            placement_group=pg, placement_group_bundle_index=0)).remote(), timeout=60)
+        assert node_of(node_id) == res.targets[0][0]  # ran inside the reservation's node
+
+        async def release():
+            async with ResourceSharingOrchestrator(mesh.config_path) as orch:
+                await orch.release_resources(res.id)
+                await orch.release_resources(cpu.id)
+
+        asyncio.run(release())
+        assert mesh_groups() == {}
+    finally:
+        assert not mesh.stop_all()
