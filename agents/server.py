@@ -559,8 +559,10 @@ class Agent:
             }))
             # checksum our copy while the target pulls it (zlib releases the GIL)
             checksum = f"crc32:{zlib.crc32(block.view):08x}"
+            summed = time.monotonic()
             reply = self._await_reply(sock, target, deadline,
                                       stall_s=max(STALL_S, deadline - time.monotonic()))
+            copied = time.monotonic()
             reply.raise_for_error(target)
             pulled = True
             if reply.body.get("checksum") != checksum:
@@ -574,6 +576,10 @@ class Agent:
                 "to": str(reply.body.get("node", "")), "to_address": target,
                 "size": block.size, "checksum": checksum, "keys": len(keys),
                 "seconds": time.monotonic() - started,
+                # where the time went: our checksum, the target's copy (it overlaps ours),
+                # and the commit
+                "checksum_s": summed - started, "copy_s": copied - started,
+                "pull_s": reply.body.get("pull_s"), "commit_s": time.monotonic() - copied,
             }
         except MeshError:
             if pulled or not self._stopping:
@@ -621,6 +627,7 @@ class Agent:
         block.incoming = True
         block.meta["commit_by"] = None
         deadline = time.monotonic() + STALL_S + block.size / 20e6
+        block.meta["pull_started"] = time.monotonic()
         future = self._movers.submit(self._pull_job, block, source, deadline)
         self._jobs[future] = (self._pull_done, (identity, req, block))
 
@@ -674,7 +681,8 @@ class Agent:
             return
         block.meta["commit_by"] = time.monotonic() + COMMIT_WAIT_S
         self._reply(identity, req, {"block": block.block_id, "size": block.size,
-                                    "checksum": future.result(), "node": self.s.node})
+                                    "checksum": future.result(), "node": self.s.node,
+                                    "pull_s": time.monotonic() - block.meta["pull_started"]})
 
     def _arrived(self, block_id: str) -> Block:
         block = self.store.get(block_id)

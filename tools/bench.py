@@ -252,12 +252,14 @@ def move(args: argparse.Namespace) -> dict:
                 w.append(size / (time.perf_counter() - t0) / 1e9)
                 where = "bench-2" if where == "bench-1" else "bench-1"
                 t0 = time.perf_counter()
-                client.move(block, where)
+                report = client.move(block, where)
                 seconds = time.perf_counter() - t0
                 m.append(seconds)
                 if not args.json:
                     print(f"run {i + 1}: baseline {b[-1]:.2f} GB/s  client write {w[-1]:.2f} GB/s"
-                          f"  move {seconds:.2f} s ({size / seconds / 1e9:.2f} GB/s)")
+                          f"  move {seconds:.2f} s ({size / seconds / 1e9:.2f} GB/s: source "
+                          f"checksum {report['checksum_s']:.2f} s, target copy and checksum "
+                          f"{report['pull_s']:.2f} s, commit {report['commit_s']:.2f} s)")
             out = client.read(block)
             same = out == data and client.stat(block).node == where
             client.free(block)
