@@ -143,6 +143,7 @@ class Rebalancer:
         self.on_move = on_move
         self.high = config.execution.memory_pressure_high
         self.low = config.execution.memory_pressure_low
+        self._held: dict[str, list[str]] = {}  # block -> its reservations at the pass start
 
     # the pieces of a pass
 
@@ -156,7 +157,9 @@ class Rebalancer:
         return loads, by_node, where
 
     def release_stale(self, where: dict[str, str]) -> list[str]:
-        """Block reservations whose block was freed or left the reserved node; expired ones."""
+        """Block reservations whose block was freed or left the reserved node; expired ones.
+        Remembers the live block reservations, so a move can release the one it leaves."""
+        self._held = {}
         if self.placement is None:
             return []
         released = [r.id for r in self.placement.sweep_expired()]
@@ -167,7 +170,17 @@ class Rebalancer:
             if where.get(r.block) not in targets:
                 self.placement.release(r.id)
                 released.append(r.id)
+            else:
+                self._held.setdefault(r.block, []).append(r.id)
         return released
+
+    def _release_left_behind(self, block: str) -> None:
+        """After a block moved on, the reservation on the node it left holds nothing."""
+        for rid in self._held.pop(block, []):
+            try:
+                self.placement.release(rid)
+            except MeshError:
+                pass  # already gone; the next pass sweeps whatever is left
 
     def carry_out(self, move: Move) -> MoveResult:
         reservation = ""
@@ -188,6 +201,8 @@ class Rebalancer:
             result = MoveResult(move, False, time.monotonic() - started, "", str(exc))
         else:
             result = MoveResult(move, True, time.monotonic() - started, reservation)
+            if self.placement is not None:
+                self._release_left_behind(move.block)
         if self.on_move is not None:
             self.on_move(result)
         return result

@@ -194,6 +194,18 @@ def test_drain_reserves_too_and_ray_down_is_one_line(ray_cluster, tmp_path):
         assert run.returncode == 0, run.stderr
         assert "node3 holds no blocks now (3 moved)" in run.stdout
         assert set(_groups_by_block()) == set(blocks)
+        # draining again where they landed: each block's old reservation goes with it
+        with mesh.client() as c:
+            landed = {b.node for b in c.blocks()}
+        for node in sorted(landed):
+            run = grid(mesh.config_path, "agents", "drain", node)
+            assert run.returncode == 0, run.stderr
+        with mesh.client() as c:
+            where = {b.block_id: b.node for b in c.blocks()}
+        groups = _groups_by_block()
+        assert set(groups) == set(blocks)
+        for block, entry in groups.items():
+            assert [node_of(n) for n in entry["bundles_to_node_id"].values()] == [where[block]]
         with mesh.client() as c:
             for block in blocks:
                 c.free(block)
