@@ -19,6 +19,7 @@ from rich.table import Table
 from mesh.cli import GridError, config_option, err, load, out
 from mesh.client import MeshClient
 from mesh.config import ClusterConfig
+from mesh.errors import MeshError
 from mesh.rebalance import MoveResult, PassReport, Rebalancer
 from mesh.units import format_bytes
 
@@ -109,8 +110,15 @@ def rebalance(config_path: str | None, watch: bool, interval: float | None,
         rebalancer = Rebalancer(client, config, placement, on_move=_print_move)
         done = 0
         while True:
-            report = _one_pass(rebalancer, None, dry_run)
-            failed += len(report.failed)
+            try:
+                report = _one_pass(rebalancer, None, dry_run)
+                failed += len(report.failed)
+            except MeshError as exc:
+                if not watch:
+                    raise
+                # a watch outlives a bad moment (agents restarting, Ray busy): say so, go on
+                err.print(f"[yellow]![/yellow] pass {done + 1} stopped: {escape(str(exc))}",
+                          highlight=False, soft_wrap=True)
             done += 1
             if not watch or (passes is not None and done >= passes) or stop.wait(every):
                 break
