@@ -628,6 +628,9 @@ class Agent:
         block.meta["commit_by"] = None
         deadline = time.monotonic() + STALL_S + block.size / 20e6
         block.meta["pull_started"] = time.monotonic()
+        # back the pages ahead of the copy on another thread (page faults, not the network,
+        # bound a copy into fresh memory); populating never changes what is written
+        self._populator.submit(populate, block)
         future = self._movers.submit(self._pull_job, block, source, deadline)
         self._jobs[future] = (self._pull_done, (identity, req, block))
 
