@@ -29,6 +29,7 @@ from agents.store import Block, BlockStore, populate
 from mesh import protocol as P
 from mesh.errors import (
     AgentError,
+    BlockMoving,
     BlockNotFound,
     InvalidRequest,
     MeshError,
@@ -434,6 +435,9 @@ class Agent:
             )
         block = self._ready_block(req.fields["block"])
         self.store.check_range(block, offset, length)
+        if block.moving and block.meta.get("handing_over"):
+            raise BlockMoving(f"block {block.block_id} is being handed over to another node; "
+                              "retry in a moment", node=self.s.node)
         header = P.encode_reply(req.op, req.request_id, {
             "block": block.block_id, "offset": offset, "length": length,
         })
@@ -569,6 +573,9 @@ class Agent:
                 raise MoveFailed(
                     f"the copy of {block.block_id} on {target} has checksum "
                     f"{reply.body.get('checksum')}, the original {checksum}", node=self.s.node)
+            # From here the target may take writes: stop serving reads of our copy (they get
+            # "moving" and follow the block) so nobody reads what the target has overwritten.
+            block.meta["handing_over"] = True
             sock.send(P.encode_request(P.COMMIT, 2, {"block": block.block_id, "keys": keys}))
             self._await_reply(sock, target, deadline + STALL_S).raise_for_error(target)
             return {
@@ -599,6 +606,7 @@ class Agent:
         error = self._job_error(future, f"moving {block.block_id}")
         if error is not None:
             block.moving = False
+            block.meta.pop("handing_over", None)
             log.warning("move of %s to %s failed: %s", block.block_id, target, error)
             self._send(identity, [P.encode_error(
                 req.op, req.request_id, MoveFailed.code,

@@ -26,8 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Iterator
 
 from mesh import protocol as P
-from mesh.core import Batch, Call, Core, Op, byte_view
+from mesh.core import MOVING_RETRY_S, Batch, Call, Core, Op, byte_view
 from mesh.errors import (
+    BlockMoving,
+    BlockNotFound,
     IntegrityError,
     InvalidRequest,
     KeyExists,
@@ -258,11 +260,35 @@ def put_bytes(core: Core, key: str | None, data: Any, node: str | None = None,
                             content_type, meta or {}, _write_views(core, [view])))
 
 
+def _read_key(core: Core, key: str,
+              prepare: Callable[[ObjectInfo], tuple[list[memoryview], Callable[[], Any]]]) -> Op:
+    """Look ``key`` up and read its range into the buffers ``prepare(info)`` makes; returns what
+    its ``finish()`` returns. A block that moves meanwhile (rebalancing) is followed: "moving"
+    waits and looks again, "not found" looks again once."""
+    deadline = time.monotonic() + core.settings.request_timeout_s
+    looked_again = False
+    while True:
+        address, info = yield from lookup(core, key)
+        outs, finish = prepare(info)
+        try:
+            yield from _read_views(core, address, info, outs)
+            return finish()
+        except BlockMoving:
+            if time.monotonic() > deadline:
+                raise
+            yield from core.pause(MOVING_RETRY_S)
+        except BlockNotFound:
+            if looked_again:
+                raise
+            looked_again = True
+
+
 def get_bytes(core: Core, key: str) -> Op:
-    address, info = yield from lookup(core, key)
-    out = bytearray(info.length)
-    yield from _read_views(core, address, info, [memoryview(out)])
-    return out
+    def prepare(info: ObjectInfo):
+        out = bytearray(info.length)
+        return [memoryview(out)], lambda: out
+
+    return (yield from _read_key(core, key, prepare))
 
 
 # --- files ----------------------------------------------------------------------------------------
@@ -473,13 +499,15 @@ def put_object(core: Core, key: str | None, obj: Any, node: str | None = None,
 
 
 def get_object(core: Core, key: str) -> Op:
-    address, info = yield from lookup(core, key)
-    if info.content_type != "pickle":
-        raise InvalidRequest(f"key {key!r} holds {info.content_type}, not a pickled object")
-    data = bytearray(info.meta["pickle_bytes"])
-    buffers = [bytearray(n) for n in info.meta["buffers"]]
-    yield from _read_views(core, address, info, [memoryview(b) for b in [data, *buffers]])
-    return pickle.loads(data, buffers=buffers)
+    def prepare(info: ObjectInfo):
+        if info.content_type != "pickle":
+            raise InvalidRequest(f"key {key!r} holds {info.content_type}, not a pickled object")
+        data = bytearray(info.meta["pickle_bytes"])
+        buffers = [bytearray(n) for n in info.meta["buffers"]]
+        return ([memoryview(b) for b in [data, *buffers]],
+                lambda: pickle.loads(data, buffers=buffers))
+
+    return (yield from _read_key(core, key, prepare))
 
 
 # --- numpy arrays ----------------------------------------------------------------------------------
@@ -509,15 +537,16 @@ def put_array(core: Core, key: str | None, array: Any, node: str | None = None,
 def get_array(core: Core, key: str) -> Op:
     import numpy as np
 
-    address, info = yield from lookup(core, key)
-    if info.content_type != "ndarray":
-        raise InvalidRequest(f"key {key!r} holds {info.content_type}, not a numpy array")
-    dtype = np.lib.format.descr_to_dtype(_undescr(info.meta["dtype"]))
-    order = info.meta["order"]
-    out = np.empty(tuple(info.meta["shape"]), dtype=dtype, order=order)
-    flat = out.reshape(-1) if order == "C" else out.ravel(order="F")
-    yield from _read_views(core, address, info, [memoryview(flat.view(np.uint8))])
-    return out
+    def prepare(info: ObjectInfo):
+        if info.content_type != "ndarray":
+            raise InvalidRequest(f"key {key!r} holds {info.content_type}, not a numpy array")
+        dtype = np.lib.format.descr_to_dtype(_undescr(info.meta["dtype"]))
+        order = info.meta["order"]
+        out = np.empty(tuple(info.meta["shape"]), dtype=dtype, order=order)
+        flat = out.reshape(-1) if order == "C" else out.ravel(order="F")
+        return [memoryview(flat.view(np.uint8))], lambda: out
+
+    return (yield from _read_key(core, key, prepare))
 
 
 def _descr(d: Any) -> Any:

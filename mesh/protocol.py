@@ -39,7 +39,9 @@ Moving a block peer to peer (rebalancing, draining); the master sends only MOVE:
     ABORT  {block}                     source -> target: drop an incoming copy -> {block, dropped}
 
 While a block moves, the source refuses writes, frees and key changes on it with code "moving"
-(clients retry); reads go on. After COMMIT the source frees its copy.
+(clients retry); reads go on until the source sends COMMIT, and are refused the same way from
+then until the source has freed its copy (a few ms), so no one reads the old copy once the new
+one may take writes.
 
 A key record names a range of one of this agent's blocks plus metadata::
 

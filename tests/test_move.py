@@ -223,3 +223,47 @@ def test_killing_the_source_mid_move_drops_the_partial_copy(mesh3):
             time.sleep(0.2)
         assert block not in _blocks_on(c, "node2")
         t.join(timeout=30)
+
+
+def test_readers_follow_blocks_and_keys_that_keep_moving(shared_mesh):
+    with shared_mesh.client() as c:
+        data = _pattern(32 * MiB)
+        block = c.allocate(len(data), node="node1")
+        c.write(block, data)
+        small = data[: 256 * 1024]
+        c.put_bytes("move/busy", small, node="node2")
+        key_block = c.object_info("move/busy").block_id
+        errors: list[BaseException] = []
+        reads = {"block": 0, "key": 0}
+        done = threading.Event()
+
+        def reader(what: str):
+            with shared_mesh.client() as r:
+                while not done.is_set():
+                    try:
+                        if what == "block":
+                            assert r.read(block) == data
+                        else:
+                            assert r.get_bytes("move/busy") == small
+                    except BaseException as exc:  # noqa: BLE001 - reported below
+                        errors.append(exc)
+                        return
+                    reads[what] += 1
+
+        threads = [threading.Thread(target=reader, args=(w,)) for w in reads]
+        for t in threads:
+            t.start()
+        try:
+            nodes = ["node1", "node2", "node3"]
+            for i in range(60):  # around the ring: the key's block every time, the big one less
+                for b in ((block, key_block) if i % 10 == 0 else (key_block,)):
+                    here = c.stat(b).node
+                    c.move(b, nodes[(nodes.index(here) + 1) % 3])
+        finally:
+            done.set()
+            for t in threads:
+                t.join(timeout=60)
+        assert not errors, errors
+        assert reads["block"] >= 3 and reads["key"] >= 30, reads
+        c.delete("move/busy")
+        c.free(block)
