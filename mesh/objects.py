@@ -104,6 +104,12 @@ def holders(core: Core, key: str) -> Op:
 def lookup(core: Core, key: str) -> Op:
     found = yield from holders(core, key)
     if not found:
+        # A key whose block is being handed over lives on the source until just after it is on
+        # the target, but one broadcast may ask the target just before and the source just
+        # after: look once more before saying it is not there.
+        yield from core.pause(MOVING_RETRY_S)
+        found = yield from holders(core, key)
+    if not found:
         raise KeyNotFound(
             f"Key not found: {key!r} (list stored objects with `grid memory list-objects`)"
         )
