@@ -95,8 +95,7 @@ class Agent:
             self.incarnation,
             settings.share_bytes,
             settings.reserve_bytes,
-            available_fn=lambda: host_memory().available,
-            total_fn=lambda: host_memory().total,
+            memory_fn=host_memory,
         )
         self.members = MembershipTable(settings.suspect_after_s, settings.dead_after_s)
         self.ctx = ctx or zmq.Context.instance()
@@ -321,18 +320,18 @@ class Agent:
     # --- gossip -------------------------------------------------------------------------------
 
     def self_record(self) -> dict[str, Any]:
-        vm = host_memory()
+        mem = host_memory()  # one reading for every field below
         return {
             "node": self.s.node,
             "address": self.address,
             "gossip": self.gossip_address,
             "incarnation": self.incarnation,
             "version": self.s.version,
-            "capacity": self.store.capacity,
+            "capacity": self.store.capacity_for(mem),
             "used": self.store.used,
-            "room": self.store.room(),
-            "host_available": int(vm.available),
-            "host_total": int(vm.total),
+            "room": self.store.room(mem),
+            "host_available": int(mem.available),
+            "host_total": int(mem.total),
             "blocks": len(self.store),
         }
 
@@ -648,8 +647,7 @@ class Agent:
         try:
             inflight: dict[int, tuple[int, int]] = {}
             next_offset, request_id, received = 0, 0, 0
-            crc, checked = 0, 0
-            arrived_ends: dict[int, int] = {}  # offset -> end of chunks not yet checksummed
+            crc, checked = 0, 0  # crc32 of the copy's first ``checked`` bytes
             while received < block.size:
                 while len(inflight) < PULL_WINDOW and next_offset < block.size:
                     request_id += 1
@@ -670,13 +668,10 @@ class Agent:
                                      f"{block.block_id}")
                 block.view[offset : offset + length] = P.frame_view(reply.payload[0])
                 received += length
-                # chunks come in order over one connection: checksum each while it is warm
-                arrived_ends[offset] = offset + length
-                while checked in arrived_ends:
-                    end = arrived_ends.pop(checked)
-                    crc = zlib.crc32(block.view[checked:end], crc)
-                    checked = end
-            if checked != block.size:
+                if offset == checked:  # in order, as one connection delivers: checksum it warm
+                    crc = zlib.crc32(block.view[offset : offset + length], crc)
+                    checked += length
+            if checked != block.size:  # a chunk came out of order: checksum the whole copy
                 crc = zlib.crc32(block.view)
             return f"crc32:{crc:08x}"
         finally:

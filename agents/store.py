@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from mesh.pressure import HostMemory
 from mesh.units import format_bytes
 from mesh.errors import (
     BlockMoving,
@@ -93,7 +94,8 @@ def populate(block: Block) -> None:
 
 
 class BlockStore:
-    """Blocks of one agent. ``available_fn`` returns the host's available RAM in bytes."""
+    """Blocks of one agent. ``memory_fn`` tells the host's (or its cgroup's) RAM: an object with
+    ``total`` and ``available`` bytes (``mesh.pressure.host_memory``)."""
 
     def __init__(
         self,
@@ -101,15 +103,13 @@ class BlockStore:
         incarnation: int,
         share_bytes: int | None,
         reserve_bytes: int,
-        available_fn: Callable[[], int],
-        total_fn: Callable[[], int],
+        memory_fn: Callable[[], HostMemory],
     ):
         self.node = node
         self.incarnation = incarnation
         self.share_bytes = share_bytes
         self.reserve_bytes = reserve_bytes
-        self._available = available_fn
-        self._total = total_fn
+        self._memory = memory_fn
         self._blocks: dict[str, Block] = {}
         self._keys: dict[str, dict] = {}  # key -> key record (see mesh/protocol.py)
         self._counter = 0
@@ -118,16 +118,20 @@ class BlockStore:
 
     # --- accounting ---------------------------------------------------------------------------
 
-    @property
-    def capacity(self) -> int:
+    def capacity_for(self, mem: HostMemory) -> int:
         """The most this agent will ever promise: its share, or the host's RAM less the reserve."""
-        host = max(0, self._total() - self.reserve_bytes)
+        host = max(0, mem.total - self.reserve_bytes)
         return host if self.share_bytes is None else min(self.share_bytes, host)
 
-    def room(self) -> int:
-        """Bytes a new allocation may take now."""
-        by_share = self.capacity - self.used
-        by_host = self._available() - self.reserve_bytes
+    @property
+    def capacity(self) -> int:
+        return self.capacity_for(self._memory())
+
+    def room(self, mem: HostMemory | None = None) -> int:
+        """Bytes a new allocation may take now (``mem``: a reading already taken)."""
+        mem = mem or self._memory()
+        by_share = self.capacity_for(mem) - self.used
+        by_host = mem.available - self.reserve_bytes
         return max(0, min(by_share, by_host))
 
     def __len__(self) -> int:
@@ -150,11 +154,13 @@ class BlockStore:
             raise InvalidRequest(f"block {block_id!r} already exists on node {self.node}")
         if size <= 0:
             raise InvalidSize(f"allocation size must be a positive number of bytes, got {size}")
-        room = self.room()
+        mem = self._memory()
+        room = self.room(mem)
         if size > room:
             raise CapacityError(
                 f"node {self.node} has room for {format_bytes(room)}, {format_bytes(size)} "
-                f"asked (capacity {format_bytes(self.capacity)}, used {format_bytes(self.used)})",
+                f"asked (capacity {format_bytes(self.capacity_for(mem))}, used "
+                f"{format_bytes(self.used)})",
                 node=self.node,
             )
         try:

@@ -493,13 +493,7 @@ class Core:
             raise InvalidSize(f"allocation size must be a positive whole number of bytes, got {size!r}")
         nodes = yield from self.refresh_nodes(max_age_s=0.0)
         if node is not None:
-            target = next((n for n in nodes if n.name == node), None)
-            if target is None:
-                known = ", ".join(n.name for n in nodes) or "none"
-                raise NodeUnavailable(f"unknown node {node!r} (known: {known})")
-            if target.state != ALIVE:
-                raise NodeUnavailable(f"node {node!r} is {target.state}", node=node)
-            candidates = [target]
+            candidates = [_alive_node(nodes, node)]
         else:
             candidates = sorted(
                 (n for n in nodes if n.state == ALIVE and n.room >= size),
@@ -668,12 +662,7 @@ class Core:
         keys naming it, then frees its own copy. Returns the source's report (from, to, size,
         checksum, seconds). On failure (``MoveFailed``) the original is intact at the source."""
         nodes = yield from self.refresh_nodes(max_age_s=self.settings.heartbeat_interval_s)
-        dest = next((n for n in nodes if n.name == target), None)
-        if dest is None:
-            known = ", ".join(n.name for n in nodes) or "none"
-            raise NodeUnavailable(f"unknown node {target!r} (known: {known})")
-        if dest.state != ALIVE:
-            raise NodeUnavailable(f"node {target!r} is {dest.state}", node=target)
+        dest = _alive_node(nodes, target)
         address, size = yield from self.locate(block_id)
         if address == dest.address:
             raise InvalidRequest(f"block {block_id} is already on node {target}")
@@ -739,6 +728,17 @@ class Core:
             "total_used": sum(p["used"] for p in per_node if p["state"] == ALIVE),
             "total_capacity": sum(p["capacity"] for p in per_node if p["state"] == ALIVE),
         }
+
+
+def _alive_node(nodes: list[NodeInfo], name: str) -> NodeInfo:
+    """The node called ``name``; ``NodeUnavailable`` when it is unknown or not alive."""
+    node = next((n for n in nodes if n.name == name), None)
+    if node is None:
+        known = ", ".join(n.name for n in nodes) or "none"
+        raise NodeUnavailable(f"unknown node {name!r} (known: {known})")
+    if node.state != ALIVE:
+        raise NodeUnavailable(f"node {name!r} is {node.state}", node=name)
+    return node
 
 
 def _down_reason(n: NodeInfo, answered: bool) -> str | None:
