@@ -212,13 +212,11 @@ def _node_rows(cfg: ClusterConfig, stats_nodes: list[dict], ray_nodes: dict[str,
     for name in names:
         n = by_name.get(name)
         up = n is not None and n["state"] != "down"
-        host_total = int(n.get("host_total") or 0) if up else 0
-        host_used = max(0, host_total - int(n.get("host_available") or 0)) if host_total else None
-        pressure = None
-        if up:
-            # The worse of the agent's share and the host, as `grid rebalance` judges a node.
-            pressure = NodeLoad(name, n["used"], n["capacity"], host_used or 0,
-                                host_total).pressure
+        # the worse of the agent's share and the host, as `grid rebalance` judges a node
+        load = NodeLoad.from_stats(n) if up else None
+        host_total = load.host_total if load else 0
+        host_used = load.host_used if host_total else None
+        pressure = load.pressure if load else None
         rows.append({
             "node": name,
             "state": n["state"] if n is not None else "down",

@@ -76,6 +76,14 @@ class NodeLoad:
     host_total: int
     alive: bool = True
 
+    @classmethod
+    def from_stats(cls, n: dict) -> NodeLoad:
+        """One node of ``MeshClient.stats()`` (agents report their share and their host)."""
+        host_total = int(n.get("host_total") or 0)
+        host_used = max(0, host_total - int(n.get("host_available") or 0)) if host_total else 0
+        return cls(n["node"], int(n["used"]), int(n["capacity"]), host_used, host_total,
+                   n["state"] == "alive")
+
     @property
     def available(self) -> int:
         """Bytes that can still be taken on this node, by share and by host."""

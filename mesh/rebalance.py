@@ -88,14 +88,8 @@ def plan_moves(
 
 
 def loads_from(stats: dict[str, Any]) -> list[NodeLoad]:
-    """``NodeLoad``s from ``MeshClient.stats()`` (agents report their host and their share)."""
-    out = []
-    for n in stats["nodes"]:
-        host_total = int(n.get("host_total") or 0)
-        host_used = max(0, host_total - int(n.get("host_available") or 0)) if host_total else 0
-        out.append(NodeLoad(n["node"], int(n["used"]), int(n["capacity"]), host_used,
-                            host_total, n["state"] == "alive"))
-    return out
+    """``NodeLoad``s from ``MeshClient.stats()``."""
+    return [NodeLoad.from_stats(n) for n in stats["nodes"]]
 
 
 def master_load(config: ClusterConfig) -> NodeLoad:

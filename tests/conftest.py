@@ -7,6 +7,7 @@ and fails the test if any process it started is still alive.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -16,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import yaml
@@ -171,8 +173,12 @@ class LocalMesh:
         return leaked
 
 
-def _running(tmp: Path):
-    mesh = LocalMesh.create(tmp)
+@contextlib.contextmanager
+def running_mesh(tmp: Path, n: int = 3, memory_gb: float = 1.0, extra: dict | None = None,
+                 **mesh_settings) -> Iterator[LocalMesh]:
+    """A started ``LocalMesh``; at the end its agents are stopped, and any that ignored SIGTERM
+    fails the test."""
+    mesh = LocalMesh.create(tmp, n, memory_gb, extra, **mesh_settings)
     mesh.start_all()
     try:
         yield mesh
@@ -184,13 +190,15 @@ def _running(tmp: Path):
 @pytest.fixture
 def mesh3(tmp_path):
     """Three fresh agents for one test (for tests that kill or restart them)."""
-    yield from _running(tmp_path)
+    with running_mesh(tmp_path) as mesh:
+        yield mesh
 
 
 @pytest.fixture(scope="module")
 def shared_mesh(tmp_path_factory):
     """Three agents shared by a module's tests (each test cleans up its own blocks)."""
-    yield from _running(tmp_path_factory.mktemp("mesh"))
+    with running_mesh(tmp_path_factory.mktemp("mesh")) as mesh:
+        yield mesh
 
 
 # pytest-xdist#1386: with pytest 9.2, ``--dist loadgroup`` (pyproject's addopts) no longer adds

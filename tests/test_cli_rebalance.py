@@ -4,16 +4,18 @@ The Ray-backed runs are in tests/test_rebalance_ray.py."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
-from conftest import LocalMesh
+from conftest import LocalMesh, running_mesh
 
 GRID = Path(sys.executable).parent / "grid"
 MiB = 1 << 20
@@ -29,12 +31,8 @@ def grid(*args: str, config: Path, timeout: float = 120) -> subprocess.Completed
 @pytest.fixture
 def small_mesh(tmp_path):
     """Three agents with a 256 MiB share each."""
-    mesh = LocalMesh.create(tmp_path, 3, memory_gb=0.25)
-    mesh.start_all()
-    try:
+    with running_mesh(tmp_path, memory_gb=0.25) as mesh:
         yield mesh
-    finally:
-        assert not mesh.stop_all()
 
 
 def _ballast(mesh: LocalMesh, node: str, count: int, size: int = 20 * MiB) -> dict[str, bytes]:
@@ -46,6 +44,27 @@ def _ballast(mesh: LocalMesh, node: str, count: int, size: int = 20 * MiB) -> di
             c.write(block, data)
             blocks[block] = data
     return blocks
+
+
+@contextlib.contextmanager
+def _watching(mesh: LocalMesh, interval: str) -> Iterator[subprocess.Popen]:
+    """`grid rebalance --watch --no-ray` running in the background; killed if still running."""
+    env = {k: v for k, v in os.environ.items() if k != "GRID_CONFIG"}
+    proc = subprocess.Popen([str(GRID), "rebalance", "--watch", "--no-ray", "--interval",
+                             interval, "-c", str(mesh.config_path)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _interrupt(proc: subprocess.Popen) -> tuple[str, str]:
+    """Ctrl-C, as a person stops a watch; its output."""
+    proc.send_signal(signal.SIGINT)
+    return proc.communicate(timeout=30)
 
 
 def _where(mesh: LocalMesh) -> dict[str, str]:
@@ -114,11 +133,7 @@ def test_watch_runs_passes_and_stops_on_its_own_or_on_a_signal(small_mesh):
     assert run.returncode == 0, run.stderr
     assert run.stdout.count("Memory pressure") == 3
 
-    env = {k: v for k, v in os.environ.items() if k != "GRID_CONFIG"}
-    proc = subprocess.Popen([str(GRID), "rebalance", "--watch", "--no-ray", "--interval", "0.2",
-                             "-c", str(small_mesh.config_path)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with _watching(small_mesh, "0.2") as proc:
         # a block put on a hot node while it watches is moved by a later pass
         time.sleep(1.5)
         blocks = _ballast(small_mesh, "node3", 12)
@@ -134,22 +149,13 @@ def test_watch_runs_passes_and_stops_on_its_own_or_on_a_signal(small_mesh):
                 out, err = proc.communicate(timeout=30)
                 pytest.fail(f"the watch never moved the ballast:\n{out}\n{err}")
             time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        out, err = _interrupt(proc)
     assert proc.returncode == 0, err
     assert "✓ moved" in out and "Traceback" not in err
 
 
 def test_a_watch_outlives_a_pass_that_fails(small_mesh):
-    env = {k: v for k, v in os.environ.items() if k != "GRID_CONFIG"}
-    proc = subprocess.Popen([str(GRID), "rebalance", "--watch", "--no-ray", "--interval", "0.3",
-                             "-c", str(small_mesh.config_path)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with _watching(small_mesh, "0.3") as proc:
         time.sleep(1.0)
         small_mesh.stop_all()  # every agent gone: passes fail (3 s connect timeout), it goes on
         time.sleep(7.0)
@@ -159,12 +165,7 @@ def test_a_watch_outlives_a_pass_that_fails(small_mesh):
         for agent in small_mesh.nodes:
             small_mesh.wait_ready(agent)
         time.sleep(1.5)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        out, err = _interrupt(proc)
     assert proc.returncode == 0, err
     assert "stopped: no mesh agent answered" in err and "Traceback" not in err
     assert out.count("Memory pressure") >= 2  # before and after the agents were away

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, LocalMesh
+from conftest import ROOT, running_mesh
 
 EXAMPLES = ROOT / "tools" / "examples"
 SCRIPTS = ["heavy_processing.py", "cache_dataset.py", "model_weights.py",
@@ -16,13 +16,8 @@ SCRIPTS = ["heavy_processing.py", "cache_dataset.py", "model_weights.py",
 
 @pytest.fixture(scope="module")
 def mesh3(tmp_path_factory):
-    local = LocalMesh.create(tmp_path_factory.mktemp("examples"), n=3, memory_gb=1.0)
-    local.start_all()
-    try:
+    with running_mesh(tmp_path_factory.mktemp("examples")) as local:
         yield local
-    finally:
-        leaked = local.stop_all()
-        assert not leaked, f"agents ignored SIGTERM and had to be killed: {leaked}"
 
 
 def run_example(mesh3, script: str, *args: str) -> subprocess.CompletedProcess:

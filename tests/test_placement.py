@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, LocalMesh, free_port_pair
+from conftest import ROOT, free_port_pair, running_mesh
 from mesh.config import load_cluster_config, parse_config
 from mesh.errors import (
     CapacityError,
@@ -380,14 +380,9 @@ def test_without_ray_running_every_command_says_so_in_one_line_quickly(tmp_path)
 
 @pytest.fixture(scope="module")
 def mesh(ray_cluster, tmp_path_factory):
-    local = LocalMesh.create(tmp_path_factory.mktemp("placement"), n=3, memory_gb=1.0,
-                             extra={"ray": {"address": ray_cluster}})
-    local.start_all()
-    try:
+    with running_mesh(tmp_path_factory.mktemp("placement"),
+                      extra={"ray": {"address": ray_cluster}}) as local:
         yield local
-    finally:
-        leaked = local.stop_all()
-        assert not leaked, f"agents ignored SIGTERM and had to be killed: {leaked}"
 
 
 @pytest.fixture

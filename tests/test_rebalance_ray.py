@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from cgroups import memory_cgroup
-from conftest import LocalMesh
+from conftest import running_mesh
 from raycluster import mesh_groups, node_of
 
 pytest_plugins = ["raycluster"]
@@ -37,13 +37,13 @@ def grid(config: Path, *args: str, timeout: float = 120, wrap=None) -> subproces
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-def _mesh(tmp: Path, address: str, memory_gb: float, **execution) -> LocalMesh:
-    extra = {"ray": {"address": address}}
+def _mesh(tmp: Path, address: str, memory_gb: float, **execution):
+    """Three agents whose cluster file points at the Ray cluster (and has these
+    ``execution.resource_sharing`` settings)."""
+    extra: dict = {"ray": {"address": address}}
     if execution:
         extra["execution"] = {"resource_sharing": execution}
-    mesh = LocalMesh.create(tmp, 3, memory_gb=memory_gb, extra=extra)
-    mesh.start_all()
-    return mesh
+    return running_mesh(tmp, memory_gb=memory_gb, extra=extra)
 
 
 def _pattern(seed: int, size: int) -> bytes:
@@ -61,8 +61,7 @@ def _groups_by_block() -> dict[str, dict]:
 
 
 def test_pressure_moves_blocks_reserves_their_memory_and_leaks_nothing(ray_cluster, tmp_path):
-    mesh = _mesh(tmp_path, ray_cluster, 0.25)
-    try:
+    with _mesh(tmp_path, ray_cluster, 0.25) as mesh:
         with mesh.client() as c:
             blocks = {}
             for i in range(12):  # 240 of node1's 256 MiB: score 1.0
@@ -100,14 +99,11 @@ def test_pressure_moves_blocks_reserves_their_memory_and_leaks_nothing(ray_clust
         assert again.returncode == 0, again.stderr
         assert again.stdout.count("released reservation") == 4
         assert mesh_groups() == {}
-    finally:
-        assert not mesh.stop_all()
 
 
 def test_killing_the_target_mid_move_keeps_the_data_and_releases_the_reservation(
         ray_cluster, tmp_path):
-    mesh = _mesh(tmp_path, ray_cluster, 1.5)
-    try:
+    with _mesh(tmp_path, ray_cluster, 1.5) as mesh:
         # 700 + 600 MiB = 85 % of node1's 1.5 GiB (score 0.75): the 700 MiB block must go
         sizes = {"big": 700 * MiB, "small": 600 * MiB}
         data = {name: _pattern(i, n) for i, (name, n) in enumerate(sizes.items())}
@@ -144,16 +140,13 @@ def test_killing_the_target_mid_move_keeps_the_data_and_releases_the_reservation
                 assert fresh.stat(block).node == "node1"
                 assert zlib.crc32(fresh.read(block)) == zlib.crc32(data[name])
         assert mesh_groups() == {}  # the failed move's reservation is gone
-    finally:
-        mesh.stop_all()
 
 
 def test_a_master_over_its_threshold_gets_memory_reserved_on_the_workers(ray_cluster, tmp_path):
     # high 0.5 = over 80 % full, low 0.3 = under 70 %; the master is a 3 GiB cgroup
-    mesh = _mesh(tmp_path, ray_cluster, 1.0,
-                 thresholds={"memory_pressure_high": 0.5, "memory_pressure_low": 0.3},
-                 allocation_timeout_minutes=5)
-    try:
+    with _mesh(tmp_path, ray_cluster, 1.0,
+               thresholds={"memory_pressure_high": 0.5, "memory_pressure_low": 0.3},
+               allocation_timeout_minutes=5) as mesh:
         with memory_cgroup(3 * GiB) as group:
             ballast = subprocess.Popen(group.command([
                 sys.executable, "-c",
@@ -181,13 +174,10 @@ def test_a_master_over_its_threshold_gets_memory_reserved_on_the_workers(ray_clu
         released = grid(mesh.config_path, "resource-sharing", "release", rid)
         assert released.returncode == 0, released.stderr
         assert mesh_groups() == {}
-    finally:
-        assert not mesh.stop_all()
 
 
 def test_drain_reserves_too_and_ray_down_is_one_line(ray_cluster, tmp_path):
-    mesh = _mesh(tmp_path, ray_cluster, 0.25)
-    try:
+    with _mesh(tmp_path, ray_cluster, 0.25) as mesh:
         with mesh.client() as c:
             blocks = [c.allocate(8 * MiB, node="node3") for _ in range(3)]
         run = grid(mesh.config_path, "agents", "drain", "node3")
@@ -220,8 +210,6 @@ def test_drain_reserves_too_and_ray_down_is_one_line(ray_cluster, tmp_path):
             r = grid(dead, *args)
             assert r.returncode == 1 and "Ray is not running" in r.stderr, r.stderr
             assert len(r.stderr.strip().splitlines()) == 1 and time.monotonic() - t0 < 30
-    finally:
-        assert not mesh.stop_all()
 
 
 def test_the_orchestrator_reserves_and_an_app_runs_ray_tasks_inside(ray_cluster, tmp_path):
@@ -232,8 +220,7 @@ def test_the_orchestrator_reserves_and_an_app_runs_ray_tasks_inside(ray_cluster,
 
     from mesh.orchestrator import ResourceSharingOrchestrator
 
-    mesh = _mesh(tmp_path, ray_cluster, 1.0)
-    try:
+    with _mesh(tmp_path, ray_cluster, 1.0) as mesh:
         async def main():
             async with ResourceSharingOrchestrator(mesh.config_path) as orch:
                 res = await orch.request_resources("node1", "memory", "256MiB", priority="high")
@@ -262,5 +249,3 @@ def test_the_orchestrator_reserves_and_an_app_runs_ray_tasks_inside(ray_cluster,
 
         asyncio.run(release())
         assert mesh_groups() == {}
-    finally:
-        assert not mesh.stop_all()

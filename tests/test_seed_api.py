@@ -25,7 +25,7 @@ import mesh.config
 import mesh.helpers
 import mesh.manager
 import mesh.pool
-from conftest import LocalMesh
+from conftest import LocalMesh, running_mesh
 from mesh.client import MeshClient
 from mesh.errors import (
     BlockNotFound,
@@ -43,13 +43,8 @@ MiB = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def mesh3(tmp_path_factory):
-    local = LocalMesh.create(tmp_path_factory.mktemp("seed-api"), n=3, memory_gb=1.0)
-    local.start_all()
-    try:
+    with running_mesh(tmp_path_factory.mktemp("seed-api")) as local:
         yield local
-    finally:
-        leaked = local.stop_all()
-        assert not leaked, f"agents ignored SIGTERM and had to be killed: {leaked}"
 
 
 @pytest.fixture(params=["mesh", "distributed_grid"])

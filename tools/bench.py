@@ -126,7 +126,7 @@ class Baseline:
 # --- the mesh ----------------------------------------------------------------------------------
 
 
-class OneAgent:
+class Agents:
     """``n`` real agents on 127.0.0.1, .2, ... each with room for ``size`` bytes."""
 
     def __init__(self, size: int, chunk: int, window: int, tmp: Path, n: int = 1):
@@ -191,7 +191,7 @@ def transfer(args: argparse.Namespace) -> dict:
     out = _warm(size, fill=False)
     dv = memoryview(data)
     with tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp:
-        agent = OneAgent(size, chunk, args.window, Path(tmp))
+        agent = Agents(size, chunk, args.window, Path(tmp))
         baseline = Baseline(size, runs)
         try:
             client = agent.client()
@@ -238,7 +238,7 @@ def move(args: argparse.Namespace) -> dict:
     data = _warm(size, fill=True)
     dv = memoryview(data)
     with tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp:
-        agents = OneAgent(size, 2 << 20, 8, Path(tmp), n=2)
+        agents = Agents(size, 2 << 20, 8, Path(tmp), n=2)
         baseline = Baseline(size, runs)
         try:
             client = agents.client()
@@ -386,7 +386,7 @@ def cli_memory(args: argparse.Namespace) -> dict:
         if not args.json:
             print(f"writing {format_bytes(size)} of random bytes to {src}")
         digest = _write_random(src, size)
-        agent = OneAgent(size, chunk, args.window, tmp)
+        agent = Agents(size, chunk, args.window, tmp)
         try:
             agent.client().close()  # waits until the agent answers
             grid = _grid_command()
