@@ -557,28 +557,20 @@ class Core:
         self._locations.pop(block_id, None)
 
     def _with_location(self, block_id: str, body) -> Op:
-        """Run ``body(address, size)``; if the block moved since we cached it, look again once.
-        While it is being moved (``BlockMoving``), wait and follow it to its new node."""
+        """Run ``body(address, size)`` where the block is. A block that moves meanwhile is
+        followed: "moving" waits a moment, "not found" looks again; it ends when the block is
+        found nowhere (``locate`` raises) or the request timeout has passed."""
         deadline = time.monotonic() + self.settings.request_timeout_s
         while True:
+            address, size = yield from self.locate(block_id)
             try:
-                return (yield from self._located(block_id, body))
-            except BlockMoving:
+                return (yield from body(address, size))
+            except (BlockMoving, BlockNotFound) as exc:
+                self._forget(block_id)
                 if time.monotonic() > deadline:
                     raise
-                self._forget(block_id)
-                yield from self.pause(MOVING_RETRY_S)
-
-    def _located(self, block_id: str, body) -> Op:
-        # A "not found" from where we looked (in the cache, or just now: a move may have
-        # finished in between) means look once more; if it is gone, locate says so.
-        address, size = yield from self.locate(block_id)
-        try:
-            return (yield from body(address, size))
-        except BlockNotFound:
-            self._forget(block_id)
-        address, size = yield from self.locate(block_id)
-        return (yield from body(address, size))
+                if isinstance(exc, BlockMoving):
+                    yield from self.pause(MOVING_RETRY_S)
 
     def write(self, block_id: str, data: Any, offset: int = 0) -> Op:
         view = byte_view(data)

@@ -269,24 +269,20 @@ def put_bytes(core: Core, key: str | None, data: Any, node: str | None = None,
 def _read_key(core: Core, key: str,
               prepare: Callable[[ObjectInfo], tuple[list[memoryview], Callable[[], Any]]]) -> Op:
     """Look ``key`` up and read its range into the buffers ``prepare(info)`` makes; returns what
-    its ``finish()`` returns. A block that moves meanwhile (rebalancing) is followed: "moving"
-    waits and looks again, "not found" looks again once."""
+    its ``finish()`` returns. A block that moves meanwhile (rebalancing) is followed as
+    ``Core._with_location`` follows one, until the key is found nowhere or the request timeout."""
     deadline = time.monotonic() + core.settings.request_timeout_s
-    looked_again = False
     while True:
         address, info = yield from lookup(core, key)
         outs, finish = prepare(info)
         try:
             yield from _read_views(core, address, info, outs)
             return finish()
-        except BlockMoving:
+        except (BlockMoving, BlockNotFound) as exc:
             if time.monotonic() > deadline:
                 raise
-            yield from core.pause(MOVING_RETRY_S)
-        except BlockNotFound:
-            if looked_again:
-                raise
-            looked_again = True
+            if isinstance(exc, BlockMoving):
+                yield from core.pause(MOVING_RETRY_S)
 
 
 def get_bytes(core: Core, key: str) -> Op:
