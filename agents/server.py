@@ -39,7 +39,7 @@ from mesh.errors import (
     TooLarge,
 )
 from mesh.membership import DEAD, MembershipTable
-from mesh.pressure import host_memory
+from mesh.hostmem import host_memory
 
 log = logging.getLogger("mesh.agent")
 

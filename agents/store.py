@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from mesh.pressure import HostMemory
+from mesh.hostmem import HostMemory
 from mesh.units import format_bytes
 from mesh.errors import (
     BlockMoving,
@@ -95,7 +95,7 @@ def populate(block: Block) -> None:
 
 class BlockStore:
     """Blocks of one agent. ``memory_fn`` tells the host's (or its cgroup's) RAM: an object with
-    ``total`` and ``available`` bytes (``mesh.pressure.host_memory``)."""
+    ``total`` and ``available`` bytes (``mesh.balance.pressure.host_memory``)."""
 
     def __init__(
         self,

@@ -1,15 +1,18 @@
-"""Compatibility package: the import paths of the earlier Ray-based ``distributed_grid``, so code
-written against the seed documents runs unchanged on the memory mesh.
+"""The seeds' Python API, under the import paths the earlier Ray-based version used.
 
-Every module here is a thin re-export; the code lives in the ``mesh`` package:
+Code written against the seed documents runs unchanged on the memory mesh. The classes live
+here, each under one name; they are thin layers over the mesh's client (``mesh.client``) and,
+for the orchestrator, its balancing package (``mesh.balance``):
 
-===============================================================  ============================
-``distributed_grid.config``                                       ``mesh.config``
-``distributed_grid.orchestration.distributed_memory_pool``        ``mesh.pool``
-``distributed_grid.utils.memory_helpers``                         ``mesh.helpers``
-``distributed_grid.memory.distributed_memory_manager``            ``mesh.manager``
-===============================================================  ============================
+===============================================================  ================================
+``distributed_grid.config``                                      ``load_cluster_config``,
+                                                                 ``ClusterConfig.from_yaml``
+``distributed_grid.orchestration.distributed_memory_pool``       ``DistributedMemoryPool``
+``distributed_grid.orchestration.resource_sharing_orchestrator`` ``ResourceSharingOrchestrator``
+``distributed_grid.utils.memory_helpers``                        ``DistributedMemoryHelper``
+``distributed_grid.memory.distributed_memory_manager``           ``DistributedMemoryManager``
+===============================================================  ================================
 
-Not provided (not built yet): ``ResourceSharingOrchestrator``, ``SSHManager`` and the offloading
-executor. See ``docs/python-api.md``.
+The mesh never imports this package. Not provided: ``SSHManager`` and the offloading executor
+(the agents are reached over the mesh; see ``docs/python-api.md``).
 """

@@ -18,14 +18,21 @@
     ├── AgentError                 the agent failed internally (it keeps serving)
     ├── BlockMoving                the block is being moved to another node; retry shortly
     ├── MoveFailed                 a move stopped half-way; the original is intact at the source
-    └── PoolNotInitialized         (mesh/pool.py) the seeds' pool used before initialize()
+    ├── MissingExtra               an optional dependency is not installed (names the pip extra)
+    ├── PlacementError             reserving resources through Ray failed
+    │   ├── RayNotInstalled        Ray is not installed (also a MissingExtra: the placement extra)
+    │   ├── RayUnavailable         no Ray cluster answers at the configured address
+    │   ├── NoRayNode              no Ray node stands for a mesh node
+    │   ├── ReservationNotFound    no reservation with that id
+    │   └── ReservationFailed      Ray could not place the reservation's bundles
+    ├── DeployError                installing or driving an agent over SSH failed
+    └── PoolNotInitialized         the seeds' pool used before initialize() or after shutdown()
 
-Placement errors never travel between agent and client, so they have codes (for ``--json``
-output and logs) but no entry in the wire table.
-
-Wire error codes map to these classes through ``ERROR_CODES`` (and back through
-``code_for``), so the agent and the client agree on one table. Third-party errors (zmq, msgpack,
-yaml, OS errors) are converted at the boundary where they happen. This module does no I/O.
+Only the classes in ``ERROR_CODES`` travel between agent and client: wire error codes map to
+them through that table, so the agent and the client agree on one list. The others are raised
+where they happen (the master, the client) and have codes only for ``--json`` output and logs.
+Third-party errors (zmq, msgpack, yaml, OS errors, a missing module) are converted at the
+boundary where they happen. This module does no I/O.
 """
 
 from __future__ import annotations
@@ -120,11 +127,26 @@ class MoveFailed(MeshError):
     code = "move_failed"
 
 
+class MissingExtra(MeshError, ImportError):
+    """An optional dependency is missing; the message says which extra brings it."""
+
+    code = "missing_extra"
+
+
+def require(module: str, extra: str, what: str) -> None:
+    """Raise ``MissingExtra`` unless ``module`` can be imported (``what`` needs it)."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise MissingExtra(f"{what} needs {module}, which comes with the {extra} extra: "
+                           f"pip install 'memory-mesh[{extra}]'")
+
+
 class PlacementError(MeshError):
     code = "placement"
 
 
-class RayNotInstalled(PlacementError):
+class RayNotInstalled(PlacementError, MissingExtra):
     code = "ray_not_installed"
 
 
@@ -142,6 +164,17 @@ class ReservationNotFound(PlacementError, _NotFound):
 
 class ReservationFailed(PlacementError):
     code = "reservation_failed"
+
+
+class DeployError(MeshError):
+    code = "deploy"
+
+
+class PoolNotInitialized(MeshError):
+    """A pool (or a helper on it) was used before ``await pool.initialize()``, or after
+    ``shutdown()``. A client-side error: it never crosses the wire."""
+
+    code = "not_initialized"
 
 
 # One table from wire code to class. "unknown_op" and "bad_request" share classes with kin.

@@ -57,7 +57,7 @@ Gossip plane (agent PUB -> peer SUB), one message of two frames::
                      host_available, host_total, blocks, peers: [{...same fields..., age_s}, ...]}]
 
 What this module does not do: sockets, timers, block memory. The agent (``agents/``) and the
-client (``mesh/client.py``) drive sockets and call these functions; ``mesh/errors.py`` maps error
+client (``mesh/client/drivers.py``) drive sockets and call these functions; ``mesh/errors.py`` maps error
 codes to exceptions.
 """
 

@@ -7,7 +7,7 @@ documents and users write "GB" for what the machine reports in GiB, so we read i
 never guess between 1000 and 1024).
 
 Not here: durations (config fields are float seconds named ``*_s``), and checking that a size
-fits a block or an agent (``mesh/core.py`` and the agent do that and raise their own errors).
+fits a block or an agent (``mesh/client/core.py`` and the agent do that and raise their own errors).
 """
 
 from __future__ import annotations

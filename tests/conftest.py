@@ -1,190 +1,19 @@
-"""Fixtures that start real ``mesh-agent`` processes on 127.0.0.x with random ports.
+"""Shared fixtures. The helpers behind them live in the ``support`` package (imported normally:
+``from support.mesh import LocalMesh``): ``support.mesh`` (real agent processes),
+``support.sshd`` (real OpenSSH servers), ``support.raycluster`` (a real local Ray cluster, loaded
+here as a plugin), ``support.cgroups`` (real memory cgroups).
 
-``LocalMesh`` writes a cluster file for N nodes (127.0.0.1, .2, .3, ...), starts one agent
-process per node, waits until each answers, and at teardown stops them (SIGTERM, then SIGKILL)
-and fails the test if any process it started is still alive.
+Tests are grouped by what they exercise: ``unit/`` (pure logic, no processes or sockets) and
+``integration/`` (real agents, sshd, Ray, cgroups).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import random
-import signal
-import socket
-import subprocess
-import sys
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterator
-
 import pytest
-import yaml
 
-from mesh.client import MeshClient
+from support.mesh import running_mesh
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port_pair(host: str) -> int:
-    """A port p with p and p+1 both free on ``host`` (data and gossip ports)."""
-    for _ in range(200):
-        port = random.randrange(20000, 60000, 2)
-        socks = []
-        try:
-            for p in (port, port + 1):
-                s = socket.socket()
-                s.bind((host, p))
-                socks.append(s)
-            return port
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port pair found")
-
-
-def agent_command(config: Path, node: str) -> list[str]:
-    return [sys.executable, "-m", "agents.main", "--config", str(config), "--node", node]
-
-
-@dataclass
-class AgentProc:
-    name: str
-    host: str
-    port: int
-    log: Path
-    proc: subprocess.Popen | None = None
-
-    @property
-    def address(self) -> str:
-        return f"tcp://{self.host}:{self.port}"
-
-
-@dataclass
-class LocalMesh:
-    tmp: Path
-    nodes: list[AgentProc]
-    config_path: Path
-    extra_mesh: dict = field(default_factory=dict)
-    started: list[subprocess.Popen] = field(default_factory=list)
-
-    @classmethod
-    def create(cls, tmp: Path, n: int = 3, memory_gb: float = 1.0, extra: dict | None = None,
-               **mesh_settings) -> "LocalMesh":
-        """``extra`` adds top-level sections to the cluster file (``ray``, ``execution``)."""
-        nodes = []
-        for i in range(n):
-            host = f"127.0.0.{i + 1}"
-            nodes.append(AgentProc(f"node{i + 1}", host, free_port_pair(host), tmp / f"node{i + 1}.log"))
-        cfg = {
-            "name": "test-mesh",
-            "nodes": [
-                {
-                    "name": a.name,
-                    "host": a.host,
-                    "port": 22,
-                    "role": "worker",
-                    "memory_gb": memory_gb,
-                    "mesh_port": a.port,
-                }
-                for a in nodes
-            ],
-            "mesh": {"host_reserve_bytes": "256MiB", **mesh_settings},
-            **(extra or {}),
-        }
-        path = tmp / "cluster.yaml"
-        path.write_text(yaml.safe_dump(cfg))
-        return cls(tmp, nodes, path)
-
-    def node(self, name: str) -> AgentProc:
-        return next(a for a in self.nodes if a.name == name)
-
-    def start(self, name: str, wait: bool = True) -> AgentProc:
-        agent = self.node(name)
-        log = open(agent.log, "ab")
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        agent.proc = subprocess.Popen(
-            agent_command(self.config_path, name), stdout=log, stderr=log, env=env, cwd=self.tmp
-        )
-        log.close()
-        self.started.append(agent.proc)
-        if wait:
-            self.wait_ready(agent)
-        return agent
-
-    def start_all(self) -> None:
-        for a in self.nodes:
-            self.start(a.name, wait=False)
-        for a in self.nodes:
-            self.wait_ready(a)
-        self.wait_converged()
-
-    def wait_converged(self, timeout_s: float = 15.0) -> None:
-        """Until every agent has heard every other one (PUB/SUB joins take a moment)."""
-        deadline = time.monotonic() + timeout_s
-        want = {a.name for a in self.nodes}
-        for a in self.nodes:
-            with MeshClient(address=a.address, timeout_s=2.0) as client:
-                while True:
-                    table = client._run(client._core.call(a.address, "nodes"))["nodes"]
-                    if {r["node"] for r in table if r["state"] == "alive"} >= want:
-                        break
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"{a.name} never heard all of {sorted(want)}: {table}")
-                    time.sleep(0.05)
-
-    def wait_ready(self, agent: AgentProc, timeout_s: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        with MeshClient(address=agent.address, timeout_s=1.0) as client:
-            while True:
-                if agent.proc is not None and agent.proc.poll() is not None:
-                    raise RuntimeError(f"agent {agent.name} exited:\n{agent.log.read_text()}")
-                try:
-                    client.ping(agent.address, timeout_s=0.5)
-                    return
-                except Exception:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"agent {agent.name} never answered:\n{agent.log.read_text()}")
-
-    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        proc = self.node(name).proc
-        assert proc is not None
-        proc.send_signal(sig)
-        proc.wait(timeout=10)
-
-    def client(self, **kw) -> MeshClient:
-        return MeshClient(self.config_path, **kw)
-
-    def stop_all(self) -> list[int]:
-        leaked = []
-        for proc in self.started:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.started:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-                leaked.append(proc.pid)
-        return leaked
-
-
-@contextlib.contextmanager
-def running_mesh(tmp: Path, n: int = 3, memory_gb: float = 1.0, extra: dict | None = None,
-                 **mesh_settings) -> Iterator[LocalMesh]:
-    """A started ``LocalMesh``; at the end its agents are stopped, and any that ignored SIGTERM
-    fails the test."""
-    mesh = LocalMesh.create(tmp, n, memory_gb, extra, **mesh_settings)
-    mesh.start_all()
-    try:
-        yield mesh
-    finally:
-        leaked = mesh.stop_all()
-        assert not leaked, f"agents ignored SIGTERM and had to be killed: {leaked}"
+pytest_plugins = ["support.raycluster"]
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""Seed import path for the key/value manager; the code is ``mesh.manager``."""
+"""Seed import path for the key/value manager (``distributed_memory_manager``)."""
 
-from mesh.manager import DistributedMemoryManager
+from distributed_grid.memory.distributed_memory_manager import DistributedMemoryManager
 
 __all__ = ["DistributedMemoryManager"]

@@ -1,7 +1,24 @@
-"""Seed import paths for the memory pool (``mesh.pool``) and the orchestrator
-(``mesh.orchestrator``)."""
+"""Seed import paths for the memory pool and the orchestrator; each loads on first use, so
+``from distributed_grid.orchestration import DistributedMemoryPool`` does not import Ray-side
+rebalancing code."""
 
-from mesh.orchestrator import ResourceSharingOrchestrator
-from mesh.pool import DistributedMemoryPool, PoolNotInitialized
+from __future__ import annotations
 
-__all__ = ["DistributedMemoryPool", "PoolNotInitialized", "ResourceSharingOrchestrator"]
+from typing import Any
+
+_LAZY = {
+    "DistributedMemoryPool": "distributed_grid.orchestration.distributed_memory_pool",
+    "ResourceSharingOrchestrator": "distributed_grid.orchestration.resource_sharing_orchestrator",
+    "PoolNotInitialized": "mesh.errors",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

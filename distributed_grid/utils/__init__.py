@@ -1,5 +1,5 @@
-"""Seed import path for the helpers; the code is ``mesh.helpers``."""
+"""Seed import path for the helpers (``memory_helpers``)."""
 
-from mesh.helpers import DistributedMemoryHelper
+from distributed_grid.utils.memory_helpers import DistributedMemoryHelper
 
 __all__ = ["DistributedMemoryHelper"]

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import numpy as np  # noqa: E402
 
 from mesh.errors import MeshError  # noqa: E402
-from mesh.helpers import DistributedMemoryHelper  # noqa: E402
-from mesh.pool import DistributedMemoryPool  # noqa: E402
+from distributed_grid.utils.memory_helpers import DistributedMemoryHelper  # noqa: E402
+from distributed_grid.orchestration.distributed_memory_pool import DistributedMemoryPool  # noqa: E402
 from mesh.units import format_bytes, parse_size  # noqa: E402
 
 FEATURES = 256

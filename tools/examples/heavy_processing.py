@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import numpy as np  # noqa: E402
 
 from mesh.errors import MeshError  # noqa: E402
-from mesh.pool import DistributedMemoryPool  # noqa: E402
+from distributed_grid.orchestration.distributed_memory_pool import DistributedMemoryPool  # noqa: E402
 from mesh.units import format_bytes, parse_size  # noqa: E402
 
 ITEM_BYTES = 8  # float64

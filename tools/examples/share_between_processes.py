@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 
 from mesh.client import MeshClient  # noqa: E402
 from mesh.errors import MeshError  # noqa: E402
-from mesh.manager import DistributedMemoryManager  # noqa: E402
+from distributed_grid.memory.distributed_memory_manager import DistributedMemoryManager  # noqa: E402
 from mesh.units import format_bytes, parse_size  # noqa: E402
 
 CHILD_TIMEOUT_S = 120.0

@@ -1,0 +1,5 @@
+"""``python -m mesh.cli`` runs ``grid``."""
+
+from mesh.cli import main
+
+main()

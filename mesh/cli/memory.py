@@ -1,0 +1,547 @@
+"""``grid memory``: blocks and named objects from the command line.
+
+    grid memory allocate (--size GB | SIZE) [--node NAME] [--lazy]
+    grid memory deallocate BLOCK_ID
+    grid memory list-blocks | stats | list-objects
+    grid memory store KEY FILE|- [--block-id ID] [--offset N] [--node NAME] [--replace]
+    grid memory retrieve KEY|BLOCK_ID [--output FILE|-] [--size N] [--offset N]
+    grid memory delete KEY
+
+Every command takes ``--config/-c``, and those that print data take ``--json``. Sizes printed for
+people read "5.00 GB" as the seed documents do (binary multiples: GB means GiB, as everywhere in
+the mesh). Files move through the client's streaming calls (``put_file``, ``get_file``,
+``read_to_file``), so this process holds a few chunks at a time whatever the size; a progress bar
+goes to stderr when stderr is a terminal and the transfer is over 32 MiB.
+
+Errors follow ``mesh/cli/``: a ``MeshError`` or a ``GridError`` ends the command with one red
+line on stderr and exit code 1. Local file problems (a missing input, an unwritable output) are
+turned into ``GridError`` here.
+
+Not here: the transfer logic and the object records (``mesh/client/core.py`` and the agents), the
+``agents`` and ``demo`` commands and the shared helpers (``mesh/cli/``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+import json
+import os
+import stat as stat_mod
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterator
+
+import click
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from mesh.cli.common import STATE_STYLE, GridError, InOrder, config_option, err, load, out
+from mesh.client import MeshClient
+from mesh.client.core import block_node_hint
+from mesh.errors import (
+    BlockNotFound,
+    CapacityError,
+    KeyExists,
+    KeyNotFound,
+    MeshError,
+    OutOfRange,
+)
+from mesh.units import MiB, format_bytes, parse_size
+
+
+@click.group(cls=InOrder)
+def memory() -> None:
+    """Allocate blocks, store and retrieve files under keys, and watch the memory pool."""
+
+
+PROGRESS_MIN_BYTES = 32 * MiB  # smaller transfers finish before a bar would help
+PREVIEW_BYTES = 1024
+HEX_PREVIEW_BYTES = 256
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def human(n: int | None) -> str:
+    """Bytes the way the seed documents print them: "5.00 GB", "10.00 MB", "512 B"."""
+    return "-" if n is None else format_bytes(n).replace("iB", "B")
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _ok(message: str) -> None:
+    out.print(f"[green]✓[/green] {escape(message)}", highlight=False)
+
+
+def _echo_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, indent=2))
+
+
+def _client(config_path: str | None) -> MeshClient:
+    return MeshClient(load(config_path))
+
+
+def _offset(value: str) -> int:
+    return parse_size(value)
+
+
+def _info_dict(info: Any) -> dict[str, Any]:
+    return dataclasses.asdict(info)
+
+
+def _os_message(exc: OSError) -> str:
+    if exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc) or type(exc).__name__
+
+
+def _broken_pipe() -> None:
+    """The reader of stdout went away (``| head``): stop quietly, as shell tools do."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
+    sys.exit(141)  # 128 + SIGPIPE
+
+
+def _local_errors(f: Callable) -> Callable:
+    """Local file errors become one red line; mesh errors pass through to ``mesh.cli.main``."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except MeshError:  # NodeUnavailable is an OSError too: keep its own message
+            raise
+        except BrokenPipeError:
+            _broken_pipe()
+        except OSError as exc:
+            raise GridError(_os_message(exc)) from None
+
+    return wrapper
+
+
+class Progress:
+    """A progress bar (bytes, speed) on stderr, only for big transfers to a terminal.
+
+    Called with the bytes just moved, as the client's ``progress`` callbacks are. With a known
+    ``total`` the bar starts at the first call when the total is over ``PROGRESS_MIN_BYTES``; with
+    an unknown total (a pipe) it starts once that many bytes have gone by.
+    """
+
+    def __init__(self, label: str, total: int | None):
+        self.label = label
+        self.total = total
+        self.done = 0
+        self.enabled = sys.stderr.isatty()
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __call__(self, nbytes: int) -> None:
+        self.done += nbytes
+        if self._bar is None:
+            if not self.enabled:
+                return
+            big = self.total if self.total is not None else self.done
+            if big <= PROGRESS_MIN_BYTES:
+                return
+            self._start()
+        self._bar.update(self._task, completed=self.done)
+
+    def _start(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress as RichProgress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self._bar = RichProgress(
+            TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
+            TransferSpeedColumn(), TimeRemainingColumn(), console=err, transient=True,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task(self.label, total=self.total, completed=self.done)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _input_size(source: str) -> int | None:
+    """Bytes in the input, when it is known up front (a regular file, or stdin redirected from one)."""
+    try:
+        st = os.fstat(sys.stdin.fileno()) if source == "-" else os.stat(source)
+    except (OSError, ValueError):
+        return None
+    return st.st_size if stat_mod.S_ISREG(st.st_mode) else None
+
+
+@contextmanager
+def _output(dest: str) -> Iterator[BinaryIO]:
+    """A binary file for ``dest``: stdout for "-", else a temporary file renamed into place on
+    success (so a failed transfer never leaves a truncated file under the name asked for)."""
+    if dest == "-":
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    path = Path(dest)
+    if path.is_dir():
+        raise GridError(f"{dest}: is a directory")
+    if path.exists() and not path.is_file():  # /dev/null, a FIFO: write to it as it is
+        with open(path, "wb") as f:
+            yield f
+        return
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        if path.exists():
+            mode = stat_mod.S_IMODE(path.stat().st_mode)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+@contextmanager
+def _capacity_hint() -> Iterator[None]:
+    """The seeds' troubleshooting step for a full mesh: look at what is free."""
+    try:
+        yield
+    except CapacityError as exc:
+        raise GridError(f"{exc} (check free memory with `grid memory stats`)") from None
+
+
+def _is_text(data: bytes, truncated: bool) -> str | None:
+    """``data`` as text when it is UTF-8 without control characters (else ``None``)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # A preview cut in the middle of a multi-byte character is still text.
+        if truncated and exc.reason == "unexpected end of data" and exc.start >= len(data) - 3:
+            text = data[: exc.start].decode("utf-8", errors="strict")
+        else:
+            return None
+    if all(ch.isprintable() or ch in "\n\r\t" for ch in text):
+        return text
+    return None
+
+
+def _hex_dump(data: bytes) -> str:
+    lines = []
+    for i in range(0, len(data), 16):
+        row = data[i : i + 16]
+        hexes = " ".join(f"{b:02x}" for b in row)
+        ascii_ = "".join(chr(b) if 32 <= b < 127 else "." for b in row)
+        lines.append(f"{i:08x}  {hexes:<47}  |{ascii_}|")
+    return "\n".join(lines)
+
+
+# --- blocks ---------------------------------------------------------------------------------------
+
+
+@memory.command("allocate")
+@config_option
+@click.argument("size_arg", metavar="[SIZE]", required=False)
+@click.option("--size", "-s", "size_gb", metavar="GB",
+              help="size in GB (binary: 1 GB = 2**30 bytes), or with a unit: 512MiB")
+@click.option("--node", "-n", help="the node to allocate on (default: the live node with most room)")
+@click.option("--lazy", is_flag=True, help="do not back the pages now (they are backed when written)")
+@click.option("--json", "as_json", is_flag=True, help="one JSON document for scripts")
+@_local_errors
+def allocate(config_path: str | None, size_arg: str | None, size_gb: str | None,
+             node: str | None, lazy: bool, as_json: bool) -> None:
+    """Allocate a block: `--size 5.0` (GB) or SIZE in bytes (`10485760`, or `10MiB`)."""
+    if (size_arg is None) == (size_gb is None):
+        raise GridError(
+            "give the size once: `grid memory allocate --size 5.0` (GB) or "
+            "`grid memory allocate 10485760` (bytes)"
+            if size_arg is None else
+            f"give the size once, not both {size_arg!r} and --size {size_gb!r}"
+        )
+    nbytes = parse_size(size_gb, default_unit="GB") if size_gb is not None else parse_size(size_arg)
+    with _client(config_path) as client, _capacity_hint():
+        block_id = client.allocate(nbytes, node=node, lazy=lazy)
+        where = block_node_hint(block_id) or client.stat(block_id).node
+    if as_json:
+        _echo_json({"block_id": block_id, "node": where, "size": nbytes, "lazy": lazy})
+        return
+    _ok(f"Allocated {human(nbytes)}")
+    out.print(f"Block ID: {block_id}", highlight=False, markup=False)
+    out.print(f"Node: {where}", highlight=False, markup=False)
+
+
+@memory.command("deallocate")
+@config_option
+@click.argument("block_id")
+@click.option("--json", "as_json", is_flag=True, help="one JSON document for scripts")
+@_local_errors
+def deallocate(config_path: str | None, block_id: str, as_json: bool) -> None:
+    """Free a block (and the keys that point into it)."""
+    with _client(config_path) as client:
+        client.free(block_id)
+    if as_json:
+        _echo_json({"block_id": block_id, "deallocated": True})
+        return
+    _ok(f"Deallocated block: {block_id}")
+
+
+@memory.command("list-blocks")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="one JSON document for scripts")
+@_local_errors
+def list_blocks(config_path: str | None, as_json: bool) -> None:
+    """Every block on the live agents, with the keys stored in it."""
+    with _client(config_path) as client:
+        blocks = client.blocks()
+        keys: dict[str, list[str]] = {}
+        for info in client.keys():
+            if info.block_id is not None:
+                keys.setdefault(info.block_id, []).append(info.key)
+    rows = [{"block_id": b.block_id, "node": b.node, "size": b.size, "lazy": b.lazy,
+             "created": b.created, "keys": keys.get(b.block_id, [])} for b in blocks]
+    if as_json:
+        _echo_json({"blocks": rows})
+        return
+    table = Table(title="Allocated Memory Blocks")
+    for col, just in [("Block ID", "left"), ("Node", "left"), ("Size", "right"),
+                      ("Key", "left"), ("Created", "left")]:
+        table.add_column(col, justify=just)
+    for r in rows:
+        table.add_row(Text(r["block_id"]), Text(r["node"]), human(r["size"]),
+                      Text(", ".join(r["keys"]) or "-"), _when(r["created"]))
+    out.print(table)
+
+
+@memory.command("stats")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="one JSON document for scripts")
+@_local_errors
+def stats(config_path: str | None, as_json: bool) -> None:
+    """Blocks, used and free memory on every node."""
+    with _client(config_path) as client:
+        doc = client.stats()
+    if as_json:
+        _echo_json(doc)
+        return
+    out.print("[bold]Distributed Memory Pool Statistics[/bold]", highlight=False)
+    out.print(f"Total Blocks: {doc['total_blocks']}", highlight=False)
+    out.print(
+        f"Used: {human(doc['total_used'])} of {human(doc['total_capacity'])} on "
+        f"{doc['live_nodes']} live node(s)", highlight=False,
+    )
+    out.print()
+    table = Table(title="Node Memory Usage")
+    for col, just in [("Node", "left"), ("State", "left"), ("Blocks", "right"), ("Used", "right"),
+                      ("Capacity", "right"), ("Host free", "right"), ("Note", "left")]:
+        table.add_column(col, justify=just)
+    for r in doc["nodes"]:
+        style = STATE_STYLE.get(r["state"], "")
+        up = r["state"] != "down"
+        table.add_row(
+            Text(r["node"]), Text(r["state"], style=style),
+            str(r["blocks"]) if up else "-", human(r["used"]) if up else "-",
+            human(r["capacity"]), human(r["host_available"]) if up else "-",
+            Text(r.get("reason") or ""),
+        )
+    out.print(table)
+
+
+# --- named objects --------------------------------------------------------------------------------
+
+
+@memory.command("store")
+@config_option
+@click.argument("key")
+@click.argument("file", metavar="FILE|-")
+@click.option("--block-id", help="store into this existing block (no allocation)")
+@click.option("--offset", default="0", show_default=True,
+              help="where in --block-id the bytes go (bytes, or with a unit: 4KiB)")
+@click.option("--node", "-n", help="the node for a new block (default: the live node with most room)")
+@click.option("--replace", is_flag=True, help="overwrite the key if it exists")
+@click.option("--json", "as_json", is_flag=True, help="one JSON document for scripts")
+@_local_errors
+def store(config_path: str | None, key: str, file: str, block_id: str | None, offset: str,
+          node: str | None, replace: bool, as_json: bool) -> None:
+    """Store FILE (or standard input, `-`) under KEY."""
+    at = _offset(offset)
+    if at and block_id is None:
+        raise GridError("--offset needs --block-id (a new block always starts at 0)")
+    if node is not None and block_id is not None:
+        raise GridError("give --node or --block-id, not both (the block's node holds the object)")
+    if file != "-":
+        if not os.path.exists(file):
+            raise GridError(f"{file}: no such file")
+        if os.path.isdir(file):
+            raise GridError(f"{file}: is a directory")
+    cfg = load(config_path)
+    source: Any = sys.stdin.buffer if file == "-" else file
+    with MeshClient(cfg) as client, Progress(f"store {key}", _input_size(file)) as bar:
+        try:
+            with _capacity_hint():
+                info = client.put_file(key, source, node, block_id=block_id, offset=at,
+                                       replace=replace, progress=bar)
+        except KeyExists as exc:
+            raise GridError(f"{exc} (grid memory store --replace)") from None
+    if as_json:
+        _echo_json(_info_dict(info))
+        return
+    _ok(f"Stored {human(info.length)} as key: {info.key}")
+    out.print(f"Block ID: {info.block_id or '- (empty object)'}", highlight=False, markup=False)
+    out.print(f"Node: {info.node}", highlight=False, markup=False)
+
+
+def _not_found(name: str) -> GridError:
+    return GridError(
+        f"Not found: {name!r} is neither a stored key nor a block ID (list stored objects with "
+        "`grid memory list-objects`; list current blocks with `grid memory list-blocks`)"
+    )
+
+
+@memory.command("retrieve")
+@config_option
+@click.argument("name", metavar="KEY|BLOCK_ID")
+@click.option("--output", "-o", metavar="FILE|-",
+              help="write every byte to FILE (`-`: standard output); default: a preview")
+@click.option("--size", "size_", metavar="N", help="bytes to read (default: to the end)")
+@click.option("--offset", default="0", show_default=True, metavar="N", help="where to start reading")
+@click.option("--json", "as_json", is_flag=True, help="one JSON document for scripts")
+@_local_errors
+def retrieve(config_path: str | None, name: str, output: str | None, size_: str | None,
+             offset: str, as_json: bool) -> None:
+    """Read an object by KEY, or a raw range of a block by BLOCK_ID."""
+    if as_json and output == "-":
+        raise GridError("--json and `--output -` both write to standard output; pick one")
+    at = _offset(offset)
+    size = None if size_ is None else parse_size(size_)
+    ranged = size is not None or at != 0
+    cfg = load(config_path)
+    with MeshClient(cfg) as client:
+        key = None
+        try:
+            info = client.object_info(name)
+            key = info.key
+        except KeyNotFound:
+            info = None
+        if info is not None:
+            if at > info.length or (size is not None and at + size > info.length):
+                raise OutOfRange(
+                    f"range of {size if size is not None else info.length - at} bytes at offset "
+                    f"{at} is past the end of object {name!r} ({info.length} bytes)"
+                )
+            block_id, base = info.block_id, info.offset
+            total = info.length - at if size is None else size
+        else:
+            try:
+                block_size = client.stat(name).size
+            except BlockNotFound:
+                raise _not_found(name) from None
+            if at > block_size:
+                raise OutOfRange(f"offset {at} is past the end of block {name} ({block_size} bytes)")
+            block_id, base = name, 0
+            total = block_size - at if size is None else size
+
+        def read_range(dest: Any, n: int, progress: Any = None) -> int:
+            if n == 0:
+                return 0
+            return client.read_to_file(block_id, dest, offset=base + at, size=n, progress=progress)
+
+        if output is None:
+            _preview(name, key, block_id, total, read_range, as_json)
+            return
+        with _output(output) as dest, Progress(f"retrieve {name}", total) as bar:
+            if key is not None and not ranged:
+                client.get_file(key, dest, progress=bar)  # checksum verified
+            else:
+                read_range(dest, total, bar)
+    if output == "-":
+        return
+    if as_json:
+        _echo_json({"name": name, "key": key, "block_id": block_id, "offset": at,
+                    "size": total, "output": output})
+        return
+    _ok(f"Retrieved {human(total)} to {output}")
+
+
+def _preview(name: str, key: str | None, block_id: str | None, total: int,
+             read_range: Callable[[Any, int], int], as_json: bool) -> None:
+    buf = io.BytesIO()
+    read_range(buf, min(PREVIEW_BYTES, total))
+    data = buf.getvalue()
+    text = _is_text(data, truncated=len(data) < total)
+    if as_json:
+        _echo_json({"name": name, "key": key, "block_id": block_id, "size": total,
+                    "preview_bytes": len(data), "text": text,
+                    "hex": None if text is not None else data[:HEX_PREVIEW_BYTES].hex()})
+        return
+    if text is not None:
+        if text:
+            click.echo(text if text.endswith("\n") else text + "\n", nl=False)
+        shown = len(data)
+    else:
+        click.echo(_hex_dump(data[:HEX_PREVIEW_BYTES]))
+        shown = min(len(data), HEX_PREVIEW_BYTES)
+    size = f"{total:,} bytes in all" + (f" ({human(total)})" if total >= 1024 else "")
+    part = f", showing the first {shown:,}" if shown < total else ""
+    out.print(f"[dim]── {size}{part}; use --output FILE for everything[/dim]", highlight=False)
+
+
+@memory.command("list-objects")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="one JSON document for scripts")
+@_local_errors
+def list_objects(config_path: str | None, as_json: bool) -> None:
+    """Every key stored in the mesh."""
+    with _client(config_path) as client:
+        infos = client.keys()
+    if as_json:
+        _echo_json({"objects": [_info_dict(i) for i in infos]})
+        return
+    table = Table(title="Stored Objects")
+    for col, just in [("Key", "left"), ("Block", "left"), ("Size", "right"), ("Node", "left"),
+                      ("Type", "left"), ("Created", "left")]:
+        table.add_column(col, justify=just)
+    for i in infos:
+        block = "-" if i.block_id is None else (
+            i.block_id if i.offset == 0 else f"{i.block_id} @{i.offset}")
+        table.add_row(Text(i.key), Text(block), human(i.length), Text(i.node), i.content_type,
+                      _when(i.created))
+    out.print(table)
+
+
+@memory.command("delete")
+@config_option
+@click.argument("key")
+@click.option("--json", "as_json", is_flag=True, help="one JSON document for scripts")
+@_local_errors
+def delete(config_path: str | None, key: str, as_json: bool) -> None:
+    """Remove KEY (and free its block when the block was allocated for it)."""
+    with _client(config_path) as client:
+        client.delete(key)
+    if as_json:
+        _echo_json({"key": key, "deleted": True})
+        return
+    _ok(f"Deleted key: {key}")

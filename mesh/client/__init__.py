@@ -1,0 +1,20 @@
+"""The mesh's client library: ``MeshClient`` (blocking) and ``AsyncMeshClient`` (asyncio).
+
+    from mesh.client import MeshClient      # or simply: from mesh import MeshClient
+
+Modules, from the top down:
+
+- ``drivers``: the two client classes; they differ only in how they wait for sockets.
+- ``objects``: named objects (bytes, files, pickles, numpy arrays under keys).
+- ``core``: the sans-IO core every operation is written in once (sockets per agent, the
+  membership view, block locations, placement, the block operations).
+
+Not here: frame layouts (``mesh/protocol.py``), errors (``mesh/errors.py``), cluster files
+(``mesh/config.py``).
+"""
+
+from mesh.client.core import BlockInfo, NodeInfo
+from mesh.client.drivers import AsyncMeshClient, MeshClient
+from mesh.client.objects import ObjectInfo
+
+__all__ = ["MeshClient", "AsyncMeshClient", "BlockInfo", "NodeInfo", "ObjectInfo"]

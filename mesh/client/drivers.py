@@ -1,0 +1,309 @@
+"""``MeshClient`` (sync) and ``AsyncMeshClient`` (asyncio): the mesh's client API.
+
+Both have the same methods with the same arguments, defined once on ``_ClientBase``; each runs
+one operation generator of ``mesh/client/core.py`` or ``mesh/client/objects.py`` through ``_run``, which is a
+plain method in ``MeshClient`` and a coroutine in ``AsyncMeshClient`` (so there the methods
+return awaitables). The two classes differ only in how they wait for sockets (``_wait``). A client serialises its own operations (a lock), so one client may be
+shared by threads (sync) or tasks (async); open several clients for parallel transfers.
+
+Build a client from a cluster config (a path, a loaded ``ClusterConfig``, or nothing for the
+default resolution: ``$GRID_CONFIG``, ``config/my-cluster-enhanced.yaml``, the embedded local
+default) or from the address of any one agent (``"tcp://127.0.0.1:7700"``): it learns the rest
+of the mesh from that agent.
+
+Sizes and offsets are bytes; times are seconds. Failures raise ``mesh.errors.MeshError``
+subclasses, never return ``None``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from typing import Any, Callable
+
+import zmq
+import zmq.asyncio
+
+from mesh.config import ClusterConfig, MeshSettings, resolve_config
+from mesh.client import objects
+from mesh.client.core import BlockInfo, Core, NodeInfo, Op, Wait
+from mesh.client.objects import ObjectInfo
+
+__all__ = ["MeshClient", "AsyncMeshClient", "NodeInfo", "BlockInfo", "ObjectInfo"]
+
+
+def _normalise_address(address: str) -> str:
+    return address if address.startswith("tcp://") else f"tcp://{address}"
+
+
+def _build_core(
+    source: str | os.PathLike | ClusterConfig | None,
+    address: str | None,
+    overrides: dict[str, Any],
+    ctx: zmq.Context,
+) -> Core:
+    if isinstance(source, str) and source.startswith("tcp://") and address is None:
+        source, address = None, source
+    config: ClusterConfig | None = None
+    if address is not None:
+        settings = MeshSettings() if source is None else _config(source).mesh
+        if source is not None:
+            config = _config(source)
+        seeds = {_normalise_address(address): None}
+    else:
+        config = _config(source)
+        settings = config.mesh
+        seeds = {n.data_address: n.name for n in config.nodes}
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if changes:
+        from dataclasses import replace
+
+        settings = replace(settings, **changes)
+    return Core(settings, seeds, config, ctx)
+
+
+def _config(source: str | os.PathLike | ClusterConfig | None) -> ClusterConfig:
+    if isinstance(source, ClusterConfig):
+        return source
+    return resolve_config(source)
+
+
+class _ClientBase:
+    """What both clients share besides the core: construction and read-only properties."""
+
+    def __init__(
+        self,
+        config: str | os.PathLike | ClusterConfig | None,
+        address: str | None,
+        timeout_s: float | None,
+        chunk_bytes: int | None,
+        window: int | None,
+        ctx: zmq.Context,
+    ):
+        self._core = _build_core(
+            config, address,
+            {"request_timeout_s": timeout_s, "chunk_bytes": chunk_bytes, "window": window},
+            ctx,
+        )
+
+    @property
+    def settings(self) -> MeshSettings:
+        return self._core.settings
+
+    @property
+    def config(self) -> ClusterConfig | None:
+        return self._core.config
+
+    # --- operations: defined once; ``_run`` is sync in MeshClient and a coroutine in
+    # AsyncMeshClient, so each method returns a value or an awaitable of it. -----------------
+
+    def ping(self, address: str | None = None, timeout_s: float | None = None) -> dict:
+        """Ask one agent (default: the first known) who it is: ``{node, incarnation}``."""
+        return self._run(self._core.ping(address, timeout_s))
+
+    def allocate(self, size: int, node: str | None = None, lazy: bool = False) -> str:
+        """Make a block of ``size`` bytes on ``node`` (else the live node with most room)."""
+        return self._run(self._core.allocate(size, node, lazy))
+
+    def write(self, block_id: str, data: Any, offset: int = 0) -> int:
+        """Write any bytes-like ``data`` at ``offset``; returns the bytes written."""
+        return self._run(self._core.write(block_id, data, offset))
+
+    def read(self, block_id: str, size: int | None = None, offset: int = 0) -> bytearray:
+        """Read ``size`` bytes (default: to the block's end) from ``offset``."""
+        return self._run(self._core.read(block_id, size, offset))
+
+    def read_into(self, block_id: str, buffer: Any, offset: int = 0) -> int:
+        """Fill the writable ``buffer`` from the block at ``offset``; returns the bytes read."""
+        return self._run(self._core.read_into(block_id, buffer, offset))
+
+    def free(self, block_id: str) -> None:
+        """Free a block (and forget the keys that point into it)."""
+        return self._run(self._core.free(block_id))
+
+    def stat(self, block_id: str) -> BlockInfo:
+        return self._run(self._core.stat(block_id))
+
+    def move(self, block_id: str, node: str, timeout_s: float | None = None) -> dict[str, Any]:
+        """Move a block to ``node``, agent to agent, keeping its id (and the keys naming it).
+        Returns {from, to, size, checksum, seconds}; ``MoveFailed`` leaves it at the source."""
+        return self._run(self._core.move(block_id, node, timeout_s))
+
+    def blocks(self) -> list[BlockInfo]:
+        return self._run(self._core.blocks())
+
+    def nodes(self) -> list[NodeInfo]:
+        return self._run(self._core.refresh_nodes(max_age_s=0.0))
+
+    def stats(self) -> dict[str, Any]:
+        return self._run(self._core.stats())
+
+    # named objects (docs/objects-api.md)
+
+    def put_bytes(self, key: str | None, data: Any, node: str | None = None, *,
+                  block_id: str | None = None, offset: int = 0, replace: bool = False) -> ObjectInfo:
+        return self._run(objects.put_bytes(self._core, key, data, node, block_id, offset, replace))
+
+    def get_bytes(self, key: str) -> bytearray:
+        return self._run(objects.get_bytes(self._core, key))
+
+    def put_file(self, key: str | None, source: Any, node: str | None = None, *,
+                 block_id: str | None = None, offset: int = 0, replace: bool = False,
+                 progress: Callable[[int], None] | None = None) -> ObjectInfo:
+        """Stream a file (a path or a binary file object) into the mesh under ``key``."""
+        return self._run(objects.put_file(self._core, key, source, node, block_id, offset,
+                                          replace, progress))
+
+    def get_file(self, key: str, dest: Any, *,
+                 progress: Callable[[int], None] | None = None) -> ObjectInfo:
+        """Stream the object named ``key`` to ``dest`` (a path or a binary file object)."""
+        return self._run(objects.get_file(self._core, key, dest, progress))
+
+    def read_to_file(self, block_id: str, dest: Any, *, offset: int = 0, size: int | None = None,
+                     progress: Callable[[int], None] | None = None) -> int:
+        """Stream a raw range of a block to ``dest``; returns the bytes written."""
+        return self._run(objects.read_to_file(self._core, block_id, dest, offset, size, progress))
+
+    def put_object(self, key: str | None, obj: Any, node: str | None = None, *,
+                   replace: bool = False) -> ObjectInfo:
+        """Pickle (protocol 5, large buffers out of band) and store ``obj``."""
+        return self._run(objects.put_object(self._core, key, obj, node, replace))
+
+    def get_object(self, key: str) -> Any:
+        return self._run(objects.get_object(self._core, key))
+
+    def put_array(self, key: str | None, array: Any, node: str | None = None, *,
+                  replace: bool = False) -> ObjectInfo:
+        """Store a numpy array's memory as-is, with its dtype, shape and order."""
+        return self._run(objects.put_array(self._core, key, array, node, replace))
+
+    def get_array(self, key: str) -> Any:
+        return self._run(objects.get_array(self._core, key))
+
+    def object_info(self, key: str) -> ObjectInfo:
+        return self._run(objects.object_info(self._core, key))
+
+    def keys(self) -> list[ObjectInfo]:
+        return self._run(objects.keys(self._core))
+
+    def delete(self, key: str) -> None:
+        """Delete a key (and its block, when the block was made for it)."""
+        return self._run(objects.delete(self._core, key))
+
+    def _run(self, op: Op) -> Any:
+        raise NotImplementedError
+
+
+class MeshClient(_ClientBase):
+    """Blocking client. ``with MeshClient() as mesh: block = mesh.allocate(1 << 20)``."""
+
+    def __init__(
+        self,
+        config: str | os.PathLike | ClusterConfig | None = None,
+        *,
+        address: str | None = None,
+        timeout_s: float | None = None,
+        chunk_bytes: int | None = None,
+        window: int | None = None,
+    ):
+        super().__init__(config, address, timeout_s, chunk_bytes, window, zmq.Context.instance())
+        self._lock = threading.Lock()
+
+    def _wait(self, wait: Wait) -> set[zmq.Socket]:
+        if not wait.sockets:
+            time.sleep(wait.timeout_s)
+            return set()
+        if len(wait.sockets) == 1:
+            sock = wait.sockets[0]
+            return {sock} if sock.poll(max(1, int(wait.timeout_s * 1000))) else set()
+        poller = zmq.Poller()
+        for sock in wait.sockets:
+            poller.register(sock, zmq.POLLIN)
+        return {s for s, _ in poller.poll(max(1, int(wait.timeout_s * 1000)))}
+
+    def _run(self, op: Op) -> Any:
+        with self._lock:
+            try:
+                wait = next(op)
+                while True:
+                    wait = op.send(self._wait(wait))
+            except StopIteration as stop:
+                return stop.value
+
+    def close(self) -> None:
+        with self._lock:
+            self._core.close()
+
+    def __enter__(self) -> MeshClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class AsyncMeshClient(_ClientBase):
+    """Asyncio client: the same methods as ``MeshClient``, as coroutines."""
+
+    def __init__(
+        self,
+        config: str | os.PathLike | ClusterConfig | None = None,
+        *,
+        address: str | None = None,
+        timeout_s: float | None = None,
+        chunk_bytes: int | None = None,
+        window: int | None = None,
+    ):
+        # Sync sockets of their own context: the core sends and receives with NOBLOCK, and
+        # asyncio only waits for readability through shadow sockets.
+        self._ctx = zmq.Context()
+        super().__init__(config, address, timeout_s, chunk_bytes, window, self._ctx)
+        self._lock = asyncio.Lock()
+        self._shadows: dict[int, zmq.asyncio.Socket] = {}
+
+    def _shadow(self, sock: zmq.Socket) -> zmq.asyncio.Socket:
+        shadow = self._shadows.get(id(sock))
+        if shadow is None or shadow.closed or shadow.underlying != sock.underlying:
+            shadow = zmq.asyncio.Socket.from_socket(sock)
+            self._shadows[id(sock)] = shadow
+        return shadow
+
+    async def _wait(self, wait: Wait) -> set[zmq.Socket]:
+        if not wait.sockets:
+            await asyncio.sleep(wait.timeout_s)
+            return set()
+        poller = zmq.asyncio.Poller()
+        shadows = {}
+        for sock in wait.sockets:
+            shadow = self._shadow(sock)
+            shadows[shadow] = sock
+            poller.register(shadow, zmq.POLLIN)
+        events = await poller.poll(max(1, int(wait.timeout_s * 1000)))
+        return {shadows[s] for s, _ in events if s in shadows}
+
+    async def _run(self, op: Op) -> Any:
+        async with self._lock:
+            try:
+                wait = next(op)
+                while True:
+                    wait = op.send(await self._wait(wait))
+            except StopIteration as stop:
+                return stop.value
+            finally:
+                live = {id(s) for s in self._core._sockets.values()}
+                for key in [k for k in self._shadows if k not in live]:
+                    self._shadows.pop(key)
+
+    async def close(self) -> None:
+        async with self._lock:
+            self._shadows.clear()
+            self._core.close()
+            self._ctx.term()
+
+    async def __aenter__(self) -> AsyncMeshClient:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+

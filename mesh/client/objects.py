@@ -1,0 +1,566 @@
+"""Named objects: bytes, files, pickled Python objects and numpy arrays stored under keys.
+
+A key record (``mesh/protocol.py``, KPUT/KGET/KDEL/KLIST) lives on the agent that holds the
+object's block and names a range of it plus metadata. Lookups ask every live agent for the key
+(metadata only, no block data is scanned); the newest record wins if two agents answer.
+
+Every function here is an operation generator run by a client (``mesh/client/drivers.py``), like the
+block operations of ``mesh/client/core.py``, which it builds on. The contract is in
+``docs/objects-api.md``.
+
+Memory: files stream through a small ring of chunk buffers (a few windows' worth), whatever their
+size; arrays and pickle protocol 5 buffers are sent from their own memory and received straight
+into the memory they end up in. Integrity: a CRC-32 of the stored bytes is kept in the record and
+checked on every full read.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import stat as stat_mod
+import tempfile
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Callable, Iterator
+
+from mesh import protocol as P
+from mesh.client.core import MOVING_RETRY_S, Batch, Call, Core, Op, byte_view
+from mesh.errors import (
+    BlockMoving,
+    BlockNotFound,
+    IntegrityError,
+    InvalidRequest,
+    KeyExists,
+    KeyNotFound,
+    MeshError,
+    NodeUnavailable,
+    OutOfRange,
+)
+
+Progress = Callable[[int], None] | None
+
+# Input of unknown size (a pipe) is held in memory up to this, then spooled to a temp file.
+SPOOL_IN_MEMORY_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    block_id: str | None
+    offset: int
+    length: int
+    node: str
+    created: float
+    content_type: str
+    checksum: str
+    owns_block: bool
+    meta: dict = field(default_factory=dict, hash=False, compare=False)
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> ObjectInfo:
+        return cls(rec["key"], rec["block"] or None, int(rec["offset"]), int(rec["length"]),
+                   rec["node"], float(rec["created"]), rec["content_type"], rec["checksum"],
+                   bool(rec["owns_block"]), dict(rec.get("meta") or {}))
+
+
+def _crc(views: list[memoryview]) -> str:
+    crc = 0
+    for v in views:
+        crc = zlib.crc32(v, crc)
+    return f"crc32:{crc:08x}"
+
+
+def _verify(info: ObjectInfo, actual: str) -> None:
+    if actual != info.checksum:
+        raise IntegrityError(
+            f"object {info.key!r} on {info.node} read back with checksum {actual}, "
+            f"stored {info.checksum}"
+        )
+
+
+def _check_key(key: Any) -> None:
+    if key is not None and (not isinstance(key, str) or not key or len(key) > 1024):
+        raise InvalidRequest(f"a key must be a string of 1 to 1024 characters, got {key!r}")
+
+
+# --- lookup -------------------------------------------------------------------------------------
+
+
+def holders(core: Core, key: str) -> Op:
+    """Every (address, ObjectInfo) for ``key`` on the live agents, newest first."""
+    _check_key(key)
+    nodes = yield from core.alive_nodes()
+    calls = yield from core.execute(Batch(
+        [Call(n.address, P.KGET, {"key": key}) for n in nodes],
+        timeout_s=core.settings.connect_timeout_s,
+        fail_fast=False,
+    ))
+    found = [(c.address, ObjectInfo.from_record(c.result)) for c in calls if c.result is not None]
+    return sorted(found, key=lambda f: f[1].created, reverse=True)
+
+
+def lookup(core: Core, key: str) -> Op:
+    found = yield from holders(core, key)
+    if not found:
+        # A key whose block is being handed over lives on the source until just after it is on
+        # the target, but one broadcast may ask the target just before and the source just
+        # after: look once more before saying it is not there.
+        yield from core.pause(MOVING_RETRY_S)
+        found = yield from holders(core, key)
+    if not found:
+        raise KeyNotFound(
+            f"Key not found: {key!r} (list stored objects with `grid memory list-objects`)"
+        )
+    return found[0]
+
+
+def object_info(core: Core, key: str) -> Op:
+    _, info = yield from lookup(core, key)
+    return info
+
+
+def keys(core: Core) -> Op:
+    nodes = yield from core.alive_nodes()
+    calls = yield from core.execute(Batch(
+        [Call(n.address, P.KLIST, {}) for n in nodes],
+        timeout_s=core.settings.request_timeout_s,
+        fail_fast=False,
+    ))
+    newest: dict[str, ObjectInfo] = {}
+    for call in calls:
+        for rec in (call.result or {}).get("keys", []):
+            info = ObjectInfo.from_record(rec)
+            if info.key not in newest or info.created > newest[info.key].created:
+                newest[info.key] = info
+    return sorted(newest.values(), key=lambda i: i.key)
+
+
+def delete(core: Core, key: str) -> Op:
+    found = yield from holders(core, key)
+    if not found:
+        raise KeyNotFound(
+            f"Key not found: {key!r} (list stored objects with `grid memory list-objects`)"
+        )
+    for address, info in found:
+        yield from core.call(address, P.KDEL, {"key": key})
+        if info.block_id and info.owns_block:
+            core._forget(info.block_id)
+    core._nodes_at = -1e9
+
+
+# --- the put pipeline ---------------------------------------------------------------------------
+
+
+Writer = Callable[[str, str, int], Op]  # (address, block_id, offset) -> checksum
+
+
+def _put(core: Core, key: str | None, length: int, node: str | None, block_id: str | None,
+         offset: int, replace: bool, content_type: str, meta: dict, writer: Writer) -> Op:
+    """Check the key, find or make the block, write, then publish the key record."""
+    _check_key(key)
+    existing = (yield from holders(core, key)) if key is not None else []
+    if existing and not replace:
+        raise KeyExists(
+            f"key {key!r} already exists on {existing[0][1].node}; delete it first or replace it"
+        )
+    owns = block_id is None
+    if block_id is not None:
+        address, size = yield from core.locate(block_id)
+        if offset < 0 or offset + length > size:
+            raise OutOfRange(
+                f"{length} bytes at offset {offset} do not fit in block {block_id} ({size} bytes)"
+            )
+    elif length > 0:
+        block_id = yield from core.allocate(length, node)
+        address, _ = yield from core.locate(block_id)
+        offset = 0
+    else:  # a 0-byte object needs no block, only a node to keep its record
+        address = yield from _record_node(core, node)
+        block_id, offset = "", 0
+    try:
+        checksum = yield from writer(address, block_id, offset)
+        record = {"block": block_id, "offset": offset, "length": length,
+                  "content_type": content_type, "checksum": checksum,
+                  "owns_block": owns and bool(block_id), "meta": meta}
+        name = key if key is not None else (block_id or f"empty_{time.time_ns()}")
+        rec = yield from core.call(address, P.KPUT,
+                                   {"key": name, "record": record, "replace": replace})
+    except Exception:
+        if owns and block_id:
+            try:
+                yield from core.free(block_id)
+            except MeshError:
+                pass
+        raise
+    info = ObjectInfo.from_record(rec)
+    for old_address, old in existing:  # the record replaced elsewhere, and its block
+        if old_address != address:
+            try:
+                yield from core.call(old_address, P.KDEL, {"key": info.key})
+            except MeshError:
+                pass
+    core._nodes_at = -1e9
+    return info
+
+
+def _record_node(core: Core, node: str | None) -> Op:
+    nodes = yield from core.alive_nodes()
+    if node is not None:
+        nodes = [n for n in nodes if n.name == node]
+    if not nodes:
+        raise NodeUnavailable(f"no live node {'named ' + repr(node) if node else ''} to keep the key")
+    return max(nodes, key=lambda n: n.room).address
+
+
+def _write_views(core: Core, views: list[memoryview]) -> Writer:
+    """A writer sending ``views`` back to back, in chunks, in one window."""
+    checksum = _crc(views)
+    chunk = core.settings.chunk_bytes
+
+    def calls(address: str, block_id: str, offset: int) -> Iterator[Call]:
+        pos = offset
+        for view in views:
+            for i in range(0, view.nbytes, chunk):
+                piece = view[i : i + chunk]
+                yield Call(address, P.WRITE, {"block": block_id, "offset": pos}, payload=piece)
+                pos += piece.nbytes
+
+    def writer(address: str, block_id: str, offset: int) -> Op:
+        if block_id:
+            yield from core.execute(Batch(calls(address, block_id, offset),
+                                          core.settings.request_timeout_s, core.settings.window))
+        return checksum
+
+    return writer
+
+
+def _read_views(core: Core, address: str, info: ObjectInfo, outs: list[memoryview]) -> Op:
+    """Fill ``outs`` back to back from the object's range, then check the checksum."""
+    chunk = core.settings.chunk_bytes
+
+    def calls() -> Iterator[Call]:
+        pos = info.offset
+        for out in outs:
+            for i in range(0, out.nbytes, chunk):
+                sink = out[i : i + chunk]
+                yield Call(address, P.READ, {"block": info.block_id, "offset": pos,
+                                             "length": sink.nbytes}, sink=sink)
+                pos += sink.nbytes
+
+    if info.block_id and info.length:
+        yield from core.execute(Batch(calls(), core.settings.request_timeout_s,
+                                      core.settings.window))
+    _verify(info, _crc(outs))
+
+
+# --- bytes ----------------------------------------------------------------------------------------
+
+
+def put_bytes(core: Core, key: str | None, data: Any, node: str | None = None,
+              block_id: str | None = None, offset: int = 0, replace: bool = False,
+              content_type: str = "bytes", meta: dict | None = None) -> Op:
+    view = byte_view(data)
+    return (yield from _put(core, key, view.nbytes, node, block_id, offset, replace,
+                            content_type, meta or {}, _write_views(core, [view])))
+
+
+def _read_key(core: Core, key: str,
+              prepare: Callable[[ObjectInfo], tuple[list[memoryview], Callable[[], Any]]]) -> Op:
+    """Look ``key`` up and read its range into the buffers ``prepare(info)`` makes; returns what
+    its ``finish()`` returns. A block that moves meanwhile (rebalancing) is followed as
+    ``Core._with_location`` follows one, until the key is found nowhere or the request timeout."""
+    deadline = time.monotonic() + core.settings.request_timeout_s
+    while True:
+        address, info = yield from lookup(core, key)
+        outs, finish = prepare(info)
+        try:
+            yield from _read_views(core, address, info, outs)
+            return finish()
+        except (BlockMoving, BlockNotFound) as exc:
+            if time.monotonic() > deadline:
+                raise
+            if isinstance(exc, BlockMoving):
+                yield from core.pause(MOVING_RETRY_S)
+
+
+def get_bytes(core: Core, key: str) -> Op:
+    def prepare(info: ObjectInfo):
+        out = bytearray(info.length)
+        return [memoryview(out)], lambda: out
+
+    return (yield from _read_key(core, key, prepare))
+
+
+# --- files ----------------------------------------------------------------------------------------
+
+
+def _readinto_full(src: BinaryIO, buf: memoryview) -> int:
+    got = 0
+    while got < buf.nbytes:
+        n = src.readinto(buf[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
+def _stream_writer(core: Core, src: BinaryIO, length: int, progress: Progress) -> Writer:
+    """A writer that streams ``length`` bytes of ``src`` through a ring of chunk buffers."""
+    chunk = core.settings.chunk_bytes
+    state = {"crc": 0}
+
+    def writer(address: str, block_id: str, offset: int) -> Op:
+        # window + 2 buffers: at most `window` in flight plus one held back by the window;
+        # a buffer goes back to the ring when the agent has acknowledged its chunk.
+        ring = [memoryview(bytearray(chunk)) for _ in range(core.settings.window + 2)]
+
+        def calls() -> Iterator[Call]:
+            pos = 0
+            while pos < length:
+                buf = ring.pop()
+                n = min(chunk, length - pos)
+                got = _readinto_full(src, buf[:n])
+                if got != n:
+                    raise InvalidRequest(
+                        f"the input ended after {pos + got} of {length} bytes"
+                    )
+                state["crc"] = zlib.crc32(buf[:n], state["crc"])
+
+                def done(call: Call, buf: memoryview = buf, n: int = n) -> None:
+                    ring.append(buf)
+                    if progress is not None and call.error is None:
+                        progress(n)
+
+                yield Call(address, P.WRITE, {"block": block_id, "offset": offset + pos},
+                           payload=buf[:n], on_done=done)
+                pos += n
+
+        if length:
+            yield from core.execute(Batch(calls(), core.settings.request_timeout_s,
+                                          core.settings.window))
+        return f"crc32:{state['crc']:08x}"
+
+    return writer
+
+
+def _open_source(source: Any) -> tuple[BinaryIO, int, bool, dict]:
+    """(readable, length, close_it, meta) for a path or a binary file object."""
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            f = open(source, "rb")
+        except OSError as exc:
+            raise InvalidRequest(f"cannot read {os.fspath(source)}: {exc.strerror}") from None
+        return f, os.fstat(f.fileno()).st_size, True, {"filename": os.path.basename(os.fspath(source))}
+    try:
+        st = os.fstat(source.fileno())
+        if stat_mod.S_ISREG(st.st_mode):
+            return source, st.st_size - source.tell(), False, {}
+    except (AttributeError, OSError, ValueError):
+        pass
+    # Unknown length (a pipe): keep up to SPOOL_IN_MEMORY_BYTES in memory, spool the rest.
+    head = source.read(SPOOL_IN_MEMORY_BYTES)
+    more = source.read(1)
+    if not more:
+        import io
+
+        return io.BytesIO(head), len(head), True, {}
+    spool = tempfile.TemporaryFile()
+    spool.write(head)
+    spool.write(more)
+    del head
+    while True:
+        piece = source.read(1 << 20)
+        if not piece:
+            break
+        spool.write(piece)
+    length = spool.tell()
+    spool.seek(0)
+    return spool, length, True, {}
+
+
+def put_file(core: Core, key: str | None, source: Any, node: str | None = None,
+             block_id: str | None = None, offset: int = 0, replace: bool = False,
+             progress: Progress = None) -> Op:
+    src, length, close_it, meta = _open_source(source)
+    try:
+        return (yield from _put(core, key, length, node, block_id, offset, replace, "file",
+                                meta, _stream_writer(core, src, length, progress)))
+    finally:
+        if close_it:
+            src.close()
+
+
+def _stream_read(core: Core, address: str, block_id: str, offset: int, length: int,
+                 sink: Callable[[memoryview], Any], progress: Progress) -> Op:
+    """Read a block range through a ring of chunk buffers, handing chunks to ``sink`` in order.
+    Returns the CRC-32 of what was read."""
+    chunk = core.settings.chunk_bytes
+    ring = [memoryview(bytearray(chunk)) for _ in range(2 * core.settings.window + 2)]
+    ready: dict[int, tuple[memoryview, int]] = {}  # chunks read ahead of their turn
+    state = {"next": 0, "crc": 0}
+
+    def deliver() -> None:
+        while state["next"] in ready:
+            buf, n = ready.pop(state["next"])
+            view = buf[:n]
+            state["crc"] = zlib.crc32(view, state["crc"])
+            sink(view)
+            if progress is not None:
+                progress(n)
+            state["next"] += n
+            ring.append(buf)
+
+    def calls() -> Iterator[Call]:
+        pos = 0
+        while pos < length:
+            buf = ring.pop()
+            n = min(chunk, length - pos)
+
+            def done(call: Call, buf: memoryview = buf, n: int = n, pos: int = pos) -> None:
+                if call.error is not None:
+                    ring.append(buf)
+                    return
+                ready[pos] = (buf, n)
+                deliver()
+
+            yield Call(address, P.READ, {"block": block_id, "offset": offset + pos, "length": n},
+                       sink=buf[:n], on_done=done)
+            pos += n
+
+    if length:
+        yield from core.execute(Batch(calls(), core.settings.request_timeout_s,
+                                      core.settings.window))
+    return f"crc32:{state['crc']:08x}"
+
+
+def _open_dest(dest: Any) -> tuple[BinaryIO, bool]:
+    if isinstance(dest, (str, os.PathLike)):
+        try:
+            return open(dest, "wb"), True
+        except OSError as exc:
+            raise InvalidRequest(f"cannot write {os.fspath(dest)}: {exc.strerror}") from None
+    return dest, False
+
+
+def get_file(core: Core, key: str, dest: Any, progress: Progress = None) -> Op:
+    address, info = yield from lookup(core, key)
+    out, close_it = _open_dest(dest)
+    try:
+        checksum = yield from _stream_read(core, address, info.block_id or "", info.offset,
+                                           info.length, out.write, progress)
+        out.flush()
+    finally:
+        if close_it:
+            out.close()
+    _verify(info, checksum)
+    return info
+
+
+def read_to_file(core: Core, block_id: str, dest: Any, offset: int = 0,
+                 size: int | None = None, progress: Progress = None) -> Op:
+    address, block_size = yield from core.locate(block_id)
+    n = block_size - offset if size is None else size
+    if offset < 0 or n < 0 or offset + n > block_size:
+        raise OutOfRange(
+            f"range of {n} bytes at offset {offset} is outside block {block_id} ({block_size} bytes)"
+        )
+    out, close_it = _open_dest(dest)
+    try:
+        yield from _stream_read(core, address, block_id, offset, n, out.write, progress)
+        out.flush()
+    finally:
+        if close_it:
+            out.close()
+    return n
+
+
+# --- Python objects (pickle protocol 5, buffers out of band) -------------------------------------
+
+
+def put_object(core: Core, key: str | None, obj: Any, node: str | None = None,
+               replace: bool = False) -> Op:
+    buffers: list[memoryview] = []
+
+    def out_of_band(pb: pickle.PickleBuffer) -> bool:
+        try:
+            buffers.append(pb.raw())  # contiguous: sent from its own memory
+            return False
+        except BufferError:
+            return True  # not contiguous: pickle copies it in-band
+
+    try:
+        data = pickle.dumps(obj, protocol=5, buffer_callback=out_of_band)
+    except Exception as exc:
+        raise InvalidRequest(f"cannot pickle {type(obj).__name__}: {exc}") from None
+    views = [memoryview(data)] + buffers
+    meta = {"pickle_bytes": len(data), "buffers": [b.nbytes for b in buffers]}
+    return (yield from _put(core, key, sum(v.nbytes for v in views), node, None, 0, replace,
+                            "pickle", meta, _write_views(core, views)))
+
+
+def get_object(core: Core, key: str) -> Op:
+    def prepare(info: ObjectInfo):
+        if info.content_type != "pickle":
+            raise InvalidRequest(f"key {key!r} holds {info.content_type}, not a pickled object")
+        data = bytearray(info.meta["pickle_bytes"])
+        buffers = [bytearray(n) for n in info.meta["buffers"]]
+        return ([memoryview(b) for b in [data, *buffers]],
+                lambda: pickle.loads(data, buffers=buffers))
+
+    return (yield from _read_key(core, key, prepare))
+
+
+# --- numpy arrays ----------------------------------------------------------------------------------
+
+
+def put_array(core: Core, key: str | None, array: Any, node: str | None = None,
+              replace: bool = False) -> Op:
+    import numpy as np
+
+    arr = np.asarray(array)
+    if arr.dtype.hasobject:
+        raise InvalidRequest("an array of Python objects has no raw memory to send; use put_object")
+    if arr.flags.c_contiguous:
+        order, flat = "C", arr.reshape(-1)
+    elif arr.flags.f_contiguous:
+        order, flat = "F", arr.ravel(order="F")
+    else:  # strided: one copy to make it contiguous
+        order, arr = "C", np.ascontiguousarray(arr)
+        flat = arr.reshape(-1)
+    view = memoryview(flat.view(np.uint8))
+    meta = {"dtype": _descr(np.lib.format.dtype_to_descr(arr.dtype)),
+            "shape": list(arr.shape), "order": order}
+    return (yield from _put(core, key, view.nbytes, node, None, 0, replace, "ndarray", meta,
+                            _write_views(core, [view])))
+
+
+def get_array(core: Core, key: str) -> Op:
+    import numpy as np
+
+    def prepare(info: ObjectInfo):
+        if info.content_type != "ndarray":
+            raise InvalidRequest(f"key {key!r} holds {info.content_type}, not a numpy array")
+        dtype = np.lib.format.descr_to_dtype(_undescr(info.meta["dtype"]))
+        order = info.meta["order"]
+        out = np.empty(tuple(info.meta["shape"]), dtype=dtype, order=order)
+        flat = out.reshape(-1) if order == "C" else out.ravel(order="F")
+        return [memoryview(flat.view(np.uint8))], lambda: out
+
+    return (yield from _read_key(core, key, prepare))
+
+
+def _descr(d: Any) -> Any:
+    """numpy's descr uses tuples; msgpack turns them into lists, so mark them."""
+    if isinstance(d, list):
+        return [{"t": [_descr(x) for x in item]} if isinstance(item, tuple) else _descr(item)
+                for item in d]
+    return d
+
+
+def _undescr(d: Any) -> Any:
+    if isinstance(d, list):
+        return [tuple(_undescr(x) for x in item["t"]) if isinstance(item, dict) else _undescr(item)
+                for item in d]
+    return d

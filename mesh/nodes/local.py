@@ -1,0 +1,219 @@
+"""Agents of this machine: start them as background processes, find them, stop them.
+
+Covers: which nodes of a cluster file live on this machine (their host is a loopback address,
+one of this machine's interface addresses, or its hostname), the state directory (pid and log
+files), starting ``mesh-agent`` detached from the terminal, waiting until it answers, and a
+graceful stop (SIGTERM, then SIGKILL after a timeout) that only ever signals a process whose
+command line is that node's agent.
+
+Does not cover: remote nodes (deployment over SSH comes with ``grid agents deploy``), the
+heartbeat view (``MeshClient.nodes``), or rendering (``mesh/cli/``).
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from mesh.config import ClusterConfig, NodeConfig, embedded_default_path
+from mesh.errors import MeshError
+
+
+@functools.lru_cache(maxsize=1)
+def _local_addresses() -> frozenset[str]:
+    addrs = set()
+    for entries in psutil.net_if_addrs().values():
+        for e in entries:
+            if e.family in (socket.AF_INET, socket.AF_INET6):
+                addrs.add(e.address.split("%")[0])
+    return frozenset(addrs)
+
+
+def is_local_host(host: str) -> bool:
+    if host in ("localhost", socket.gethostname(), socket.getfqdn()):
+        return True
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except socket.gaierror:
+        return False
+    for info in infos:
+        ip = info[4][0]
+        if ipaddress.ip_address(ip).is_loopback or ip in _local_addresses():
+            return True
+    return False
+
+
+def is_managed_locally(node: NodeConfig) -> bool:
+    """Local process, or over SSH? ``managed_by`` decides; "auto" asks where the host is."""
+    if node.managed_by != "auto":
+        return node.managed_by == "local"
+    return is_local_host(node.mesh_host)
+
+
+def state_dir(cfg: ClusterConfig) -> Path:
+    if cfg.mesh.state_dir:
+        base = Path(cfg.mesh.state_dir).expanduser()
+    elif os.environ.get("GRID_STATE_DIR"):
+        base = Path(os.environ["GRID_STATE_DIR"]).expanduser()
+    else:
+        xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        base = Path(xdg) / "mesh" / cfg.name
+    base.mkdir(parents=True, exist_ok=True)
+    return base
+
+
+def config_path_for_agents(cfg: ClusterConfig) -> str:
+    if cfg.source == "<embedded default>":
+        return str(embedded_default_path())
+    return str(Path(cfg.source).resolve())
+
+
+@dataclass
+class LocalAgent:
+    node: NodeConfig
+    pid_file: Path
+    log_file: Path
+
+    def pid(self) -> int | None:
+        """The pid of this node's running agent, or None (stale pid files are removed)."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        if _is_our_agent(pid, self.node.name):
+            return pid
+        self.pid_file.unlink(missing_ok=True)
+        return None
+
+    def log_tail(self, lines: int = 10) -> str:
+        try:
+            text = self.log_file.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _is_our_agent(pid: int, node: str) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        cmd = proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+    joined = " ".join(cmd)
+    return ("agents.main" in joined or "mesh-agent" in joined) and node in cmd
+
+
+def local_agents(cfg: ClusterConfig, names: tuple[str, ...] = ()) -> tuple[list[LocalAgent], list[NodeConfig]]:
+    """(agents of this machine, remote nodes), limited to ``names`` when given."""
+    nodes = [cfg.node(n) for n in names] if names else list(cfg.nodes)
+    sdir = state_dir(cfg)
+    local, remote = [], []
+    for node in nodes:
+        if is_managed_locally(node):
+            local.append(LocalAgent(node, sdir / f"{node.name}.pid", sdir / f"{node.name}.log"))
+        else:
+            remote.append(node)
+    return local, remote
+
+
+@dataclass
+class Outcome:
+    node: str
+    ok: bool
+    message: str
+    pid: int | None = None
+
+
+def _ping(address: str, timeout_s: float) -> bool:
+    from mesh.client import MeshClient
+
+    try:
+        with MeshClient(address=address) as client:
+            client.ping(address, timeout_s)
+        return True
+    except MeshError:
+        return False
+
+
+def start(cfg: ClusterConfig, agents: list[LocalAgent], insecure: bool = False,
+          timeout_s: float = 15.0, config_path: str | None = None) -> list[Outcome]:
+    cfg_path = config_path or config_path_for_agents(cfg)
+    launched: list[tuple[LocalAgent, subprocess.Popen]] = []
+    outcomes: dict[str, Outcome] = {}
+    for agent in agents:
+        pid = agent.pid()
+        if pid is not None:
+            outcomes[agent.node.name] = Outcome(agent.node.name, True, "already running", pid)
+            continue
+        cmd = [sys.executable, "-m", "agents.main", "--config", cfg_path, "--node", agent.node.name]
+        if insecure:
+            cmd.append("--insecure")
+        with open(agent.log_file, "ab") as log:
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                start_new_session=True, close_fds=True,
+            )
+        agent.pid_file.write_text(f"{proc.pid}\n")
+        launched.append((agent, proc))
+    deadline = time.monotonic() + timeout_s
+    for agent, proc in launched:
+        name = agent.node.name
+        while True:
+            code = proc.poll()
+            if code is not None:
+                agent.pid_file.unlink(missing_ok=True)
+                outcomes[name] = Outcome(
+                    name, False, f"agent exited at start (code {code}):\n{agent.log_tail()}"
+                )
+                break
+            if _ping(agent.node.data_address, 0.3):
+                outcomes[name] = Outcome(name, True, "started", proc.pid)
+                break
+            if time.monotonic() > deadline:
+                _terminate(proc.pid, 3.0)
+                agent.pid_file.unlink(missing_ok=True)
+                outcomes[name] = Outcome(
+                    name, False, f"agent did not answer within {timeout_s:g} s:\n{agent.log_tail()}"
+                )
+                break
+    return [outcomes[a.node.name] for a in agents]
+
+
+def _terminate(pid: int, timeout_s: float) -> str:
+    try:
+        proc = psutil.Process(pid)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+            return "stopped"
+        except psutil.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout_s)
+            return f"killed (did not stop within {timeout_s:g} s)"
+    except psutil.NoSuchProcess:
+        return "already gone"
+
+
+def stop(agents: list[LocalAgent], timeout_s: float = 10.0) -> list[Outcome]:
+    outcomes = []
+    for agent in agents:
+        pid = agent.pid()
+        if pid is None:
+            outcomes.append(Outcome(agent.node.name, True, "not running"))
+            continue
+        how = _terminate(pid, timeout_s)
+        agent.pid_file.unlink(missing_ok=True)
+        outcomes.append(Outcome(agent.node.name, True, how, pid))
+    return outcomes

@@ -1,0 +1,1 @@
+"""Helpers for the tests: real agents, sshd, Ray and cgroups (see ``tests/conftest.py``)."""
