@@ -27,6 +27,7 @@ import zmq
 
 from agents.store import Block, BlockStore, populate
 from mesh import protocol as P
+from mesh import sockets
 from mesh.errors import (
     AgentError,
     BlockMoving,
@@ -38,7 +39,7 @@ from mesh.errors import (
     NodeUnavailable,
     TooLarge,
 )
-from mesh.membership import DEAD, MembershipTable
+from mesh.membership import ALIVE, DEAD, MembershipTable, NodeInfo
 from mesh.hostmem import host_memory
 
 log = logging.getLogger("mesh.agent")
@@ -139,22 +140,12 @@ class Agent:
 
     def bind(self) -> None:
         s = self.s
-        self.router = self.ctx.socket(zmq.ROUTER)
-        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.router.setsockopt(zmq.LINGER, 0)
-        self.router.setsockopt(zmq.SNDHWM, s.sndhwm)
-        self.router.setsockopt(zmq.RCVHWM, s.rcvhwm)
-        self.router.setsockopt(zmq.MAXMSGSIZE, s.max_message_bytes)
-        self.pub = self.ctx.socket(zmq.PUB)
-        self.pub.setsockopt(zmq.LINGER, 0)
-        self.pub.setsockopt(zmq.SNDHWM, 64)
-        self.sub = self.ctx.socket(zmq.SUB)
-        self.sub.setsockopt(zmq.LINGER, 0)
-        self.sub.setsockopt(zmq.RCVHWM, 256)
-        self.sub.setsockopt(zmq.MAXMSGSIZE, P.MAX_HEARTBEAT_BYTES + 1024)
-        self.sub.setsockopt(zmq.SUBSCRIBE, P.HEARTBEAT_TOPIC)
-        self.router.bind(f"tcp://{s.bind_ip}:{s.data_port}")
-        self.pub.bind(f"tcp://{s.bind_ip}:{s.gossip_port}")
+        self.router = sockets.router(self.ctx, f"tcp://{s.bind_ip}:{s.data_port}",
+                                     sndhwm=s.sndhwm, rcvhwm=s.rcvhwm,
+                                     max_message_bytes=s.max_message_bytes)
+        self.pub = sockets.publisher(self.ctx, f"tcp://{s.bind_ip}:{s.gossip_port}")
+        self.sub = sockets.subscriber(self.ctx, topic=P.HEARTBEAT_TOPIC,
+                                      max_message_bytes=P.MAX_HEARTBEAT_BYTES + 1024)
         for peer in s.peers:
             self._follow(peer)
 
@@ -321,19 +312,13 @@ class Agent:
 
     def self_record(self) -> dict[str, Any]:
         mem = host_memory()  # one reading for every field below
-        return {
-            "node": self.s.node,
-            "address": self.address,
-            "gossip": self.gossip_address,
-            "incarnation": self.incarnation,
-            "version": self.s.version,
-            "capacity": self.store.capacity_for(mem),
-            "used": self.store.used,
-            "room": self.store.room(mem),
-            "host_available": int(mem.available),
-            "host_total": int(mem.total),
-            "blocks": len(self.store),
-        }
+        return NodeInfo(
+            name=self.s.node, address=self.address, gossip=self.gossip_address,
+            incarnation=self.incarnation, version=self.s.version, state=ALIVE, age_s=0.0,
+            capacity=self.store.capacity_for(mem), used=self.store.used,
+            room=self.store.room(mem), host_available=int(mem.available),
+            host_total=int(mem.total), blocks=len(self.store),
+        ).record()
 
     def _beat(self, now: float) -> None:
         rec = self.self_record()
@@ -504,13 +489,7 @@ class Agent:
         return AgentError(f"{what} failed: {exc!r}", node=self.s.node)
 
     def _peer_socket(self, address: str, max_reply: int) -> zmq.Socket:
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 4 * PULL_WINDOW)
-        sock.setsockopt(zmq.RCVHWM, 4 * PULL_WINDOW)
-        sock.setsockopt(zmq.MAXMSGSIZE, max_reply + 65536)
-        sock.connect(address)
-        return sock
+        return sockets.dealer(self.ctx, address, hwm=4 * PULL_WINDOW, max_message_bytes=max_reply)
 
     def _await_reply(self, sock: zmq.Socket, peer: str, deadline: float,
                      stall_s: float = STALL_S) -> P.Reply:

@@ -2,7 +2,8 @@
 
 Pure logic, no sockets and no clock of its own: callers pass ``now`` (monotonic seconds). The
 agent feeds it every heartbeat it hears (``observe``) and publishes ``gossip_entries``; the client
-gets ``snapshot`` rows through the NODES request.
+gets ``snapshot`` rows through the NODES request. ``NodeInfo`` is the one record of a node, for
+the agent's table, the client's view, ``stats()`` and placement (``NodeLoad.from_node``).
 
 Merge rule: a higher incarnation replaces what we knew (the agent restarted); the same
 incarnation only moves ``last_heard`` forward (``now - age_s`` for relayed entries, so hearsay
@@ -14,35 +15,77 @@ heartbeat.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 ALIVE = "alive"
 SUSPECT = "suspect"
 DEAD = "dead"
+DOWN = "down"  # in the cluster file, but no agent has heard of it (the client's view only)
 
+# The fields a heartbeat refreshes without a new incarnation.
 _STAT_FIELDS = ("capacity", "used", "room", "host_available", "host_total", "blocks")
 
 
-@dataclass
-class Member:
-    node: str
+def state_for_silence(silent_s: float, suspect_after_s: float, dead_after_s: float) -> str:
+    """alive, suspect or dead after ``silent_s`` seconds without a heartbeat."""
+    if silent_s >= dead_after_s:
+        return DEAD
+    if silent_s >= suspect_after_s:
+        return SUSPECT
+    return ALIVE
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """The one record of a node: what its heartbeat says, plus its state and age as seen by
+    whoever holds the record. Sizes are bytes; ``age_s`` is seconds since it was last heard.
+
+    On the wire (heartbeats, NODES, STATS) it travels as ``record()``: a map keyed ``node``,
+    ``address``, ... (``mesh/protocol.py``); ``from_record`` reads one back."""
+
+    name: str
     address: str
-    gossip: str
+    state: str  # alive, suspect, dead, down
     incarnation: int
-    version: str
     capacity: int
     used: int
     room: int
     host_available: int
     blocks: int
-    last_heard: float
-    stats_heard: float  # when the stat fields were current
+    age_s: float
+    version: str
     host_total: int = 0  # 0 from agents older than the field
+    gossip: str = ""
 
-    def as_record(self, now: float, state: str) -> dict[str, Any]:
+    @property
+    def alive(self) -> bool:
+        return self.state == ALIVE
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any], state: str | None = None,
+                    age_s: float | None = None) -> NodeInfo:
+        """A record from the wire; ``state`` and ``age_s`` default to the record's own."""
+        return cls(
+            name=rec["node"],
+            address=rec["address"],
+            state=state if state is not None else str(rec.get("state", ALIVE)),
+            incarnation=rec["incarnation"],
+            capacity=rec["capacity"],
+            used=rec["used"],
+            room=int(rec.get("room", max(0, rec["capacity"] - rec["used"]))),
+            host_available=rec["host_available"],
+            blocks=rec["blocks"],
+            age_s=float(age_s if age_s is not None else rec.get("age_s", 0.0)),
+            version=str(rec.get("version", "")),
+            host_total=int(rec.get("host_total") or 0),
+            gossip=str(rec.get("gossip", "")),
+        )
+
+    def record(self) -> dict[str, Any]:
+        """The wire form, without state and age (each holder adds its own)."""
         return {
-            "node": self.node,
+            "node": self.name,
             "address": self.address,
             "gossip": self.gossip,
             "incarnation": self.incarnation,
@@ -53,9 +96,19 @@ class Member:
             "host_available": self.host_available,
             "host_total": self.host_total,
             "blocks": self.blocks,
-            "age_s": max(0.0, now - self.last_heard),
-            "state": state,
         }
+
+
+@dataclass
+class Member:
+    """A node in an agent's table: its latest record and when we heard of it (monotonic s)."""
+
+    info: NodeInfo
+    last_heard: float
+    stats_heard: float  # when the stat fields were current
+
+    def as_record(self, now: float, state: str) -> dict[str, Any]:
+        return {**self.info.record(), "age_s": max(0.0, now - self.last_heard), "state": state}
 
 
 class MembershipTable:
@@ -68,39 +121,21 @@ class MembershipTable:
         """Merge one record; True when it names a node or incarnation not known before."""
         heard = now - max(0.0, float(age_s))
         known = self._members.get(rec["node"])
-        if known is not None and rec["incarnation"] < known.incarnation:
+        if known is not None and rec["incarnation"] < known.info.incarnation:
             return False
-        if known is None or rec["incarnation"] > known.incarnation:
-            self._members[rec["node"]] = Member(
-                node=rec["node"],
-                address=rec["address"],
-                gossip=rec["gossip"],
-                incarnation=rec["incarnation"],
-                version=str(rec.get("version", "")),
-                capacity=rec["capacity"],
-                used=rec["used"],
-                room=rec.get("room", max(0, rec["capacity"] - rec["used"])),
-                host_available=rec["host_available"],
-                blocks=rec["blocks"],
-                host_total=int(rec.get("host_total") or 0),
-                last_heard=heard,
-                stats_heard=heard,
-            )
+        if known is None or rec["incarnation"] > known.info.incarnation:
+            self._members[rec["node"]] = Member(NodeInfo.from_record(rec, ALIVE, 0.0), heard, heard)
             return True
         if heard > known.stats_heard:
-            for name in _STAT_FIELDS:
-                setattr(known, name, rec.get(name, getattr(known, name)))
+            known.info = replace(known.info, **{
+                name: rec[name] for name in _STAT_FIELDS if rec.get(name) is not None
+            })
             known.stats_heard = heard
         known.last_heard = max(known.last_heard, heard)
         return False
 
     def state(self, member: Member, now: float) -> str:
-        silent = now - member.last_heard
-        if silent >= self.dead_after_s:
-            return DEAD
-        if silent >= self.suspect_after_s:
-            return SUSPECT
-        return ALIVE
+        return state_for_silence(now - member.last_heard, self.suspect_after_s, self.dead_after_s)
 
     def get(self, node: str) -> Member | None:
         return self._members.get(node)
@@ -108,13 +143,13 @@ class MembershipTable:
     def snapshot(self, now: float) -> list[dict[str, Any]]:
         return [
             m.as_record(now, self.state(m, now))
-            for m in sorted(self._members.values(), key=lambda m: m.node)
+            for m in sorted(self._members.values(), key=lambda m: m.info.name)
         ]
 
     def gossip_entries(self, now: float, exclude: str | None = None) -> list[dict[str, Any]]:
         out = []
         for m in self._members.values():
-            if m.node == exclude:
+            if m.info.name == exclude:
                 continue
             state = self.state(m, now)
             if state != DEAD:

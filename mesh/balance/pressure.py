@@ -23,7 +23,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mesh.membership import NodeInfo
 from mesh.units import GiB
+
 UNKNOWN_PRESSURE = 0.5  # the seed's answer when a node has told us nothing
 DEFAULT_BUFFER_GB = 2.0  # the seed keeps 2 GB free on a node before it offloads
 
@@ -71,12 +73,15 @@ class NodeLoad:
     alive: bool = True
 
     @classmethod
-    def from_stats(cls, n: dict) -> NodeLoad:
-        """One node of ``MeshClient.stats()`` (agents report their share and their host)."""
-        host_total = int(n.get("host_total") or 0)
-        host_used = max(0, host_total - int(n.get("host_available") or 0)) if host_total else 0
-        return cls(n["node"], int(n["used"]), int(n["capacity"]), host_used, host_total,
-                   n["state"] == "alive")
+    def from_node(cls, n: NodeInfo) -> NodeLoad:
+        """What a node's record says (agents report their share and their host)."""
+        host_used = max(0, n.host_total - n.host_available) if n.host_total else 0
+        return cls(n.name, n.used, n.capacity, host_used, n.host_total, n.alive)
+
+    @classmethod
+    def from_stats(cls, row: dict) -> NodeLoad:
+        """One node of ``MeshClient.stats()``: a node record plus its state."""
+        return cls.from_node(NodeInfo.from_record(row))
 
     @property
     def available(self) -> int:

@@ -32,6 +32,7 @@ from typing import Any, Callable, Generator, Iterable, Iterator
 import zmq
 
 from mesh import protocol as P
+from mesh import sockets
 from mesh._malloc import tune_for_transfers
 from mesh.config import ClusterConfig, MeshSettings
 from mesh.errors import (
@@ -46,29 +47,10 @@ from mesh.errors import (
     OutOfRange,
     ProtocolError,
 )
-from mesh.membership import ALIVE, DEAD, SUSPECT
+from mesh.membership import ALIVE, DEAD, DOWN, SUSPECT, NodeInfo, state_for_silence
 from mesh.units import format_bytes
 
 _BLOCK_ID = re.compile(r"^block_\d+_(?P<node>.+)_[0-9a-z]+$")
-
-# The state of a node that is in the config but that no agent has heard of.
-DOWN = "down"
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    name: str
-    address: str
-    state: str  # alive, suspect, dead, down
-    incarnation: int
-    capacity: int
-    used: int
-    room: int
-    host_available: int
-    blocks: int
-    age_s: float
-    version: str
-    host_total: int = 0
 
 
 @dataclass(frozen=True)
@@ -295,19 +277,8 @@ class Core:
             raise MeshError("the client is closed")
         sock = self._sockets.get(address)
         if sock is None:
-            sock = self.ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            hwm = max(64, 4 * self.settings.window)
-            sock.setsockopt(zmq.SNDHWM, hwm)
-            sock.setsockopt(zmq.RCVHWM, hwm)
-            sock.setsockopt(zmq.MAXMSGSIZE, self.settings.max_message_bytes + 65536)
-            sock.setsockopt(zmq.RECONNECT_IVL, 100)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-            try:
-                sock.connect(address)
-            except zmq.ZMQError as exc:
-                sock.close(0)
-                raise NodeUnavailable(f"cannot connect to {address}: {exc}") from None
+            sock = sockets.dealer(self.ctx, address, hwm=max(64, 4 * self.settings.window),
+                                  max_message_bytes=self.settings.max_message_bytes)
             self._sockets[address] = sock
         return sock
 
@@ -440,30 +411,16 @@ class Core:
                 "no mesh agent answered (are the agents running? try `grid agents start`)"
                 + (f": {detail}" if detail else "")
             )
-        nodes = {
-            name: NodeInfo(
-                name=name,
-                address=r["address"],
-                state=r["state"],
-                incarnation=r["incarnation"],
-                capacity=r["capacity"],
-                used=r["used"],
-                room=int(r.get("room", max(0, r["capacity"] - r["used"]))),
-                host_available=r["host_available"],
-                blocks=r["blocks"],
-                age_s=float(r["age_s"]),
-                version=str(r.get("version", "")),
-                host_total=int(r.get("host_total") or 0),
-            )
-            for name, r in merged.items()
-        }
+        nodes = {name: NodeInfo.from_record(r) for name, r in merged.items()}
         now = time.monotonic()
         for name, old in self._nodes.items():
             # A node this client has seen that no agent reports now (it died before its peers
             # heard it) keeps ageing here, so it still turns suspect, then dead.
             if name not in nodes and old.state != DOWN:
                 age = old.age_s + (now - self._nodes_heard_at)
-                nodes[name] = replace(old, state=self._state_for_age(age), age_s=age)
+                state = state_for_silence(age, self.settings.suspect_after_s,
+                                          self.settings.dead_after_s)
+                nodes[name] = replace(old, state=state, age_s=age)
         if self.config is not None:
             for node in self.config.nodes:
                 if node.name not in nodes:
@@ -474,13 +431,6 @@ class Core:
         self._nodes = dict(sorted(nodes.items()))
         self._nodes_at = self._nodes_heard_at = now
         return list(self._nodes.values())
-
-    def _state_for_age(self, age_s: float) -> str:
-        if age_s >= self.settings.dead_after_s:
-            return DEAD
-        if age_s >= self.settings.suspect_after_s:
-            return SUSPECT
-        return ALIVE
 
     def alive_nodes(self) -> Op:
         nodes = yield from self.refresh_nodes(max_age_s=self.settings.heartbeat_interval_s)
@@ -701,18 +651,11 @@ class Core:
         per_node = []
         for n in nodes:
             rec = by_address.get(n.address)
-            per_node.append({
-                "node": n.name,
-                "address": n.address,
-                "state": n.state if rec is not None or n.state != ALIVE else "suspect",
-                "capacity": rec["capacity"] if rec else n.capacity,
-                "used": rec["used"] if rec else n.used,
-                "room": rec["room"] if rec else n.room,
-                "blocks": rec["blocks"] if rec else n.blocks,
-                "host_available": rec["host_available"] if rec else n.host_available,
-                "host_total": rec.get("host_total", 0) if rec else 0,
-                "reason": _down_reason(n, rec is not None),
-            })
+            # the agent's own answer is fresher than the heartbeat that told us of it
+            fresh = n if rec is None else NodeInfo.from_record(rec, n.state, n.age_s)
+            state = n.state if rec is not None or n.state != ALIVE else SUSPECT
+            per_node.append({**fresh.record(), "state": state,
+                             "reason": _down_reason(n, rec is not None)})
         return {
             "nodes": per_node,
             "live_nodes": sum(1 for p in per_node if p["state"] == ALIVE),

@@ -102,9 +102,9 @@ def test_membership_new_incarnation_replaces_and_stale_is_ignored():
     t = MembershipTable(1.5, 3.0)
     t.observe(_hb("a", 5, used=10), now=0.0)
     assert not t.observe(_hb("a", 4, used=99), now=1.0)
-    assert t.get("a").used == 10
+    assert t.get("a").info.used == 10
     assert t.observe(_hb("a", 6, used=1), now=20.0)
-    assert t.get("a").incarnation == 6 and t.snapshot(20.0)[0]["state"] == ALIVE
+    assert t.get("a").info.incarnation == 6 and t.snapshot(20.0)[0]["state"] == ALIVE
 
 
 def test_relayed_age_never_makes_a_node_fresher():

@@ -1,0 +1,88 @@
+"""Every ZeroMQ socket of the mesh is made here, with its options, in one place.
+
+    dealer(ctx, address, ...)      a client's (or an agent's, to a peer) request socket
+    router(ctx, endpoint, ...)     an agent's data plane
+    publisher(ctx, endpoint)       an agent's heartbeats and gossip
+    subscriber(ctx, ...)           an agent's view of its peers' heartbeats
+
+Options every socket gets: linger 0 (closing never waits for unsent messages), high-water marks
+(they count messages, not bytes: the callers bound bytes with a window of chunks in flight), and
+on receiving sockets a maximum message size, so a peer can never make us buffer more than one
+chunk plus its header. Authentication and encryption (CURVE) will be set here too, so that no
+caller has to remember them.
+
+Not here: what travels on the sockets (``mesh/protocol.py``), when to send and wait (the client's
+``mesh/client/core.py``, the agent's ``agents/server.py``).
+"""
+
+from __future__ import annotations
+
+import zmq
+
+from mesh.errors import NodeUnavailable
+
+# Room for a reply's header on top of its payload, in MAXMSGSIZE.
+HEADER_ALLOWANCE_BYTES = 64 * 1024
+RECONNECT_IVL_MS = 100
+RECONNECT_IVL_MAX_MS = 1000
+PUB_SNDHWM = 64
+SUB_RCVHWM = 256
+
+
+def dealer(ctx: zmq.Context, address: str, *, hwm: int, max_message_bytes: int) -> zmq.Socket:
+    """A DEALER connected to ``address`` that accepts replies of up to ``max_message_bytes`` of
+    payload; ``NodeUnavailable`` when the address cannot be connected to."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes + HEADER_ALLOWANCE_BYTES)
+    sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+    try:
+        sock.connect(address)
+    except zmq.ZMQError as exc:
+        sock.close(0)
+        raise NodeUnavailable(f"cannot connect to {address}: {exc}") from None
+    return sock
+
+
+def router(ctx: zmq.Context, endpoint: str, *, sndhwm: int, rcvhwm: int,
+           max_message_bytes: int) -> zmq.Socket:
+    """The agent's ROUTER bound to ``endpoint``. ROUTER_MANDATORY makes a reply to a client that
+    went away fail at once (EHOSTUNREACH) instead of vanishing; ``zmq.ZMQError`` if the bind
+    fails."""
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, sndhwm)
+    sock.setsockopt(zmq.RCVHWM, rcvhwm)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+    _bind(sock, endpoint)
+    return sock
+
+
+def publisher(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+    sock = ctx.socket(zmq.PUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, PUB_SNDHWM)
+    _bind(sock, endpoint)
+    return sock
+
+
+def subscriber(ctx: zmq.Context, *, topic: bytes, max_message_bytes: int) -> zmq.Socket:
+    """A SUB for one topic; the caller connects it to each peer it learns of."""
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, SUB_RCVHWM)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+    sock.setsockopt(zmq.SUBSCRIBE, topic)
+    return sock
+
+
+def _bind(sock: zmq.Socket, endpoint: str) -> None:
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError:
+        sock.close(0)
+        raise
