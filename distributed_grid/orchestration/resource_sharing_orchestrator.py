@@ -128,20 +128,14 @@ class ResourceSharingOrchestrator:
                                 priority: str = "normal") -> Any:
         """Reserve ``amount`` (memory: GB or a size like "512MiB"; cpu/gpu: units) on the
         workers with room, for ``node``, as ``grid resource-sharing request`` does."""
-        from mesh.balance.placement import candidates, split_amount
+        from mesh.balance.placement import reserve_for
 
         placement = await self._ray()
         need = (float(parse_size(amount, default_unit="GB")) if resource_type == "memory"
                 else float(amount))
         stats = (await self.pool.client.stats())["nodes"] if resource_type == "memory" else None
-        ray_nodes = await asyncio.to_thread(placement.ray_nodes)
-        held = await asyncio.to_thread(placement.reservations)
-        rooms, _ = candidates(self.config, resource_type, stats, ray_nodes, held, exclude=node)
-        targets = split_amount(need, rooms, exclude=node)
-        return await asyncio.to_thread(
-            placement.reserve, node, resource_type, targets, priority, "request", "",
-            self.config.execution.allocation_timeout_s,
-        )
+        return await asyncio.to_thread(reserve_for, placement, self.config, node, resource_type,
+                                       need, stats, priority)
 
     async def release_resources(self, reservation_id: str) -> None:
         placement = await self._ray()

@@ -213,14 +213,10 @@ class Rebalancer:
                for r in self.placement.reservations()):
             info["request"] = "already reserved"
             return info
-        from mesh.balance.placement import candidates, split_amount
+        from mesh.balance.placement import reserve_for
 
-        rooms, _ = candidates(self.config, "memory", self.client.stats()["nodes"],
-                              self.placement.ray_nodes(), self.placement.reservations(),
-                              exclude=load.name)
-        targets = split_amount(float(need), rooms, exclude=load.name)
-        res = self.placement.reserve(load.name, "memory", targets, priority="high",
-                                     kind="request", ttl_s=self.config.execution.allocation_timeout_s)
+        res = reserve_for(self.placement, self.config, load.name, "memory", float(need),
+                          self.client.stats()["nodes"], priority="high")
         info["request"] = res.id
         return info
 

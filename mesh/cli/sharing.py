@@ -31,11 +31,11 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+from mesh.balance.reservations import RAY_RESOURCE, reserved_on
 from mesh.cli.common import STATE_STYLE, GridError, InOrder, config_option, load, out
 from mesh.client import MeshClient
 from mesh.config import ClusterConfig
-from mesh.errors import CapacityError, MeshError
-from mesh.balance.placement import RAY_RESOURCE, reserved_on
+from mesh.errors import MeshError
 from mesh.units import format_bytes, parse_size
 
 
@@ -135,7 +135,7 @@ def _placement(cfg: ClusterConfig) -> Any:
 def request(config_path: str | None, node: str, resource: str, amount: str, priority: str,
             as_json: bool) -> None:
     """Reserve AMOUNT of memory, CPUs or GPUs on the workers for NODE."""
-    from mesh.balance.placement import candidates, no_ray_node_message, ray_start_args, split_amount
+    from mesh.balance.placement import reserve_for
 
     cfg = load(config_path)
     if not _enabled(cfg):
@@ -148,22 +148,7 @@ def request(config_path: str | None, node: str, resource: str, amount: str, prio
         if resource == "memory":
             with MeshClient(cfg) as client:
                 stats_nodes = client.stats()["nodes"]
-        ray_nodes = placement.ray_nodes()
-        rooms, unmapped = candidates(cfg, resource, stats_nodes, ray_nodes,
-                                     placement.reservations(), node)
-        if not rooms and unmapped:
-            raise GridError(no_ray_node_message(unmapped[0]))
-        try:
-            targets = split_amount(need, rooms, exclude=node, resource=resource)
-        except CapacityError as exc:
-            hint = ""
-            if unmapped:
-                hint = (f" ({', '.join(unmapped)} not counted: no Ray node stands for "
-                        f"{'it' if len(unmapped) == 1 else 'them'}; start with "
-                        f"{ray_start_args(unmapped[0])})")
-            raise GridError(f"{exc}{hint}") from None
-        res = placement.reserve(node, resource, targets, priority, "request", "",
-                                cfg.execution.allocation_timeout_s)
+        res = reserve_for(placement, cfg, node, resource, need, stats_nodes, priority)
     if as_json:
         click.echo(json.dumps(_as_dict(res, time.time()), indent=2))
         return

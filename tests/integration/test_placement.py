@@ -28,10 +28,7 @@ from mesh.errors import (
     ReservationFailed,
     ReservationNotFound,
 )
-from mesh.balance.placement import (
-    ray_start_args,
-)
-
+from mesh.balance.reservations import ray_start_args
 
 GRID = Path(sys.executable).parent / "grid"
 MiB = 1024**2

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from mesh.balance.placement import (
+from mesh.balance.reservations import (
     Reservation,
     available_from_pgs,
     check_request,
@@ -213,7 +213,7 @@ def _mapped(*names: str, memory: float = 100 * GiB, cpu: float = 4.0) -> dict[st
 
 
 def test_memory_candidates_respect_sharing_limits_ray_and_other_requests():
-    from mesh.balance.placement import candidates
+    from mesh.balance.reservations import candidates
 
     cfg = _config(w1={"can_share": False}, w2={"max_share_memory_gb": 4})
     stats = _stats(master=(50 * GiB, 0), w1=(8 * GiB, 0), w2=(8 * GiB, 1 * GiB),
@@ -233,7 +233,7 @@ def test_memory_candidates_respect_sharing_limits_ray_and_other_requests():
 
 
 def test_cpu_candidates_come_from_ray_within_max_share_cpu():
-    from mesh.balance.placement import candidates
+    from mesh.balance.reservations import candidates
 
     cfg = _config(w2={"max_share_cpu": 3})
     held = [_res(resource="cpu", targets=(("w2", 2.0),), amount=2.0)]
