@@ -3,7 +3,7 @@
 libzmq allocates a fresh buffer for every large message it receives, in its I/O thread's malloc
 arena, and Python frees it on the main thread a moment later. With glibc's defaults the arena is
 trimmed as soon as more than a few MiB are free, so the next chunk page-faults its whole buffer
-in again: measured here, that alone cost 30-45 % of loopback throughput (PERFORMANCE.md, trap 2).
+in again: measured here, that alone cost 30-45 % of loopback throughput (README.md, "Performance").
 Raising the mmap threshold to glibc's own dynamic maximum (32 MiB) and the trim threshold to a
 bound derived from the transfer window keeps a few windows' worth of buffers warm.
 
