@@ -1,11 +1,16 @@
-"""The agent's block store: capacity accounting, block memory, bounds checks.
+"""The agent's block store: capacity accounting, block memory, bounds checks, keys.
 
 Covers: making blocks (anonymous mmap, one contiguous buffer each, exposed as a memoryview),
 checking every offset/length before memory is touched, counting promises against the agent's
-share and the host's available RAM, and giving memory back to the OS on free.
+share and the host's available RAM, giving memory back to the OS on free, the key records that
+name ranges of blocks, and a forwarding note for each block that moved away (so a client asking
+for it hears where it went). Each block carries its lifecycle state; the store refuses what the
+state does not allow (``BlockNotFound`` while a block is not served, ``BlockMoving`` while it
+moves) and frees through the state machine.
 
-Does not cover: sockets and request parsing (``agents/server.py``), membership
-(``mesh/membership.py``). Page population (backing an allocation with real pages) is slow on
+Does not cover: the lifecycle table itself (``agents/lifecycle.py``), sockets and request
+parsing (``agents/server.py``), the peer copy that moves blocks (``agents/moves.py``),
+membership (``mesh/membership.py``). No I/O beyond mapping memory. Page population (backing an allocation with real pages) is slow on
 virtual machines (about 0.5 GB/s here), so ``populate`` is a separate call the server runs in a
 worker thread; the madvise call releases the GIL.
 """
@@ -16,9 +21,12 @@ import ctypes
 import ctypes.util
 import mmap
 import time
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Callable
 
+from agents import lifecycle
+from agents.lifecycle import Event, IllegalTransition, State
 from mesh.hostmem import HostMemory
 from mesh.units import format_bytes
 from mesh.errors import (
@@ -36,6 +44,8 @@ MADV_POPULATE_WRITE = 23  # Linux 5.14+
 MADV_HUGEPAGE = 14
 HUGE_PAGE = 2 * 1024 * 1024
 PAGE = mmap.PAGESIZE
+# How many block ids that moved away keep a note of where they went (a few hundred KiB at most).
+MOVED_NOTES = 10_000
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
@@ -50,10 +60,21 @@ class Block:
     created: float  # wall-clock seconds
     buf: mmap.mmap
     view: memoryview
-    ready: bool = False  # pages populated (or lazy); writes and reads wait for it
-    meta: dict = field(default_factory=dict)
-    moving: bool = False  # being copied away: writes, frees and key changes wait
-    incoming: bool = False  # a copy arriving from another node, not served until COMMIT
+    state: State  # see agents/lifecycle.py; change it with ``advance`` or ``BlockStore.free``
+    # Monotonic seconds. A copy moving in: when its pull began, and once it has ARRIVED, the
+    # time by which the source must COMMIT it (else it is dropped).
+    pull_started: float | None = None
+    commit_by: float | None = None
+
+    def advance(self, event: Event) -> State:
+        """Apply ``event`` (``IllegalTransition`` if the state does not allow it). Events that
+        free the block go through ``BlockStore.free``, which also gives its memory back."""
+        new = lifecycle.transition(self.state, event)
+        if new is State.FREED:
+            raise IllegalTransition(f"{event.value!r} frees block {self.block_id}; use "
+                                    "BlockStore.free")
+        self.state = new
+        return new
 
     def record(self, node: str) -> dict:
         return {
@@ -95,7 +116,8 @@ def populate(block: Block) -> None:
 
 class BlockStore:
     """Blocks of one agent. ``memory_fn`` tells the host's (or its cgroup's) RAM: an object with
-    ``total`` and ``available`` bytes (``mesh.balance.pressure.host_memory``)."""
+    ``total`` and ``available`` bytes (``mesh.hostmem.host_memory``). ``on_free`` is told the id
+    of every block freed (the server drops its bookkeeping of reads in flight from it)."""
 
     def __init__(
         self,
@@ -104,6 +126,7 @@ class BlockStore:
         share_bytes: int | None,
         reserve_bytes: int,
         memory_fn: Callable[[], HostMemory],
+        on_free: Callable[[str], None] | None = None,
     ):
         self.node = node
         self.incarnation = incarnation
@@ -112,6 +135,8 @@ class BlockStore:
         self._memory = memory_fn
         self._blocks: dict[str, Block] = {}
         self._keys: dict[str, dict] = {}  # key -> key record (see mesh/protocol.py)
+        self._moved: OrderedDict[str, str] = OrderedDict()  # block id -> node it moved to
+        self._on_free = on_free
         self._counter = 0
         self._tag = _base36(incarnation)
         self.used = 0
@@ -146,10 +171,11 @@ class BlockStore:
 
     def allocate(self, size: int, lazy: bool, block_id: str | None = None,
                  created: float | None = None) -> Block:
-        """Reserve and map a block; the caller populates it (unless lazy) before marking ready.
+        """Reserve and map a block. A new one is ALLOCATING until the caller has populated it
+        (``Event.POPULATED``), or READY at once if lazy.
 
         ``block_id`` adopts the id of a block moving here from another node (ids name where a
-        block was made, not where it lives)."""
+        block was made, not where it lives): that block starts INCOMING."""
         if block_id is not None and block_id in self._blocks:
             raise InvalidRequest(f"block {block_id!r} already exists on node {self.node}")
         if size <= 0:
@@ -171,7 +197,7 @@ class BlockStore:
             _advise_huge(buf)
         block = Block(block_id or self.new_id(), size, lazy,
                       time.time() if created is None else created, buf, memoryview(buf),
-                      ready=lazy and block_id is None)
+                      lifecycle.initial_state(lazy, incoming=block_id is not None))
         self._blocks[block.block_id] = block
         self.used += size
         return block
@@ -182,22 +208,52 @@ class BlockStore:
             raise BlockNotFound(f"block {block_id!r} not found on node {self.node}", node=self.node)
         return block
 
+    def served(self, block_id: str) -> Block:
+        """The block as clients may see it (READY, MOVING or HANDING_OVER); ``BlockNotFound``
+        otherwise, saying where it went if it moved away from here."""
+        try:
+            block = self.get(block_id)
+        except BlockNotFound:
+            where = self._moved.get(block_id)
+            if where is None:
+                raise
+            raise BlockNotFound(f"block {block_id!r} moved from node {self.node} to {where}",
+                                node=self.node) from None
+        if not lifecycle.listed(block.state):
+            raise _not_served(block, self.node)
+        return block
+
     def check_still(self, block: Block) -> None:
         """Refuse a change to a block that is being moved (the client retries)."""
-        if block.moving:
+        if lifecycle.accepts_changes(block.state):
+            return
+        if lifecycle.listed(block.state):
             raise BlockMoving(f"block {block.block_id} is being moved off node {self.node}; "
                               "retry in a moment", node=self.node)
+        raise _not_served(block, self.node)
 
-    def free(self, block_id: str, moved: bool = False) -> Block:
-        """Free a block and forget every key that points into it (``moved``: it lives on
-        elsewhere now, so a move in progress does not stop this)."""
+    def free(self, block_id: str, why: Event = Event.FREE, moved_to: str | None = None) -> Block:
+        """Free a block and forget every key that points into it. ``why`` is the lifecycle
+        event: ``FREE`` (a client's; refused with ``BlockMoving`` while the block moves), or
+        one the mesh itself causes (``MOVED_AWAY`` to ``moved_to``, ``DROP`` of a copy that
+        never became ours, ``POPULATE_FAILED``, ``SHUTDOWN``)."""
         block = self.get(block_id)
-        if not moved:
+        if why is Event.FREE:
             self.check_still(block)
+        if lifecycle.transition(block.state, why) is not State.FREED:
+            raise IllegalTransition(f"{why.value!r} does not free a block")
+        block.state = State.FREED
         del self._blocks[block_id]
         self.used -= block.size
         for key in [k for k, r in self._keys.items() if r["block"] == block_id]:
             del self._keys[key]
+        if moved_to is not None:
+            self._moved[block_id] = moved_to
+            self._moved.move_to_end(block_id)
+            while len(self._moved) > MOVED_NOTES:
+                self._moved.popitem(last=False)
+        if self._on_free is not None:
+            self._on_free(block_id)
         _release(block)
         return block
 
@@ -205,23 +261,52 @@ class BlockStore:
 
     def put_key(self, key: str, rec: dict, replace: bool, now: float) -> dict:
         """Name a range of one of our blocks; on replace, free the old record's own block."""
+        record = self._checked_key(key, rec, replace, now)
+        self._install_key(record)
+        return record
+
+    def adopt_keys(self, block: Block, records: list, now: float) -> None:
+        """Take the key records that a COMMIT brings with ``block`` (an ARRIVED copy), keeping
+        their creation times (``now`` for a record without one) and replacing keys of the same
+        names: all of them, or none if one is wrong (so no key is left pointing into a copy
+        that is then dropped)."""
+        checked = []
+        for rec in records:
+            if not isinstance(rec, dict) or not isinstance(rec.get("key"), str) or \
+                    rec.get("block") != block.block_id:
+                raise InvalidRequest("COMMIT keys must be key records of the moved block")
+            created = rec.get("created")
+            created = created if isinstance(created, (int, float)) else now
+            checked.append(self._checked_key(rec["key"], rec, True, created, arriving=block))
+        for record in checked:
+            self._install_key(record)
+
+    def _checked_key(self, key: str, rec: dict, replace: bool, now: float,
+                     arriving: Block | None = None) -> dict:
+        """The record to store under ``key``, after every check that storing it makes; the
+        block it names must accept changes, unless it is the copy ``arriving`` by COMMIT."""
         if not key or len(key) > MAX_KEY_LENGTH:
             raise InvalidRequest(f"a key must be 1 to {MAX_KEY_LENGTH} characters")
         record = _check_key_record(key, rec, self.node, now)
         if record["block"]:
             block = self.get(record["block"])
             self.check_range(block, record["offset"], record["length"])
-            self.check_still(block)
+            if block is not arriving:
+                self.check_still(block)
         old = self._keys.get(key)
         if old is not None and not replace:
             raise KeyExists(f"key {key!r} already exists (on node {self.node}); delete it or replace it")
-        if old is not None and old["block"] in self._blocks:
+        if old is not None and old["block"] in self._blocks and \
+                self._blocks[old["block"]] is not arriving:
             self.check_still(self._blocks[old["block"]])
-        self._keys[key] = record
+        return record
+
+    def _install_key(self, record: dict) -> None:
+        old = self._keys.get(record["key"])
+        self._keys[record["key"]] = record
         if old is not None and old["owns_block"] and old["block"] and old["block"] != record["block"]:
             if old["block"] in self._blocks:
                 self.free(old["block"])
-        return record
 
     def get_key(self, key: str) -> dict:
         record = self._keys.get(key)
@@ -260,7 +345,7 @@ class BlockStore:
 
     def close(self) -> None:
         for block_id in list(self._blocks):
-            self.free(block_id, moved=True)
+            self.free(block_id, Event.SHUTDOWN)
 
 
 MAX_KEY_LENGTH = 1024
@@ -290,6 +375,12 @@ def _check_key_record(key: str, rec: dict, node: str, now: float) -> dict:
     out["created"] = now
     out["node"] = node
     return out
+
+
+def _not_served(block: Block, node: str) -> BlockNotFound:
+    # An allocation being backed, or a copy moving in that is not committed yet: to a client,
+    # not here (yet).
+    return BlockNotFound(f"block {block.block_id!r} is still being allocated", node=node)
 
 
 def _release(block: Block) -> None:
