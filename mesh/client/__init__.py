@@ -6,8 +6,11 @@ Modules, from the top down:
 
 - ``drivers``: the two client classes; they differ only in how they wait for sockets.
 - ``objects``: named objects (bytes, files, pickles, numpy arrays under keys).
-- ``core``: the sans-IO core every operation is written in once (sockets per agent, the
-  membership view, block locations, placement, the block operations).
+- ``core``: the core every operation is written in once (sockets per agent, the membership
+  view, block locations, placement, the block operations).
+- ``transfer``: the one chunking helper, the one "follow the block" policy, the ring of chunk
+  buffers that streams files (resuming after a move).
+- ``batch``: the pure batch window and reply matching every request goes through.
 
 Not here: frame layouts (``mesh/protocol.py``), errors (``mesh/errors.py``), cluster files
 (``mesh/config.py``).

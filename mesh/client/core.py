@@ -1,23 +1,18 @@
-"""The client core shared by ``MeshClient`` and ``AsyncMeshClient``.
+"""The client core shared by ``MeshClient`` and ``AsyncMeshClient``: ``Core``.
 
-Every client operation is a generator written once here. It sends and receives only with
-non-blocking calls, and when it must wait it yields a ``Wait`` (which sockets, how long); the sync
-client answers with ``zmq.Poller``, the async one with ``zmq.asyncio.Poller``. Nothing else
-differs between the two clients.
+Every client operation is a generator written once here or in ``mesh/client/objects.py``. It
+sends and receives only with non-blocking calls, and when it must wait it yields a ``Wait``
+(which sockets, how long); the sync client answers with ``zmq.Poller``, the async one with
+``zmq.asyncio.Poller`` (``mesh/client/drivers.py``). Nothing else differs between the two.
 
-Pieces, from the bottom up:
+``Core`` holds the sockets per agent address (``execute`` is the one place that sends and
+receives), the membership view, block locations, placement, and the block operations
+(``allocate``, ``write``, ``read_into``, ``free``, ``move``, ...).
 
-- ``Call``: one request to one agent address, with its payload (WRITE) or the memoryview its
-  reply payload lands in (READ). A read reply is copied once, straight into the caller's buffer.
-- ``BatchRun``: pure bookkeeping for a group of calls: at most ``window`` in flight per address
-  (credit-based flow control), request ids, replies matched by id (stale ones ignored), per-call
-  timeouts, first-error or collect-all policies, and "settle" for asking several agents and
-  taking the first answers. No sockets: it is unit-tested on its own.
-- ``Core``: sockets per agent address, the membership view, block locations, placement, and the
-  operation generators (``allocate``, ``write``, ``read_into``, ...).
-
-Not here: frame layouts (``mesh/protocol.py``), exceptions (``mesh/errors.py``), config files
-(``mesh/config.py``), and the CLI (``mesh/cli/``).
+Not here: the batch window and reply matching (``mesh/client/batch.py``, pure), how a range is
+cut into chunks and how a moving block is followed (``mesh/client/transfer.py``), frame layouts
+(``mesh/protocol.py``), exceptions (``mesh/errors.py``), config files (``mesh/config.py``), and
+the CLI (``mesh/cli/``).
 """
 
 from __future__ import annotations
@@ -25,27 +20,25 @@ from __future__ import annotations
 import itertools
 import re
 import time
-from collections import Counter
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Generator, Iterable, Iterator
+from typing import Any, Callable
 
 import zmq
 
 from mesh import protocol as P
 from mesh import sockets
 from mesh._malloc import tune_for_transfers
+from mesh.client.batch import Batch, BatchRun, Call, Op, Wait, byte_view
+from mesh.client.transfer import chunk_calls, follow, found
 from mesh.config import ClusterConfig, MeshSettings
 from mesh.errors import (
-    BlockMoving,
     BlockNotFound,
     CapacityError,
     InvalidRequest,
     InvalidSize,
     MeshError,
-    MeshTimeout,
     NodeUnavailable,
     OutOfRange,
-    ProtocolError,
 )
 from mesh.membership import ALIVE, DEAD, DOWN, SUSPECT, NodeInfo, state_for_silence
 from mesh.units import format_bytes
@@ -62,184 +55,9 @@ class BlockInfo:
     created: float
 
 
-@dataclass(frozen=True)
-class Wait:
-    """What an operation waits for: readable sockets among ``sockets``, up to ``timeout_s``."""
-
-    sockets: tuple[zmq.Socket, ...]
-    timeout_s: float
-
-
-@dataclass(eq=False)
-class Call:
-    address: str
-    op: str
-    fields: dict[str, Any]
-    payload: Any = None  # one bytes-like frame, for WRITE
-    sink: memoryview | None = None  # where a READ reply's payload is copied
-    result: dict[str, Any] | None = None
-    error: MeshError | None = None
-    request_id: int = 0
-    sent_at: float = 0.0
-    on_done: Callable[["Call"], None] | None = None  # runs when the call succeeds or fails
-
-
-@dataclass
-class Batch:
-    calls: Iterable[Call]
-    timeout_s: float
-    window: int = 8
-    fail_fast: bool = True  # stop at the first error and raise it; else collect per-call errors
-    settle_s: float | None = None  # after the first success, wait at most this long for the rest
-
-
-class BatchRun:
-    """Flow control and reply matching for one ``Batch``. Pure: no sockets, no clock."""
-
-    def __init__(self, batch: Batch, ids: Iterator[int]):
-        self.batch = batch
-        self._calls = iter(batch.calls)
-        self._head: Call | None = None
-        self._exhausted = False
-        self._ids = ids
-        self.inflight: dict[int, Call] = {}
-        self._per_address: Counter[str] = Counter()
-        self.done_calls: list[Call] = []
-        self.first_error: MeshError | None = None
-        self.first_success_at: float | None = None
-        self.abandoned: set[str] = set()
-
-    def ready(self, now: float) -> list[tuple[Call, list[Any]]]:
-        """Calls that may be sent now, with their frames; marks them in flight."""
-        out = []
-        if self.first_error is not None and self.batch.fail_fast:
-            return out
-        while True:
-            call = self._head
-            if call is None:
-                if self._exhausted:
-                    break
-                call = next(self._calls, None)
-                if call is None:
-                    self._exhausted = True
-                    break
-            if self._per_address[call.address] >= self.batch.window:
-                self._head = call
-                break
-            self._head = None
-            call.request_id = next(self._ids)
-            call.sent_at = now
-            frames: list[Any] = [P.encode_request(call.op, call.request_id, call.fields)]
-            if call.payload is not None:
-                frames.append(call.payload)
-            self.inflight[call.request_id] = call
-            self._per_address[call.address] += 1
-            out.append((call, frames))
-        return out
-
-    def _complete(self, call: Call) -> None:
-        del self.inflight[call.request_id]
-        self._per_address[call.address] -= 1
-        self.done_calls.append(call)
-        if call.error is not None and self.first_error is None:
-            self.first_error = call.error
-        if call.on_done is not None:
-            call.on_done(call)
-
-    def fail(self, call: Call, error: MeshError) -> None:
-        call.error = error
-        self._complete(call)
-
-    def on_reply(self, address: str, frames: list[Any], now: float, node: str | None) -> None:
-        try:
-            reply = P.parse_reply(frames)
-        except ProtocolError as exc:
-            exc.node = node
-            if self.first_error is None:
-                self.first_error = exc
-            return
-        call = self.inflight.get(reply.request_id)
-        if call is None or call.address != address:
-            return  # a late reply to a call that already timed out
-        if not reply.ok:
-            try:
-                reply.raise_for_error(node)
-            except MeshError as exc:
-                call.error = exc
-        else:
-            call.result = reply.body
-            if call.sink is not None:
-                if len(reply.payload) != 1 or P.frame_len(reply.payload[0]) != call.sink.nbytes:
-                    call.error = ProtocolError(
-                        f"read reply from {node or address} has the wrong payload size", node=node
-                    )
-                else:
-                    call.sink[:] = P.frame_view(reply.payload[0])
-            if self.first_success_at is None:
-                self.first_success_at = now
-        self._complete(call)
-
-    def finished(self, now: float) -> bool:
-        if self.first_error is not None and self.batch.fail_fast:
-            if not self.inflight:
-                return True
-        elif not self.inflight and self._head is None and self._exhausted:
-            return True
-        if self.batch.settle_s is not None and self.first_success_at is not None:
-            if now - self.first_success_at >= self.batch.settle_s:
-                self._abandon("did not answer in time")
-                return True
-        return False
-
-    def wait_s(self, now: float) -> float:
-        oldest = min((c.sent_at for c in self.inflight.values()), default=now)
-        wait = oldest + self.batch.timeout_s - now
-        if self.batch.settle_s is not None and self.first_success_at is not None:
-            wait = min(wait, self.first_success_at + self.batch.settle_s - now)
-        return wait
-
-    def expire(self, now: float) -> None:
-        """Fail every call older than the timeout."""
-        for call in list(self.inflight.values()):
-            if now - call.sent_at >= self.batch.timeout_s:
-                self.abandoned.add(call.address)
-                self.fail(call, MeshTimeout(
-                    f"no reply from {call.address} to {call.op} within {self.batch.timeout_s:g} s"
-                ))
-
-    def _abandon(self, why: str) -> None:
-        for call in list(self.inflight.values()):
-            self.abandoned.add(call.address)
-            self.fail(call, MeshTimeout(f"{call.address} {why}"))
-
-    def inflight_addresses(self) -> set[str]:
-        return {c.address for c in self.inflight.values()}
-
-    def outcome(self) -> list[Call]:
-        if self.batch.fail_fast and self.first_error is not None:
-            raise self.first_error
-        return self.done_calls
-
-
-Op = Generator[Wait, Any, Any]
-
-
-def byte_view(data: Any, *, writable: bool = False) -> memoryview:
-    """A flat byte view of any contiguous bytes-like object (bytes, memoryview, numpy array)."""
-    try:
-        view = memoryview(data)
-    except TypeError:
-        raise InvalidRequest(f"expected a bytes-like object, got {type(data).__name__}") from None
-    if not view.c_contiguous:
-        raise InvalidRequest("the buffer must be C-contiguous (use numpy.ascontiguousarray)")
-    if writable and view.readonly:
-        raise InvalidRequest("the buffer to read into is read-only")
-    if view.format != "B" or view.ndim != 1:
-        view = view.cast("B")
-    return view
-
-
-MOVING_RETRY_S = 0.02  # how soon a change refused during a move is tried again
+# Timeout allowances for work that grows with the size: the slowest rates still waited for.
+BACKING_BYTES_PER_S = 200e6  # backing a new block's pages runs at about 0.5 GB/s on small VMs
+MOVE_BYTES_PER_S = 20e6  # moves copy at ~1 GB/s, verify at 4 GB/s (`tools/bench.py move`)
 
 
 def block_node_hint(block_id: str) -> str | None:
@@ -264,7 +82,7 @@ class Core:
         self._ids = itertools.count(1)
         self._sockets: dict[str, zmq.Socket] = {}
         self._nodes: dict[str, NodeInfo] = {}  # by node name
-        self._nodes_at = -1e9
+        self._nodes_at = float("-inf")  # when the view was last refreshed
         self._nodes_heard_at = 0.0
         self._locations: dict[str, tuple[str, int]] = {}  # block id -> (address, size)
         self.closed = False
@@ -292,6 +110,9 @@ class Core:
         for address in list(self._sockets):
             self.reset(address)
         self.closed = True
+
+    def open_sockets(self) -> list[zmq.Socket]:
+        return list(self._sockets.values())
 
     def node_name(self, address: str) -> str | None:
         for info in self._nodes.values():
@@ -343,19 +164,17 @@ class Core:
     def call(self, address: str, op: str, fields: dict[str, Any] | None = None,
              timeout_s: float | None = None, wait_moving: bool = True) -> Op:
         """One request. A change refused because its block is being moved (``BlockMoving``)
-        is retried until the request timeout, unless ``wait_moving`` is False."""
-        deadline = time.monotonic() + (timeout_s or self.settings.request_timeout_s)
-        while True:
-            try:
-                calls = yield from self.execute(Batch(
-                    [Call(address, op, fields or {})],
-                    timeout_s or self.settings.request_timeout_s,
-                ))
-                return calls[0].result
-            except BlockMoving:
-                if not wait_moving or time.monotonic() > deadline:
-                    raise
-                yield from self.pause(MOVING_RETRY_S)
+        is retried at the same address until the request timeout, unless ``wait_moving`` is
+        False; "not found" is the caller's to follow."""
+        timeout_s = timeout_s or self.settings.request_timeout_s
+
+        def once(address: str) -> Op:
+            calls = yield from self.execute(Batch([Call(address, op, fields or {})], timeout_s))
+            return calls[0].result
+
+        if not wait_moving:
+            return (yield from once(address))
+        return (yield from follow(found(address), once, timeout_s, relocate=False))
 
     def pause(self, seconds: float) -> Op:
         """Sleep inside an operation (the client's wait with no sockets)."""
@@ -432,6 +251,11 @@ class Core:
         self._nodes_at = self._nodes_heard_at = now
         return list(self._nodes.values())
 
+    def invalidate_nodes(self) -> None:
+        """Drop the membership view's freshness: the next look refreshes it (after a change of
+        room: allocations, frees, moves, new keys)."""
+        self._nodes_at = float("-inf")
+
     def alive_nodes(self) -> Op:
         nodes = yield from self.refresh_nodes(max_age_s=self.settings.heartbeat_interval_s)
         return [n for n in nodes if n.state == ALIVE]
@@ -462,14 +286,13 @@ class Core:
             try:
                 result = yield from self.call(
                     target.address, P.ALLOC, {"size": size, "lazy": bool(lazy)},
-                    # backing pages runs at about 0.5 GB/s on small VMs: allow for it
-                    timeout_s=self.settings.request_timeout_s + size / 2e8,
+                    timeout_s=self.settings.request_timeout_s + size / BACKING_BYTES_PER_S,
                 )
             except CapacityError as exc:
                 last = exc
                 continue
             self._locations[result["block"]] = (target.address, result["size"])
-            self._nodes_at = -1e9  # room changed
+            self.invalidate_nodes()  # room changed
             return result["block"]
         assert last is not None
         raise last
@@ -503,30 +326,25 @@ class Core:
             "list current blocks with `grid memory list-blocks`)"
         )
 
-    def _forget(self, block_id: str) -> None:
+    def forget_location(self, block_id: str) -> None:
+        """Drop the cached place of a block (it moved, or it is gone)."""
         self._locations.pop(block_id, None)
 
-    def _with_location(self, block_id: str, body) -> Op:
-        """Run ``body(address, size)`` where the block is. A block that moves meanwhile is
-        followed: "moving" waits a moment, "not found" looks again; it ends when the block is
-        found nowhere (``locate`` raises) or the request timeout has passed."""
-        deadline = time.monotonic() + self.settings.request_timeout_s
-        while True:
-            address, size = yield from self.locate(block_id)
-            try:
-                return (yield from body(address, size))
-            except (BlockMoving, BlockNotFound) as exc:
-                self._forget(block_id)
-                if time.monotonic() > deadline:
-                    raise
-                if isinstance(exc, BlockMoving):
-                    yield from self.pause(MOVING_RETRY_S)
+    def follow_block(self, block_id: str, body: Callable[[str, int], Op],
+                     progress: Callable[[], int] | None = None) -> Op:
+        """Run ``body(address, size)`` where the block is, following it while it moves
+        (``follow`` in ``mesh/client/transfer.py``): until the block is found nowhere
+        (``locate`` raises) or the request timeout passes without ``progress`` growing."""
+        return (yield from follow(
+            lambda: self.locate(block_id), lambda where: body(*where),
+            self.settings.request_timeout_s,
+            forget=lambda: self.forget_location(block_id), progress=progress,
+        ))
 
     def write(self, block_id: str, data: Any, offset: int = 0) -> Op:
         view = byte_view(data)
         _check_offset(offset)
         n = view.nbytes
-        chunk = self.settings.chunk_bytes
 
         def body(address: str, size: int) -> Op:
             if offset + n > size:
@@ -536,22 +354,18 @@ class Core:
                 )
             if n == 0:
                 return 0
-            calls = (
-                Call(address, P.WRITE, {"block": block_id, "offset": offset + i},
-                     payload=view[i : i + chunk])
-                for i in range(0, n, chunk)
-            )
+            calls = chunk_calls(P.WRITE, address, block_id, offset, [view],
+                                self.settings.chunk_bytes)
             yield from self.execute(Batch(calls, self.settings.request_timeout_s,
                                           self.settings.window))
             return n
 
-        return (yield from self._with_location(block_id, body))
+        return (yield from self.follow_block(block_id, body))
 
     def read_into(self, block_id: str, buffer: Any, offset: int = 0,
                   size: int | None = None) -> Op:
         out = byte_view(buffer, writable=True)
         _check_offset(offset)
-        chunk = self.settings.chunk_bytes
 
         def body(address: str, block_size: int) -> Op:
             n = out.nbytes if size is None else size
@@ -564,17 +378,13 @@ class Core:
                     f"read of {n} bytes at offset {offset} is past the end of block "
                     f"{block_id} ({block_size} bytes)"
                 )
-            calls = (
-                Call(address, P.READ, {"block": block_id, "offset": offset + i,
-                                       "length": min(chunk, n - i)},
-                     sink=out[i : i + min(chunk, n - i)])
-                for i in range(0, n, chunk)
-            )
+            calls = chunk_calls(P.READ, address, block_id, offset, [out[:n]],
+                                self.settings.chunk_bytes)
             yield from self.execute(Batch(calls, self.settings.request_timeout_s,
                                           self.settings.window))
             return n
 
-        return (yield from self._with_location(block_id, body))
+        return (yield from self.follow_block(block_id, body))
 
     def read(self, block_id: str, size: int | None = None, offset: int = 0) -> Op:
         _check_offset(offset)
@@ -593,9 +403,9 @@ class Core:
             yield from self.call(address, P.FREE, {"block": block_id})
             return None
 
-        yield from self._with_location(block_id, body)
-        self._forget(block_id)
-        self._nodes_at = -1e9
+        yield from self.follow_block(block_id, body)
+        self.forget_location(block_id)
+        self.invalidate_nodes()
 
     def move(self, block_id: str, target: str, timeout_s: float | None = None) -> Op:
         """Move a block to node ``target``, agent to agent; its id stays the same.
@@ -608,20 +418,19 @@ class Core:
         address, size = yield from self.locate(block_id)
         if address == dest.address:
             raise InvalidRequest(f"block {block_id} is already on node {target}")
-        # a generous allowance: copying runs at about 1 GB/s here, verifying at 4 GB/s
-        budget = timeout_s or (self.settings.request_timeout_s + size / 20e6)
+        budget = timeout_s or (self.settings.request_timeout_s + size / MOVE_BYTES_PER_S)
         result = yield from self.call(address, P.MOVE, {
             "block": block_id, "target": dest.address, "timeout_s": float(budget),
         }, timeout_s=budget + self.settings.request_timeout_s, wait_moving=False)
         self._locations[block_id] = (dest.address, size)
-        self._nodes_at = -1e9
+        self.invalidate_nodes()
         return result
 
     def stat(self, block_id: str) -> Op:
         def body(address: str, size: int) -> Op:
             return (yield from self.call(address, P.STAT, {"block": block_id}))
 
-        rec = yield from self._with_location(block_id, body)
+        rec = yield from self.follow_block(block_id, body)
         return _block_info(rec)
 
     def blocks(self) -> Op:

@@ -1,10 +1,11 @@
 """``MeshClient`` (sync) and ``AsyncMeshClient`` (asyncio): the mesh's client API.
 
 Both have the same methods with the same arguments, defined once on ``_ClientBase``; each runs
-one operation generator of ``mesh/client/core.py`` or ``mesh/client/objects.py`` through ``_run``, which is a
-plain method in ``MeshClient`` and a coroutine in ``AsyncMeshClient`` (so there the methods
-return awaitables). The two classes differ only in how they wait for sockets (``_wait``). A client serialises its own operations (a lock), so one client may be
-shared by threads (sync) or tasks (async); open several clients for parallel transfers.
+one operation generator of ``mesh/client/core.py`` or ``mesh/client/objects.py`` through
+``_run``, which is a plain method in ``MeshClient`` and a coroutine in ``AsyncMeshClient`` (so
+there the methods return awaitables). The two classes differ only in how they wait for sockets
+(``_wait``). A client serialises its own operations (a lock), so one client may be shared by
+threads (sync) or tasks (async); open several clients for parallel transfers.
 
 Build a client from a cluster config (a path, a loaded ``ClusterConfig``, or nothing for the
 default resolution: ``$GRID_CONFIG``, ``config/my-cluster-enhanced.yaml``, the embedded local
@@ -26,10 +27,11 @@ from typing import Any, Callable
 import zmq
 import zmq.asyncio
 
-from mesh.config import ClusterConfig, MeshSettings, resolve_config
-from mesh.client import objects
-from mesh.client.core import BlockInfo, Core, NodeInfo, Op, Wait
+import mesh.client.objects as objects
+from mesh.client.batch import Op, Wait
+from mesh.client.core import BlockInfo, Core, NodeInfo
 from mesh.client.objects import ObjectInfo
+from mesh.config import ClusterConfig, MeshSettings, resolve_config
 
 __all__ = ["MeshClient", "AsyncMeshClient", "NodeInfo", "BlockInfo", "ObjectInfo"]
 
@@ -291,7 +293,7 @@ class AsyncMeshClient(_ClientBase):
             except StopIteration as stop:
                 return stop.value
             finally:
-                live = {id(s) for s in self._core._sockets.values()}
+                live = {id(s) for s in self._core.open_sockets()}
                 for key in [k for k in self._shadows if k not in live]:
                     self._shadows.pop(key)
 

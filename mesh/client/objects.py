@@ -12,6 +12,12 @@ Memory: files stream through a small ring of chunk buffers (a few windows' worth
 size; arrays and pickle protocol 5 buffers are sent from their own memory and received straight
 into the memory they end up in. Integrity: a CRC-32 of the stored bytes is kept in the record and
 checked on every full read.
+
+Moves: every read here follows a block that moves meanwhile (``follow`` in
+``mesh/client/transfer.py``). Reads into memory start again; file streams resume at the first
+byte not yet written out. A key that names another object when it is looked up again is an
+``IntegrityError``, never a mix of two objects. Chunking, the ring of buffers and the follow
+policy live in ``mesh/client/transfer.py``.
 """
 
 from __future__ import annotations
@@ -23,13 +29,20 @@ import tempfile
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable
 
 from mesh import protocol as P
-from mesh.client.core import MOVING_RETRY_S, Batch, Call, Core, Op, byte_view
+from mesh.client.batch import Batch, Call, Op, byte_view
+from mesh.client.core import Core
+from mesh.client.transfer import (
+    MOVING_RETRY_S,
+    Progress,
+    StreamRead,
+    chunk_calls,
+    follow,
+    stream_write,
+)
 from mesh.errors import (
-    BlockMoving,
-    BlockNotFound,
     IntegrityError,
     InvalidRequest,
     KeyExists,
@@ -38,8 +51,6 @@ from mesh.errors import (
     NodeUnavailable,
     OutOfRange,
 )
-
-Progress = Callable[[int], None] | None
 
 # Input of unknown size (a pipe) is held in memory up to this, then spooled to a temp file.
 SPOOL_IN_MEMORY_BYTES = 64 * 1024 * 1024
@@ -146,8 +157,8 @@ def delete(core: Core, key: str) -> Op:
     for address, info in found:
         yield from core.call(address, P.KDEL, {"key": key})
         if info.block_id and info.owns_block:
-            core._forget(info.block_id)
-    core._nodes_at = -1e9
+            core.forget_location(info.block_id)
+    core.invalidate_nodes()
 
 
 # --- the put pipeline ---------------------------------------------------------------------------
@@ -201,7 +212,7 @@ def _put(core: Core, key: str | None, length: int, node: str | None, block_id: s
                 yield from core.call(old_address, P.KDEL, {"key": info.key})
             except MeshError:
                 pass
-    core._nodes_at = -1e9
+    core.invalidate_nodes()
     return info
 
 
@@ -217,20 +228,13 @@ def _record_node(core: Core, node: str | None) -> Op:
 def _write_views(core: Core, views: list[memoryview]) -> Writer:
     """A writer sending ``views`` back to back, in chunks, in one window."""
     checksum = _crc(views)
-    chunk = core.settings.chunk_bytes
-
-    def calls(address: str, block_id: str, offset: int) -> Iterator[Call]:
-        pos = offset
-        for view in views:
-            for i in range(0, view.nbytes, chunk):
-                piece = view[i : i + chunk]
-                yield Call(address, P.WRITE, {"block": block_id, "offset": pos}, payload=piece)
-                pos += piece.nbytes
 
     def writer(address: str, block_id: str, offset: int) -> Op:
         if block_id:
-            yield from core.execute(Batch(calls(address, block_id, offset),
-                                          core.settings.request_timeout_s, core.settings.window))
+            calls = chunk_calls(P.WRITE, address, block_id, offset, views,
+                                core.settings.chunk_bytes)
+            yield from core.execute(Batch(calls, core.settings.request_timeout_s,
+                                          core.settings.window))
         return checksum
 
     return writer
@@ -238,19 +242,10 @@ def _write_views(core: Core, views: list[memoryview]) -> Writer:
 
 def _read_views(core: Core, address: str, info: ObjectInfo, outs: list[memoryview]) -> Op:
     """Fill ``outs`` back to back from the object's range, then check the checksum."""
-    chunk = core.settings.chunk_bytes
-
-    def calls() -> Iterator[Call]:
-        pos = info.offset
-        for out in outs:
-            for i in range(0, out.nbytes, chunk):
-                sink = out[i : i + chunk]
-                yield Call(address, P.READ, {"block": info.block_id, "offset": pos,
-                                             "length": sink.nbytes}, sink=sink)
-                pos += sink.nbytes
-
     if info.block_id and info.length:
-        yield from core.execute(Batch(calls(), core.settings.request_timeout_s,
+        calls = chunk_calls(P.READ, address, info.block_id, info.offset, outs,
+                            core.settings.chunk_bytes)
+        yield from core.execute(Batch(calls, core.settings.request_timeout_s,
                                       core.settings.window))
     _verify(info, _crc(outs))
 
@@ -269,20 +264,16 @@ def put_bytes(core: Core, key: str | None, data: Any, node: str | None = None,
 def _read_key(core: Core, key: str,
               prepare: Callable[[ObjectInfo], tuple[list[memoryview], Callable[[], Any]]]) -> Op:
     """Look ``key`` up and read its range into the buffers ``prepare(info)`` makes; returns what
-    its ``finish()`` returns. A block that moves meanwhile (rebalancing) is followed as
-    ``Core._with_location`` follows one, until the key is found nowhere or the request timeout."""
-    deadline = time.monotonic() + core.settings.request_timeout_s
-    while True:
-        address, info = yield from lookup(core, key)
+    its ``finish()`` returns. A block that moves meanwhile is followed (the key looked up again
+    and read again from the start) until the key is found nowhere or the request timeout."""
+
+    def body(where: tuple[str, ObjectInfo]) -> Op:
+        address, info = where
         outs, finish = prepare(info)
-        try:
-            yield from _read_views(core, address, info, outs)
-            return finish()
-        except (BlockMoving, BlockNotFound) as exc:
-            if time.monotonic() > deadline:
-                raise
-            if isinstance(exc, BlockMoving):
-                yield from core.pause(MOVING_RETRY_S)
+        yield from _read_views(core, address, info, outs)
+        return finish()
+
+    return (yield from follow(lambda: lookup(core, key), body, core.settings.request_timeout_s))
 
 
 def get_bytes(core: Core, key: str) -> Op:
@@ -296,51 +287,11 @@ def get_bytes(core: Core, key: str) -> Op:
 # --- files ----------------------------------------------------------------------------------------
 
 
-def _readinto_full(src: BinaryIO, buf: memoryview) -> int:
-    got = 0
-    while got < buf.nbytes:
-        n = src.readinto(buf[got:])
-        if not n:
-            break
-        got += n
-    return got
-
-
 def _stream_writer(core: Core, src: BinaryIO, length: int, progress: Progress) -> Writer:
     """A writer that streams ``length`` bytes of ``src`` through a ring of chunk buffers."""
-    chunk = core.settings.chunk_bytes
-    state = {"crc": 0}
 
     def writer(address: str, block_id: str, offset: int) -> Op:
-        # window + 2 buffers: at most `window` in flight plus one held back by the window;
-        # a buffer goes back to the ring when the agent has acknowledged its chunk.
-        ring = [memoryview(bytearray(chunk)) for _ in range(core.settings.window + 2)]
-
-        def calls() -> Iterator[Call]:
-            pos = 0
-            while pos < length:
-                buf = ring.pop()
-                n = min(chunk, length - pos)
-                got = _readinto_full(src, buf[:n])
-                if got != n:
-                    raise InvalidRequest(
-                        f"the input ended after {pos + got} of {length} bytes"
-                    )
-                state["crc"] = zlib.crc32(buf[:n], state["crc"])
-
-                def done(call: Call, buf: memoryview = buf, n: int = n) -> None:
-                    ring.append(buf)
-                    if progress is not None and call.error is None:
-                        progress(n)
-
-                yield Call(address, P.WRITE, {"block": block_id, "offset": offset + pos},
-                           payload=buf[:n], on_done=done)
-                pos += n
-
-        if length:
-            yield from core.execute(Batch(calls(), core.settings.request_timeout_s,
-                                          core.settings.window))
-        return f"crc32:{state['crc']:08x}"
+        return (yield from stream_write(core, address, block_id, offset, src, length, progress))
 
     return writer
 
@@ -392,49 +343,6 @@ def put_file(core: Core, key: str | None, source: Any, node: str | None = None,
             src.close()
 
 
-def _stream_read(core: Core, address: str, block_id: str, offset: int, length: int,
-                 sink: Callable[[memoryview], Any], progress: Progress) -> Op:
-    """Read a block range through a ring of chunk buffers, handing chunks to ``sink`` in order.
-    Returns the CRC-32 of what was read."""
-    chunk = core.settings.chunk_bytes
-    ring = [memoryview(bytearray(chunk)) for _ in range(2 * core.settings.window + 2)]
-    ready: dict[int, tuple[memoryview, int]] = {}  # chunks read ahead of their turn
-    state = {"next": 0, "crc": 0}
-
-    def deliver() -> None:
-        while state["next"] in ready:
-            buf, n = ready.pop(state["next"])
-            view = buf[:n]
-            state["crc"] = zlib.crc32(view, state["crc"])
-            sink(view)
-            if progress is not None:
-                progress(n)
-            state["next"] += n
-            ring.append(buf)
-
-    def calls() -> Iterator[Call]:
-        pos = 0
-        while pos < length:
-            buf = ring.pop()
-            n = min(chunk, length - pos)
-
-            def done(call: Call, buf: memoryview = buf, n: int = n, pos: int = pos) -> None:
-                if call.error is not None:
-                    ring.append(buf)
-                    return
-                ready[pos] = (buf, n)
-                deliver()
-
-            yield Call(address, P.READ, {"block": block_id, "offset": offset + pos, "length": n},
-                       sink=buf[:n], on_done=done)
-            pos += n
-
-    if length:
-        yield from core.execute(Batch(calls(), core.settings.request_timeout_s,
-                                      core.settings.window))
-    return f"crc32:{state['crc']:08x}"
-
-
 def _open_dest(dest: Any) -> tuple[BinaryIO, bool]:
     if isinstance(dest, (str, os.PathLike)):
         try:
@@ -445,30 +353,67 @@ def _open_dest(dest: Any) -> tuple[BinaryIO, bool]:
 
 
 def get_file(core: Core, key: str, dest: Any, progress: Progress = None) -> Op:
-    address, info = yield from lookup(core, key)
+    """Stream the object named ``key`` to ``dest``, following its block if it moves; returns
+    the key's record where it was last read."""
+    first = yield from lookup(core, key)
+    info = first[1]
     out, close_it = _open_dest(dest)
+    stream = StreamRead(info.length, out.write, progress)
+    pending = [first]
+
+    def find() -> Op:
+        if pending:
+            return pending.pop()
+        where = yield from lookup(core, key)
+        _same_object(info, where[1], stream.delivered)
+        return where
+
+    def body(where: tuple[str, ObjectInfo]) -> Op:
+        address, now = where
+        yield from stream.run(core, address, now.block_id or "", now.offset)
+        return now
+
     try:
-        checksum = yield from _stream_read(core, address, info.block_id or "", info.offset,
-                                           info.length, out.write, progress)
+        last = yield from follow(find, body, core.settings.request_timeout_s,
+                                 progress=lambda: stream.delivered)
         out.flush()
     finally:
         if close_it:
             out.close()
-    _verify(info, checksum)
-    return info
+    _verify(info, stream.checksum)
+    return last
+
+
+def _same_object(first: ObjectInfo, now: ObjectInfo, delivered: int) -> None:
+    """A stream that resumes must resume the object it began with."""
+    def what(i: ObjectInfo) -> tuple:
+        return (i.block_id, i.offset, i.length, i.checksum)
+
+    if what(now) != what(first):
+        raise IntegrityError(
+            f"key {first.key!r} changed while it was being read: it named {first.length} bytes "
+            f"at {first.offset} of block {first.block_id} ({first.checksum}) and now names "
+            f"{now.length} bytes at {now.offset} of block {now.block_id} ({now.checksum}); "
+            f"the {delivered} bytes written out are not a whole object"
+        )
 
 
 def read_to_file(core: Core, block_id: str, dest: Any, offset: int = 0,
                  size: int | None = None, progress: Progress = None) -> Op:
-    address, block_size = yield from core.locate(block_id)
+    """Stream a range of a block to ``dest``, following the block if it moves."""
+    _, block_size = yield from core.locate(block_id)
     n = block_size - offset if size is None else size
     if offset < 0 or n < 0 or offset + n > block_size:
         raise OutOfRange(
             f"range of {n} bytes at offset {offset} is outside block {block_id} ({block_size} bytes)"
         )
     out, close_it = _open_dest(dest)
+    stream = StreamRead(n, out.write, progress)
     try:
-        yield from _stream_read(core, address, block_id, offset, n, out.write, progress)
+        yield from core.follow_block(
+            block_id, lambda address, _size: stream.run(core, address, block_id, offset),
+            progress=lambda: stream.delivered,
+        )
         out.flush()
     finally:
         if close_it:

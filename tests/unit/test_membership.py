@@ -1,0 +1,54 @@
+"""Unit tests of membership: heartbeat frames (``mesh/protocol.py``) and the membership table
+(``mesh/membership.py``): states, incarnations, gossip."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from mesh import protocol as P
+from mesh.errors import ProtocolError
+from mesh.membership import ALIVE, DEAD, SUSPECT, MembershipTable
+
+
+def _hb(node, inc, **kw):
+    rec = {"node": node, "address": f"tcp://{node}:1", "gossip": f"tcp://{node}:2",
+           "incarnation": inc, "version": "t", "capacity": 100, "used": 0,
+           "host_available": 1000, "blocks": 0}
+    rec.update(kw)
+    return rec
+
+
+def test_heartbeat_drops_malformed_peers():
+    good = _hb("b", 1, age_s=0.1)
+    bad = {"node": "c"}
+    rec = P.parse_heartbeat(P.encode_heartbeat({**_hb("a", 1), "peers": [good, bad, "junk"]}))
+    assert [p["node"] for p in rec["peers"]] == ["b"]
+    with pytest.raises(ProtocolError):
+        P.parse_heartbeat([b"hb", msgpack.packb({"node": 1})])
+
+
+def test_membership_states_over_time():
+    t = MembershipTable(suspect_after_s=1.5, dead_after_s=3.0)
+    assert t.observe(_hb("a", 1), now=10.0)
+    assert t.snapshot(11.0)[0]["state"] == ALIVE
+    assert t.snapshot(11.6)[0]["state"] == SUSPECT
+    assert t.snapshot(13.1)[0]["state"] == DEAD
+
+
+def test_membership_new_incarnation_replaces_and_stale_is_ignored():
+    t = MembershipTable(1.5, 3.0)
+    t.observe(_hb("a", 5, used=10), now=0.0)
+    assert not t.observe(_hb("a", 4, used=99), now=1.0)
+    assert t.get("a").info.used == 10
+    assert t.observe(_hb("a", 6, used=1), now=20.0)
+    assert t.get("a").info.incarnation == 6 and t.snapshot(20.0)[0]["state"] == ALIVE
+
+
+def test_relayed_age_never_makes_a_node_fresher():
+    t = MembershipTable(1.5, 3.0)
+    t.observe(_hb("a", 1), now=10.0)
+    t.observe(_hb("a", 1), now=14.0, age_s=3.5)  # a relay heard it 3.5 s ago: older than ours
+    assert t.get("a").last_heard == pytest.approx(10.5)
+    # dead nodes are not relayed, so gossip cannot revive them
+    assert t.gossip_entries(now=14.0) == []
