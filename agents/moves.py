@@ -63,6 +63,9 @@ PULL_WINDOW = 8  # READ requests in flight during a pull
 COMMIT_WAIT_S = 30.0  # how long an arrived copy waits for its COMMIT before it is dropped
 STALL_S = 10.0  # no reply from the peer for this long ends a pull or a move
 MAX_MOVE_TIMEOUT_S = 3600.0
+POLL_SLICE_MS = 200  # a job waiting for its peer checks for stop, death and deadline this often
+ABORT_REPLY_WAIT_MS = 500  # a failed move waits this long for the target to confirm its ABORT
+MAX_BLOCK_ID_CHARS = 256
 # The slowest copy a pull waits for before it gives up: far below the ~1 GB/s two agents on one
 # host reach (tools/bench.py move), so only a stalled or badly starved copy hits it, while a
 # large block on a slow link still gets seconds per 20 MB on top of STALL_S.
@@ -107,7 +110,7 @@ class PeerCopies:
         self._dead = addresses
 
     def stop(self) -> None:
-        """Running jobs give up within a poll slice (200 ms)."""
+        """Running jobs give up within a poll slice (``POLL_SLICE_MS``)."""
         self._stopping = True
 
     def close(self) -> None:
@@ -144,7 +147,7 @@ class PeerCopies:
         the peer dying (its heartbeat goes dead) or the deadline ends the wait."""
         stall_at = time.monotonic() + stall_s
         while True:
-            if sock.poll(200):
+            if sock.poll(POLL_SLICE_MS):
                 return P.parse_reply(sock.recv_multipart(copy=False))
             now = time.monotonic()
             if self._stopping:
@@ -218,7 +221,7 @@ class PeerCopies:
                 try:  # best effort: the target also drops an uncommitted copy on its own
                     sock.send(P.encode_request(P.ABORT, 3, {"block": block.block_id}),
                               zmq.NOBLOCK)
-                    if sock.poll(500):
+                    if sock.poll(ABORT_REPLY_WAIT_MS):
                         sock.recv_multipart()
                 except zmq.ZMQError:
                     pass
@@ -247,8 +250,8 @@ class PeerCopies:
     def _pull(self, identity: bytes, req: P.Request) -> None:
         f = req.fields
         source = self._valid_peer(f["source"], "source")
-        if not f["block"] or len(f["block"]) > 256:
-            raise InvalidRequest("block id must be 1 to 256 characters")
+        if not f["block"] or len(f["block"]) > MAX_BLOCK_ID_CHARS:
+            raise InvalidRequest(f"block id must be 1 to {MAX_BLOCK_ID_CHARS} characters")
         block = self.store.allocate(f["size"], bool(f["lazy"]), block_id=f["block"],
                                     created=float(f["created"]))
         block.pull_started = time.monotonic()

@@ -42,6 +42,12 @@ log = logging.getLogger("mesh.agent")
 # Messages handled per socket per loop turn, so heartbeats go out on time under load.
 _BATCH = 64
 MAX_FOLLOWED_PEERS = 1024  # gossip addresses one agent subscribes to, at most
+# The loop's longest sleep while allocations or peer copies are finishing on other threads, and
+# while writes wait for zero-copy reads to leave libzmq.
+JOBS_POLL_S = 0.005
+DEFERRED_POLL_S = 0.001
+# The SUB takes heartbeats up to the protocol's limit, plus room for the topic frame.
+HEARTBEAT_SLACK_BYTES = 1024
 
 
 @dataclass
@@ -62,6 +68,12 @@ class AgentSettings:
     version: str
     sndhwm: int = 256
     rcvhwm: int = 256
+
+    def __post_init__(self) -> None:
+        # a pull asks its source (same cluster file, same limit) for chunks of chunk_bytes
+        if not 0 < self.chunk_bytes <= self.max_message_bytes:
+            raise ValueError(f"chunk_bytes ({self.chunk_bytes}) must be positive and fit in "
+                             f"max_message_bytes ({self.max_message_bytes})")
 
 
 @dataclass
@@ -129,7 +141,7 @@ class Agent:
                                      max_message_bytes=s.max_message_bytes)
         self.pub = sockets.publisher(self.ctx, f"tcp://{s.bind_ip}:{s.gossip_port}")
         self.sub = sockets.subscriber(self.ctx, topic=P.HEARTBEAT_TOPIC,
-                                      max_message_bytes=P.MAX_HEARTBEAT_BYTES + 1024)
+                                      max_message_bytes=P.MAX_HEARTBEAT_BYTES + HEARTBEAT_SLACK_BYTES)
         for peer in s.peers:
             self._follow(peer)
 
@@ -173,9 +185,9 @@ class Agent:
                 next_beat = max(next_beat + interval, now + interval / 2)
             timeout_s = next_beat - now
             if self._pending or self.moves.busy:
-                timeout_s = min(timeout_s, 0.005)
+                timeout_s = min(timeout_s, JOBS_POLL_S)
             if self.gate.waiting:
-                timeout_s = min(timeout_s, 0.001)
+                timeout_s = min(timeout_s, DEFERRED_POLL_S)
             events = dict(poller.poll(max(0, int(timeout_s * 1000))))
             if self.router in events:
                 self._drain_router()
