@@ -1,26 +1,65 @@
-"""What every ``grid`` command shares: output consoles, the one-line error, ``--config``.
+"""What every ``grid`` command shares: the lazy command group, output consoles and the helpers
+that print through them, the one-line error, ``--config``.
 
 A ``MeshError`` or a ``GridError`` ends a command with one red line on stderr and exit code 1
 (``mesh/cli/__init__.py`` turns them into that line); click's usage errors exit 2.
 
-Not here: the commands (one module per group: ``agents``, ``memory``, ``sharing``,
-``rebalance``), the work they do (``mesh.client``, ``mesh.nodes``, ``mesh.balance``).
+This module is imported by ``grid --help``, so it imports only click: the rich consoles ``out``
+and ``err`` are made on first use (``from mesh.cli.common import out`` makes it), and the
+cluster file is read (with yaml) only when a command calls ``load``.
+
+Not here: the commands (one module per group: ``app`` (the root), ``agents``, ``demo``,
+``memory``, ``sharing``, ``rebalance``), the work they do (``mesh.client``, ``mesh.nodes``,
+``mesh.balance``).
 """
 
 from __future__ import annotations
 
+import importlib
+import json
+import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.markup import escape
 
-from mesh.config import ClusterConfig, resolve_config
+if TYPE_CHECKING:
+    from rich.console import Console
 
-# Wide enough for the tables when output goes to a file or a pipe.
-out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+    from mesh.config import ClusterConfig
+
+    out: Console  # standard output (made on first use, see __getattr__)
+    err: Console  # standard error
+
+
+# --- consoles -----------------------------------------------------------------------------------
+
+_consoles: dict[str, Console] = {}
+
+
+def _console(name: str) -> Console:
+    console = _consoles.get(name)
+    if console is None:
+        from rich.console import Console
+
+        # Wide enough for the tables when output goes to a file or a pipe.
+        if name == "out":
+            console = Console(width=None if sys.stdout.isatty() else 160)
+        else:
+            console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+        _consoles[name] = console
+    return console
+
+
+def __getattr__(name: str) -> Any:
+    """``out`` and ``err``: rich Consoles made on first use (PEP 562), so that commands which
+    print nothing through rich (``--help``, ``--json``) do not import it."""
+    if name in ("out", "err"):
+        return _console(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# --- errors -------------------------------------------------------------------------------------
 
 
 class GridError(click.ClickException):
@@ -32,7 +71,56 @@ class GridError(click.ClickException):
 
 def fail(message: str) -> None:
     """One red line on stderr: the message as written (no markup, never wrapped)."""
-    err.print(f"[red]✗[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    _console("err").print(f"[red]✗[/red] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def quiet_broken_pipe() -> None:
+    """The reader of stdout went away (``grid memory retrieve K -o - | head``): point stdout at
+    /dev/null so nothing more fails on the way out, and exit 141 (128 + SIGPIPE) as shell tools
+    do."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    sys.exit(141)
+
+
+# --- output -------------------------------------------------------------------------------------
+
+
+def ok(message: str) -> None:
+    """A green tick and ``message`` as written (no markup, never wrapped)."""
+    from rich.markup import escape
+
+    _console("out").print(f"[green]✓[/green] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def line(message: str) -> None:
+    """``message`` as written on stdout: no markup, no highlighting, never wrapped."""
+    _console("out").print(message, highlight=False, markup=False, soft_wrap=True)
+
+
+def echo_json(doc: Any) -> None:
+    """One JSON document for scripts (``--json``)."""
+    click.echo(json.dumps(doc, indent=2))
+
+
+def human(n: float | None) -> str:
+    """Bytes the way the seed documents print them: "5.00 GB", "10.00 MB", "512 B" (binary
+    multiples: GB means GiB, as everywhere in the mesh); "-" for no value."""
+    from mesh.units import format_bytes
+
+    return "-" if n is None else format_bytes(int(round(n))).replace("iB", "B")
+
+
+# How each membership state is coloured in every table.
+STATE_STYLE = {"alive": "green", "suspect": "yellow", "dead": "red", "down": "red"}
+
+
+# --- options and the cluster file ---------------------------------------------------------------
 
 
 def config_option(f):
@@ -44,9 +132,57 @@ def config_option(f):
 
 
 def load(config_path: str | None) -> ClusterConfig:
+    from mesh.config import resolve_config
+
     return resolve_config(config_path)
 
 
+# --- groups -------------------------------------------------------------------------------------
+
+
+class LazyGroup(click.Group):
+    """A group whose commands may live in modules that are imported only when the command runs.
+
+    ``lazy`` maps a command's name to ``("module:attribute", one-line help)``. ``--help`` lists
+    a lazy command with that help without importing it; ``tests/integration/test_startup.py``
+    checks that it says what the command's own docstring says. Commands are listed sorted, as
+    click lists them.
+    """
+
+    def __init__(self, *args: Any, lazy: dict[str, tuple[str, str]] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy: dict[str, tuple[str, str]] = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            self.add_command(self.load(cmd_name), cmd_name)
+        return self.commands.get(cmd_name)
+
+    def load(self, cmd_name: str) -> click.Command:
+        """Import the lazy command ``cmd_name``."""
+        module, _, attribute = self.lazy[cmd_name][0].partition(":")
+        command = getattr(importlib.import_module(module), attribute)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{self.lazy[cmd_name][0]} is not a click command")
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """As click does it, with a stand-in that carries the help for each lazy command not
+        imported yet."""
+        commands = []
+        for name in self.list_commands(ctx):
+            cmd = self.commands.get(name) or click.Command(name, help=self.lazy[name][1])
+            if not cmd.hidden:
+                commands.append((name, cmd))
+        if commands:
+            limit = formatter.width - 6 - max(len(name) for name, _ in commands)
+            with formatter.section("Commands"):
+                formatter.write_dl([(name, cmd.get_short_help_str(limit))
+                                    for name, cmd in commands])
 
 
 class InOrder(click.Group):
@@ -54,7 +190,3 @@ class InOrder(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(self.commands)
-
-
-# How each membership state is coloured in every table.
-STATE_STYLE = {"alive": "green", "suspect": "yellow", "dead": "red", "down": "red"}

@@ -18,7 +18,8 @@ line on stderr and exit code 1. Local file problems (a missing input, an unwrita
 turned into ``GridError`` here.
 
 Not here: the transfer logic and the object records (``mesh/client/core.py`` and the agents), the
-``agents`` and ``demo`` commands and the shared helpers (``mesh/cli/``).
+other commands (``mesh/cli/``), the shared helpers (``human``, ``ok``, ``line``, ``echo_json``:
+``mesh/cli/common.py``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
-import json
 import os
 import stat as stat_mod
 import sys
@@ -37,11 +37,23 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
 import click
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from mesh.cli.common import STATE_STYLE, GridError, InOrder, config_option, err, load, out
+from mesh.cli.common import (
+    STATE_STYLE,
+    GridError,
+    InOrder,
+    config_option,
+    echo_json,
+    err,
+    human,
+    line,
+    load,
+    ok,
+    out,
+    quiet_broken_pipe,
+)
 from mesh.client import MeshClient
 from mesh.client.core import block_node_hint
 from mesh.errors import (
@@ -52,7 +64,7 @@ from mesh.errors import (
     MeshError,
     OutOfRange,
 )
-from mesh.units import MiB, format_bytes, parse_size
+from mesh.units import MiB, parse_size
 
 
 @click.group(cls=InOrder)
@@ -68,21 +80,8 @@ HEX_PREVIEW_BYTES = 256
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def human(n: int | None) -> str:
-    """Bytes the way the seed documents print them: "5.00 GB", "10.00 MB", "512 B"."""
-    return "-" if n is None else format_bytes(n).replace("iB", "B")
-
-
 def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-
-
-def _ok(message: str) -> None:
-    out.print(f"[green]✓[/green] {escape(message)}", highlight=False)
-
-
-def _echo_json(doc: Any) -> None:
-    click.echo(json.dumps(doc, indent=2))
 
 
 def _client(config_path: str | None) -> MeshClient:
@@ -103,16 +102,6 @@ def _os_message(exc: OSError) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _broken_pipe() -> None:
-    """The reader of stdout went away (``| head``): stop quietly, as shell tools do."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except OSError:
-        pass
-    sys.exit(141)  # 128 + SIGPIPE
-
-
 def _local_errors(f: Callable) -> Callable:
     """Local file errors become one red line; mesh errors pass through to ``mesh.cli.main``."""
 
@@ -122,8 +111,8 @@ def _local_errors(f: Callable) -> Callable:
             return f(*args, **kwargs)
         except MeshError:  # NodeUnavailable is an OSError too: keep its own message
             raise
-        except BrokenPipeError:
-            _broken_pipe()
+        except BrokenPipeError:  # click would exit 1 for it: do as shell tools do
+            quiet_broken_pipe()
         except OSError as exc:
             raise GridError(_os_message(exc)) from None
 
@@ -287,11 +276,11 @@ def allocate(config_path: str | None, size_arg: str | None, size_gb: str | None,
         block_id = client.allocate(nbytes, node=node, lazy=lazy)
         where = block_node_hint(block_id) or client.stat(block_id).node
     if as_json:
-        _echo_json({"block_id": block_id, "node": where, "size": nbytes, "lazy": lazy})
+        echo_json({"block_id": block_id, "node": where, "size": nbytes, "lazy": lazy})
         return
-    _ok(f"Allocated {human(nbytes)}")
-    out.print(f"Block ID: {block_id}", highlight=False, markup=False)
-    out.print(f"Node: {where}", highlight=False, markup=False)
+    ok(f"Allocated {human(nbytes)}")
+    line(f"Block ID: {block_id}")
+    line(f"Node: {where}")
 
 
 @memory.command("deallocate")
@@ -304,9 +293,9 @@ def deallocate(config_path: str | None, block_id: str, as_json: bool) -> None:
     with _client(config_path) as client:
         client.free(block_id)
     if as_json:
-        _echo_json({"block_id": block_id, "deallocated": True})
+        echo_json({"block_id": block_id, "deallocated": True})
         return
-    _ok(f"Deallocated block: {block_id}")
+    ok(f"Deallocated block: {block_id}")
 
 
 @memory.command("list-blocks")
@@ -324,7 +313,7 @@ def list_blocks(config_path: str | None, as_json: bool) -> None:
     rows = [{"block_id": b.block_id, "node": b.node, "size": b.size, "lazy": b.lazy,
              "created": b.created, "keys": keys.get(b.block_id, [])} for b in blocks]
     if as_json:
-        _echo_json({"blocks": rows})
+        echo_json({"blocks": rows})
         return
     table = Table(title="Allocated Memory Blocks")
     for col, just in [("Block ID", "left"), ("Node", "left"), ("Size", "right"),
@@ -345,7 +334,7 @@ def stats(config_path: str | None, as_json: bool) -> None:
     with _client(config_path) as client:
         doc = client.stats()
     if as_json:
-        _echo_json(doc)
+        echo_json(doc)
         return
     out.print("[bold]Distributed Memory Pool Statistics[/bold]", highlight=False)
     out.print(f"Total Blocks: {doc['total_blocks']}", highlight=False)
@@ -407,11 +396,11 @@ def store(config_path: str | None, key: str, file: str, block_id: str | None, of
         except KeyExists as exc:
             raise GridError(f"{exc} (grid memory store --replace)") from None
     if as_json:
-        _echo_json(_info_dict(info))
+        echo_json(_info_dict(info))
         return
-    _ok(f"Stored {human(info.length)} as key: {info.key}")
-    out.print(f"Block ID: {info.block_id or '- (empty object)'}", highlight=False, markup=False)
-    out.print(f"Node: {info.node}", highlight=False, markup=False)
+    ok(f"Stored {human(info.length)} as key: {info.key}")
+    line(f"Block ID: {info.block_id or '- (empty object)'}")
+    line(f"Node: {info.node}")
 
 
 def _not_found(name: str) -> GridError:
@@ -480,10 +469,10 @@ def retrieve(config_path: str | None, name: str, output: str | None, size_: str 
     if output == "-":
         return
     if as_json:
-        _echo_json({"name": name, "key": key, "block_id": block_id, "offset": at,
+        echo_json({"name": name, "key": key, "block_id": block_id, "offset": at,
                     "size": total, "output": output})
         return
-    _ok(f"Retrieved {human(total)} to {output}")
+    ok(f"Retrieved {human(total)} to {output}")
 
 
 def _preview(name: str, key: str | None, block_id: str | None, total: int,
@@ -493,7 +482,7 @@ def _preview(name: str, key: str | None, block_id: str | None, total: int,
     data = buf.getvalue()
     text = _is_text(data, truncated=len(data) < total)
     if as_json:
-        _echo_json({"name": name, "key": key, "block_id": block_id, "size": total,
+        echo_json({"name": name, "key": key, "block_id": block_id, "size": total,
                     "preview_bytes": len(data), "text": text,
                     "hex": None if text is not None else data[:HEX_PREVIEW_BYTES].hex()})
         return
@@ -518,7 +507,7 @@ def list_objects(config_path: str | None, as_json: bool) -> None:
     with _client(config_path) as client:
         infos = client.keys()
     if as_json:
-        _echo_json({"objects": [_info_dict(i) for i in infos]})
+        echo_json({"objects": [_info_dict(i) for i in infos]})
         return
     table = Table(title="Stored Objects")
     for col, just in [("Key", "left"), ("Block", "left"), ("Size", "right"), ("Node", "left"),
@@ -542,6 +531,6 @@ def delete(config_path: str | None, key: str, as_json: bool) -> None:
     with _client(config_path) as client:
         client.delete(key)
     if as_json:
-        _echo_json({"key": key, "deleted": True})
+        echo_json({"key": key, "deleted": True})
         return
-    _ok(f"Deleted key: {key}")
+    ok(f"Deleted key: {key}")

@@ -31,12 +31,22 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from mesh.balance.reservations import RAY_RESOURCE, reserved_on
-from mesh.cli.common import STATE_STYLE, GridError, InOrder, config_option, load, out
+from mesh.balance.reservations import PRIORITIES, RAY_RESOURCE, RESOURCES, reserved_on
+from mesh.cli.common import (
+    STATE_STYLE,
+    GridError,
+    InOrder,
+    config_option,
+    echo_json,
+    human,
+    load,
+    out,
+)
+from mesh.cli.common import line as _line, ok as _ok  # the names `request` uses
 from mesh.client import MeshClient
 from mesh.config import ClusterConfig
 from mesh.errors import MeshError
-from mesh.units import format_bytes, parse_size
+from mesh.units import parse_size
 
 
 @click.group("resource-sharing", cls=InOrder)
@@ -44,16 +54,10 @@ def resource_sharing() -> None:
     """Reserve worker resources with Ray placement groups, watch and release them."""
 
 
-TYPES = ("memory", "cpu", "gpu")
-PRIORITIES = ("low", "normal", "high", "critical")  # as mesh.balance.placement.PRIORITIES (no Ray import)
+TYPES = RESOURCES  # what --type takes
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-def human(n: float | None) -> str:
-    """Bytes as the seed prints them ("10.00 GB": binary, like the rest of the mesh)."""
-    return "-" if n is None else format_bytes(int(round(n))).replace("iB", "B")
 
 
 def show(resource: str, amount: float) -> str:
@@ -77,14 +81,6 @@ def duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m {seconds % 60}s"
     return f"{seconds // 3600}h {seconds % 3600 // 60}m"
-
-
-def _ok(message: str) -> None:
-    out.print(f"[green]✓[/green] {escape(message)}", highlight=False, soft_wrap=True)
-
-
-def _line(message: str) -> None:
-    out.print(message, highlight=False, markup=False, soft_wrap=True)
 
 
 def _enabled(cfg: ClusterConfig) -> bool:
@@ -230,13 +226,13 @@ def status(config_path: str | None, as_json: bool) -> None:
     rows = _node_rows(cfg, stats_nodes, ray_nodes, reservations) if stats_nodes is not None else []
 
     if as_json:
-        click.echo(json.dumps({
+        echo_json({
             "cluster": cfg.name, "sharing_enabled": _enabled(cfg), "ray_address": ray_address,
             "released": [r.id for r in released],
             "reservations": [_as_dict(r, now) for r in reservations],
             "nodes": rows if stats_nodes is not None else None,
             "nodes_unavailable": unavailable or None,
-        }, indent=2))
+        })
         return
 
     _line("Resource Sharing Status")
@@ -304,7 +300,7 @@ def release(config_path: str | None, allocation_id: str, as_json: bool) -> None:
     with _placement(cfg) as placement:
         res = placement.release(allocation_id)
     if as_json:
-        click.echo(json.dumps({"id": res.id, "released": True}, indent=2))
+        echo_json({"id": res.id, "released": True})
         return
     _ok(f"Released {res.id}: {what(res.resource, res.amount)} on "
         + ", ".join(t for t, _ in res.targets))

@@ -16,6 +16,10 @@ refused, no Python 3.11+, a command that failed with its last line of output); o
 never stops the others. Connections use the node's ``host``, ``port``, ``user``, ``ssh_key`` and
 ``ssh`` options, and otherwise Fabric's defaults (the ssh agent, ``~/.ssh/config``).
 
+Fabric comes with the ``deploy`` extra and is needed on the master only: ``ssh_nodes`` says so
+in one line (``MissingExtra``) when it is missing. A node gets the base install (the client
+library and the agent), nothing of the CLI or Fabric.
+
 Not here: local agents (``mesh/nodes/local.py``), rendering (``mesh/cli/``).
 """
 
@@ -39,7 +43,7 @@ import yaml
 
 from mesh import __version__
 from mesh.config import ClusterConfig, NodeConfig
-from mesh.errors import DeployError, MeshError
+from mesh.errors import DeployError, MeshError, require
 
 SSH_TIMEOUT_S = 10.0
 
@@ -57,10 +61,18 @@ def node_dir(cfg: ClusterConfig, node: NodeConfig) -> str:
 
 
 def ssh_nodes(cfg: ClusterConfig, names: tuple[str, ...] = ()) -> list[NodeConfig]:
+    """The nodes among ``names`` (default: all) that are managed over SSH.
+
+    Every command that reaches nodes over SSH asks here first, so this is where a missing
+    ``deploy`` extra is found: when there is such a node and Fabric is not installed, this
+    raises ``MissingExtra`` before anything was done to any node."""
     from mesh.nodes.local import is_managed_locally
 
     nodes = [cfg.node(n) for n in names] if names else list(cfg.nodes)
-    return [n for n in nodes if not is_managed_locally(n)]
+    remote = [n for n in nodes if not is_managed_locally(n)]
+    if remote:
+        require("fabric", "deploy", f"managing node {remote[0].name} over SSH")
+    return remote
 
 
 # --- connections and errors ---------------------------------------------------------------------

@@ -27,11 +27,11 @@ import psutil
 
 from mesh import __version__
 from mesh.nodes import local
-from mesh.config import load_cluster_config
+from mesh.config import ClusterConfig, load_cluster_config
 from mesh.errors import MeshError
 
 
-def _agent(base: Path, node: str) -> tuple[object, local.LocalAgent]:
+def _agent(base: Path, node: str) -> tuple[ClusterConfig, local.LocalAgent]:
     cfg = load_cluster_config(base / "cluster.yaml")
     state = base / "state"
     state.mkdir(parents=True, exist_ok=True)
@@ -63,7 +63,7 @@ def start(base: Path, node: str, insecure: bool, systemd: bool) -> dict:
     return {"ok": outcome.ok, "message": outcome.message, "pid": outcome.pid}
 
 
-def _start_systemd(base: Path, cfg, agent: local.LocalAgent, insecure: bool) -> dict:
+def _start_systemd(base: Path, cfg: ClusterConfig, agent: local.LocalAgent, insecure: bool) -> dict:
     node = agent.node.name
     if not _has_systemd():
         return {"ok": False, "message": "this node has no running systemd; start without --systemd"}

@@ -160,10 +160,21 @@ def test_wheelhouse_install_without_any_index(cluster):
     r = grid("agents", "deploy", "-c", str(offline), "--wheelhouse", str(house), env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "from the wheelhouse (no package index)" in r.stdout
-    check = subprocess.run([str(h.workdir / "offline" / "venv" / "bin" / "python"), "-c",
-                            "import mesh, zmq, fabric; print(mesh.__version__)"],
+    # a node gets the base install only: the client library and the agent, no CLI, no Fabric
+    venv = h.workdir / "offline" / "venv" / "bin"
+    check = subprocess.run([str(venv / "python"), "-c",
+                            "import importlib.util as u, mesh, zmq; from mesh import MeshClient;"
+                            "print([m for m in ('click', 'rich', 'fabric', 'ray', 'numpy') "
+                            "if u.find_spec(m)])"],
                            capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stderr
+    assert check.stdout.strip() == "[]"
+    lean = subprocess.run([str(venv / "grid"), "--help"], capture_output=True, text=True,
+                          timeout=60)
+    assert lean.returncode == 1 and lean.stdout == ""
+    assert lean.stderr.splitlines() == [
+        "grid: the command line needs click, which comes with the cli extra: "
+        "pip install 'memory-mesh[cli]'"]
 
 
 def test_systemd_start_is_refused_clearly_where_there_is_no_systemd(cluster):
@@ -190,3 +201,42 @@ def test_memory_stats_says_why_a_node_is_down(cluster):
         assert "no agent has heard from it" in rows["host2"]["reason"]
     finally:
         grid("agents", "stop", "-c", str(cfg), "--node", "host1", env=env)
+
+
+# --- without the deploy extra -------------------------------------------------------------------
+
+NO_FABRIC = ("import sys; sys.modules['fabric'] = None; sys.argv[0] = 'grid';"
+             "from mesh.cli import main; main()")
+
+
+def grid_without_fabric(tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in __import__("os").environ.items() if k != "GRID_CONFIG"}
+    env.update(GRID_STATE_DIR=str(tmp / "state"), COLUMNS="200")
+    return subprocess.run([sys.executable, "-c", NO_FABRIC, *args], capture_output=True,
+                          text=True, env=env, cwd=tmp, timeout=60, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("command", [["deploy"], ["start"], ["status"], ["status", "--json"],
+                                     ["logs"], ["stop"], ["restart"]])
+def test_without_fabric_ssh_commands_say_how_to_install_it(tmp_path, command):
+    host = "127.0.0.1"
+    cfg = write_cfg(tmp_path / "c.yaml", [
+        {"name": "here", "host": host, "mesh_port": free_port_pair(host), "memory_gb": 0.5},
+        {"name": "far", "host": "127.0.0.9", "managed_by": "ssh", "memory_gb": 0.5}])
+    r = grid_without_fabric(tmp_path, "agents", *command, "-c", str(cfg))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stdout == ""  # stopped before anything was done, the local node included
+    assert r.stderr.splitlines() == [
+        "✗ managing node far over SSH needs fabric, which comes with the deploy extra: "
+        "pip install 'memory-mesh[deploy]'"]
+    assert list((tmp_path / "state").glob("*.pid")) == []
+
+
+def test_without_fabric_local_nodes_need_nothing_more(tmp_path):
+    host = "127.0.0.1"
+    cfg = write_cfg(tmp_path / "c.yaml", [
+        {"name": "here", "host": host, "mesh_port": free_port_pair(host), "memory_gb": 0.5}])
+    r = grid_without_fabric(tmp_path, "agents", "status", "--json", "-c", str(cfg))
+    assert r.returncode == 0, r.stdout + r.stderr
+    row = json.loads(r.stdout)["nodes"][0]
+    assert row["node"] == "here" and row["managed_by"] == "local" and row["state"] == "down"

@@ -1,0 +1,198 @@
+"""``grid agents``: deploy, start, watch and stop the mesh agents (rendering only).
+
+    grid agents deploy [--node NAME]... [--wheelhouse DIR] [-c FILE]
+    grid agents start|restart [--node NAME]... [--insecure] [--systemd] [-c FILE]
+    grid agents stop [--node NAME]... [-c FILE]
+    grid agents logs [--node NAME]... [--lines N] [-c FILE]
+    grid agents status [--json] [-c FILE]
+    grid agents drain NODE                     (mesh/cli/rebalance.py, imported when it runs)
+
+Nodes of this machine are local processes (``mesh/nodes/local.py``); the others are driven over
+SSH (``mesh/nodes/deploy.py``, the ``deploy`` extra: without Fabric, a command that would reach
+such a node stops with one line naming the extra). One line per node says how it went; any
+failed node makes the exit code 1.
+
+Not here: the work (``mesh/nodes/``: ``local``, ``deploy``, ``status``), ``grid demo``
+(``mesh/cli/demo.py``), the shared helpers (``mesh/cli/common.py``).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Iterable
+
+import click
+from rich.table import Table
+
+from mesh.cli.common import (
+    STATE_STYLE,
+    GridError,
+    LazyGroup,
+    config_option,
+    echo_json,
+    err,
+    load,
+    out,
+)
+from mesh.config import ClusterConfig
+from mesh.nodes import deploy, local
+from mesh.nodes.deploy import NodeResult
+from mesh.nodes.status import node_statuses
+from mesh.units import format_bytes
+
+
+@click.group(cls=LazyGroup, lazy={
+    "drain": ("mesh.cli.rebalance:drain",
+              "Move every block off NODE (for maintenance), keeping block ids and keys."),
+})
+def agents() -> None:
+    """Start, watch and stop the mesh agents."""
+
+
+node_option = click.option("--node", "-n", "nodes", multiple=True,
+                           help="only these nodes (repeatable)")
+
+
+def _report(results: Iterable[NodeResult]) -> bool:
+    """Print one line per node; True when every node succeeded."""
+    all_ok = True
+    for r in results:
+        if r.ok:
+            out.print(f"[green]✓[/green] {r.node}: {r.message}", highlight=False)
+        else:
+            all_ok = False
+            err.print(f"[red]✗[/red] {r.node}: {r.message}", highlight=False)
+    return all_ok
+
+
+def _local_results(outcomes: list[local.Outcome]) -> list[NodeResult]:
+    return [NodeResult(o.node, o.ok, o.message + (f" (pid {o.pid})" if o.pid else ""))
+            for o in outcomes]
+
+
+@agents.command("deploy")
+@config_option
+@node_option
+@click.option("--wheelhouse", type=click.Path(file_okay=False),
+              help="install from these wheels only, without any package index")
+def agents_deploy(config_path: str | None, nodes: tuple[str, ...], wheelhouse: str | None) -> None:
+    """Install this version on the nodes over SSH and write their agent config."""
+    cfg = load(config_path)
+    targets = deploy.ssh_nodes(cfg, nodes)
+    if not targets:
+        raise GridError("no node of this cluster file is managed over SSH (managed_by: ssh, or "
+                        "a host that is not this machine)")
+    if not _report(deploy.deploy(cfg, targets, wheelhouse)):
+        sys.exit(1)
+
+
+def _start(cfg: ClusterConfig, nodes: tuple[str, ...], insecure: bool, systemd: bool) -> bool:
+    remote = deploy.ssh_nodes(cfg, nodes)  # first: without Fabric, stop before starting any
+    mine, _ = local.local_agents(cfg, nodes)
+    ok = _report(_local_results(local.start(cfg, mine, insecure=insecure)))
+    args = (["--insecure"] if insecure else []) + (["--systemd"] if systemd else [])
+    ok = _report(deploy.remote(cfg, remote, "start", *args)) and ok
+    if mine:
+        out.print(f"state and logs of local agents: {local.state_dir(cfg)}", highlight=False)
+    return ok
+
+
+def _stop(cfg: ClusterConfig, nodes: tuple[str, ...]) -> bool:
+    remote = deploy.ssh_nodes(cfg, nodes)
+    mine, _ = local.local_agents(cfg, nodes)
+    ok = _report(_local_results(local.stop(mine)))
+    return _report(deploy.remote(cfg, remote, "stop")) and ok
+
+
+@agents.command("start")
+@config_option
+@node_option
+@click.option("--insecure", is_flag=True, help="allow non-loopback binds without cluster keys")
+@click.option("--systemd", is_flag=True, help="run remote agents as systemd units")
+def agents_start(config_path: str | None, nodes: tuple[str, ...], insecure: bool,
+                 systemd: bool) -> None:
+    """Start the agents: local processes here, over SSH on the other nodes."""
+    if not _start(load(config_path), nodes, insecure, systemd):
+        sys.exit(1)
+
+
+@agents.command("stop")
+@config_option
+@node_option
+def agents_stop(config_path: str | None, nodes: tuple[str, ...]) -> None:
+    """Stop the agents (SIGTERM, then SIGKILL after 10 s)."""
+    if not _stop(load(config_path), nodes):
+        sys.exit(1)
+
+
+@agents.command("restart")
+@config_option
+@node_option
+@click.option("--insecure", is_flag=True, help="allow non-loopback binds without cluster keys")
+@click.option("--systemd", is_flag=True, help="run remote agents as systemd units")
+def agents_restart(config_path: str | None, nodes: tuple[str, ...], insecure: bool,
+                   systemd: bool) -> None:
+    """Stop, then start the agents (their blocks are lost: memory is not persisted)."""
+    cfg = load(config_path)
+    ok = _stop(cfg, nodes)
+    if not (_start(cfg, nodes, insecure, systemd) and ok):
+        sys.exit(1)
+
+
+@agents.command("logs")
+@config_option
+@node_option
+@click.option("--lines", "-l", default=30, show_default=True, help="how many lines")
+def agents_logs(config_path: str | None, nodes: tuple[str, ...], lines: int) -> None:
+    """Show the tail of each node's agent log."""
+    cfg = load(config_path)
+    remote = deploy.ssh_nodes(cfg, nodes)
+    mine, _ = local.local_agents(cfg, nodes)
+    ok = True
+    for agent in mine:
+        out.rule(f"{agent.node.name} ({agent.log_file})")
+        click.echo(agent.log_tail(lines))
+    for r in deploy.remote(cfg, remote, "logs", "--lines", str(lines)):
+        out.rule(f"{r.node} ({r.detail.get('log_file', 'over ssh')})")
+        if r.ok:
+            click.echo(r.message)
+        else:
+            ok = False
+            err.print(f"[red]✗[/red] {r.node}: {r.message}", highlight=False)
+    if not ok:
+        sys.exit(1)
+
+
+def _size(v: int | None) -> str:
+    return "-" if v is None else format_bytes(v)
+
+
+def show_status(cfg: ClusterConfig, as_json: bool = False) -> None:
+    """Each node's row (``mesh/nodes/status.py``), as one JSON document or as a table."""
+    rows = [s.row() for s in node_statuses(cfg)]
+    if as_json:
+        echo_json({"cluster": cfg.name, "nodes": rows})
+        return
+    table = Table(title=f"Mesh agents of {cfg.name}")
+    for col, just in [("Node", "left"), ("Address", "left"), ("State", "left"), ("PID", "right"),
+                      ("Capacity", "right"), ("Used", "right"), ("Blocks", "right"),
+                      ("Host free", "right"), ("Heard", "right"), ("Note", "left")]:
+        table.add_column(col, justify=just)
+    for r in rows:
+        style = STATE_STYLE.get(r["state"], "")
+        table.add_row(
+            r["node"], r["address"], f"[{style}]{r['state']}[/{style}]",
+            str(r["pid"]) if r["pid"] else "-", _size(r["capacity"]), _size(r["used"]),
+            "-" if r["blocks"] is None else str(r["blocks"]), _size(r["host_available"]),
+            "-" if r["last_heard_s"] is None else f"{r['last_heard_s']:.1f}s ago",
+            r["reason"] or "",
+        )
+    out.print(table)
+
+
+@agents.command("status")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="one JSON document for scripts")
+def agents_status(config_path: str | None, as_json: bool) -> None:
+    """Each node's address, state from heartbeats, capacity, used, blocks and host free RAM."""
+    show_status(load(config_path), as_json)

@@ -1,0 +1,130 @@
+"""One status per node, for ``grid agents status``: pid files, SSH and heartbeats merged.
+
+Three sources tell about a node, and none of them alone is the whole story:
+
+- this machine's pid files (``mesh/nodes/local.py``): is our local agent process running;
+- ``nodectl status`` over SSH (``mesh/nodes/deploy.py``): is the remote agent running, since
+  when, which version, or why the node could not be asked;
+- the heartbeats, through the client's membership view (``MeshClient.nodes``): the node record
+  ``mesh.membership.NodeInfo`` with its state, capacity, use and age.
+
+``merge`` is the rule that joins them (pure: values in, values out); ``node_statuses`` gathers
+the three and calls it. A node is listed once, in the cluster file's order, then the nodes heard
+by gossip that the file does not list. ``NodeStatus.row`` is the JSON row of
+``grid agents status --json`` (a stable format: scripts read it).
+
+Not here: rendering (``mesh/cli/agents.py``), the membership rules (``mesh/membership.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mesh.membership import ALIVE, DOWN, NodeInfo
+
+if TYPE_CHECKING:
+    from mesh.config import ClusterConfig
+    from mesh.nodes.deploy import NodeResult
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """A node as ``grid agents status`` shows it."""
+
+    name: str
+    address: str
+    local: bool  # an agent of this machine (its pid file is here)
+    managed_by: str | None  # "local", "ssh"; None for a node heard by gossip only
+    pid: int | None
+    uptime_s: float | None  # from the node over SSH
+    reason: str | None  # why the node is not alive, when we can tell
+    heard: NodeInfo | None  # the heartbeat record; None when no agent answered at all
+    version: str | None
+
+    @property
+    def state(self) -> str:
+        return self.heard.state if self.heard is not None else DOWN
+
+    def row(self) -> dict[str, Any]:
+        n = self.heard
+        up = n is not None and n.state != DOWN  # a record with figures worth showing
+        return {
+            "node": self.name,
+            "address": self.address,
+            "local": self.local,
+            "managed_by": self.managed_by,
+            "pid": self.pid,
+            "uptime_s": self.uptime_s,
+            "reason": self.reason,
+            "state": self.state,
+            "incarnation": n.incarnation if n is not None else None,
+            "capacity": n.capacity if up else None,
+            "used": n.used if up else None,
+            "blocks": n.blocks if up else None,
+            "host_available": n.host_available if up else None,
+            "last_heard_s": round(n.age_s, 2) if up else None,
+            "version": self.version,
+        }
+
+
+def merge(cfg: ClusterConfig, pids: dict[str, int | None], remote: dict[str, NodeResult],
+          heard: list[NodeInfo]) -> list[NodeStatus]:
+    """One status per node from the three sources.
+
+    ``pids``: the local agents' pids by node (None: not running); ``remote``: the SSH status of
+    each SSH-managed node; ``heard``: the membership view (empty when no agent answered).
+    """
+    seen = {n.name: n for n in heard}
+    statuses = []
+    for node in cfg.nodes:
+        n = seen.get(node.name)
+        r = remote.get(node.name)
+        pid = pids.get(node.name) if r is None else r.detail.get("pid")
+        reason = None
+        if (n.state if n else DOWN) != ALIVE:
+            if r is not None and not r.ok:
+                reason = r.message
+            elif r is not None or node.name in pids:
+                reason = "agent not running" if not pid else "agent running but not heard"
+            else:
+                reason = "no agent has heard from it"
+        statuses.append(NodeStatus(
+            name=node.name,
+            address=node.data_address,
+            local=node.name in pids,
+            managed_by="local" if node.name in pids or r is None else "ssh",
+            pid=pid,
+            uptime_s=r.detail.get("uptime_s") if r is not None else None,
+            reason=reason,
+            heard=n,
+            version=(n.version if n else None) or (r.detail.get("version") if r else None),
+        ))
+    listed = {node.name for node in cfg.nodes}
+    for name, n in seen.items():  # agents heard by gossip that the file does not list
+        if name not in listed:
+            statuses.append(NodeStatus(
+                name=name, address=n.address, local=False, managed_by=None, pid=None,
+                uptime_s=None, reason=None, heard=n, version=n.version,
+            ))
+    return statuses
+
+
+def node_statuses(cfg: ClusterConfig) -> list[NodeStatus]:
+    """Ask the three sources about every node of ``cfg`` (SSH-managed nodes in parallel), then
+    ``merge``. Raises ``MissingExtra`` when some node is managed over SSH and Fabric is not
+    installed."""
+    from mesh.client import MeshClient
+    from mesh.errors import NodeUnavailable
+    from mesh.nodes import deploy, local
+
+    targets = deploy.ssh_nodes(cfg)
+    mine, _ = local.local_agents(cfg)
+    pids = {a.node.name: a.pid() for a in mine}
+    remote = {r.node: r for r in deploy.remote(cfg, targets, "status")}
+    try:
+        with MeshClient(cfg) as client:
+            heard = client.nodes()
+    except NodeUnavailable:
+        heard = []
+    return merge(cfg, pids, remote, heard)
