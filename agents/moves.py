@@ -120,7 +120,10 @@ class PeerCopies:
     def finish_jobs(self) -> None:
         for future in [f for f in self._jobs if f.done()]:
             done, args = self._jobs.pop(future)
-            done(future, *args)
+            try:
+                done(future, *args)
+            except Exception:  # a bug here must not take the loop (and the agent) down
+                log.exception("finishing a move or pull failed")
 
     def drop_stale_copies(self, now: float) -> None:
         """Arrived copies whose source never committed (it died or gave up) are dropped."""
