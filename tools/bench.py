@@ -4,6 +4,7 @@
     python tools/bench.py transfer [--size 1GiB] [--runs 5] [--chunk 2MiB] [--window 8] [--json]
     python tools/bench.py cli-memory [--size 2GiB] [--chunk 2MiB] [--window 8] [--json]
     python tools/bench.py move [--size 1GiB] [--runs 4] [--json]
+    python tools/bench.py startup [--baseline-ref 65b4786] [--runs 15] [--json]
 
 ``transfer`` starts one real ``mesh-agent`` on loopback, allocates one block of ``--size``, then
 for each run writes the whole block from a warm client buffer and reads it back into another
@@ -26,6 +27,16 @@ keys handed over, the source freed) ``--runs`` times, and reads it back once at 
 every byte. Baselines in the same run: the raw-socket ``sendall`` of ``transfer`` and the
 client's own write of the same block. Each move lands in fresh memory on the target (page
 faults included), as a real move does.
+
+``startup`` times how long ``grid`` takes to start, against the code of ``--baseline-ref``
+(65b4786: the commit before the restructuring of issue 9) checked out into a temporary ``git
+worktree`` (removed at the end). Each tree gets two real agents of its own (its own
+``agents.main``, on 127.0.0.1 and .2), then the two trees take turns, ``--runs`` times each, at
+``python -m mesh.cli --help`` and ``python -m mesh.cli memory stats -c CONFIG`` (cwd and
+PYTHONPATH set to the tree, so each imports its own code; one untimed warm-up each compiles the
+bytecode). Figures are medians in ms, the ratio current/baseline, and the number of modules
+each command had imported at exit (``len(sys.modules)``, from one more run through a ``-c``
+wrapper), with the heavy ones among them.
 
 A benchmark, not a test: it asserts nothing; it stops by itself (every wait has a timeout).
 """
@@ -127,9 +138,11 @@ class Baseline:
 
 
 class Agents:
-    """``n`` real agents on 127.0.0.1, .2, ... each with room for ``size`` bytes."""
+    """``n`` real agents on 127.0.0.1, .2, ... each with room for ``size`` bytes, running the
+    code of the source tree ``root`` (this checkout unless told otherwise)."""
 
-    def __init__(self, size: int, chunk: int, window: int, tmp: Path, n: int = 1):
+    def __init__(self, size: int, chunk: int, window: int, tmp: Path, n: int = 1,
+                 root: Path = ROOT):
         hosts = [f"127.0.0.{i + 1}" for i in range(n)]
         ports = [_free_port(h) for h in hosts]
         self.port = ports[0]
@@ -148,7 +161,7 @@ class Agents:
         self.procs = [subprocess.Popen(
             [sys.executable, "-m", "agents.main", "--config", str(self.config),
              "--node", f"bench-{i + 1}"],
-            stdout=self.log, stderr=self.log, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            stdout=self.log, stderr=self.log, env=dict(os.environ, PYTHONPATH=str(root)), cwd=root,
         ) for i in range(n)]
         self.proc = self.procs[0]
 
@@ -430,6 +443,135 @@ def cli_memory(args: argparse.Namespace) -> dict:
     return result
 
 
+# --- startup: how long grid takes to start, against the code before the restructuring --------
+
+
+STARTUP_COMMANDS = {"grid --help": ["--help"], "grid memory stats": ["memory", "stats"]}
+# what a command should not need to load (mesh.placement, .pressure, .rebalance: the baseline's
+# names for mesh.balance)
+HEAVY_MODULES = ("fabric", "paramiko", "invoke", "ray", "numpy", "mesh.balance", "mesh.placement",
+                 "mesh.pressure", "mesh.rebalance", "rich", "zmq", "yaml")
+COUNT_MODULES = """\
+import atexit, json, sys
+out = sys.argv.pop(1)
+atexit.register(lambda: open(out, "w").write(json.dumps(sorted(sys.modules))))
+import runpy
+runpy.run_module("mesh.cli", run_name="__main__", alter_sys=True)
+"""
+
+
+class Tree:
+    """A source tree of this project, and how to run its ``grid`` against its own agents."""
+
+    def __init__(self, name: str, root: Path, tmp: Path):
+        self.name, self.root = name, root
+        tmp.mkdir()
+        self.agents = Agents(0, 2 << 20, 8, tmp, n=2, root=root)
+        self.config = ["-c", str(self.agents.config)]
+        self.env = dict(os.environ, PYTHONPATH=str(root), COLUMNS="160")
+        self.env.pop("GRID_CONFIG", None)
+
+    def args(self, command: str) -> list[str]:
+        extra = self.config if command != "grid --help" else []
+        return [*STARTUP_COMMANDS[command], *extra]
+
+    def run(self, argv: list[str]) -> float:
+        """Seconds ``argv`` took, start to exit; raises when it fails."""
+        t0 = time.perf_counter()
+        done = subprocess.run(argv, cwd=self.root, env=self.env, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
+        seconds = time.perf_counter() - t0
+        if done.returncode != 0:
+            raise RuntimeError(f"{self.name}: {' '.join(argv)} exited {done.returncode}:\n"
+                               f"{done.stderr.decode(errors='replace')}")
+        return seconds
+
+    def time(self, command: str) -> float:
+        return self.run([sys.executable, "-m", "mesh.cli", *self.args(command)])
+
+    def modules(self, command: str, tmp: Path) -> list[str]:
+        out = tmp / f"modules-{self.name}.json"
+        self.run([sys.executable, "-c", COUNT_MODULES, str(out), *self.args(command)])
+        return json.loads(out.read_text())
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        """Until this tree's own client sees both of its agents alive."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            done = subprocess.run([sys.executable, "-m", "mesh.cli", "memory", "stats", "--json",
+                                   *self.config], cwd=self.root, env=self.env, capture_output=True,
+                                  stdin=subprocess.DEVNULL, timeout=60)
+            try:
+                if done.returncode == 0 and json.loads(done.stdout)["live_nodes"] >= 2:
+                    return
+            except (ValueError, KeyError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: the agents did not come up: "
+                                   f"{done.stderr.decode(errors='replace')}")
+            time.sleep(0.2)
+
+
+def _heavy(modules: list[str]) -> list[str]:
+    return sorted(h for h in HEAVY_MODULES
+                  if any(m == h or m.startswith(h + ".") for m in modules))
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", "-C", str(ROOT), *args], check=True, capture_output=True,
+                          text=True, timeout=120).stdout.strip()
+
+
+def startup(args: argparse.Namespace) -> dict:
+    ref = _git("rev-parse", "--short", args.baseline_ref)
+    head = _git("rev-parse", "--short", "HEAD")
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    times: dict[str, dict[str, list[float]]] = {}
+    modules: dict[str, dict[str, list[str]]] = {}
+    with tempfile.TemporaryDirectory(prefix="mesh-bench-startup-") as tmp_name:
+        tmp = Path(tmp_name)
+        worktree = tmp / "baseline"
+        _git("worktree", "add", "--detach", str(worktree), ref)
+        trees: list[Tree] = []
+        try:
+            trees.append(Tree("baseline", worktree, tmp / "baseline-agents"))
+            trees.append(Tree("current", ROOT, tmp / "current-agents"))
+            for tree in trees:
+                tree.wait_ready()
+                for command in STARTUP_COMMANDS:
+                    tree.time(command)  # warm-up: bytecode, page cache
+                modules[tree.name] = {c: tree.modules(c, tmp) for c in STARTUP_COMMANDS}
+            times = {t.name: {c: [] for c in STARTUP_COMMANDS} for t in trees}
+            for i in range(args.runs):
+                for tree in trees if i % 2 == 0 else trees[::-1]:  # take turns going first
+                    for command in STARTUP_COMMANDS:
+                        times[tree.name][command].append(tree.time(command))
+                if not args.json:
+                    print(f"run {i + 1}: " + "  ".join(
+                        f"{t.name} {c.removeprefix('grid ')} {times[t.name][c][-1] * 1e3:.0f} ms"
+                        for t in trees for c in STARTUP_COMMANDS))
+        finally:
+            for tree in trees:
+                tree.agents.close()
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
+                            str(worktree)], capture_output=True, timeout=120)
+    result: dict = {"bench": "startup", "runs": args.runs, "baseline_ref": ref,
+                    "current": head + ("+working tree" if dirty else ""), "commands": {}}
+    for command in STARTUP_COMMANDS:
+        base = statistics.median(times["baseline"][command])
+        cur = statistics.median(times["current"][command])
+        result["commands"][command] = {
+            "baseline_ms": round(base * 1e3, 1),
+            "current_ms": round(cur * 1e3, 1),
+            "ratio": round(cur / base, 3),
+            "baseline_modules": len(modules["baseline"][command]),
+            "current_modules": len(modules["current"][command]),
+            "baseline_heavy": _heavy(modules["baseline"][command]),
+            "current_heavy": _heavy(modules["current"][command]),
+        }
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_sink":
@@ -452,7 +594,27 @@ def main(argv: list[str] | None = None) -> int:
     mv.add_argument("--size", default="1GiB")
     mv.add_argument("--runs", type=int, default=4)
     mv.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    st = sub.add_parser("startup", help="start-up time of grid against a baseline commit")
+    st.add_argument("--baseline-ref", default="65b4786",
+                    help="the commit to compare with (default: before the restructuring)")
+    st.add_argument("--runs", type=int, default=15)
+    st.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args(argv)
+    if args.bench == "startup":
+        result = startup(args)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print(f"grid start-up, median of {result['runs']} runs each, baseline "
+                  f"{result['baseline_ref']} vs current {result['current']}, same run:")
+            for command, r in result["commands"].items():
+                print(f"  {command:<18} baseline {r['baseline_ms']:6.1f} ms  current "
+                      f"{r['current_ms']:6.1f} ms  ratio {r['ratio']:.2f}  modules "
+                      f"{r['baseline_modules']} -> {r['current_modules']}")
+                print(f"  {'':<18} heavy modules loaded: baseline "
+                      f"{', '.join(r['baseline_heavy']) or '-'}; current "
+                      f"{', '.join(r['current_heavy']) or '-'}")
+        return 0
     if args.bench == "move":
         result = move(args)
         if args.json:

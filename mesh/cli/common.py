@@ -140,6 +140,11 @@ def load(config_path: str | None) -> ClusterConfig:
 # --- groups -------------------------------------------------------------------------------------
 
 
+# click 8.4+ suggests close names for a mistyped command; older clicks raise a plain UsageError
+_NoSuchCommand: Any = (getattr(click.exceptions, "NoSuchCommand", None)
+                       or type("_NeverRaised", (Exception,), {}))
+
+
 class LazyGroup(click.Group):
     """A group whose commands may live in modules that are imported only when the command runs.
 
@@ -161,6 +166,14 @@ class LazyGroup(click.Group):
         if cmd_name not in self.commands and cmd_name in self.lazy:
             self.add_command(self.load(cmd_name), cmd_name)
         return self.commands.get(cmd_name)
+
+    def resolve_command(self, ctx: click.Context,
+                        args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except _NoSuchCommand as exc:  # click suggests among loaded commands only: add the rest
+            raise _NoSuchCommand(exc.command_name, possibilities=self.list_commands(ctx),
+                                 ctx=ctx) from None
 
     def load(self, cmd_name: str) -> click.Command:
         """Import the lazy command ``cmd_name``."""

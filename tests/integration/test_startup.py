@@ -70,6 +70,15 @@ def test_agents_help_lists_drain_without_importing_rebalancing(tmp_path):
     assert among(loaded, HEAVY) == []
 
 
+def test_a_mistyped_command_is_matched_against_every_command_without_importing_them(tmp_path):
+    done, loaded = run_grid(tmp_path, "memroy")
+    assert done.returncode == 2
+    assert "No such command 'memroy'." in done.stderr
+    if hasattr(click.exceptions, "NoSuchCommand"):  # click 8.4+ suggests close names
+        assert "'memory'" in done.stderr
+    assert among(loaded, ("mesh.cli",)) == ["mesh.cli", "mesh.cli.app", "mesh.cli.common"]
+
+
 def test_memory_commands_against_a_running_mesh_import_none_of_the_extras(tmp_path):
     data = tmp_path / "data.bin"
     data.write_bytes(b"startup" * 1000)
