@@ -16,10 +16,10 @@ heartbeat goes dead. The state names are ``agents/lifecycle.py``'s.
 
 Threads: MOVE and PULL run as jobs on a small pool, each with a DEALER of its own (made by the
 ``connect`` factory the server passes in, ``mesh.sockets.dealer``), so the loop keeps serving.
-The loop finishes jobs (``finish_jobs``) and is the only one to touch the store; a job changes
-one thing, the source's MOVING -> HANDING_OVER just before it sends COMMIT, at a time when
-nothing on the loop changes a MOVING block. A pull job only reads its block's state (to see
-CANCELLED).
+The loop finishes jobs (``finish_jobs``) and is the only one to call the store. A job reads and
+writes its block's bytes, and changes one state: the source's MOVING -> HANDING_OVER just before
+it sends COMMIT, at a time when nothing on the loop changes a MOVING block. A pull job only
+reads its block's state (to see CANCELLED).
 
 Interface to the server: ``PeerCopies(store, ...)`` takes the store, the node's name and data
 address, the cluster's chunk size, a socket factory, a callable that backs a block's pages off

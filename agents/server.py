@@ -140,8 +140,10 @@ class Agent:
                                      sndhwm=s.sndhwm, rcvhwm=s.rcvhwm,
                                      max_message_bytes=s.max_message_bytes)
         self.pub = sockets.publisher(self.ctx, f"tcp://{s.bind_ip}:{s.gossip_port}")
-        self.sub = sockets.subscriber(self.ctx, topic=P.HEARTBEAT_TOPIC,
-                                      max_message_bytes=P.MAX_HEARTBEAT_BYTES + HEARTBEAT_SLACK_BYTES)
+        self.sub = sockets.subscriber(
+            self.ctx, topic=P.HEARTBEAT_TOPIC,
+            max_message_bytes=P.MAX_HEARTBEAT_BYTES + HEARTBEAT_SLACK_BYTES,
+        )
         for peer in s.peers:
             self._follow(peer)
 

@@ -10,9 +10,9 @@ moves) and frees through the state machine.
 
 Does not cover: the lifecycle table itself (``agents/lifecycle.py``), sockets and request
 parsing (``agents/server.py``), the peer copy that moves blocks (``agents/moves.py``),
-membership (``mesh/membership.py``). No I/O beyond mapping memory. Page population (backing an allocation with real pages) is slow on
-virtual machines (about 0.5 GB/s here), so ``populate`` is a separate call the server runs in a
-worker thread; the madvise call releases the GIL.
+membership (``mesh/membership.py``). No I/O beyond mapping memory. Page population (backing an
+allocation with real pages) is slow on virtual machines (about 0.5 GB/s here), so ``populate``
+is a separate call the agent runs in a worker thread; the madvise call releases the GIL.
 """
 
 from __future__ import annotations
