@@ -34,7 +34,6 @@ choosing what to move where (``mesh/balance/``).
 from __future__ import annotations
 
 import logging
-import re
 import time
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -45,6 +44,7 @@ import zmq
 from agents.lifecycle import Event, State
 from agents.store import Block, BlockStore
 from mesh import protocol as P
+from mesh.membership import is_agent_address
 from mesh.errors import (
     AgentError,
     BlockNotFound,
@@ -57,8 +57,6 @@ from mesh.errors import (
 
 log = logging.getLogger("mesh.agent")
 
-# A peer's data or gossip address as the agents advertise it.
-PEER_ADDRESS = re.compile(r"^tcp://[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 PULL_WINDOW = 8  # READ requests in flight during a pull
 COMMIT_WAIT_S = 30.0  # how long an arrived copy waits for its COMMIT before it is dropped
 STALL_S = 10.0  # no reply from the peer for this long ends a pull or a move
@@ -161,7 +159,7 @@ class PeerCopies:
                 raise MeshTimeout(f"{peer} did not answer in time", node=self.node)
 
     def _valid_peer(self, address: str, what: str) -> str:
-        if not PEER_ADDRESS.match(address):
+        if not is_agent_address(address):
             raise InvalidRequest(f"{what} must be an address like tcp://host:port, got {address!r}")
         if address == self.address:
             raise InvalidRequest(f"{what} {address} is this agent ({self.node})")
@@ -270,17 +268,19 @@ class PeerCopies:
         sock = self._connect(source, hwm=4 * PULL_WINDOW, max_message_bytes=chunk)
         try:
             inflight: dict[int, tuple[int, int]] = {}
-            next_offset, request_id, received = 0, 0, 0
+            pieces = P.chunk_ranges(block.size, chunk)
+            request_id, received = 0, 0
             crc, checked = 0, 0  # crc32 of the copy's first ``checked`` bytes
             while received < block.size:
-                while len(inflight) < PULL_WINDOW and next_offset < block.size:
+                while len(inflight) < PULL_WINDOW:
+                    piece = next(pieces, None)
+                    if piece is None:
+                        break
                     request_id += 1
-                    length = min(chunk, block.size - next_offset)
                     sock.send(P.encode_request(P.READ, request_id, {
-                        "block": block.block_id, "offset": next_offset, "length": length,
+                        "block": block.block_id, "offset": piece[0], "length": piece[1],
                     }))
-                    inflight[request_id] = (next_offset, length)
-                    next_offset += length
+                    inflight[request_id] = piece
                 if block.state is State.CANCELLED:
                     raise MoveFailed(f"the move of {block.block_id} was aborted by its source")
                 reply = self._await_reply(sock, source, deadline)

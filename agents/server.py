@@ -28,14 +28,14 @@ import zmq
 
 from agents import lifecycle
 from agents.lifecycle import Event, State
-from agents.moves import PEER_ADDRESS, PeerCopies
+from agents.moves import PeerCopies
 from agents.store import Block, BlockStore, populate
 from agents.writegate import WriteGate
 from mesh import protocol as P
 from mesh import sockets
 from mesh.errors import BlockMoving, MeshError, TooLarge
-from mesh.membership import ALIVE, DEAD, MembershipTable, NodeInfo
 from mesh.hostmem import host_memory
+from mesh.membership import ALIVE, DEAD, MembershipTable, NodeInfo, is_agent_address
 
 log = logging.getLogger("mesh.agent")
 
@@ -150,7 +150,7 @@ class Agent:
     def _follow(self, gossip_address: str) -> None:
         if gossip_address == self.gossip_address or gossip_address in self._connected_gossip:
             return
-        if not PEER_ADDRESS.match(gossip_address) or \
+        if not is_agent_address(gossip_address) or \
                 len(self._connected_gossip) >= MAX_FOLLOWED_PEERS:
             return
         self.sub.connect(gossip_address)

@@ -10,6 +10,7 @@
     ├── BlockNotFound              no live agent holds that block id
     ├── KeyNotFound                no object stored under that key
     ├── IntegrityError             bytes read back do not match the stored checksum
+    │   └── ObjectChanged          the key named another object when a read looked it up again
     ├── CapacityError              the agent (or every live agent) has no room
     ├── ProtocolError              malformed frames, unknown op, wrong protocol version
     │   └── VersionMismatch
@@ -91,6 +92,13 @@ class KeyNotFound(_NotFound):
 
 class IntegrityError(MeshError):
     code = "integrity"
+
+
+class ObjectChanged(IntegrityError):
+    """A read that followed a moving block found its key naming another object (replaced
+    meanwhile); nothing of the two is mixed. A client-side error: it never crosses the wire."""
+
+    code = "object_changed"
 
 
 class CapacityError(MeshError):

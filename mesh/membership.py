@@ -15,6 +15,7 @@ heartbeat.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -25,6 +26,15 @@ DOWN = "down"  # in the cluster file, but no agent has heard of it (the client's
 
 # The fields a heartbeat refreshes without a new incarnation.
 _STAT_FIELDS = ("capacity", "used", "room", "host_available", "host_total", "blocks")
+
+
+_AGENT_ADDRESS = re.compile(r"^tcp://[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+
+
+def is_agent_address(address: str) -> bool:
+    """Whether ``address`` has the shape of an agent's endpoint (``tcp://host:port``): checked
+    before an agent connects anywhere a heartbeat or a MOVE/PULL names."""
+    return isinstance(address, str) and bool(_AGENT_ADDRESS.match(address))
 
 
 def state_for_silence(silent_s: float, suspect_after_s: float, dead_after_s: float) -> str:

@@ -64,7 +64,7 @@ codes to exceptions.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import msgpack
 
@@ -194,6 +194,14 @@ def frame_view(frame: Any) -> memoryview:
     if buf is not None:
         return buf
     return memoryview(frame).cast("B")
+
+
+def chunk_ranges(length: int, chunk_bytes: int, start: int = 0) -> Iterator[tuple[int, int]]:
+    """(offset, length) of each chunk of a transfer of ``length`` bytes from ``start``: every
+    large READ and WRITE is cut by this one rule (the client's ``mesh/client/transfer.py`` and
+    the agent's pull in ``agents/moves.py``), so no message is over one chunk."""
+    for i in range(0, length, chunk_bytes):
+        yield start + i, min(chunk_bytes, length - i)
 
 
 # --- requests -----------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ checked on every full read.
 Moves: every read here follows a block that moves meanwhile (``follow`` in
 ``mesh/client/transfer.py``). Reads into memory start again; file streams resume at the first
 byte not yet written out. A key that names another object when it is looked up again is an
-``IntegrityError``, never a mix of two objects. Chunking, the ring of buffers and the follow
+``ObjectChanged`` (an ``IntegrityError``), never a mix of two objects. Chunking, the ring of buffers and the follow
 policy live in ``mesh/client/transfer.py``.
 """
 
@@ -49,6 +49,7 @@ from mesh.errors import (
     KeyNotFound,
     MeshError,
     NodeUnavailable,
+    ObjectChanged,
     OutOfRange,
 )
 
@@ -390,7 +391,7 @@ def _same_object(first: ObjectInfo, now: ObjectInfo, delivered: int) -> None:
         return (i.block_id, i.offset, i.length, i.checksum)
 
     if what(now) != what(first):
-        raise IntegrityError(
+        raise ObjectChanged(
             f"key {first.key!r} changed while it was being read: it named {first.length} bytes "
             f"at {first.offset} of block {first.block_id} ({first.checksum}) and now names "
             f"{now.length} bytes at {now.offset} of block {now.block_id} ({now.checksum}); "

@@ -18,7 +18,7 @@ ring of chunk buffers that streams a range of any size in a few buffers' worth o
 
 Pure apart from what the given ``core`` does: no sockets here. Not here: the batch window and
 reply matching (``mesh/client/batch.py``), sockets and block locations (``mesh/client/core.py``),
-key records (``mesh/client/objects.py``), the agent's side of a move (``agents/server.py``).
+key records (``mesh/client/objects.py``), the agent's side of a move (``agents/moves.py``).
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ def chunk_calls(op: str, address: str, block_id: str, offset: int,
     reading = op == P.READ
     pos = 0
     for buf in buffers:
-        for i in range(0, buf.nbytes, chunk_bytes):
-            piece = buf[i : i + chunk_bytes]
+        for i, n in P.chunk_ranges(buf.nbytes, chunk_bytes):
+            piece = buf[i : i + n]
             fields = {"block": block_id, "offset": offset + pos}
             if reading:
                 fields["length"] = piece.nbytes

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh.errors import IntegrityError
+from mesh.errors import IntegrityError, ObjectChanged
 from support.mesh import ROOT, running_mesh
 
 MiB = 1 << 20
@@ -138,7 +138,8 @@ def test_a_key_naming_another_object_midway_is_an_error_not_a_mix(tmp_path):
                 replaced.append(other.put_bytes("follow/replaced", b"another object",
                                                 node="node2", replace=True))
 
-        with pytest.raises(IntegrityError, match="changed while it was being read"):
+        with pytest.raises(ObjectChanged, match="changed while it was being read") as caught:
             c.get_file("follow/replaced", out, progress=progress)
+        assert isinstance(caught.value, IntegrityError)  # callers catching the parent see it
         assert replaced and c.get_bytes("follow/replaced") == b"another object"
         c.delete("follow/replaced")
