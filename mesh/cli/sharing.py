@@ -22,7 +22,6 @@ score (``mesh/balance/pressure.py``), the mesh's stats (``mesh/client/drivers.py
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from typing import Any
@@ -39,10 +38,11 @@ from mesh.cli.common import (
     config_option,
     echo_json,
     human,
+    line,
     load,
+    ok,
     out,
 )
-from mesh.cli.common import line as _line, ok as _ok  # the names `request` uses
 from mesh.client import MeshClient
 from mesh.config import ClusterConfig
 from mesh.errors import MeshError
@@ -146,15 +146,15 @@ def request(config_path: str | None, node: str, resource: str, amount: str, prio
                 stats_nodes = client.stats()["nodes"]
         res = reserve_for(placement, cfg, node, resource, need, stats_nodes, priority)
     if as_json:
-        click.echo(json.dumps(_as_dict(res, time.time()), indent=2))
+        echo_json(_as_dict(res, time.time()))
         return
-    _ok(f"Reserved {what(resource, res.amount)} for {node} (priority {priority})")
-    _line(f"Allocation ID: {res.id}")
+    ok(f"Reserved {what(resource, res.amount)} for {node} (priority {priority})")
+    line(f"Allocation ID: {res.id}")
     for (target, part), ray_node in zip(res.targets, res.bundle_nodes or ("",) * len(res.targets)):
-        _line(f"Target: {target}  {show(resource, part)}"
+        line(f"Target: {target}  {show(resource, part)}"
               + (f"  (Ray node {ray_node[:8]})" if ray_node else ""))
     if res.expires is not None:
-        _line(f"Expires: in {duration(res.expires - time.time())} "
+        line(f"Expires: in {duration(res.expires - time.time())} "
               f"({time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(res.expires))})")
 
 
@@ -235,11 +235,11 @@ def status(config_path: str | None, as_json: bool) -> None:
         })
         return
 
-    _line("Resource Sharing Status")
-    _line(f"Sharing Enabled: {'Yes' if _enabled(cfg) else 'No'}")
-    _line(f"Ray: {ray_address} ({len(ray_nodes)} of {len(cfg.nodes)} mesh nodes have a Ray node)")
+    line("Resource Sharing Status")
+    line(f"Sharing Enabled: {'Yes' if _enabled(cfg) else 'No'}")
+    line(f"Ray: {ray_address} ({len(ray_nodes)} of {len(cfg.nodes)} mesh nodes have a Ray node)")
     if released:
-        _line(f"Released {len(released)} expired reservation{'s' if len(released) != 1 else ''}: "
+        line(f"Released {len(released)} expired reservation{'s' if len(released) != 1 else ''}: "
               + ", ".join(r.id for r in released))
     out.print()
 
@@ -261,11 +261,11 @@ def status(config_path: str | None, as_json: bool) -> None:
                           "never" if left is None else duration(left))
         out.print(table)
     else:
-        _line("No active allocations")
+        line("No active allocations")
     out.print()
 
     if stats_nodes is None:
-        _line(f"Node utilisation unavailable: {unavailable}")
+        line(f"Node utilisation unavailable: {unavailable}")
         return
     table = Table(title="Node Utilization")
     for col, just in [("Node", "left"), ("State", "left"), ("Used / Capacity", "right"),
@@ -302,5 +302,5 @@ def release(config_path: str | None, allocation_id: str, as_json: bool) -> None:
     if as_json:
         echo_json({"id": res.id, "released": True})
         return
-    _ok(f"Released {res.id}: {what(res.resource, res.amount)} on "
+    ok(f"Released {res.id}: {what(res.resource, res.amount)} on "
         + ", ".join(t for t, _ in res.targets))
