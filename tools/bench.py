@@ -139,10 +139,11 @@ class Baseline:
 
 class Agents:
     """``n`` real agents on 127.0.0.1, .2, ... each with room for ``size`` bytes, running the
-    code of the source tree ``root`` (this checkout unless told otherwise)."""
+    code of the source tree ``root`` (this checkout unless told otherwise); ``mesh`` adds
+    settings to the cluster file's ``mesh:`` section."""
 
     def __init__(self, size: int, chunk: int, window: int, tmp: Path, n: int = 1,
-                 root: Path = ROOT):
+                 root: Path = ROOT, mesh: dict | None = None):
         hosts = [f"127.0.0.{i + 1}" for i in range(n)]
         ports = [_free_port(h) for h in hosts]
         self.port = ports[0]
@@ -153,7 +154,7 @@ class Agents:
                        "memory_gb": size / 1024**3 + 0.25}
                       for i, (h, p) in enumerate(zip(hosts, ports))],
             "mesh": {"chunk_bytes": chunk, "window": window, "host_reserve_bytes": "512MiB",
-                     "request_timeout_s": 60},
+                     "request_timeout_s": 60, **(mesh or {})},
         }
         self.config = tmp / "bench.yaml"
         self.config.write_text(yaml.safe_dump(cfg))
