@@ -152,7 +152,8 @@ class LocalMesh:
         proc = self.node(name).proc
         assert proc is not None
         proc.send_signal(sig)
-        proc.wait(timeout=10)
+        if sig not in (signal.SIGSTOP, signal.SIGCONT):  # a pause is not an end
+            proc.wait(timeout=10)
 
     def client(self, **kw) -> MeshClient:
         return MeshClient(self.config_path, **kw)
