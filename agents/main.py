@@ -21,6 +21,7 @@ import sys
 
 import zmq
 
+from agents.ledger import default_path as ledger_path
 from agents.server import Agent, AgentSettings
 from mesh import __version__
 from mesh._malloc import tune_for_transfers
@@ -57,6 +58,7 @@ def settings_for(cfg: ClusterConfig, node: NodeConfig) -> AgentSettings:
         max_message_bytes=m.max_message_bytes,
         chunk_bytes=m.chunk_bytes,
         version=__version__,
+        ledger_path=str(ledger_path(m.state_dir)),
     )
 
 

@@ -27,6 +27,7 @@ from typing import Any, Callable
 import zmq
 
 from agents import lifecycle
+from agents.ledger import PromiseLedger, default_path as ledger_default_path
 from agents.lifecycle import Event, State
 from agents.moves import PeerCopies
 from agents.store import Block, BlockStore, populate
@@ -68,6 +69,8 @@ class AgentSettings:
     version: str
     sndhwm: int = 256
     rcvhwm: int = 256
+    # the host's promise ledger (agents/ledger.py); None: the default path for this user
+    ledger_path: str | None = None
 
     def __post_init__(self) -> None:
         # a pull asks its source (same cluster file, same limit) for chunks of chunk_bytes
@@ -98,6 +101,7 @@ class Agent:
             settings.reserve_bytes,
             memory_fn=host_memory,
             on_free=self.gate.forget,
+            ledger=PromiseLedger(settings.ledger_path or ledger_default_path(None), settings.node),
         )
         self.members = MembershipTable(settings.suspect_after_s, settings.dead_after_s)
         self.ctx = ctx or zmq.Context.instance()
@@ -282,6 +286,7 @@ class Agent:
             r["address"] for r in self.members.snapshot(now) if r["state"] == DEAD
         ))
         self.moves.drop_stale_copies(now)
+        self.store.flush_ledger()
         rec["peers"] = self.members.gossip_entries(now, exclude=self.s.node)
         try:
             self.pub.send_multipart(P.encode_heartbeat(rec), zmq.NOBLOCK)

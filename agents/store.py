@@ -2,7 +2,7 @@
 
 Covers: making blocks (anonymous mmap, one contiguous buffer each, exposed as a memoryview),
 checking every offset/length before memory is touched, counting promises against the agent's
-share and the host's available RAM, giving memory back to the OS on free, the key records that
+share and the host's RAM (the room rule below), giving memory back to the OS on free, the key records that
 name ranges of blocks, and a forwarding note for each block that moved away (so a client asking
 for it hears where it went). Each block carries its lifecycle state; the store refuses what the
 state does not allow (``BlockNotFound`` while a block is not served, ``BlockMoving`` while it
@@ -13,20 +13,40 @@ parsing (``agents/server.py``), the peer copy that moves blocks (``agents/moves.
 membership (``mesh/membership.py``). No I/O beyond mapping memory. Page population (backing an
 allocation with real pages) is slow on virtual machines (about 0.5 GB/s here), so ``populate``
 is a separate call the agent runs in a worker thread; the madvise call releases the GIL.
+
+The room rule. An agent's promises are ``used``: every block it holds, whether backed, being
+backed or lazy, plus the bytes of its key records. ``unbacked`` is the part of ``used`` that
+holds no pages yet (blocks still being populated, copies moving in, lazy blocks): it will still
+come out of the host's available RAM. Every agent on a host writes both figures in the host's
+promise ledger (``agents/ledger.py``), and a new promise of ``n`` bytes is made only when, under
+the ledger's lock::
+
+    n <= share - used                                            (the agent's own share)
+    n <= (total - reserve) - (promised by every agent on the host)      (never over-promise)
+    n <= (available - reserve) - (unbacked by every agent on the host)  (what is free now)
+
+so the sum of every agent's promises on a host never exceeds its RAM less the reserve, and
+allocations still being backed count as taken. A lazy block is counted as unbacked even once
+written (its pages then count twice, which errs on the safe side).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import mmap
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
+
+import msgpack
 
 from agents import lifecycle
+from agents.ledger import Others, PromiseLedger
 from agents.lifecycle import Event, IllegalTransition, State
+from agents.paging import SeqIndex
 from mesh.hostmem import HostMemory
 from mesh.units import format_bytes
 from mesh.errors import (
@@ -65,6 +85,7 @@ class Block:
     # time by which the source must COMMIT it (else it is dropped).
     pull_started: float | None = None
     commit_by: float | None = None
+    seq: int = 0  # where it stands in the store's listing order (agents/paging.py)
 
     def advance(self, event: Event) -> State:
         """Apply ``event`` (``IllegalTransition`` if the state does not allow it). Events that
@@ -114,10 +135,24 @@ def populate(block: Block) -> None:
             view[off] = 0
 
 
+# States in which a block's pages are not all there yet (populating, or a copy being pulled).
+_FILLING = (State.ALLOCATING, State.INCOMING, State.CANCELLED, State.ARRIVED)
+
+
+def host_room(mem: HostMemory, reserve: int, promised: int, unbacked: int,
+              others: Others) -> int:
+    """What the host can still promise (the room rule in the module docstring): ``promised`` and
+    ``unbacked`` are this agent's, ``others`` every other agent's on the host."""
+    never_over = mem.total - reserve - promised - others.promised
+    free_now = mem.available - reserve - unbacked - others.unbacked
+    return max(0, min(never_over, free_now))
+
+
 class BlockStore:
     """Blocks of one agent. ``memory_fn`` tells the host's (or its cgroup's) RAM: an object with
     ``total`` and ``available`` bytes (``mesh.hostmem.host_memory``). ``on_free`` is told the id
-    of every block freed (the server drops its bookkeeping of reads in flight from it)."""
+    of every block freed (the server drops its bookkeeping of reads in flight from it).
+    ``ledger`` is the host's promise ledger (None: no other agent shares this host)."""
 
     def __init__(
         self,
@@ -127,6 +162,7 @@ class BlockStore:
         reserve_bytes: int,
         memory_fn: Callable[[], HostMemory],
         on_free: Callable[[str], None] | None = None,
+        ledger: PromiseLedger | None = None,
     ):
         self.node = node
         self.incarnation = incarnation
@@ -139,7 +175,14 @@ class BlockStore:
         self._on_free = on_free
         self._counter = 0
         self._tag = _base36(incarnation)
-        self.used = 0
+        self.used = 0  # every promise: block sizes and key record bytes
+        self.key_bytes = 0  # the part of ``used`` that key records take
+        self._lazy_bytes = 0
+        self._filling: dict[str, Block] = {}  # non-lazy blocks whose pages may not all be there
+        self._ledger = ledger
+        self._block_order = SeqIndex()  # listing order and cursors (LIST, KLIST)
+        self._key_order = SeqIndex()
+        self._ledger_stale = False  # a free not yet written to the ledger (errs on the safe side)
 
     # --- accounting ---------------------------------------------------------------------------
 
@@ -152,12 +195,49 @@ class BlockStore:
     def capacity(self) -> int:
         return self.capacity_for(self._memory())
 
-    def room(self, mem: HostMemory | None = None) -> int:
-        """Bytes a new allocation may take now (``mem``: a reading already taken)."""
+    @property
+    def unbacked(self) -> int:
+        """Promised bytes that hold no pages yet (see the room rule)."""
+        for block_id in [i for i, b in self._filling.items() if b.state not in _FILLING]:
+            del self._filling[block_id]  # populated, or committed: its pages are there
+        return self._lazy_bytes + sum(b.size for b in self._filling.values())
+
+    def room(self, mem: HostMemory | None = None, others: Others | None = None) -> int:
+        """Bytes a new allocation may take now (``mem``: a reading already taken; ``others``:
+        the other agents' totals, read from the ledger when None)."""
         mem = mem or self._memory()
+        if others is None:
+            others = self._ledger.others() if self._ledger is not None else Others()
         by_share = self.capacity_for(mem) - self.used
-        by_host = mem.available - self.reserve_bytes
+        by_host = host_room(mem, self.reserve_bytes, self.used, self.unbacked, others)
         return max(0, min(by_share, by_host))
+
+    @contextlib.contextmanager
+    def _promise(self, nbytes: int, what: str) -> Iterator[None]:
+        """Check ``nbytes`` against the room under the host's lock; the caller counts it inside
+        the ``with`` block, and the new totals go to the ledger when it ends."""
+        lock = self._ledger.locked() if self._ledger is not None else \
+            contextlib.nullcontext(Others())
+        with lock as others:
+            mem = self._memory()
+            room = self.room(mem, others)
+            if nbytes > room:
+                raise CapacityError(
+                    f"node {self.node} has room for {format_bytes(room)}, {format_bytes(nbytes)} "
+                    f"asked for {what} (capacity {format_bytes(self.capacity_for(mem))}, used "
+                    f"{format_bytes(self.used)})",
+                    node=self.node,
+                )
+            yield
+            if self._ledger is not None:
+                self._ledger.write(self.used, self.unbacked)
+                self._ledger_stale = False
+
+    def flush_ledger(self) -> None:
+        """Write frees to the ledger (the agent calls it on its heartbeat timer)."""
+        if self._ledger is not None and self._ledger_stale:
+            self._ledger.update(self.used, self.unbacked)
+            self._ledger_stale = False
 
     def __len__(self) -> int:
         return len(self._blocks)
@@ -180,26 +260,25 @@ class BlockStore:
             raise InvalidRequest(f"block {block_id!r} already exists on node {self.node}")
         if size <= 0:
             raise InvalidSize(f"allocation size must be a positive number of bytes, got {size}")
-        mem = self._memory()
-        room = self.room(mem)
-        if size > room:
-            raise CapacityError(
-                f"node {self.node} has room for {format_bytes(room)}, {format_bytes(size)} "
-                f"asked (capacity {format_bytes(self.capacity_for(mem))}, used "
-                f"{format_bytes(self.used)})",
-                node=self.node,
-            )
-        try:
-            buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
-        except (OSError, OverflowError, MemoryError) as exc:
-            raise CapacityError(f"node {self.node} could not map {size} bytes: {exc}") from None
-        if size >= HUGE_PAGE and block_id is None:  # not for a copy moving in (see _advise_huge)
-            _advise_huge(buf)
-        block = Block(block_id or self.new_id(), size, lazy,
-                      time.time() if created is None else created, buf, memoryview(buf),
-                      lifecycle.initial_state(lazy, incoming=block_id is not None))
-        self._blocks[block.block_id] = block
-        self.used += size
+        with self._promise(size, "a block"):
+            try:
+                buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+            except (OSError, OverflowError, MemoryError) as exc:
+                raise CapacityError(f"node {self.node} could not map {size} bytes: {exc}") \
+                    from None
+            if size >= HUGE_PAGE and block_id is None:  # not for a copy moving in (_advise_huge)
+                _advise_huge(buf)
+            block = Block(block_id or self.new_id(), size, lazy,
+                          time.time() if created is None else created, buf, memoryview(buf),
+                          lifecycle.initial_state(lazy, incoming=block_id is not None))
+            self._blocks[block.block_id] = block
+            block.seq = self._block_order.add(block.block_id)
+            self._block_order.compact(len(self._blocks), self._block_at)
+            self.used += size
+            if lazy:
+                self._lazy_bytes += size
+            else:
+                self._filling[block.block_id] = block
         return block
 
     def get(self, block_id: str) -> Block:
@@ -245,8 +324,14 @@ class BlockStore:
         block.state = State.FREED
         del self._blocks[block_id]
         self.used -= block.size
+        if block.lazy:
+            self._lazy_bytes -= block.size
+        self._filling.pop(block_id, None)
+        self._ledger_stale = True
+        if why is not Event.SHUTDOWN:  # other agents on the host may take the room at once
+            self.flush_ledger()
         for key in [k for k, r in self._keys.items() if r["block"] == block_id]:
-            del self._keys[key]
+            self._drop_key(key)
         if moved_to is not None:
             self._moved[block_id] = moved_to
             self._moved.move_to_end(block_id)
@@ -260,10 +345,14 @@ class BlockStore:
     # --- keys ---------------------------------------------------------------------------------
 
     def put_key(self, key: str, rec: dict, replace: bool, now: float) -> dict:
-        """Name a range of one of our blocks; on replace, free the old record's own block."""
+        """Name a range of one of our blocks; on replace, free the old record's own block. A
+        record's bytes count against the room like a block's (``CapacityError``)."""
         record = self._checked_key(key, rec, replace, now)
-        self._install_key(record)
-        return record
+        old = self._keys.get(key)
+        grow = record["_bytes"] - (old["_bytes"] if old is not None else 0)
+        with self._promise(max(0, grow), f"key {key!r}"):
+            self._install_key(record)
+        return _public(record)
 
     def adopt_keys(self, block: Block, records: list, now: float) -> None:
         """Take the key records that a COMMIT brings with ``block`` (an ARRIVED copy), keeping
@@ -278,7 +367,7 @@ class BlockStore:
             created = rec.get("created")
             created = created if isinstance(created, (int, float)) else now
             checked.append(self._checked_key(rec["key"], rec, True, created, arriving=block))
-        for record in checked:
+        for record in checked:  # counted, not checked: the source had room for them
             self._install_key(record)
 
     def _checked_key(self, key: str, rec: dict, replace: bool, now: float,
@@ -303,23 +392,36 @@ class BlockStore:
 
     def _install_key(self, record: dict) -> None:
         old = self._keys.get(record["key"])
+        if old is not None:
+            self._drop_key(record["key"])
         self._keys[record["key"]] = record
+        record["_seq"] = self._key_order.add(record["key"])
+        self._key_order.compact(len(self._keys), self._key_at)
+        self.used += record["_bytes"]
+        self.key_bytes += record["_bytes"]
         if old is not None and old["owns_block"] and old["block"] and old["block"] != record["block"]:
             if old["block"] in self._blocks:
                 self.free(old["block"])
+
+    def _drop_key(self, key: str) -> dict:
+        record = self._keys.pop(key)
+        self.used -= record["_bytes"]
+        self.key_bytes -= record["_bytes"]
+        self._ledger_stale = True
+        return record
 
     def get_key(self, key: str) -> dict:
         record = self._keys.get(key)
         if record is None:
             raise KeyNotFound(f"key {key!r} not found on node {self.node}", node=self.node)
-        return record
+        return _public(record)
 
     def delete_key(self, key: str) -> bool:
         """Forget a key; free its block when the block was made for it. True if freed."""
         record = self.get_key(key)
         if record["block"] in self._blocks:
             self.check_still(self._blocks[record["block"]])
-        del self._keys[key]
+        self._drop_key(key)
         if record["owns_block"] and record["block"] in self._blocks:
             self.free(record["block"])
             return True
@@ -328,11 +430,33 @@ class BlockStore:
     def key_records(self, block_id: str | None = None) -> list[dict]:
         """Every key record, or those naming a range of ``block_id``."""
         if block_id is None:
-            return list(self._keys.values())
-        return [r for r in self._keys.values() if r["block"] == block_id]
+            return [_public(r) for r in self._keys.values()]
+        return [_public(r) for r in self._keys.values() if r["block"] == block_id]
 
     def blocks(self) -> list[Block]:
         return list(self._blocks.values())
+
+    def _block_at(self, block_id: str, seq: int) -> Block | None:
+        block = self._blocks.get(block_id)
+        return block if block is not None and block.seq == seq else None
+
+    def _key_at(self, key: str, seq: int) -> dict | None:
+        record = self._keys.get(key)
+        return record if record is not None and record["_seq"] == seq else None
+
+    def list_blocks(self, after: int, limit: int) -> tuple[list[Block], int | None]:
+        """One page of the blocks clients may see, after cursor ``after`` (agents/paging.py)."""
+        def listed(block_id: str, seq: int) -> Block | None:
+            block = self._block_at(block_id, seq)
+            return block if block is not None and lifecycle.listed(block.state) else None
+
+        return self._block_order.page(after, limit, listed)
+
+    def list_keys(self, after: int, limit: int, max_bytes: int) -> tuple[list[dict], int | None]:
+        """One page of key records after cursor ``after``, at most ``max_bytes`` of them."""
+        records, cursor = self._key_order.page(after, limit, self._key_at,
+                                               cost=lambda r: r["_bytes"], max_bytes=max_bytes)
+        return [_public(r) for r in records], cursor
 
     def check_range(self, block: Block, offset: int, length: int) -> None:
         if offset < 0 or length < 0:
@@ -346,9 +470,16 @@ class BlockStore:
     def close(self) -> None:
         for block_id in list(self._blocks):
             self.free(block_id, Event.SHUTDOWN)
+        if self._ledger is not None:
+            self._ledger.close()  # promises nothing any more
 
 
 MAX_KEY_LENGTH = 1024
+# A key record is metadata: at most this many bytes packed (the key, its fields and ``meta``).
+MAX_KEY_RECORD_BYTES = 16 * 1024
+# What a record costs the agent beyond its packed bytes (the dict and its objects, measured ~0.6
+# KiB for a small record), counted against the room with them.
+KEY_RECORD_OVERHEAD_BYTES = 1024
 
 _KEY_RECORD_FIELDS: dict[str, tuple[type, ...]] = {
     "block": (str,),
@@ -374,7 +505,17 @@ def _check_key_record(key: str, rec: dict, node: str, now: float) -> dict:
         raise InvalidRequest("only a 0-byte object may have no block")
     out["created"] = now
     out["node"] = node
+    packed = len(msgpack.packb(out, use_bin_type=True))
+    if packed > MAX_KEY_RECORD_BYTES:
+        raise InvalidRequest(f"key record for {key!r} is {packed} bytes packed; the limit is "
+                             f"{MAX_KEY_RECORD_BYTES} (keep large data in the block, not meta)")
+    out["_bytes"] = packed + KEY_RECORD_OVERHEAD_BYTES
     return out
+
+
+def _public(record: dict) -> dict:
+    """A key record as clients see it (without the store's own bookkeeping)."""
+    return {k: v for k, v in record.items() if not k.startswith("_")}
 
 
 def _not_served(block: Block, node: str) -> BlockNotFound:
