@@ -34,7 +34,7 @@ from agents.store import Block, BlockStore, populate
 from agents.writegate import WriteGate
 from mesh import protocol as P
 from mesh import sockets
-from mesh.errors import BlockMoving, MeshError, TooLarge
+from mesh.errors import BlockMoving, DeadlineExceeded, MeshError, TooLarge
 from mesh.hostmem import host_memory
 from mesh.membership import ALIVE, DEAD, MembershipTable, NodeInfo, is_agent_address
 
@@ -110,6 +110,7 @@ class Agent:
         self._connected_gossip: set[str] = set()
         self._stopping = False
         self.dropped_replies = 0
+        self.late_requests = 0  # refused because their client had given up (deadline passed)
         # moves and pulls run in threads with sockets of their own; the loop finishes them
         self.moves = PeerCopies(
             self.store, node=settings.node, address=self.address,
@@ -222,6 +223,12 @@ class Agent:
 
     def _dispatch(self, identity: bytes, request: P.Request) -> None:
         try:
+            if P.past_deadline(request.fields, time.time()):
+                # its client has given up on it (it timed out there): apply nothing
+                self.late_requests += 1
+                raise DeadlineExceeded(
+                    f"{request.op} reached node {self.s.node} after its client's deadline; "
+                    "nothing was applied", node=self.s.node)
             self._handlers[request.op](identity, request)
         except MeshError as exc:
             self._send(identity, [P.encode_exception(request.op, request.request_id, exc)])
@@ -398,6 +405,7 @@ class Agent:
         rec = self.self_record()
         rec["reserve"] = self.s.reserve_bytes
         rec["dropped_replies"] = self.dropped_replies
+        rec["late_requests"] = self.late_requests
         self._reply(identity, req, rec)
 
     def _nodes(self, identity: bytes, req: P.Request) -> None:

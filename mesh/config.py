@@ -75,6 +75,9 @@ class MeshSettings:
     window: int = 8  # chunks in flight per agent
     request_timeout_s: float = 10.0
     connect_timeout_s: float = 3.0
+    # How far apart client and agent clocks may be: a request carries the wall-clock time its
+    # client gives up less this, and the agent applies nothing after that (mesh/protocol.py).
+    clock_skew_s: float = 0.25
     host_reserve_bytes: int = 1 * GiB  # RAM an agent always leaves to its host
     state_dir: str | None = None
     insecure: bool = False
@@ -94,6 +97,8 @@ class MeshSettings:
             _check_int(self.chunk_bytes, "chunk_bytes", MIN_CHUNK_BYTES, MAX_CHUNK_BYTES,
                        shown="64KiB..64MiB")
             _check_int(self.window, "window", 1, MAX_WINDOW)
+            if not _is_number(self.clock_skew_s) or not 0 <= self.clock_skew_s < 3600:
+                raise _Invalid("clock_skew_s", f"expected seconds >= 0, got {self.clock_skew_s!r}")
             _check_int(self.host_reserve_bytes, "host_reserve_bytes", 0, None)
             if self.state_dir is not None:
                 _check_string(self.state_dir, "state_dir")

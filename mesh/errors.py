@@ -16,6 +16,8 @@
     │   └── VersionMismatch
     ├── NodeUnavailable            a node is unknown, dead, or does not answer
     │   └── MeshTimeout            no reply within the timeout
+    │       └── DeadlineExceeded   the agent took the request up after the client's deadline
+    │                              and applied nothing (the client had given up on it)
     ├── AgentError                 the agent failed internally (it keeps serving)
     ├── BlockMoving                the block is being moved to another node; retry shortly
     ├── MoveFailed                 a move stopped half-way; the original is intact at the source
@@ -121,6 +123,13 @@ class MeshTimeout(NodeUnavailable, TimeoutError):
     code = "timeout"
 
 
+class DeadlineExceeded(MeshTimeout):
+    """The agent took the request up after the deadline it carried (the time its client gives
+    up, less ``mesh.clock_skew_s``) and applied none of it."""
+
+    code = "deadline_exceeded"
+
+
 class AgentError(MeshError):
     code = "internal"
 
@@ -202,6 +211,7 @@ ERROR_CODES: dict[str, type[MeshError]] = {
         VersionMismatch,
         NodeUnavailable,
         MeshTimeout,
+        DeadlineExceeded,
         AgentError,
         BlockMoving,
         MoveFailed,

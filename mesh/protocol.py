@@ -48,6 +48,12 @@ A key record names a range of one of this agent's blocks plus metadata::
     {key, block ("" for a 0-byte object), offset, length, content_type, checksum, owns_block,
      meta, created, node}
 
+Every request may carry ``deadline`` in its fields (float, wall-clock epoch seconds): when the
+client gives up on it, less ``mesh.clock_skew_s``. The agent checks it before applying the
+request (again when a deferred write is retried) and answers a late one with ERROR
+``deadline_exceeded``, having applied nothing, so a write that timed out at its client never
+lands later. Clocks must agree within ``clock_skew_s``.
+
 A block record is ``{block, node, size, lazy, created}``. A request whose header cannot be
 parsed gets an ERROR reply with ``request_id`` 0 and op "?" when the agent can still reply.
 
@@ -93,6 +99,8 @@ ABORT = "abort"
 
 OK = 0
 ERROR = 1
+
+DEADLINE = "deadline"  # optional field of any request (see the docstring)
 
 HEARTBEAT_TOPIC = b"hb"
 
@@ -250,6 +258,11 @@ def parse_request(frames: Sequence[Any]) -> Request:
                 op,
                 request_id,
             )
+    deadline = fields.get(DEADLINE)
+    if deadline is not None and (not isinstance(deadline, (int, float))
+                                 or isinstance(deadline, bool)):
+        raise BadRequest("bad_request", f"{op}: field 'deadline' must be a number", op,
+                         request_id)
     payload = list(frames[1:])
     if len(payload) != n_payload:
         raise BadRequest(
@@ -259,6 +272,19 @@ def parse_request(frames: Sequence[Any]) -> Request:
             request_id,
         )
     return Request(op, request_id, fields, payload)
+
+
+def deadline_for(wall_now: float, timeout_s: float, clock_skew_s: float) -> float:
+    """The ``deadline`` of a request sent at ``wall_now`` whose client gives up after
+    ``timeout_s``: that moment less the clock skew allowed between client and agent (at most
+    half the timeout, so a short request still has time to be served)."""
+    return wall_now + timeout_s - min(clock_skew_s, timeout_s / 2)
+
+
+def past_deadline(fields: dict[str, Any], wall_now: float) -> bool:
+    """Whether a request with these fields must be refused at ``wall_now`` (agent's clock)."""
+    deadline = fields.get(DEADLINE)
+    return deadline is not None and wall_now > deadline
 
 
 # --- replies ------------------------------------------------------------------------------------

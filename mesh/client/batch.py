@@ -7,7 +7,10 @@
 - ``Batch`` and ``BatchRun``: bookkeeping for a group of calls: at most ``window`` in flight per
   address (credit-based flow control), request ids, replies matched by id (stale ones ignored),
   per-call timeouts, first-error or collect-all policies, and "settle" for asking several agents
-  and taking the first answers. Unit-tested in ``tests/unit/test_batch.py``.
+  and taking the first answers. Unit-tested in ``tests/unit/test_batch.py``. Every request
+  sent carries its ``deadline`` (``protocol.deadline_for``: when this run gives up on it, on
+  the wall clock the caller passes, less the allowed clock skew), so an agent that takes it up
+  later applies nothing.
 - ``byte_view``: the flat byte view every transfer works on.
 
 Not here: the sockets that carry the frames and the operations (``mesh/client/core.py``), how a
@@ -74,8 +77,10 @@ class BatchRun:
         self.first_success_at: float | None = None
         self.abandoned: set[str] = set()
 
-    def ready(self, now: float) -> list[tuple[Call, list[Any]]]:
-        """Calls that may be sent now, with their frames; marks them in flight."""
+    def ready(self, now: float, wall_now: float | None = None,
+              clock_skew_s: float = 0.0) -> list[tuple[Call, list[Any]]]:
+        """Calls that may be sent now, with their frames; marks them in flight. With
+        ``wall_now`` (``time.time()``), each request carries its deadline."""
         out = []
         if self.first_error is not None and self.batch.fail_fast:
             return out
@@ -94,7 +99,11 @@ class BatchRun:
             self._head = None
             call.request_id = next(self._ids)
             call.sent_at = now
-            frames: list[Any] = [P.encode_request(call.op, call.request_id, call.fields)]
+            fields = call.fields
+            if wall_now is not None and P.DEADLINE not in fields:
+                fields = {**fields, P.DEADLINE: P.deadline_for(
+                    wall_now, self.batch.timeout_s, clock_skew_s)}
+            frames: list[Any] = [P.encode_request(call.op, call.request_id, fields)]
             if call.payload is not None:
                 frames.append(call.payload)
             self.inflight[call.request_id] = call

@@ -127,7 +127,7 @@ class Core:
         try:
             while True:
                 now = time.monotonic()
-                for call, frames in run.ready(now):
+                for call, frames in run.ready(now, time.time(), self.settings.clock_skew_s):
                     try:
                         self.socket(call.address).send_multipart(frames, zmq.NOBLOCK, copy=False)
                     except zmq.Again:
