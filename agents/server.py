@@ -28,6 +28,7 @@ import zmq
 
 from agents import lifecycle
 from agents.ledger import PromiseLedger, default_path as ledger_default_path
+from agents.keyhome import KeyHomes
 from agents.lifecycle import Event, State
 from agents.moves import PeerCopies
 from agents.store import Block, BlockStore, populate
@@ -104,6 +105,7 @@ class Agent:
             ledger=PromiseLedger(settings.ledger_path or ledger_default_path(None), settings.node),
         )
         self.members = MembershipTable(settings.suspect_after_s, settings.dead_after_s)
+        self.homes = KeyHomes(settings.node)  # claims and places of the keys homed here
         self.ctx = ctx or zmq.Context.instance()
         self._populator = ThreadPoolExecutor(max_workers=1, thread_name_prefix="populate")
         self._pending: dict[Future, _PendingAlloc] = {}
@@ -134,6 +136,10 @@ class Agent:
             P.KGET: self._kget,
             P.KDEL: self._kdel,
             P.KLIST: self._klist,
+            P.KCLAIM: self._kclaim,
+            P.KRELEASE: self._krelease,
+            P.KHOME: self._khome,
+            P.KWHERE: self._kwhere,
             **self.moves.handlers(),
         }
 
@@ -427,5 +433,23 @@ class Agent:
         freed = self.store.delete_key(req.fields["key"])
         self._reply(identity, req, {"key": req.fields["key"], "freed_block": freed})
 
+    # a key's home (agents/keyhome.py): claims of puts in progress, where keys were published
+
+    def _kclaim(self, identity: bytes, req: P.Request) -> None:
+        f = req.fields
+        self.homes.claim(f["key"], f["token"], float(f["ttl_s"]), time.monotonic())
+        self._reply(identity, req, {"key": f["key"], "home": self.s.node})
+
+    def _krelease(self, identity: bytes, req: P.Request) -> None:
+        released = self.homes.release(req.fields["key"], req.fields["token"])
+        self._reply(identity, req, {"key": req.fields["key"], "released": released})
+
+    def _khome(self, identity: bytes, req: P.Request) -> None:
+        f = req.fields
+        self.homes.settle(f["key"], f["token"], f["node"], f["replace"], time.monotonic())
+        self._reply(identity, req, {"key": f["key"], "node": f["node"]})
+
+    def _kwhere(self, identity: bytes, req: P.Request) -> None:
+        node, claimed = self.homes.where(req.fields["key"], time.monotonic())
     def _klist(self, identity: bytes, req: P.Request) -> None:
         self._reply(identity, req, {"node": self.s.node, "keys": self.store.key_records()})

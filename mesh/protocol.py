@@ -28,6 +28,17 @@ Ops and their fields (all sizes and offsets are byte counts, ints >= 0)::
     KDEL   {key}                              -> {key, freed_block}
     KLIST  {}                                 -> {keys: [key record, ...]}
 
+A key's home agent (rendezvous hashing over the live nodes, ``mesh/client/keyclaims.py``;
+``agents/keyhome.py``) serialises puts of the key and remembers where it was published::
+
+    KCLAIM   {key, token, ttl_s}              -> {key, home}      KeyExists while another put
+                                                                   (token) holds a live claim
+    KRELEASE {key, token}                     -> {key, released}  a failed put gives it back
+    KHOME    {key, token, node, replace}      -> {key, node}      the put published the key on
+                                                 node: settle its claim, remember node (node ""
+                                                 and token "": the key was deleted)
+    KWHERE   {key}                            -> {key, node, claimed}    node "" when unknown
+
 Moving a block peer to peer (rebalancing, draining); the master sends only MOVE::
 
     MOVE   {block, target, timeout_s}  to the source  -> {block, from, to, size, checksum, seconds}
@@ -92,6 +103,10 @@ KPUT = "kput"
 KGET = "kget"
 KDEL = "kdel"
 KLIST = "klist"
+KCLAIM = "kclaim"
+KRELEASE = "krelease"
+KHOME = "khome"
+KWHERE = "kwhere"
 MOVE = "move"
 PULL = "pull"
 COMMIT = "commit"
@@ -128,6 +143,10 @@ _REQUEST_SCHEMA: dict[str, tuple[dict[str, tuple[type, ...]], int]] = {
     KGET: ({"key": (str,)}, 0),
     KDEL: ({"key": (str,)}, 0),
     KLIST: ({}, 0),
+    KCLAIM: ({"key": (str,), "token": (str,), "ttl_s": (int, float)}, 0),
+    KRELEASE: ({"key": (str,), "token": (str,)}, 0),
+    KHOME: ({"key": (str,), "token": (str,), "node": (str,), "replace": (bool,)}, 0),
+    KWHERE: ({"key": (str,)}, 0),
     MOVE: ({"block": (str,), "target": (str,), "timeout_s": (int, float)}, 0),
     PULL: ({"block": (str,), "source": (str,), "size": _INT, "created": (int, float),
             "lazy": (bool,)}, 0),

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable
 
 from mesh import protocol as P
+import mesh.client.keyclaims as keyclaims
 from mesh.client.batch import Batch, Call, Op, byte_view
 from mesh.client.core import Core
 from mesh.client.transfer import (
@@ -159,6 +160,7 @@ def delete(core: Core, key: str) -> Op:
         yield from core.call(address, P.KDEL, {"key": key})
         if info.block_id and info.owns_block:
             core.forget_location(info.block_id)
+    yield from keyclaims.forget(core, key)
     core.invalidate_nodes()
 
 
@@ -170,8 +172,23 @@ Writer = Callable[[str, str, int], Op]  # (address, block_id, offset) -> checksu
 
 def _put(core: Core, key: str | None, length: int, node: str | None, block_id: str | None,
          offset: int, replace: bool, content_type: str, meta: dict, writer: Writer) -> Op:
-    """Check the key, find or make the block, write, then publish the key record."""
+    """Claim the key at its home, check it, find or make the block, write, publish the key
+    record, then settle the claim (``mesh/client/keyclaims.py``). Anonymous objects are named
+    by their block id, which no other put can take: they need no claim."""
     _check_key(key)
+    claim = (yield from keyclaims.claim(core, key, replace, length)) if key is not None else None
+    try:
+        return (yield from _put_claimed(core, claim, key, length, node, block_id, offset, replace,
+                                        content_type, meta, writer))
+    except Exception:
+        if claim is not None:
+            yield from keyclaims.release(core, claim)
+        raise
+
+
+def _put_claimed(core: Core, claim: keyclaims.Claim | None, key: str | None, length: int,
+                 node: str | None, block_id: str | None, offset: int, replace: bool,
+                 content_type: str, meta: dict, writer: Writer) -> Op:
     existing = (yield from holders(core, key)) if key is not None else []
     if existing and not replace:
         raise KeyExists(
@@ -199,6 +216,15 @@ def _put(core: Core, key: str | None, length: int, node: str | None, block_id: s
         name = key if key is not None else (block_id or f"empty_{time.time_ns()}")
         rec = yield from core.call(address, P.KPUT,
                                    {"key": name, "record": record, "replace": replace})
+        if claim is not None:
+            try:
+                yield from keyclaims.settle(core, claim, rec["node"], replace)
+            except MeshError:  # the claim was lost to another put: take the record back
+                try:
+                    yield from core.call(address, P.KDEL, {"key": name})
+                except MeshError:
+                    pass
+                raise
     except Exception:
         if owns and block_id:
             try:
