@@ -401,10 +401,9 @@ class Agent:
         self._reply(identity, req, block.record(self.s.node))
 
     def _list(self, identity: bytes, req: P.Request) -> None:
+        blocks, cursor = self.store.list_blocks(*_page(req))
         self._reply(identity, req, {
-            "node": self.s.node,
-            "blocks": [b.record(self.s.node) for b in self.store.blocks()
-                       if lifecycle.listed(b.state)],
+            "node": self.s.node, "blocks": [b.record(self.s.node) for b in blocks], "next": cursor,
         })
 
     def _stats(self, identity: bytes, req: P.Request) -> None:
@@ -452,4 +451,12 @@ class Agent:
     def _kwhere(self, identity: bytes, req: P.Request) -> None:
         node, claimed = self.homes.where(req.fields["key"], time.monotonic())
     def _klist(self, identity: bytes, req: P.Request) -> None:
-        self._reply(identity, req, {"node": self.s.node, "keys": self.store.key_records()})
+        records, cursor = self.store.list_keys(*_page(req), max_bytes=P.LIST_PAGE_BYTES)
+        self._reply(identity, req, {"node": self.s.node, "keys": records, "next": cursor})
+
+
+def _page(req: P.Request) -> tuple[int, int]:
+    """(after, limit) of a listing request: from the start and a full page by default."""
+    after = max(0, req.fields.get("after") or 0)
+    limit = req.fields.get("limit") or P.LIST_PAGE_RECORDS
+    return after, min(max(1, limit), P.LIST_PAGE_RECORDS)

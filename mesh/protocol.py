@@ -20,13 +20,13 @@ Ops and their fields (all sizes and offsets are byte counts, ints >= 0)::
     WRITE  {block, offset}      + 1 payload   -> {block, offset, length}
     READ   {block, offset, length}            -> {block, offset, length}   + 1 payload
     STAT   {block}                            -> block record
-    LIST   {}                                 -> {node, blocks: [block record, ...]}
+    LIST   {[after], [limit]}                 -> {node, blocks: [block record, ...], next}
     STATS  {}                                 -> node record (see heartbeat)
     NODES  {}                                 -> {nodes: [node record with "state", ...]}
     KPUT   {key, record, replace}             -> key record
     KGET   {key}                              -> key record
     KDEL   {key}                              -> {key, freed_block}
-    KLIST  {}                                 -> {keys: [key record, ...]}
+    KLIST  {[after], [limit]}                 -> {node, keys: [key record, ...], next}
 
 A key's home agent (rendezvous hashing over the live nodes, ``mesh/client/keyclaims.py``;
 ``agents/keyhome.py``) serialises puts of the key and remembers where it was published::
@@ -64,6 +64,11 @@ client gives up on it, less ``mesh.clock_skew_s``. The agent checks it before ap
 request (again when a deferred write is retried) and answers a late one with ERROR
 ``deadline_exceeded``, having applied nothing, so a write that timed out at its client never
 lands later. Clocks must agree within ``clock_skew_s``.
+
+Listings are paged (``agents/paging.py``): ``after`` is a cursor (0, the default, to start),
+``limit`` at most ``LIST_PAGE_RECORDS``; a reply holds at most that many records (KLIST: also at
+most ``LIST_PAGE_BYTES`` of them) and ``next``, the cursor to ask with for the rest, or nil at
+the end. A client lists a node by asking until ``next`` is nil.
 
 A block record is ``{block, node, size, lazy, created}``. A request whose header cannot be
 parsed gets an ERROR reply with ``request_id`` 0 and op "?" when the agent can still reply.
@@ -124,6 +129,9 @@ MAX_HEADER_BYTES = 64 * 1024
 # Replies to LIST/NODES can be large on a big mesh, but never unbounded.
 MAX_REPLY_HEADER_BYTES = 64 * 1024 * 1024
 MAX_HEARTBEAT_BYTES = 1024 * 1024
+# One page of a listing (LIST, KLIST): at most this many records, KLIST at most ~this many bytes.
+LIST_PAGE_RECORDS = 1000
+LIST_PAGE_BYTES = 1024 * 1024
 
 _INT = (int,)
 
@@ -154,6 +162,11 @@ _REQUEST_SCHEMA: dict[str, tuple[dict[str, tuple[type, ...]], int]] = {
     ABORT: ({"block": (str,)}, 0),
 }
 OPS = frozenset(_REQUEST_SCHEMA)
+# op -> optional fields with their types (checked when present)
+_OPTIONAL_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
+    LIST: {"after": _INT, "limit": _INT},
+    KLIST: {"after": _INT, "limit": _INT},
+}
 
 
 @dataclass(slots=True)
@@ -282,6 +295,12 @@ def parse_request(frames: Sequence[Any]) -> Request:
                                  or isinstance(deadline, bool)):
         raise BadRequest("bad_request", f"{op}: field 'deadline' must be a number", op,
                          request_id)
+    for name, types in _OPTIONAL_FIELDS.get(op, {}).items():
+        value = fields.get(name)
+        if value is not None and (not isinstance(value, types) or
+                                  (bool not in types and isinstance(value, bool))):
+            raise BadRequest("bad_request", f"{op}: field {name!r} has the wrong type "
+                             f"({type(value).__name__})", op, request_id)
     payload = list(frames[1:])
     if len(payload) != n_payload:
         raise BadRequest(

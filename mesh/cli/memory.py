@@ -306,23 +306,35 @@ def list_blocks(config_path: str | None, as_json: bool) -> None:
     """Every block on the live agents, with the keys stored in it."""
     with _client(config_path) as client:
         blocks = client.blocks()
+        objects = client.keys()
         keys: dict[str, list[str]] = {}
-        for info in client.keys():
+        for info in objects:
             if info.block_id is not None:
                 keys.setdefault(info.block_id, []).append(info.key)
+    failed = {**objects.failed_nodes, **blocks.failed_nodes}
     rows = [{"block_id": b.block_id, "node": b.node, "size": b.size, "lazy": b.lazy,
-             "created": b.created, "keys": keys.get(b.block_id, [])} for b in blocks]
+             "created": b.created, "expires": b.expires, "pending": b.pending,
+             "keys": keys.get(b.block_id, [])} for b in blocks]
     if as_json:
-        echo_json({"blocks": rows})
-        return
-    table = Table(title="Allocated Memory Blocks")
-    for col, just in [("Block ID", "left"), ("Node", "left"), ("Size", "right"),
-                      ("Key", "left"), ("Created", "left")]:
-        table.add_column(col, justify=just)
-    for r in rows:
-        table.add_row(Text(r["block_id"]), Text(r["node"]), human(r["size"]),
-                      Text(", ".join(r["keys"]) or "-"), _when(r["created"]))
-    out.print(table)
+        echo_json({"blocks": rows, "failed_nodes": failed})
+    else:
+        table = Table(title="Allocated Memory Blocks")
+        for col, just in [("Block ID", "left"), ("Node", "left"), ("Size", "right"),
+                          ("Key", "left"), ("Created", "left"), ("Expires", "left")]:
+            table.add_column(col, justify=just)
+        for r in rows:
+            key = ", ".join(r["keys"]) or ("(put in progress)" if r["pending"] else "-")
+            table.add_row(Text(r["block_id"]), Text(r["node"]), human(r["size"]), Text(key),
+                          _when(r["created"]), _when(r["expires"]) if r["expires"] else "-")
+        out.print(table)
+    _incomplete(failed)
+
+
+def _incomplete(failed: dict[str, str]) -> None:
+    """A listing that misses nodes says so: one line on stderr and exit 1 (after the rows)."""
+    if failed:
+        raise GridError("listing incomplete, no answer from " + "; ".join(
+            f"{node} ({why})" for node, why in sorted(failed.items())))
 
 
 @memory.command("stats")
@@ -507,7 +519,8 @@ def list_objects(config_path: str | None, as_json: bool) -> None:
     with _client(config_path) as client:
         infos = client.keys()
     if as_json:
-        echo_json({"objects": [_info_dict(i) for i in infos]})
+        echo_json({"objects": [_info_dict(i) for i in infos], "failed_nodes": infos.failed_nodes})
+        _incomplete(infos.failed_nodes)
         return
     table = Table(title="Stored Objects")
     for col, just in [("Key", "left"), ("Block", "left"), ("Size", "right"), ("Node", "left"),
@@ -519,6 +532,7 @@ def list_objects(config_path: str | None, as_json: bool) -> None:
         table.add_row(Text(i.key), Text(block), human(i.length), Text(i.node), i.content_type,
                       _when(i.created))
     out.print(table)
+    _incomplete(infos.failed_nodes)
 
 
 @memory.command("delete")

@@ -53,6 +53,18 @@ class BlockInfo:
     size: int
     lazy: bool
     created: float
+    expires: float | None = None  # epoch seconds when a block made with a ttl is freed
+    pending: bool = False  # made for a put whose key is not published yet (a lease holds it)
+
+
+class Listing(list):
+    """A listing (``blocks()``, ``keys()``): a list of what the nodes that answered hold, and
+    ``failed_nodes``, {node: why} for each node that was asked and did not answer (its rows
+    may be missing). Empty when the listing is complete."""
+
+    def __init__(self, items: Any = (), failed_nodes: dict[str, str] | None = None):
+        super().__init__(items)
+        self.failed_nodes: dict[str, str] = dict(failed_nodes or {})
 
 
 # Timeout allowances for work that grows with the size: the slowest rates still waited for.
@@ -433,20 +445,44 @@ class Core:
         rec = yield from self.follow_block(block_id, body)
         return _block_info(rec)
 
-    def blocks(self) -> Op:
-        nodes = yield from self.alive_nodes()
-        calls = yield from self.execute(Batch(
-            [Call(n.address, P.LIST, {}) for n in nodes],
-            timeout_s=self.settings.request_timeout_s,
-            fail_fast=False,
-        ))
+    def listing(self, op: str, field: str, page: int | None = None) -> Op:
+        """Every record of a paged listing (LIST, KLIST) from every live or suspect node:
+        ``([(address, record), ...], failed_nodes)``, where ``failed_nodes`` maps each node that
+        did not answer to why (what it sent before failing is kept). Pages are asked of all
+        nodes at once, until each says there is no more."""
+        nodes = yield from self.refresh_nodes(max_age_s=self.settings.heartbeat_interval_s)
+        cursors = {n.address: 0 for n in nodes if n.state in (ALIVE, SUSPECT)}
+        names = {n.address: n.name for n in nodes}
+        found: list[tuple[str, dict[str, Any]]] = []
+        failed: dict[str, str] = {}
+        limit = {} if page is None else {"limit": page}
+        while cursors:
+            calls = yield from self.execute(Batch(
+                [Call(a, op, {"after": c, **limit}) for a, c in cursors.items()],
+                timeout_s=self.settings.request_timeout_s,
+                fail_fast=False,
+            ))
+            for call in calls:
+                if call.result is None:
+                    failed[names[call.address]] = str(call.error)
+                    del cursors[call.address]
+                    continue
+                found.extend((call.address, rec) for rec in call.result.get(field, []))
+                cursor = call.result.get("next")
+                if cursor is None:
+                    del cursors[call.address]
+                else:
+                    cursors[call.address] = cursor
+        return found, failed
+
+    def blocks(self, page: int | None = None) -> Op:
+        found, failed = yield from self.listing(P.LIST, "blocks", page)
         out = []
-        for call in calls:
-            for rec in (call.result or {}).get("blocks", []):
-                info = _block_info(rec)
-                self._locations[info.block_id] = (call.address, info.size)
-                out.append(info)
-        return sorted(out, key=lambda b: (b.node, b.created, b.block_id))
+        for address, rec in found:
+            info = _block_info(rec)
+            self._locations[info.block_id] = (address, info.size)
+            out.append(info)
+        return Listing(sorted(out, key=lambda b: (b.node, b.created, b.block_id)), failed)
 
     def stats(self) -> Op:
         nodes = yield from self.refresh_nodes(max_age_s=0.0)
@@ -504,5 +540,7 @@ def _check_offset(offset: Any) -> None:
 
 
 def _block_info(rec: dict[str, Any]) -> BlockInfo:
+    expires = rec.get("expires")
     return BlockInfo(rec["block"], rec["node"], int(rec["size"]), bool(rec["lazy"]),
-                     float(rec["created"]))
+                     float(rec["created"]), None if expires is None else float(expires),
+                     bool(rec.get("pending", False)))

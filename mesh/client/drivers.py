@@ -27,7 +27,7 @@ import zmq
 
 import mesh.client.objects as objects
 from mesh.client.batch import Op, Wait
-from mesh.client.core import BlockInfo, Core, NodeInfo
+from mesh.client.core import BlockInfo, Core, Listing, NodeInfo
 from mesh.client.objects import ObjectInfo
 from mesh.config import ClusterConfig, MeshSettings, resolve_config
 
@@ -131,8 +131,11 @@ class _ClientBase:
         Returns {from, to, size, checksum, seconds}; ``MoveFailed`` leaves it at the source."""
         return self._run(self._core.move(block_id, node, timeout_s))
 
-    def blocks(self) -> list[BlockInfo]:
-        return self._run(self._core.blocks())
+    def blocks(self, *, page: int | None = None) -> Listing:
+        """Every block on the live nodes: a list with ``failed_nodes`` ({node: why} for each
+        node that did not answer; empty when complete). Asked a page (``page`` records, at most
+        1000) at a time of each node."""
+        return self._run(self._core.blocks(page))
 
     def nodes(self) -> list[NodeInfo]:
         return self._run(self._core.refresh_nodes(max_age_s=0.0))
@@ -185,8 +188,9 @@ class _ClientBase:
     def object_info(self, key: str) -> ObjectInfo:
         return self._run(objects.object_info(self._core, key))
 
-    def keys(self) -> list[ObjectInfo]:
-        return self._run(objects.keys(self._core))
+    def keys(self, *, page: int | None = None) -> Listing:
+        """Every key: a list with ``failed_nodes``, as ``blocks()``."""
+        return self._run(objects.keys(self._core, page))
 
     def delete(self, key: str) -> None:
         """Delete a key (and its block, when the block was made for it)."""

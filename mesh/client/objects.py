@@ -34,7 +34,7 @@ from typing import Any, BinaryIO, Callable
 from mesh import protocol as P
 import mesh.client.keyclaims as keyclaims
 from mesh.client.batch import Batch, Call, Op, byte_view
-from mesh.client.core import Core
+from mesh.client.core import Core, Listing
 from mesh.client.transfer import (
     MOVING_RETRY_S,
     Progress,
@@ -134,20 +134,15 @@ def object_info(core: Core, key: str) -> Op:
     return info
 
 
-def keys(core: Core) -> Op:
-    nodes = yield from core.alive_nodes()
-    calls = yield from core.execute(Batch(
-        [Call(n.address, P.KLIST, {}) for n in nodes],
-        timeout_s=core.settings.request_timeout_s,
-        fail_fast=False,
-    ))
+def keys(core: Core, page: int | None = None) -> Op:
+    """Every key (the newest record of each), as a ``Listing`` with ``failed_nodes``."""
+    found, failed = yield from core.listing(P.KLIST, "keys", page)
     newest: dict[str, ObjectInfo] = {}
-    for call in calls:
-        for rec in (call.result or {}).get("keys", []):
-            info = ObjectInfo.from_record(rec)
-            if info.key not in newest or info.created > newest[info.key].created:
-                newest[info.key] = info
-    return sorted(newest.values(), key=lambda i: i.key)
+    for _, rec in found:
+        info = ObjectInfo.from_record(rec)
+        if info.key not in newest or info.created > newest[info.key].created:
+            newest[info.key] = info
+    return Listing(sorted(newest.values(), key=lambda i: i.key), failed)
 
 
 def delete(core: Core, key: str) -> Op:
