@@ -92,6 +92,9 @@ class PeerCopies:
         self._pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="move")
         self._jobs: dict[Future, tuple[Callable[..., None], tuple]] = {}
         self._dead: frozenset[str] = frozenset()  # read by the job threads
+        # block id -> (when, furthest byte) of the reads of a moving block the loop served;
+        # written by the loop, read by the move job (one tuple swapped at a time)
+        self._read_upto: dict[str, tuple[float, int]] = {}
         self._stopping = False
 
     def handlers(self) -> dict[str, Callable[[bytes, P.Request], None]]:
@@ -131,7 +134,21 @@ class PeerCopies:
                             block.block_id)
                 self.store.free(block.block_id, Event.DROP)
 
+    def read_served(self, block_id: str, end: int) -> None:
+        """The loop served a READ of a MOVING block up to byte ``end``: when that is further
+        than any before, the move made progress (the target's pull reads it in order)."""
+        seen = self._read_upto.get(block_id)
+        if seen is not None and end > seen[1]:
+            self._read_upto[block_id] = (time.monotonic(), end)
+
     # --- helpers ------------------------------------------------------------------------------
+
+    def _holds(self, block: Block) -> bool:
+        """The store still holds this very block under its id."""
+        try:
+            return self.store.get(block.block_id) is block
+        except BlockNotFound:
+            return False
 
     def _job_error(self, future: Future, what: str) -> MeshError | None:
         exc = future.exception()
@@ -143,14 +160,17 @@ class PeerCopies:
         return AgentError(f"{what} failed: {exc!r}", node=self.node)
 
     def _await_reply(self, sock: zmq.Socket, peer: str, deadline: float,
-                     stall_s: float = STALL_S) -> P.Reply:
+                     stall_s: float = STALL_S,
+                     progress: Callable[[], float] | None = None) -> P.Reply:
         """The next reply from ``peer``, polling in short slices so that this agent stopping,
-        the peer dying (its heartbeat goes dead) or the deadline ends the wait."""
-        stall_at = time.monotonic() + stall_s
+        the peer dying (its heartbeat goes dead), the deadline, or ``stall_s`` without a reply
+        (counted from the last ``progress()`` time, when given) ends the wait."""
+        started = time.monotonic()
         while True:
             if sock.poll(POLL_SLICE_MS):
                 return P.parse_reply(sock.recv_multipart(copy=False))
             now = time.monotonic()
+            stall_at = max(started, progress() if progress else started) + stall_s
             if self._stopping:
                 raise AgentError(f"agent {self.node} is stopping", node=self.node)
             if peer in self._dead:
@@ -177,6 +197,7 @@ class PeerCopies:
             raise InvalidRequest(f"timeout_s must be in (0, {MAX_MOVE_TIMEOUT_S:g}], got {timeout_s}")
         keys = [dict(r) for r in self.store.key_records(block.block_id)]
         block.advance(Event.MOVE)
+        self._read_upto[block.block_id] = (time.monotonic(), 0)
         future = self._pool.submit(self._move_job, block, target, keys,
                                    time.monotonic() + timeout_s)
         self._jobs[future] = (self._move_done, (identity, req, block, target))
@@ -193,8 +214,11 @@ class PeerCopies:
             # checksum our copy while the target pulls it (zlib releases the GIL)
             checksum = f"crc32:{zlib.crc32(block.view):08x}"
             summed = time.monotonic()
-            reply = self._await_reply(sock, target, deadline,
-                                      stall_s=max(STALL_S, deadline - time.monotonic()))
+            # timeout_s bounds the whole copy, but a target that stops reading the block (or
+            # never starts) for STALL_S gives the block back, whatever timeout_s says
+            reply = self._await_reply(
+                sock, target, deadline,
+                progress=lambda: self._read_upto.get(block.block_id, (0.0, 0))[0])
             copied = time.monotonic()
             reply.raise_for_error(target)
             pulled = True
@@ -232,6 +256,7 @@ class PeerCopies:
 
     def _move_done(self, future: Future, identity: bytes, req: P.Request, block: Block,
                    target: str) -> None:
+        self._read_upto.pop(block.block_id, None)
         error = self._job_error(future, f"moving {block.block_id}")
         if error is not None:
             block.advance(Event.MOVE_FAILED)
@@ -306,7 +331,8 @@ class PeerCopies:
         if error is None and block.state is State.CANCELLED:
             error = MoveFailed(f"the move of {block.block_id} was aborted by its source")
         if error is not None:
-            self.store.free(block.block_id, Event.DROP)
+            if self._holds(block):  # an ABORT may have dropped it already
+                self.store.free(block.block_id, Event.DROP)
             self._reply_error(identity, req, error)
             return
         block.advance(Event.COPIED)

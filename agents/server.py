@@ -395,6 +395,8 @@ class Agent:
             identity, [header, block.view[offset : offset + length]], copy=False, track=True
         )
         self.gate.sent(block.block_id, offset, offset + length, tracker)
+        if block.state is State.MOVING and tracker is not None:
+            self.moves.read_served(block.block_id, offset + length)  # the move progresses
 
     def _stat(self, identity: bytes, req: P.Request) -> None:
         block = self.store.served(req.fields["block"])

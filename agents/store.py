@@ -245,12 +245,17 @@ class BlockStore:
     # --- blocks -------------------------------------------------------------------------------
 
     def new_id(self) -> str:
-        block_id = f"block_{self._counter}_{self.node}_{self._tag}"
-        self._counter += 1
-        return block_id
+        """The next id of this incarnation that no block here holds: a PULL may have brought in
+        (or planted) a block under an id of ours, and two entries must never share an id."""
+        while True:
+            block_id = f"block_{self._counter}_{self.node}_{self._tag}"
+            self._counter += 1
+            if block_id not in self._blocks:
+                return block_id
 
     def allocate(self, size: int, lazy: bool, block_id: str | None = None,
-                 created: float | None = None) -> Block:
+                 created: float | None = None, pending: bool = False,
+                 ttl_s: float | None = None) -> Block:
         """Reserve and map a block. A new one is ALLOCATING until the caller has populated it
         (``Event.POPULATED``), or READY at once if lazy.
 
