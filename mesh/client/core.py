@@ -29,6 +29,7 @@ from mesh import protocol as P
 from mesh import sockets
 from mesh._malloc import tune_for_transfers
 from mesh.client.batch import Batch, BatchRun, Call, Op, Wait, byte_view
+from mesh.client.blame import unavailable
 from mesh.client.transfer import chunk_calls, follow, found
 from mesh.config import ClusterConfig, MeshSettings
 from mesh.errors import (
@@ -320,6 +321,7 @@ class Core:
         hint = block_node_hint(block_id)
         live = [n for n in nodes if n.state != DEAD and n.state != DOWN]
         live.sort(key=lambda n: n.name != hint)  # the node that made it first
+        silent: set[str] = set()  # addresses asked that did not answer
         for group in (live[:1], live[1:]):
             if not group:
                 continue
@@ -333,6 +335,12 @@ class Core:
                     found = (call.address, int(call.result["size"]))
                     self._locations[block_id] = found
                     return found
+                if not isinstance(call.error, BlockNotFound):
+                    silent.add(call.address)
+        # its node dead, paused or silent: the block is not known to be gone (issue 10, #7)
+        blamed = unavailable(nodes, hint, silent, f"block {block_id}")
+        if blamed is not None:
+            raise blamed
         raise BlockNotFound(
             f"Block ID not found: {block_id} (it was deallocated or never existed; "
             "list current blocks with `grid memory list-blocks`)"

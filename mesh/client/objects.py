@@ -34,7 +34,9 @@ from typing import Any, BinaryIO, Callable
 from mesh import protocol as P
 import mesh.client.keyclaims as keyclaims
 from mesh.client.batch import Batch, Call, Op, byte_view
+from mesh.client.blame import unavailable
 from mesh.client.core import Core, Listing
+from mesh.membership import ALIVE, DOWN
 from mesh.client.transfer import (
     MOVING_RETRY_S,
     Progress,
@@ -44,6 +46,7 @@ from mesh.client.transfer import (
     stream_write,
 )
 from mesh.errors import (
+    BlockMoving,
     IntegrityError,
     InvalidRequest,
     KeyExists,
@@ -123,10 +126,41 @@ def lookup(core: Core, key: str) -> Op:
         yield from core.pause(MOVING_RETRY_S)
         found = yield from holders(core, key)
     if not found:
+        yield from _blame_for_key(core, key)
         raise KeyNotFound(
             f"Key not found: {key!r} (list stored objects with `grid memory list-objects`)"
         )
     return found[0]
+
+
+def _blame_for_key(core: Core, key: str) -> Op:
+    """``NodeUnavailable`` when the key's home says it lives on a node that is not alive or
+    does not answer (the key is not known to be gone); nothing when it does not know."""
+    _, node = yield from keyclaims.where(core, key)
+    nodes = yield from core.refresh_nodes(max_age_s=core.settings.heartbeat_interval_s)
+    if not node:  # the home of the key when every known node was up, if that one is not
+        known = [n.name for n in nodes if n.state != DOWN]
+        home = keyclaims.home_order(key, known)[:1]
+        blamed = unavailable(nodes, home[0] if home else None, set(), f"key {key!r}",
+                             where="has its home (which knows where it is) on")
+        if blamed is not None:
+            raise blamed
+        return
+    silent: set[str] = set()
+    holder = next((n for n in nodes if n.name == node), None)
+    if holder is not None and holder.state == ALIVE:
+        try:  # alive by its heartbeats: does it answer?
+            yield from core.call(holder.address, P.KGET, {"key": key},
+                                 timeout_s=core.settings.connect_timeout_s)
+        except (KeyNotFound, BlockMoving):
+            return
+        except NodeUnavailable:
+            silent.add(holder.address)
+        else:
+            return
+    blamed = unavailable(nodes, node, silent, f"key {key!r}")
+    if blamed is not None:
+        raise blamed
 
 
 def object_info(core: Core, key: str) -> Op:
