@@ -29,6 +29,8 @@ from mesh.errors import AgentError
 
 # Writes waiting for a zero-copy read of the same range to leave libzmq; more are refused.
 MAX_DEFERRED_WRITES = 64
+# Reads remembered before the first sweep of the done ones (see ``WriteGate._sweep_at``).
+SWEEP_MIN = 1024
 
 
 class Tracker(Protocol):
@@ -44,6 +46,11 @@ class WriteGate:
         self._deferred: deque[tuple[str, Any]] = deque()  # (block id, write) in arrival order
         self._deferred_per_block: Counter[str] = Counter()
         self._retrying = False
+        # reads recorded in ``_sending``, and the count at which ``sent`` next sweeps out the
+        # done ones: twice what was live after the last sweep, so a read-mostly load (reads, no
+        # writes, no frees) keeps at most about twice its reads in flight, at O(1) a read
+        self._tracked = 0
+        self._sweep_at = SWEEP_MIN
 
     @property
     def waiting(self) -> int:
@@ -55,6 +62,20 @@ class WriteGate:
         was dropped, so nothing is in flight)."""
         if tracker is not None and not tracker.done:
             self._sending.setdefault(block_id, []).append((start, end, tracker))
+            self._tracked += 1
+            if self._tracked >= self._sweep_at:
+                self._sweep()
+
+    @property
+    def tracked(self) -> int:
+        """Reads remembered (live, or done but not swept out yet)."""
+        return self._tracked
+
+    def _sweep(self) -> None:
+        """Forget every read libzmq has finished sending."""
+        for block_id in list(self._sending):
+            self._prune(block_id)
+        self._sweep_at = max(SWEEP_MIN, 2 * self._tracked)
 
     def reads_in_flight(self, block_id: str) -> int:
         return sum(1 for *_, t in self._sending.get(block_id, ()) if not t.done)
@@ -101,15 +122,20 @@ class WriteGate:
         """The block was freed: its memory takes no more writes, so its reads hold none back
         (a block of the same id made later is other memory). Writes waiting for it stay queued
         and get their answer ("not found") when retried."""
-        self._sending.pop(block_id, None)
+        self._tracked -= len(self._sending.pop(block_id, ()))
 
-    def _overlaps_send(self, block_id: str, start: int, end: int) -> bool:
+    def _prune(self, block_id: str) -> list[tuple[int, int, Tracker]]:
+        """The block's reads still in flight, the done ones forgotten."""
         sends = self._sending.get(block_id)
         if not sends:
-            return False
+            return []
         live = [s for s in sends if not s[2].done]
+        self._tracked -= len(sends) - len(live)
         if live:
             self._sending[block_id] = live
         else:
             del self._sending[block_id]
-        return any(s < end and start < e for s, e, _ in live)
+        return live
+
+    def _overlaps_send(self, block_id: str, start: int, end: int) -> bool:
+        return any(s < end and start < e for s, e, _ in self._prune(block_id))

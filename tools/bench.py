@@ -5,6 +5,7 @@
     python tools/bench.py cli-memory [--size 2GiB] [--chunk 2MiB] [--window 8] [--json]
     python tools/bench.py move [--size 1GiB] [--runs 4] [--json]
     python tools/bench.py startup [--baseline-ref 65b4786] [--runs 15] [--json]
+    python tools/bench.py read-rss [--reads 1000000] [--size 64KiB] [--window 64] [--json]
 
 ``transfer`` starts one real ``mesh-agent`` on loopback, allocates one block of ``--size``, then
 for each run writes the whole block from a warm client buffer and reads it back into another
@@ -37,6 +38,12 @@ PYTHONPATH set to the tree, so each imports its own code; one untimed warm-up ea
 bytecode). Figures are medians in ms, the ratio current/baseline, and the number of modules
 each command had imported at exit (``len(sys.modules)``, from one more run through a ``-c``
 wrapper), with the heavy ones among them.
+
+``read-rss`` starts one real agent, writes one block of ``--size``, then READs the whole block
+``--reads`` times over a raw DEALER with ``--window`` in flight (after an uncounted warm-up of
+20,000), and reports the agent's RSS before and after, the growth and the growth per read (the
+zero-copy read tracking must not grow: issue 10, defect 2). Baseline, in the same run: a bare
+pyzmq ROUTER in a child process answering the same READs zero-copy without tracking them.
 
 A benchmark, not a test: it asserts nothing; it stops by itself (every wait has a timeout).
 """
@@ -295,6 +302,93 @@ def move(args: argparse.Namespace) -> dict:
     result["ratio_to_baseline"] = round(result["move_gbps"] / result["baseline_gbps"], 3)
     result["ratio_to_client_write"] = round(result["move_gbps"] / result["client_write_gbps"], 3)
     return result
+
+
+# --- read-rss: agent memory over many zero-copy reads ------------------------------------------
+
+
+def _read_sink(port: int, size: int) -> None:
+    """Child process, the baseline of ``read-rss``: a bare pyzmq ROUTER answering READs from one
+    buffer zero-copy, like the agent but without tracking the sends. Runs until killed."""
+    import zmq
+    from mesh import protocol as P
+    buf = bytearray(os.urandom(size))
+    view = memoryview(buf)
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(f"tcp://127.0.0.1:{port}")
+    while True:
+        identity, *frames = sock.recv_multipart(copy=False)
+        req = P.parse_request(frames)
+        off, length = req.fields["offset"], req.fields["length"]
+        sock.send_multipart([identity, P.encode_reply(P.READ, req.request_id, {
+            "block": req.fields["block"], "offset": off, "length": length}),
+            view[off : off + length]], copy=False)
+
+
+def _pipelined_reads(address: str, block: str, size: int, reads: int, window: int) -> float:
+    """``reads`` READs of the whole ``size`` bytes of ``block``, ``window`` in flight, over one
+    raw DEALER; returns the seconds taken."""
+    import zmq
+    from mesh import protocol as P
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 30_000)
+    sock.connect(address)
+    try:
+        sent = done = 0
+        t0 = time.perf_counter()
+        while done < reads:
+            while sent < reads and sent - done < window:
+                sent += 1
+                sock.send(P.encode_request(P.READ, sent, {"block": block, "offset": 0,
+                                                         "length": size}))
+            frames = sock.recv_multipart(copy=False)
+            if len(frames) != 2 or len(frames[1]) != size:
+                raise RuntimeError(f"unexpected READ reply: {P.parse_reply(frames).body}")
+            done += 1
+        return time.perf_counter() - t0
+    finally:
+        sock.close(0)
+
+
+def _rss_growth(pid: int, address: str, block: str, size: int, reads: int, window: int) -> dict:
+    import psutil
+    proc = psutil.Process(pid)
+    _pipelined_reads(address, block, size, min(reads, 20_000), window)  # warm-up, not counted
+    before = proc.memory_info().rss
+    seconds = _pipelined_reads(address, block, size, reads, window)
+    after = proc.memory_info().rss
+    return {"rss_before_mib": round(before / 2**20, 1), "rss_after_mib": round(after / 2**20, 1),
+            "growth_mib": round((after - before) / 2**20, 2),
+            "growth_bytes_per_read": round((after - before) / reads, 3),
+            "reads_per_s": round(reads / seconds)}
+
+
+def read_rss(args: argparse.Namespace) -> dict:
+    size, reads, window = parse_size(args.size), args.reads, args.window
+    with tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp:
+        agents = Agents(size, 2 << 20, 8, Path(tmp))
+        try:
+            client = agents.client()
+            block = client.allocate(size)
+            client.write(block, os.urandom(size))
+            agent = _rss_growth(agents.proc.pid, f"tcp://127.0.0.1:{agents.port}", block, size,
+                                reads, window)
+            client.free(block)
+            client.close()
+        finally:
+            agents.close()
+    port = _free_port()
+    sink = subprocess.Popen([sys.executable, __file__, "_read_sink", str(port), str(size)])
+    try:
+        baseline = _rss_growth(sink.pid, f"tcp://127.0.0.1:{port}", "baseline", size, reads,
+                               window)
+    finally:
+        sink.kill()
+        sink.wait(timeout=10)
+    return {"bench": "read-rss", "reads": reads, "size_bytes": size, "window": window,
+            "agent": agent, "baseline_untracked": baseline}
 
 
 # --- cli-memory: the grid process's own memory while files stream through it -----------------
@@ -578,6 +672,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "_sink":
         _sink(int(argv[1]), int(argv[2]), int(argv[3]))
         return 0
+    if argv and argv[0] == "_read_sink":
+        _read_sink(int(argv[1]), parse_size(argv[2]))
+        return 0
     parser = argparse.ArgumentParser(prog="tools/bench.py", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="bench", required=True)
     t = sub.add_parser("transfer", help="write and read a block against a raw-socket baseline")
@@ -595,6 +692,12 @@ def main(argv: list[str] | None = None) -> int:
     mv.add_argument("--size", default="1GiB")
     mv.add_argument("--runs", type=int, default=4)
     mv.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    rr = sub.add_parser("read-rss", help="agent RSS growth over many zero-copy reads of one "
+                        "block, against a bare pyzmq ROUTER that does not track its sends")
+    rr.add_argument("--reads", type=int, default=1_000_000)
+    rr.add_argument("--size", default="64KiB")
+    rr.add_argument("--window", type=int, default=64, help="READs in flight")
+    rr.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     st = sub.add_parser("startup", help="start-up time of grid against a baseline commit")
     st.add_argument("--baseline-ref", default="65b4786",
                     help="the commit to compare with (default: before the restructuring)")
@@ -615,6 +718,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {'':<18} heavy modules loaded: baseline "
                       f"{', '.join(r['baseline_heavy']) or '-'}; current "
                       f"{', '.join(r['current_heavy']) or '-'}")
+        return 0
+    if args.bench == "read-rss":
+        result = read_rss(args)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            for who in ("agent", "baseline_untracked"):
+                r = result[who]
+                print(f"{who}: {result['reads']} reads of {format_bytes(result['size_bytes'])}"
+                      f", RSS {r['rss_before_mib']} -> {r['rss_after_mib']} MiB (growth "
+                      f"{r['growth_mib']} MiB, {r['growth_bytes_per_read']} B/read), "
+                      f"{r['reads_per_s']} reads/s")
         return 0
     if args.bench == "move":
         result = move(args)
