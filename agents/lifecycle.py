@@ -14,6 +14,7 @@ Every allowed transition (``TRANSITIONS``)::
                     POPULATE_FAILED    FREED
     READY           MOVE               MOVING
                     FREE               FREED
+                    EXPIRE             FREED
     MOVING          HAND_OVER          HANDING_OVER
                     MOVE_FAILED        READY
     HANDING_OVER    MOVE_FAILED        READY
@@ -28,7 +29,9 @@ Every allowed transition (``TRANSITIONS``)::
     any but FREED   SHUTDOWN           FREED
 
 - ALLOCATING: pages are being backed on a worker thread; not served ("still being allocated").
-- READY: served: reads, writes, frees, key changes.
+- READY: served: reads, writes, frees, key changes. A READY block may also carry a lease (it is
+  pending until a key names it) or a time to live (``agents/store.py``); when either runs out,
+  EXPIRE frees it. Only a READY block expires: one being backed or moved is given more time.
 - MOVING: being copied to another node (this agent is the source). Reads go on; writes, frees and
   key changes are refused with ``BlockMoving`` (the client retries them).
 - HANDING_OVER: the target holds a verified copy and this agent has sent (or is sending) COMMIT,
@@ -79,6 +82,7 @@ class Event(enum.Enum):
     COMMIT = "commit"  # COMMIT from the source: serve the copy
     DROP = "drop"  # an incoming copy failed, was aborted, or was never committed
     FREE = "free"  # a client's FREE, or a key that owned the block went away
+    EXPIRE = "expire"  # its lease ran out (a pending put's client is gone) or its ttl is up
     SHUTDOWN = "shutdown"  # the agent stops
 
 
@@ -95,6 +99,7 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (S.ALLOCATING, E.POPULATE_FAILED): S.FREED,
     (S.READY, E.MOVE): S.MOVING,
     (S.READY, E.FREE): S.FREED,
+    (S.READY, E.EXPIRE): S.FREED,
     (S.MOVING, E.HAND_OVER): S.HANDING_OVER,
     (S.MOVING, E.MOVE_FAILED): S.READY,
     (S.HANDING_OVER, E.MOVE_FAILED): S.READY,

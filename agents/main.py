@@ -59,6 +59,7 @@ def settings_for(cfg: ClusterConfig, node: NodeConfig) -> AgentSettings:
         chunk_bytes=m.chunk_bytes,
         version=__version__,
         ledger_path=str(ledger_path(m.state_dir)),
+        lease_s=m.lease_s,
     )
 
 

@@ -72,6 +72,7 @@ class AgentSettings:
     rcvhwm: int = 256
     # the host's promise ledger (agents/ledger.py); None: the default path for this user
     ledger_path: str | None = None
+    lease_s: float = 30.0  # the cluster's ``mesh.lease_s`` (agents/store.py: leases)
 
     def __post_init__(self) -> None:
         # a pull asks its source (same cluster file, same limit) for chunks of chunk_bytes
@@ -103,6 +104,7 @@ class Agent:
             memory_fn=host_memory,
             on_free=self.gate.forget,
             ledger=PromiseLedger(settings.ledger_path or ledger_default_path(None), settings.node),
+            lease_s=settings.lease_s,
         )
         self.members = MembershipTable(settings.suspect_after_s, settings.dead_after_s)
         self.homes = KeyHomes(settings.node)  # claims and places of the keys homed here
@@ -136,6 +138,7 @@ class Agent:
             P.KGET: self._kget,
             P.KDEL: self._kdel,
             P.KLIST: self._klist,
+            P.RENEW: self._renew,
             P.KCLAIM: self._kclaim,
             P.KRELEASE: self._krelease,
             P.KHOME: self._khome,
@@ -300,6 +303,9 @@ class Agent:
         ))
         self.moves.drop_stale_copies(now)
         self.store.flush_ledger()
+        for block in self.store.sweep():  # leases run out, ttls up: no client needed
+            log.info("freed %s (%d bytes): its %s", block.block_id, block.size,
+                     "lease ran out" if block.lease_until is not None else "ttl is up")
         rec["peers"] = self.members.gossip_entries(now, exclude=self.s.node)
         try:
             self.pub.send_multipart(P.encode_heartbeat(rec), zmq.NOBLOCK)
@@ -328,7 +334,9 @@ class Agent:
         self._reply(identity, req, {"node": self.s.node, "incarnation": self.incarnation})
 
     def _alloc(self, identity: bytes, req: P.Request) -> None:
-        block = self.store.allocate(req.fields["size"], bool(req.fields["lazy"]))
+        f = req.fields
+        block = self.store.allocate(f["size"], bool(f["lazy"]), pending=bool(f.get("pending")),
+                                    ttl_s=f.get("ttl_s"))
         if block.lazy:
             self._reply(identity, req, block.record(self.s.node))
             return
@@ -455,6 +463,17 @@ class Agent:
     def _klist(self, identity: bytes, req: P.Request) -> None:
         records, cursor = self.store.list_keys(*_page(req), max_bytes=P.LIST_PAGE_BYTES)
         self._reply(identity, req, {"node": self.s.node, "keys": records, "next": cursor})
+
+
+    def _renew(self, identity: bytes, req: P.Request) -> None:
+        renewed = []
+        for block_id in req.fields["blocks"][:P.LIST_PAGE_RECORDS]:
+            try:
+                if isinstance(block_id, str) and self.store.renew(self.store.served(block_id)):
+                    renewed.append(block_id)
+            except MeshError:
+                continue  # not here (any more): the caller sees it missing from ``renewed``
+        self._reply(identity, req, {"renewed": renewed})
 
 
 def _page(req: P.Request) -> tuple[int, int]:

@@ -28,6 +28,15 @@ the ledger's lock::
 so the sum of every agent's promises on a host never exceeds its RAM less the reserve, and
 allocations still being backed count as taken. A lazy block is counted as unbacked even once
 written (its pages then count twice, which errs on the safe side).
+
+Leases. A block made for a named put (ALLOC ``pending``) is pending until a key record naming it
+is stored (KPUT publishes it). Every request that names it (``served``: WRITE, STAT, READ, FREE,
+RENEW) renews its lease for ``lease_s`` (the cluster's ``mesh.lease_s``); a block made with
+``ttl_s`` expires that long after it was made. ``sweep`` (the agent's heartbeat timer) frees
+every READY block whose lease ran out or whose time is up (``Event.EXPIRE``), so a client
+killed mid-put leaves nothing behind for more than ``lease_s`` plus one heartbeat; a block that
+is still being backed or moved when its time comes is looked at again ``lease_s`` later. A plain
+ALLOC has neither and lives until it is freed.
 """
 
 from __future__ import annotations
@@ -35,15 +44,15 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import heapq
 import mmap
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-import msgpack
-
 from agents import lifecycle
+from agents.keyrecords import MAX_KEY_LENGTH, MAX_KEY_RECORD_BYTES, check_key_record, public
 from agents.ledger import Others, PromiseLedger
 from agents.lifecycle import Event, IllegalTransition, State
 from agents.paging import SeqIndex
@@ -59,6 +68,8 @@ from mesh.errors import (
     KeyNotFound,
     OutOfRange,
 )
+
+__all__ = ["Block", "BlockStore", "MAX_KEY_LENGTH", "MAX_KEY_RECORD_BYTES", "host_room", "populate"]
 
 MADV_POPULATE_WRITE = 23  # Linux 5.14+
 MADV_HUGEPAGE = 14
@@ -86,6 +97,12 @@ class Block:
     pull_started: float | None = None
     commit_by: float | None = None
     seq: int = 0  # where it stands in the store's listing order (agents/paging.py)
+    # Lifetimes (see "Leases" in the module docstring). Monotonic seconds, None when unset:
+    # a pending block's lease runs out at ``lease_until``; a block made with a ttl expires at
+    # ``expires_at`` (``expires`` is the same moment in epoch seconds, for people).
+    lease_until: float | None = None
+    expires_at: float | None = None
+    expires: float | None = None
 
     def advance(self, event: Event) -> State:
         """Apply ``event`` (``IllegalTransition`` if the state does not allow it). Events that
@@ -104,7 +121,14 @@ class Block:
             "size": self.size,
             "lazy": self.lazy,
             "created": self.created,
+            "expires": self.expires,
+            "pending": self.lease_until is not None,
         }
+
+    def deadline(self) -> float | None:
+        """When the sweep must look at this block next (None: it lives until freed)."""
+        times = [t for t in (self.lease_until, self.expires_at) if t is not None]
+        return min(times) if times else None
 
 
 def _advise_huge(buf: mmap.mmap) -> None:
@@ -163,8 +187,13 @@ class BlockStore:
         memory_fn: Callable[[], HostMemory],
         on_free: Callable[[str], None] | None = None,
         ledger: PromiseLedger | None = None,
+        lease_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.node = node
+        self.lease_s = lease_s
+        self._clock = clock
+        self._deadlines: list[tuple[float, int, str]] = []  # heap: (when, seq, block id)
         self.incarnation = incarnation
         self.share_bytes = share_bytes
         self.reserve_bytes = reserve_bytes
@@ -265,6 +294,8 @@ class BlockStore:
             raise InvalidRequest(f"block {block_id!r} already exists on node {self.node}")
         if size <= 0:
             raise InvalidSize(f"allocation size must be a positive number of bytes, got {size}")
+        if ttl_s is not None and not 0 < ttl_s < float("inf"):
+            raise InvalidRequest(f"ttl_s must be a positive number of seconds, got {ttl_s}")
         with self._promise(size, "a block"):
             try:
                 buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
@@ -284,7 +315,49 @@ class BlockStore:
                 self._lazy_bytes += size
             else:
                 self._filling[block.block_id] = block
+        now = self._clock()
+        if pending:
+            block.lease_until = now + self.lease_s
+        if ttl_s is not None:
+            block.expires_at, block.expires = now + ttl_s, block.created + ttl_s
+        self._watch(block)
         return block
+
+    # --- leases and lifetimes -----------------------------------------------------------------
+
+    def _watch(self, block: Block) -> None:
+        when = block.deadline()
+        if when is not None:
+            heapq.heappush(self._deadlines, (when, block.seq, block.block_id))
+
+    def renew(self, block: Block) -> bool:
+        """Extend a pending block's lease (True if it has one)."""
+        if block.lease_until is None:
+            return False
+        block.lease_until = self._clock() + self.lease_s
+        return True
+
+    def sweep(self, limit: int = 10_000) -> list[Block]:
+        """Free the blocks whose lease ran out or whose time is up (at most ``limit`` a call,
+        so one sweep never holds the loop long); returns them."""
+        now = self._clock()
+        freed: list[Block] = []
+        while self._deadlines and self._deadlines[0][0] <= now and len(freed) < limit:
+            _, seq, block_id = heapq.heappop(self._deadlines)
+            block = self._block_at(block_id, seq)
+            if block is None:
+                continue  # freed already
+            when = block.deadline()
+            if when is not None and when > now:
+                self._watch(block)  # renewed since: look again then
+            elif when is not None:
+                if lifecycle.accepts_changes(block.state):
+                    freed.append(self.free(block_id, Event.EXPIRE))
+                else:  # being backed or moved: its writer is still at it
+                    if block.lease_until is not None:
+                        block.lease_until = now + self.lease_s
+                    heapq.heappush(self._deadlines, (now + self.lease_s, seq, block_id))
+        return freed
 
     def get(self, block_id: str) -> Block:
         block = self._blocks.get(block_id)
@@ -294,7 +367,8 @@ class BlockStore:
 
     def served(self, block_id: str) -> Block:
         """The block as clients may see it (READY, MOVING or HANDING_OVER); ``BlockNotFound``
-        otherwise, saying where it went if it moved away from here."""
+        otherwise, saying where it went if it moved away from here. A request naming a pending
+        block renews its lease."""
         try:
             block = self.get(block_id)
         except BlockNotFound:
@@ -305,6 +379,8 @@ class BlockStore:
                                 node=self.node) from None
         if not lifecycle.listed(block.state):
             raise _not_served(block, self.node)
+        if block.lease_until is not None:
+            self.renew(block)
         return block
 
     def check_still(self, block: Block) -> None:
@@ -357,7 +433,9 @@ class BlockStore:
         grow = record["_bytes"] - (old["_bytes"] if old is not None else 0)
         with self._promise(max(0, grow), f"key {key!r}"):
             self._install_key(record)
-        return _public(record)
+        if record["block"]:
+            self._blocks[record["block"]].lease_until = None  # published: no longer pending
+        return public(record)
 
     def adopt_keys(self, block: Block, records: list, now: float) -> None:
         """Take the key records that a COMMIT brings with ``block`` (an ARRIVED copy), keeping
@@ -381,7 +459,7 @@ class BlockStore:
         block it names must accept changes, unless it is the copy ``arriving`` by COMMIT."""
         if not key or len(key) > MAX_KEY_LENGTH:
             raise InvalidRequest(f"a key must be 1 to {MAX_KEY_LENGTH} characters")
-        record = _check_key_record(key, rec, self.node, now)
+        record = check_key_record(key, rec, self.node, now)
         if record["block"]:
             block = self.get(record["block"])
             self.check_range(block, record["offset"], record["length"])
@@ -419,7 +497,7 @@ class BlockStore:
         record = self._keys.get(key)
         if record is None:
             raise KeyNotFound(f"key {key!r} not found on node {self.node}", node=self.node)
-        return _public(record)
+        return public(record)
 
     def delete_key(self, key: str) -> bool:
         """Forget a key; free its block when the block was made for it. True if freed."""
@@ -435,8 +513,8 @@ class BlockStore:
     def key_records(self, block_id: str | None = None) -> list[dict]:
         """Every key record, or those naming a range of ``block_id``."""
         if block_id is None:
-            return [_public(r) for r in self._keys.values()]
-        return [_public(r) for r in self._keys.values() if r["block"] == block_id]
+            return [public(r) for r in self._keys.values()]
+        return [public(r) for r in self._keys.values() if r["block"] == block_id]
 
     def blocks(self) -> list[Block]:
         return list(self._blocks.values())
@@ -461,7 +539,7 @@ class BlockStore:
         """One page of key records after cursor ``after``, at most ``max_bytes`` of them."""
         records, cursor = self._key_order.page(after, limit, self._key_at,
                                                cost=lambda r: r["_bytes"], max_bytes=max_bytes)
-        return [_public(r) for r in records], cursor
+        return [public(r) for r in records], cursor
 
     def check_range(self, block: Block, offset: int, length: int) -> None:
         if offset < 0 or length < 0:
@@ -477,50 +555,6 @@ class BlockStore:
             self.free(block_id, Event.SHUTDOWN)
         if self._ledger is not None:
             self._ledger.close()  # promises nothing any more
-
-
-MAX_KEY_LENGTH = 1024
-# A key record is metadata: at most this many bytes packed (the key, its fields and ``meta``).
-MAX_KEY_RECORD_BYTES = 16 * 1024
-# What a record costs the agent beyond its packed bytes (the dict and its objects, measured ~0.6
-# KiB for a small record), counted against the room with them.
-KEY_RECORD_OVERHEAD_BYTES = 1024
-
-_KEY_RECORD_FIELDS: dict[str, tuple[type, ...]] = {
-    "block": (str,),
-    "offset": (int,),
-    "length": (int,),
-    "content_type": (str,),
-    "checksum": (str,),
-    "owns_block": (bool,),
-    "meta": (dict,),
-}
-
-
-def _check_key_record(key: str, rec: dict, node: str, now: float) -> dict:
-    out = {"key": key}
-    for name, types in _KEY_RECORD_FIELDS.items():
-        value = rec.get(name)
-        if not isinstance(value, types) or (types == (int,) and isinstance(value, bool)):
-            raise InvalidRequest(f"key record field {name!r} is missing or has the wrong type")
-        out[name] = value
-    if out["offset"] < 0 or out["length"] < 0:
-        raise OutOfRange("key record offset and length must be >= 0")
-    if not out["block"] and out["length"] != 0:
-        raise InvalidRequest("only a 0-byte object may have no block")
-    out["created"] = now
-    out["node"] = node
-    packed = len(msgpack.packb(out, use_bin_type=True))
-    if packed > MAX_KEY_RECORD_BYTES:
-        raise InvalidRequest(f"key record for {key!r} is {packed} bytes packed; the limit is "
-                             f"{MAX_KEY_RECORD_BYTES} (keep large data in the block, not meta)")
-    out["_bytes"] = packed + KEY_RECORD_OVERHEAD_BYTES
-    return out
-
-
-def _public(record: dict) -> dict:
-    """A key record as clients see it (without the store's own bookkeeping)."""
-    return {k: v for k, v in record.items() if not k.startswith("_")}
 
 
 def _not_served(block: Block, node: str) -> BlockNotFound:

@@ -81,6 +81,9 @@ class MeshSettings:
     host_reserve_bytes: int = 1 * GiB  # RAM an agent always leaves to its host
     state_dir: str | None = None
     insecure: bool = False
+    # A block made for a named put is freed when its client has not renewed it (any request
+    # naming it) for this long, plus at most one heartbeat (agents/store.py: leases).
+    lease_s: float = 30.0
 
     def __post_init__(self) -> None:
         try:
@@ -104,6 +107,8 @@ class MeshSettings:
                 _check_string(self.state_dir, "state_dir")
             if not isinstance(self.insecure, bool):
                 raise _Invalid("insecure", f"expected true or false, got {self.insecure!r}")
+            if not _is_number(self.lease_s) or not 0 < self.lease_s <= 3600:
+                raise _Invalid("lease_s", f"expected seconds in (0, 3600], got {self.lease_s!r}")
         except _Invalid as exc:
             raise ConfigError(f"mesh.{exc.path}: {exc.problem}") from None
 

@@ -15,7 +15,7 @@ Ops and their fields (all sizes and offsets are byte counts, ints >= 0)::
 
     HELLO  {}                                 -> {node, incarnation, version, address}
     PING   {}                                 -> {node, incarnation}
-    ALLOC  {size, lazy}                       -> {block, size, node}
+    ALLOC  {size, lazy, [pending], [ttl_s]}   -> block record
     FREE   {block}                            -> {block, size}
     WRITE  {block, offset}      + 1 payload   -> {block, offset, length}
     READ   {block, offset, length}            -> {block, offset, length}   + 1 payload
@@ -27,6 +27,7 @@ Ops and their fields (all sizes and offsets are byte counts, ints >= 0)::
     KGET   {key}                              -> key record
     KDEL   {key}                              -> {key, freed_block}
     KLIST  {[after], [limit]}                 -> {node, keys: [key record, ...], next}
+    RENEW  {blocks: [block id, ...]}          -> {renewed: [block id, ...]}
 
 A key's home agent (rendezvous hashing over the live nodes, ``mesh/client/keyclaims.py``;
 ``agents/keyhome.py``) serialises puts of the key and remembers where it was published::
@@ -70,7 +71,12 @@ Listings are paged (``agents/paging.py``): ``after`` is a cursor (0, the default
 most ``LIST_PAGE_BYTES`` of them) and ``next``, the cursor to ask with for the rest, or nil at
 the end. A client lists a node by asking until ``next`` is nil.
 
-A block record is ``{block, node, size, lazy, created}``. A request whose header cannot be
+Leases and lifetimes (``agents/store.py``): ALLOC ``pending: true`` makes a block for a named
+put; it lives while its client renews it (any WRITE, STAT or RENEW naming it) within the
+cluster's ``mesh.lease_s``, until a KPUT publishes a key naming it. ALLOC ``ttl_s`` (seconds > 0)
+frees the block that long after it was made. The agent frees both on its heartbeat timer.
+
+A block record is ``{block, node, size, lazy, created, expires (epoch seconds or nil), pending}``. A request whose header cannot be
 parsed gets an ERROR reply with ``request_id`` 0 and op "?" when the agent can still reply.
 
 Gossip plane (agent PUB -> peer SUB), one message of two frames::
@@ -112,6 +118,7 @@ KCLAIM = "kclaim"
 KRELEASE = "krelease"
 KHOME = "khome"
 KWHERE = "kwhere"
+RENEW = "renew"
 MOVE = "move"
 PULL = "pull"
 COMMIT = "commit"
@@ -160,10 +167,12 @@ _REQUEST_SCHEMA: dict[str, tuple[dict[str, tuple[type, ...]], int]] = {
             "lazy": (bool,)}, 0),
     COMMIT: ({"block": (str,), "keys": (list,)}, 0),
     ABORT: ({"block": (str,)}, 0),
+    RENEW: ({"blocks": (list,)}, 0),
 }
 OPS = frozenset(_REQUEST_SCHEMA)
 # op -> optional fields with their types (checked when present)
 _OPTIONAL_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
+    ALLOC: {"pending": (bool,), "ttl_s": (int, float)},
     LIST: {"after": _INT, "limit": _INT},
     KLIST: {"after": _INT, "limit": _INT},
 }

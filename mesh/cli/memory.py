@@ -1,6 +1,6 @@
 """``grid memory``: blocks and named objects from the command line.
 
-    grid memory allocate (--size GB | SIZE) [--node NAME] [--lazy]
+    grid memory allocate (--size GB | SIZE) [--node NAME] [--lazy] [--ttl DURATION]
     grid memory deallocate BLOCK_ID
     grid memory list-blocks | stats | list-objects
     grid memory store KEY FILE|- [--block-id ID] [--offset N] [--node NAME] [--replace]
@@ -259,11 +259,14 @@ def _hex_dump(data: bytes) -> str:
               help="size in GB (binary: 1 GB = 2**30 bytes), or with a unit: 512MiB")
 @click.option("--node", "-n", help="the node to allocate on (default: the live node with most room)")
 @click.option("--lazy", is_flag=True, help="do not back the pages now (they are backed when written)")
+@click.option("--ttl", metavar="DURATION",
+              help="free the block after this long (90s, 30m, 1h, 2d); default: until deallocated")
 @click.option("--json", "as_json", is_flag=True, help="one JSON document for scripts")
 @_local_errors
 def allocate(config_path: str | None, size_arg: str | None, size_gb: str | None,
-             node: str | None, lazy: bool, as_json: bool) -> None:
-    """Allocate a block: `--size 5.0` (GB) or SIZE in bytes (`10485760`, or `10MiB`)."""
+             node: str | None, lazy: bool, ttl: str | None, as_json: bool) -> None:
+    """Allocate a block: `--size 5.0` (GB) or SIZE in bytes (`10485760`, or `10MiB`). It lives
+    until `grid memory deallocate`, or for `--ttl`."""
     if (size_arg is None) == (size_gb is None):
         raise GridError(
             "give the size once: `grid memory allocate --size 5.0` (GB) or "
@@ -272,15 +275,38 @@ def allocate(config_path: str | None, size_arg: str | None, size_gb: str | None,
             f"give the size once, not both {size_arg!r} and --size {size_gb!r}"
         )
     nbytes = parse_size(size_gb, default_unit="GB") if size_gb is not None else parse_size(size_arg)
+    ttl_s = None if ttl is None else _duration(ttl)
     with _client(config_path) as client, _capacity_hint():
-        block_id = client.allocate(nbytes, node=node, lazy=lazy)
-        where = block_node_hint(block_id) or client.stat(block_id).node
+        block_id = client.allocate(nbytes, node=node, lazy=lazy, ttl_s=ttl_s)
+        info = client.stat(block_id) if ttl_s is not None else None
+        where = block_node_hint(block_id) or (info or client.stat(block_id)).node
+    expires = info.expires if info is not None else None
     if as_json:
-        echo_json({"block_id": block_id, "node": where, "size": nbytes, "lazy": lazy})
+        echo_json({"block_id": block_id, "node": where, "size": nbytes, "lazy": lazy,
+                   "expires": expires})
         return
     ok(f"Allocated {human(nbytes)}")
     line(f"Block ID: {block_id}")
     line(f"Node: {where}")
+    if expires is not None:
+        line(f"Expires: {_when(expires)}")
+
+
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _duration(value: str) -> float:
+    """Seconds in ``90``, ``90s``, ``30m``, ``1.5h`` or ``2d``."""
+    text = value.strip().lower()
+    unit = _DURATION_UNITS.get(text[-1:], None)
+    number = text[:-1] if unit is not None else text
+    try:
+        seconds = float(number) * (unit or 1.0)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise GridError(f"--ttl {value!r}: expected a positive duration such as 90s, 30m, 1h or 2d")
+    return seconds
 
 
 @memory.command("deallocate")

@@ -275,9 +275,21 @@ class Core:
 
     # --- blocks -------------------------------------------------------------------------------
 
-    def allocate(self, size: int, node: str | None = None, lazy: bool = False) -> Op:
+    def allocate(self, size: int, node: str | None = None, lazy: bool = False,
+                 ttl_s: float | None = None, pending: bool = False) -> Op:
+        """A new block's id. ``ttl_s``: the agent frees it that long after (else it lives until
+        freed); ``pending``: it is made for a named put and lives while requests name it within
+        ``mesh.lease_s``, until a key names it (``agents/store.py``: leases)."""
         if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
             raise InvalidSize(f"allocation size must be a positive whole number of bytes, got {size!r}")
+        fields: dict[str, Any] = {"size": size, "lazy": bool(lazy)}
+        if ttl_s is not None:
+            if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) or \
+                    not 0 < ttl_s < float("inf"):
+                raise InvalidRequest(f"ttl_s must be a positive number of seconds, got {ttl_s!r}")
+            fields["ttl_s"] = float(ttl_s)
+        if pending:
+            fields["pending"] = True
         nodes = yield from self.refresh_nodes(max_age_s=0.0)
         if node is not None:
             candidates = [_alive_node(nodes, node)]
@@ -298,7 +310,7 @@ class Core:
         for target in candidates:
             try:
                 result = yield from self.call(
-                    target.address, P.ALLOC, {"size": size, "lazy": bool(lazy)},
+                    target.address, P.ALLOC, fields,
                     timeout_s=self.settings.request_timeout_s + size / BACKING_BYTES_PER_S,
                 )
             except CapacityError as exc:

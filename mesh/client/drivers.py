@@ -103,9 +103,12 @@ class _ClientBase:
         """Ask one agent (default: the first known) who it is: ``{node, incarnation}``."""
         return self._run(self._core.ping(address, timeout_s))
 
-    def allocate(self, size: int, node: str | None = None, lazy: bool = False) -> str:
-        """Make a block of ``size`` bytes on ``node`` (else the live node with most room)."""
-        return self._run(self._core.allocate(size, node, lazy))
+    def allocate(self, size: int, node: str | None = None, lazy: bool = False, *,
+                 ttl_s: float | None = None) -> str:
+        """Make a block of ``size`` bytes on ``node`` (else the live node with most room). With
+        ``ttl_s`` the agent frees it that many seconds after; without, it lives until freed
+        (it outlives this process)."""
+        return self._run(self._core.allocate(size, node, lazy, ttl_s=ttl_s))
 
     def write(self, block_id: str, data: Any, offset: int = 0) -> int:
         """Write any bytes-like ``data`` at ``offset``; returns the bytes written."""

@@ -230,8 +230,8 @@ def _put_claimed(core: Core, claim: keyclaims.Claim | None, key: str | None, len
             raise OutOfRange(
                 f"{length} bytes at offset {offset} do not fit in block {block_id} ({size} bytes)"
             )
-    elif length > 0:
-        block_id = yield from core.allocate(length, node)
+    elif length > 0:  # pending: freed by its agent if this client dies before publishing
+        block_id = yield from core.allocate(length, node, pending=True)
         address, _ = yield from core.locate(block_id)
         offset = 0
     else:  # a 0-byte object needs no block, only a node to keep its record

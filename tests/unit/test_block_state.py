@@ -21,6 +21,7 @@ ALLOWED = {
     (S.ALLOCATING, E.POPULATE_FAILED): S.FREED,
     (S.READY, E.MOVE): S.MOVING,
     (S.READY, E.FREE): S.FREED,
+    (S.READY, E.EXPIRE): S.FREED,  # a lease ran out or a ttl is up (agents/store.py: sweep)
     (S.MOVING, E.HAND_OVER): S.HANDING_OVER,
     (S.MOVING, E.MOVE_FAILED): S.READY,
     (S.HANDING_OVER, E.MOVE_FAILED): S.READY,
