@@ -5,6 +5,7 @@
     python tools/bench.py cli-memory [--size 2GiB] [--chunk 2MiB] [--window 8] [--json]
     python tools/bench.py move [--size 1GiB] [--runs 4] [--json]
     python tools/bench.py startup [--baseline-ref 65b4786] [--runs 15] [--json]
+    python tools/bench.py key-race [--pairs 1000] [--json]
     python tools/bench.py read-rss [--reads 1000000] [--size 64KiB] [--window 64] [--json]
 
 ``transfer`` starts one real ``mesh-agent`` on loopback, allocates one block of ``--size``, then
@@ -44,6 +45,12 @@ wrapper), with the heavy ones among them.
 20,000), and reports the agent's RSS before and after, the growth and the growth per read (the
 zero-copy read tracking must not grow: issue 10, defect 2). Baseline, in the same run: a bare
 pyzmq ROUTER in a child process answering the same READs zero-copy without tracking them.
+
+``key-race`` starts three agents and two clients (threads, each its own client) that put the
+same new key at the same moment, ``--pairs`` times: half to two different agents, half with
+default placement. Exactly one put of each pair may succeed (the other gets ``KeyExists``); it
+counts the keys left with more than one record (every agent is asked), pairs where neither put
+succeeded, and any other error.
 
 A benchmark, not a test: it asserts nothing; it stops by itself (every wait has a timeout).
 """
@@ -667,6 +674,63 @@ def startup(args: argparse.Namespace) -> dict:
     return result
 
 
+# --- key-race ------------------------------------------------------------------------------------
+
+
+def key_race(args: argparse.Namespace) -> dict:
+    """``--pairs`` races of two clients putting the same new key at once (half to two different
+    agents, half with default placement); counts the keys left with more than one record."""
+    import threading
+
+    from mesh.client import objects
+    from mesh.errors import KeyExists
+
+    with tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp:
+        agents = Agents(256 * 1024**2, parse_size("2MiB"), 8, Path(tmp), n=3)
+        try:
+            checker = agents.client()
+            clients = [MeshClient(agents.config), MeshClient(agents.config)]
+            barrier = threading.Barrier(2)
+            outcomes: list[list] = [[None] * args.pairs, [None] * args.pairs]
+
+            def run(side: int) -> None:
+                for i in range(args.pairs):
+                    node = (("bench-1", "bench-2")[side]) if i % 2 == 0 else None
+                    barrier.wait(timeout=60)
+                    try:
+                        outcomes[side][i] = clients[side].put_bytes(
+                            f"race-{i}", bytes([side]) * 4096, node=node)
+                    except KeyExists as exc:
+                        outcomes[side][i] = exc
+                    except Exception as exc:  # counted below, never hidden
+                        outcomes[side][i] = exc
+
+            started = time.perf_counter()
+            threads = [threading.Thread(target=run, args=(s,)) for s in (0, 1)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=600)
+            seconds = time.perf_counter() - started
+            duplicates = both_failed = other_errors = 0
+            for i in range(args.pairs):
+                pair = (outcomes[0][i], outcomes[1][i])
+                won = sum(isinstance(r, objects.ObjectInfo) for r in pair)
+                other_errors += sum(not isinstance(r, (objects.ObjectInfo, KeyExists))
+                                    for r in pair)
+                records = checker._run(objects.holders(checker._core, f"race-{i}"))
+                duplicates += len(records) > 1 or won > 1
+                both_failed += won == 0
+            for c in clients:
+                c.close()
+            checker.close()
+        finally:
+            agents.close()
+    return {"bench": "key-race", "pairs": args.pairs, "duplicates": duplicates,
+            "neither_succeeded": both_failed, "other_errors": other_errors,
+            "pairs_per_s": round(args.pairs / seconds, 1)}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_sink":
@@ -698,6 +762,10 @@ def main(argv: list[str] | None = None) -> int:
     rr.add_argument("--size", default="64KiB")
     rr.add_argument("--window", type=int, default=64, help="READs in flight")
     rr.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    kr = sub.add_parser("key-race", help="two clients put the same new key at once, N times: "
+                        "how many keys end with two records")
+    kr.add_argument("--pairs", type=int, default=1000)
+    kr.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     st = sub.add_parser("startup", help="start-up time of grid against a baseline commit")
     st.add_argument("--baseline-ref", default="65b4786",
                     help="the commit to compare with (default: before the restructuring)")
@@ -718,6 +786,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {'':<18} heavy modules loaded: baseline "
                       f"{', '.join(r['baseline_heavy']) or '-'}; current "
                       f"{', '.join(r['current_heavy']) or '-'}")
+        return 0
+    if args.bench == "key-race":
+        result = key_race(args)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print(f"{result['pairs']} racing pairs: {result['duplicates']} keys with two records, "
+                  f"{result['neither_succeeded']} pairs where neither put succeeded, "
+                  f"{result['other_errors']} other errors ({result['pairs_per_s']} pairs/s)")
         return 0
     if args.bench == "read-rss":
         result = read_rss(args)
