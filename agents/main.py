@@ -22,6 +22,7 @@ import sys
 import zmq
 
 from agents.ledger import default_path as ledger_path
+from agents.limits import raise_fd_limit
 from agents.server import Agent, AgentSettings
 from mesh import __version__
 from mesh._malloc import tune_for_transfers
@@ -93,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     tune_for_transfers(settings.max_message_bytes, cfg.mesh.window)
+    fd_limit = raise_fd_limit()  # the agent caps its connections below it (agents/limits.py)
+    logging.getLogger("mesh.agent").info("file descriptor limit %d", fd_limit)
     agent = Agent(settings)
     try:
         agent.bind()

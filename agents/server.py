@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import resource
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from agents import lifecycle
 from agents.ledger import PromiseLedger, default_path as ledger_default_path
 from agents.keyhome import KeyHomes
 from agents.lifecycle import Event, State
+from agents.limits import ConnectionGuard, connection_cap
 from agents.moves import PeerCopies
 from agents.store import Block, BlockStore, populate
 from agents.writegate import WriteGate
@@ -50,6 +52,7 @@ JOBS_POLL_S = 0.005
 DEFERRED_POLL_S = 0.001
 # The SUB takes heartbeats up to the protocol's limit, plus room for the topic frame.
 HEARTBEAT_SLACK_BYTES = 1024
+LOGGED_LOOP_ERRORS = 100  # with a traceback each; after that one in a thousand
 
 
 @dataclass
@@ -114,6 +117,7 @@ class Agent:
         self._connected_gossip: set[str] = set()
         self._stopping = False
         self.dropped_replies = 0
+        self.loop_errors = 0  # failures the loop survived (logged; see _guarded)
         self.late_requests = 0  # refused because their client had given up (deadline passed)
         # moves and pulls run in threads with sockets of their own; the loop finishes them
         self.moves = PeerCopies(
@@ -158,6 +162,11 @@ class Agent:
             self.ctx, topic=P.HEARTBEAT_TOPIC,
             max_message_bytes=P.MAX_HEARTBEAT_BYTES + HEARTBEAT_SLACK_BYTES,
         )
+        # accepted connections stay below the descriptor limit (agents/limits.py)
+        self.guard = ConnectionGuard(self.ctx, [
+            (self.router, f"tcp://{s.bind_ip}:{s.data_port}", "data"),
+            (self.pub, f"tcp://{s.bind_ip}:{s.gossip_port}", "gossip"),
+        ], connection_cap(resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
         for peer in s.peers:
             self._follow(peer)
 
@@ -167,13 +176,18 @@ class Agent:
         if not is_agent_address(gossip_address) or \
                 len(self._connected_gossip) >= MAX_FOLLOWED_PEERS:
             return
-        self.sub.connect(gossip_address)
+        try:
+            self.sub.connect(gossip_address)
+        except zmq.ZMQError as exc:  # a valid shape libzmq still refuses (IPv6 off, say)
+            log.warning("cannot follow gossip at %r: %s", gossip_address, exc)
+            return
         self._connected_gossip.add(gossip_address)
 
     def close(self) -> None:
         self.stop()
         self._populator.shutdown(wait=True, cancel_futures=True)
         self.moves.close()
+        self.guard.close()
         for sock in (self.router, self.pub, self.sub):
             sock.close(linger=0)
         self.store.close()
@@ -188,33 +202,57 @@ class Agent:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.sub, zmq.POLLIN)
+        for monitor in self.guard.monitors:
+            poller.register(monitor, zmq.POLLIN)
         interval = self.s.heartbeat_interval_s
         next_beat = time.monotonic()
         log.info(
             "agent %s serving %s (gossip %s), incarnation %d",
             self.s.node, self.address, self.gossip_address, self.incarnation,
         )
+        # Every phase is guarded: whatever one message, one peer or the host does (EMFILE,
+        # a libzmq error, a bug), the loop logs it, counts it and goes on serving.
+        guarded = self._guarded
         while not self._stopping:
             now = time.monotonic()
             if now >= next_beat:
-                self._beat(now)
                 next_beat = max(next_beat + interval, now + interval / 2)
+                guarded("heartbeat", self._beat, now)
+            guarded("connection guard", self.guard.tick, now)
             timeout_s = next_beat - now
             if self._pending or self.moves.busy:
                 timeout_s = min(timeout_s, JOBS_POLL_S)
             if self.gate.waiting:
                 timeout_s = min(timeout_s, DEFERRED_POLL_S)
-            events = dict(poller.poll(max(0, int(timeout_s * 1000))))
+            rebind_s = self.guard.wake_in(now)
+            if rebind_s is not None:
+                timeout_s = min(timeout_s, rebind_s)
+            try:
+                events = dict(poller.poll(max(0, int(timeout_s * 1000))))
+            except zmq.ZMQError as exc:
+                guarded("poll", _raise, exc)
+                continue
+            if any(m in events for m in self.guard.monitors):
+                guarded("connection guard", self.guard.check, now)
             if self.router in events:
-                self._drain_router()
+                guarded("requests", self._drain_router)
             if self.sub in events:
-                self._drain_sub()
+                guarded("gossip", self._drain_sub)
             if self._pending:
-                self._finish_allocations()
+                guarded("allocations", self._finish_allocations)
             if self.moves.busy:
-                self.moves.finish_jobs()
+                guarded("moves", self.moves.finish_jobs)
             if self.gate.waiting:
-                self.gate.retry(self._dispatch_deferred)
+                guarded("deferred writes", self.gate.retry, self._dispatch_deferred)
+
+    def _guarded(self, phase: str, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            self.loop_errors += 1
+            if self.loop_errors <= LOGGED_LOOP_ERRORS or self.loop_errors % 1000 == 0:
+                log.exception("agent loop: %s failed (%d errors so far); going on", phase,
+                              self.loop_errors)
 
     def _drain_router(self) -> None:
         for _ in range(_BATCH):
@@ -254,19 +292,22 @@ class Agent:
                 frames = self.sub.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            try:
-                rec = P.parse_heartbeat(frames)
-            except MeshError:
+            self._guarded("a heartbeat", self._heard, frames, now)
+
+    def _heard(self, frames: list[bytes], now: float) -> None:
+        try:
+            rec = P.parse_heartbeat(frames)
+        except MeshError:
+            return
+        if rec["node"] == self.s.node:
+            return
+        if self.members.observe(rec, now):
+            self._follow(rec["gossip"])
+        for peer in rec["peers"]:
+            if peer["node"] == self.s.node:
                 continue
-            if rec["node"] == self.s.node:
-                continue
-            if self.members.observe(rec, now):
-                self._follow(rec["gossip"])
-            for peer in rec["peers"]:
-                if peer["node"] == self.s.node:
-                    continue
-                if self.members.observe(peer, now, peer["age_s"]):
-                    self._follow(peer["gossip"])
+            if self.members.observe(peer, now, peer["age_s"]):
+                self._follow(peer["gossip"])
 
     def _send(self, identity: bytes, frames: list[Any], copy: bool = True,
               track: bool = False) -> zmq.MessageTracker | None:
@@ -420,6 +461,9 @@ class Agent:
         rec = self.self_record()
         rec["reserve"] = self.s.reserve_bytes
         rec["dropped_replies"] = self.dropped_replies
+        rec["loop_errors"] = self.loop_errors
+        rec["connections"] = self.guard.connections
+        rec["connection_unbinds"] = self.guard.unbinds
         rec["late_requests"] = self.late_requests
         self._reply(identity, req, rec)
 
@@ -481,3 +525,7 @@ def _page(req: P.Request) -> tuple[int, int]:
     after = max(0, req.fields.get("after") or 0)
     limit = req.fields.get("limit") or P.LIST_PAGE_RECORDS
     return after, min(max(1, limit), P.LIST_PAGE_RECORDS)
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc  # inside Agent._guarded, which logs and counts it

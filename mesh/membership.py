@@ -15,6 +15,7 @@ heartbeat.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, replace
 from typing import Any
@@ -28,13 +29,54 @@ DOWN = "down"  # in the cluster file, but no agent has heard of it (the client's
 _STAT_FIELDS = ("capacity", "used", "room", "host_available", "host_total", "blocks")
 
 
-_AGENT_ADDRESS = re.compile(r"^tcp://[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+MAX_ADDRESS_CHARS = 300
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_PORT = re.compile(r"^[0-9]{1,5}$")
+
+
+def parse_agent_address(address: str) -> tuple[str, int]:
+    """``(host, port)`` of an agent's endpoint ``tcp://host:port``; ``ValueError`` unless the
+    host is an IPv4 address, an IPv6 address in brackets or a hostname (RFC 1123 labels of
+    letters, digits and inner hyphens, 253 characters at most; all-numeric only as an IPv4
+    address) and the port is 1-65535. Checked before an agent connects anywhere a heartbeat or
+    a MOVE/PULL names: libzmq raises on what it cannot parse, and an address that is a valid
+    shape but names nothing only costs reconnect attempts."""
+    if not isinstance(address, str) or len(address) > MAX_ADDRESS_CHARS or \
+            not address.startswith("tcp://"):
+        raise ValueError(f"not an address like tcp://host:port: {address!r}")
+    rest = address[len("tcp://"):]
+    if rest.startswith("["):
+        host, sep, port = rest[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"not an address like tcp://[ipv6]:port: {address!r}")
+        ipaddress.IPv6Address(host)  # ValueError if it is not one
+    else:
+        host, sep, port = rest.rpartition(":")
+        if not sep or not _valid_host(host):
+            raise ValueError(f"not a host name or IPv4 address in {address!r}")
+    if not _PORT.match(port) or not 1 <= int(port) <= 65535:
+        raise ValueError(f"port must be 1-65535 in {address!r}")
+    return host, int(port)
+
+
+def _valid_host(host: str) -> bool:
+    labels = host.split(".")
+    if all(label.isdigit() and label.isascii() for label in labels):
+        try:
+            ipaddress.IPv4Address(host)
+            return True
+        except ValueError:
+            return False
+    return len(host) <= 253 and all(_HOST_LABEL.match(label) for label in labels)
 
 
 def is_agent_address(address: str) -> bool:
-    """Whether ``address`` has the shape of an agent's endpoint (``tcp://host:port``): checked
-    before an agent connects anywhere a heartbeat or a MOVE/PULL names."""
-    return isinstance(address, str) and bool(_AGENT_ADDRESS.match(address))
+    """Whether ``parse_agent_address`` accepts ``address``."""
+    try:
+        parse_agent_address(address)
+        return True
+    except ValueError:
+        return False
 
 
 def state_for_silence(silent_s: float, suspect_after_s: float, dead_after_s: float) -> str:

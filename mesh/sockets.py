@@ -26,6 +26,15 @@ HEADER_ALLOWANCE_BYTES = 64 * 1024
 RECONNECT_IVL_MS = 100
 RECONNECT_IVL_MAX_MS = 1000
 PUB_SNDHWM = 64
+# A connection to an agent that has not finished the ZMTP greeting by then is closed (libzmq's
+# default is 30 s), so idle TCP connections cannot hold the agent's descriptors for long.
+HANDSHAKE_IVL_MS = 5000
+# Connections the kernel completes before the agent's I/O thread accepts them (libzmq: 100): a
+# burst of clients beyond it has its SYNs dropped and waits a second for the retry.
+LISTEN_BACKLOG = 1024
+# The file-descriptor limit an agent asks for at start (and its systemd unit, LimitNOFILE): each
+# connection it accepts costs one, and it caps them below the limit (agents/limits.py).
+AGENT_FD_LIMIT = 65536
 SUB_RCVHWM = 256
 
 
@@ -58,6 +67,8 @@ def router(ctx: zmq.Context, endpoint: str, *, sndhwm: int, rcvhwm: int,
     sock.setsockopt(zmq.SNDHWM, sndhwm)
     sock.setsockopt(zmq.RCVHWM, rcvhwm)
     sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+    sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
+    sock.setsockopt(zmq.BACKLOG, LISTEN_BACKLOG)
     _bind(sock, endpoint)
     return sock
 
@@ -66,6 +77,8 @@ def publisher(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
     sock = ctx.socket(zmq.PUB)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, PUB_SNDHWM)
+    sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
+    sock.setsockopt(zmq.BACKLOG, LISTEN_BACKLOG)
     _bind(sock, endpoint)
     return sock
 

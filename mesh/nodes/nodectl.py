@@ -29,6 +29,7 @@ from mesh import __version__
 from mesh.nodes import local
 from mesh.config import ClusterConfig, load_cluster_config
 from mesh.errors import MeshError
+from mesh.sockets import AGENT_FD_LIMIT
 
 
 def _agent(base: Path, node: str) -> tuple[ClusterConfig, local.LocalAgent]:
@@ -72,7 +73,9 @@ def _start_systemd(base: Path, cfg: ClusterConfig, agent: local.LocalAgent, inse
     unit = (
         "[Unit]\nDescription=memory mesh agent " + node + "\nAfter=network-online.target\n\n"
         "[Service]\nExecStart=" + " ".join(exe) + "\nRestart=on-failure\n"
-        "KillSignal=SIGTERM\nTimeoutStopSec=10\n\n[Install]\nWantedBy=default.target\n"
+        "KillSignal=SIGTERM\nTimeoutStopSec=10\n"
+        # the agent caps its connections below its descriptor limit (agents/limits.py)
+        f"LimitNOFILE={AGENT_FD_LIMIT}\n\n[Install]\nWantedBy=default.target\n"
     )
     units = Path("/etc/systemd/system") if os.geteuid() == 0 else Path.home() / ".config/systemd/user"
     units.mkdir(parents=True, exist_ok=True)

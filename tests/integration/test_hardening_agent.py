@@ -7,14 +7,21 @@ every process it starts is stopped by the test itself."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import resource
+import subprocess
+import sys
+import time
 
 import msgpack
+import psutil
 import zmq
 
 from mesh import protocol as P
 from mesh.client import MeshClient
-from support.mesh import free_port_pair, running_mesh
+from mesh.membership import NodeInfo
+from support.mesh import LocalMesh, free_port_pair, running_mesh
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -117,3 +124,175 @@ def test_a_move_to_a_target_that_never_answers_gives_the_block_back(tmp_path):
         c.write(block, b"y", offset=0)
         assert c.read(block, 2) == b"yx"
         c.free(block)
+
+
+# --- defect 1: nothing a peer or a client sends kills the agent --------------------------------
+
+
+def _heartbeat(node: str, address: str, gossip: str, incarnation: int = 1,
+               peers: list[dict] | None = None) -> list[bytes]:
+    rec = NodeInfo(name=node, address=address, gossip=gossip, incarnation=incarnation,
+                   version="forged", state="alive", age_s=0.0, capacity=1 << 30, used=0,
+                   room=1 << 30, host_available=1 << 30, host_total=1 << 30, blocks=0).record()
+    rec["peers"] = list(peers or [])
+    return P.encode_heartbeat(rec)
+
+
+def _peer(node: str, address: str, gossip: str, incarnation: int = 1, age_s: float = 0.0) -> dict:
+    rec = NodeInfo.from_record(msgpack.unpackb(_heartbeat(node, address, gossip,
+                                                          incarnation)[1])).record()
+    return {**rec, "age_s": age_s}
+
+
+@contextlib.contextmanager
+def _forger(tmp_path, real: int = 1, **settings):
+    """Agents for the first ``real`` nodes of a cluster file, and a PUB bound at the gossip
+    address of the last node, which the agents follow from the file: whatever it publishes,
+    they hear."""
+    mesh = LocalMesh.create(tmp_path, n=real + 1, **settings)
+    try:
+        for agent in mesh.nodes[:real]:
+            mesh.start(agent.name)
+        slot = mesh.nodes[real]
+        with _socket(zmq.PUB, bind=f"tcp://{slot.host}:{slot.port + 1}") as pub:
+            yield mesh, pub, slot
+    finally:
+        leaked = mesh.stop_all()
+        assert not leaked, f"agents ignored SIGTERM: {leaked}"
+
+
+def _publish(pub: zmq.Socket, frames: list[bytes], seconds: float, every_s: float = 0.05) -> None:
+    """Keep publishing (PUB/SUB joins take a moment; a heartbeat before it is lost)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pub.send_multipart(frames)
+        time.sleep(every_s)
+
+
+def _nodes(address: str) -> list[dict]:
+    with MeshClient(address=address, timeout_s=5.0) as c:
+        return c._run(c._core.call(address, "nodes"))["nodes"]
+
+
+def test_forged_heartbeats_with_bad_addresses_leave_the_agent_serving(tmp_path):
+    """``tcp://-:80`` passed the old address check and raised in ``sub.connect``: the agent
+    that heard it died at once. Bad addresses as the sender's own gossip address and in its
+    relayed peers."""
+    bad = ["tcp://-:80", "tcp://a..b:80", "tcp://host:99999", "tcp://[::1:80", "tcp://h:0"]
+    with _forger(tmp_path) as (mesh, pub, slot):
+        node1 = mesh.node("node1")
+        for i, address in enumerate(bad):
+            peers = [_peer(f"bad-peer-{i}", address, address)]
+            _publish(pub, _heartbeat(f"bad-{i}", slot.address, address, peers=peers), 0.4)
+        assert node1.proc.poll() is None, node1.log.read_text()
+        with MeshClient(address=node1.address, timeout_s=5.0) as c:
+            c.ping(node1.address)
+            block = c.allocate(4096, node="node1")
+            c.free(block)
+        assert node1.proc.poll() is None
+
+
+_IDLE_CONNECTIONS = """
+import json, resource, select, socket, sys, time
+_, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # not the agent's lowered soft limit
+host, port, count, source, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], float(sys.argv[5])
+held, refused, end = [], 0, time.monotonic() + seconds
+while len(held) < count and time.monotonic() < end:
+    batch = []  # non-blocking connects, many at once: a dropped SYN costs a 1 s retry
+    for _ in range(min(1000, count - len(held))):
+        s = socket.socket()
+        s.setblocking(False)
+        s.setsockopt(socket.IPPROTO_IP, 24, 1)  # IP_BIND_ADDRESS_NO_PORT: the port at connect
+        s.bind((source, 0))
+        s.connect_ex((host, port))
+        batch.append(s)
+    poller = select.poll()
+    for s in batch:
+        poller.register(s, select.POLLOUT)
+    pending, wait_end = {s.fileno(): s for s in batch}, time.monotonic() + 3
+    while pending and time.monotonic() < wait_end:
+        for fd, _ in poller.poll(100):
+            s = pending.pop(fd)
+            poller.unregister(fd)
+            if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                held.append(s)
+            else:
+                s.close()
+                refused += 1
+    for s in pending.values():
+        s.close()
+        refused += 1
+print(json.dumps({"opened": len(held), "refused": refused}), flush=True)
+sys.stdin.read()  # hold them until the test closes our stdin
+"""
+
+
+def test_25000_idle_connections_leave_the_agent_serving(tmp_path):
+    """Idle TCP connections to the data and gossip ports from two child processes, 12,500 each,
+    against an agent started with a soft descriptor limit of 4,096 (``ulimit -n 4096``): the old
+    agent died of EMFILE. Now it caps its connections below its limit, a connected client is served during
+    the flood, a new one gets in, and its descriptors come back once the flood ends."""
+    with _soft_fd_limit(4096), running_mesh(tmp_path, n=1) as mesh, mesh.client() as c:
+        node1 = mesh.node("node1")
+        host, port = node1.host, node1.port
+        agent = psutil.Process(node1.proc.pid)
+        fds_before = agent.num_fds()
+        block = c.allocate(4096, node="node1")
+        children = [subprocess.Popen(
+            [sys.executable, "-c", _IDLE_CONNECTIONS, host, str(p), "12500", f"127.0.{20 + i}.1",
+             "20"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            for i, p in enumerate((port, port + 1))]
+        try:
+            opened = [json.loads(child.stdout.readline() or "{}") for child in children]
+            assert all(o.get("opened") for o in opened), opened
+            assert node1.proc.poll() is None, node1.log.read_text()[-3000:]
+            served = _serve_within(c, block, 30.0)
+            with mesh.client() as fresh:  # a new client gets in while the flood holds on
+                assert _serve_within(fresh, block, 30.0)
+            assert served
+        finally:
+            for child in children:
+                child.stdin.close()
+            for child in children:
+                try:
+                    child.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait(timeout=10)
+                child.stdout.close()
+        assert node1.proc.poll() is None
+        deadline = time.monotonic() + 30
+        while agent.num_fds() > fds_before + 64 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert agent.num_fds() <= fds_before + 64
+        stats = P.parse_reply(_call(node1.address, P.STATS, {})).body
+        print(f"opened {opened}, agent stats {stats}")
+        assert stats["loop_errors"] == 0 and stats["connection_unbinds"] >= 1
+        c.free(block)
+
+
+@contextlib.contextmanager
+def _soft_fd_limit(soft: int):
+    """Agents started inside inherit a soft descriptor limit of ``soft`` (as with ``ulimit -n``;
+    the hard limit is left alone, so this process can go back)."""
+    old_soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, hard), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (old_soft, hard))
+
+
+def _serve_within(client: MeshClient, block: str, seconds: float) -> bool:
+    """The client writes and reads the block within ``seconds`` (retrying: a connection
+    closed by the agent's cap is made again)."""
+    end = time.monotonic() + seconds
+    while True:
+        try:
+            client.write(block, b"ok")
+            return client.read(block, 2) == b"ok"
+        except Exception:
+            if time.monotonic() > end:
+                return False
+            time.sleep(0.2)
