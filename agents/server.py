@@ -53,6 +53,7 @@ DEFERRED_POLL_S = 0.001
 # The SUB takes heartbeats up to the protocol's limit, plus room for the topic frame.
 HEARTBEAT_SLACK_BYTES = 1024
 LOGGED_LOOP_ERRORS = 100  # with a traceback each; after that one in a thousand
+RELINKS_PER_BEAT = 16  # SUB links to silent peers made again per heartbeat, at most
 
 
 @dataclass
@@ -115,6 +116,9 @@ class Agent:
         self._populator = ThreadPoolExecutor(max_workers=1, thread_name_prefix="populate")
         self._pending: dict[Future, _PendingAlloc] = {}
         self._connected_gossip: set[str] = set()
+        # gossip address -> when its last heartbeat came, and when we last connected to it
+        self._heard_at: dict[str, float] = {}
+        self._linked_at: dict[str, float] = {}
         self._stopping = False
         self.dropped_replies = 0
         self.loop_errors = 0  # failures the loop survived (logged; see _guarded)
@@ -182,6 +186,7 @@ class Agent:
             log.warning("cannot follow gossip at %r: %s", gossip_address, exc)
             return
         self._connected_gossip.add(gossip_address)
+        self._linked_at[gossip_address] = time.monotonic()
 
     def close(self) -> None:
         self.stop()
@@ -301,12 +306,14 @@ class Agent:
             return
         if rec["node"] == self.s.node:
             return
-        if self.members.observe(rec, now):
+        if rec["gossip"] in self._connected_gossip:
+            self._heard_at[rec["gossip"]] = now  # the link to that address works
+        if self.members.observe(rec, now):  # its own record: it vouches for it
             self._follow(rec["gossip"])
-        for peer in rec["peers"]:
+        for peer in rec["peers"]:  # hearsay: introduces nodes, changes none
             if peer["node"] == self.s.node:
                 continue
-            if self.members.observe(peer, now, peer["age_s"]):
+            if self.members.observe(peer, now, peer["age_s"], vouched=False):
                 self._follow(peer["gossip"])
 
     def _send(self, identity: bytes, frames: list[Any], copy: bool = True,
@@ -348,10 +355,33 @@ class Agent:
             log.info("freed %s (%d bytes): its %s", block.block_id, block.size,
                      "lease ran out" if block.lease_until is not None else "ttl is up")
         rec["peers"] = self.members.gossip_entries(now, exclude=self.s.node)
+        frames = P.encode_heartbeat(rec)
+        # over the limit, a heartbeat would cost every follower its link to us: relay fewer
+        while len(frames[1]) > P.MAX_HEARTBEAT_BYTES and rec["peers"]:
+            rec["peers"] = rec["peers"][: len(rec["peers"]) // 2]
+            frames = P.encode_heartbeat(rec)
         try:
-            self.pub.send_multipart(P.encode_heartbeat(rec), zmq.NOBLOCK)
+            self.pub.send_multipart(frames, zmq.NOBLOCK)
         except zmq.Again:
             pass
+        self._relink(now)
+
+    def _relink(self, now: float) -> None:
+        """Connect the SUB again to followed peers silent for ``dead_after_s``: libzmq drops a
+        link for good when a peer sends a message over the SUB's limit, and reconnects by
+        itself only after connection errors. At most ``RELINKS_PER_BEAT`` a heartbeat."""
+        silent_after = now - self.s.dead_after_s
+        stale = [g for g in self._connected_gossip
+                 if max(self._heard_at.get(g, 0.0), self._linked_at.get(g, 0.0)) < silent_after]
+        for gossip in sorted(stale, key=lambda g: self._linked_at.get(g, 0.0))[:RELINKS_PER_BEAT]:
+            self._linked_at[gossip] = now
+            try:
+                self.sub.disconnect(gossip)
+            except zmq.ZMQError:
+                pass  # libzmq had already forgotten the link
+            self.sub.connect(gossip)
+            log.info("no heartbeat from %s for %.1f s: connected to it again", gossip,
+                     now - self._heard_at.get(gossip, now))
 
     # --- handlers -----------------------------------------------------------------------------
 

@@ -5,10 +5,12 @@ agent feeds it every heartbeat it hears (``observe``) and publishes ``gossip_ent
 gets ``snapshot`` rows through the NODES request. ``NodeInfo`` is the one record of a node, for
 the agent's table, the client's view, ``stats()`` and placement (``NodeLoad.from_node``).
 
-Merge rule: a higher incarnation replaces what we knew (the agent restarted); the same
+Merge rule (``MembershipTable`` has it in full): only a node's own heartbeat changes what we
+know of it; a higher incarnation replaces what we knew (the agent restarted); the same
 incarnation only moves ``last_heard`` forward (``now - age_s`` for relayed entries, so hearsay
 never makes a node look fresher than its freshest witness); a lower incarnation is stale and
-ignored. A node silent for ``suspect_after_s`` is "suspect", for ``dead_after_s`` "dead". Dead
+ignored. Relayed entries introduce unknown nodes and refresh known ones, nothing more. The table
+holds at most ``MAX_MEMBERS`` nodes. A node silent for ``suspect_after_s`` is "suspect", for ``dead_after_s`` "dead". Dead
 nodes are not relayed, so a dead node cannot be brought back by gossip, only by its own
 heartbeat.
 """
@@ -24,6 +26,13 @@ ALIVE = "alive"
 SUSPECT = "suspect"
 DEAD = "dead"
 DOWN = "down"  # in the cluster file, but no agent has heard of it (the client's view only)
+
+# Nodes one agent's table holds, at most (MembershipTable says what happens at the bound), and
+# peers one heartbeat relays: 256 entries of a few hundred bytes stay far below the 1 MiB limit
+# of a heartbeat (the agent also halves the list until the encoded heartbeat fits).
+MAX_MEMBERS = 1024
+MAX_GOSSIP_PEERS = 256
+MAX_NODE_NAME_CHARS = 255
 
 # The fields a heartbeat refreshes without a new incarnation.
 _STAT_FIELDS = ("capacity", "used", "room", "host_available", "host_total", "blocks")
@@ -158,33 +167,87 @@ class Member:
     info: NodeInfo
     last_heard: float
     stats_heard: float  # when the stat fields were current
+    vouched: bool = True  # its record came from its own heartbeat, not only from hearsay
 
     def as_record(self, now: float, state: str) -> dict[str, Any]:
         return {**self.info.record(), "age_s": max(0.0, now - self.last_heard), "state": state}
 
 
 class MembershipTable:
-    def __init__(self, suspect_after_s: float, dead_after_s: float):
+    """Who is in the mesh, as one agent knows it: at most ``max_members`` nodes.
+
+    ``observe(rec, now, age_s, vouched)`` merges one record. ``vouched`` is True for a node's
+    own record (the top-level record of a heartbeat), False for hearsay (the ``peers`` a
+    heartbeat relays). What a record may change:
+
+    - a vouched record replaces what we know of its node (address, gossip address, incarnation)
+      when its incarnation is higher, or when all we had was hearsay; at the same incarnation it
+      refreshes the stat fields and the age; a lower one is stale and ignored;
+    - hearsay may introduce a node we do not know, and refresh the age (and, for a node known
+      only from hearsay, the stat fields) of a known node when it names the same incarnation,
+      address and gossip address; it never changes a node's identity or address, so a forged
+      relay can neither redirect a node nor declare it restarted;
+    - a record whose address or gossip address does not parse (``parse_agent_address``), or
+      whose name is over ``MAX_NODE_NAME_CHARS``, is ignored.
+
+    At ``max_members``, hearsay introduces nobody; a node vouching for itself takes the place of
+    the hearsay-only member heard longest ago, else of the dead member heard longest ago, else
+    it is ignored (``refused`` counts every record turned away for room).
+    """
+
+    def __init__(self, suspect_after_s: float, dead_after_s: float,
+                 max_members: int = MAX_MEMBERS):
         self.suspect_after_s = suspect_after_s
         self.dead_after_s = dead_after_s
+        self.max_members = max_members
+        self.refused = 0
         self._members: dict[str, Member] = {}
 
-    def observe(self, rec: dict[str, Any], now: float, age_s: float = 0.0) -> bool:
-        """Merge one record; True when it names a node or incarnation not known before."""
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def observe(self, rec: dict[str, Any], now: float, age_s: float = 0.0,
+                vouched: bool = True) -> bool:
+        """Merge one record; True when it names a node, an incarnation or an address not known
+        before (the caller follows its gossip address)."""
+        if not _acceptable(rec):
+            return False
         heard = now - max(0.0, float(age_s))
         known = self._members.get(rec["node"])
-        if known is not None and rec["incarnation"] < known.info.incarnation:
-            return False
-        if known is None or rec["incarnation"] > known.info.incarnation:
-            self._members[rec["node"]] = Member(NodeInfo.from_record(rec, ALIVE, 0.0), heard, heard)
+        if known is None:
+            if len(self._members) >= self.max_members and not self._make_room(vouched, now):
+                self.refused += 1
+                return False
+            self._members[rec["node"]] = Member(NodeInfo.from_record(rec, ALIVE, 0.0), heard,
+                                                heard, vouched)
             return True
-        if heard > known.stats_heard:
+        if vouched and (not known.vouched or rec["incarnation"] > known.info.incarnation):
+            self._members[rec["node"]] = Member(NodeInfo.from_record(rec, ALIVE, 0.0), heard,
+                                                heard, True)
+            return (rec["incarnation"], rec["address"], rec["gossip"]) != (
+                known.info.incarnation, known.info.address, known.info.gossip)
+        if rec["incarnation"] != known.info.incarnation:
+            return False  # stale, or hearsay claiming a restart the node did not tell us of
+        if not vouched and (rec["address"], rec["gossip"]) != (known.info.address,
+                                                               known.info.gossip):
+            return False
+        if heard > known.stats_heard and (vouched or not known.vouched):
             known.info = replace(known.info, **{
                 name: rec[name] for name in _STAT_FIELDS if rec.get(name) is not None
             })
             known.stats_heard = heard
         known.last_heard = max(known.last_heard, heard)
         return False
+
+    def _make_room(self, vouched: bool, now: float) -> bool:
+        if not vouched:
+            return False
+        candidates = [m for m in self._members.values() if not m.vouched] or \
+            [m for m in self._members.values() if self.state(m, now) == DEAD]
+        if not candidates:
+            return False
+        del self._members[min(candidates, key=lambda m: m.last_heard).info.name]
+        return True
 
     def state(self, member: Member, now: float) -> str:
         return state_for_silence(now - member.last_heard, self.suspect_after_s, self.dead_after_s)
@@ -198,9 +261,14 @@ class MembershipTable:
             for m in sorted(self._members.values(), key=lambda m: m.info.name)
         ]
 
-    def gossip_entries(self, now: float, exclude: str | None = None) -> list[dict[str, Any]]:
+    def gossip_entries(self, now: float, exclude: str | None = None,
+                       limit: int = MAX_GOSSIP_PEERS) -> list[dict[str, Any]]:
+        """Non-dead members to relay, at most ``limit``: vouched ones first, freshest first."""
         out = []
-        for m in self._members.values():
+        members = sorted(self._members.values(), key=lambda m: (not m.vouched, -m.last_heard))
+        for m in members:
+            if len(out) >= limit:
+                break
             if m.info.name == exclude:
                 continue
             state = self.state(m, now)
@@ -209,3 +277,9 @@ class MembershipTable:
                 del rec["state"]
                 out.append(rec)
         return out
+
+
+def _acceptable(rec: dict[str, Any]) -> bool:
+    name = rec.get("node")
+    return isinstance(name, str) and 0 < len(name) <= MAX_NODE_NAME_CHARS and \
+        is_agent_address(rec.get("address")) and is_agent_address(rec.get("gossip"))

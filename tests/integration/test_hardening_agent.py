@@ -296,3 +296,63 @@ def _serve_within(client: MeshClient, block: str, seconds: float) -> bool:
             if time.monotonic() > end:
                 return False
             time.sleep(0.2)
+
+
+# --- defect 10: gossip cannot be poisoned, a dropped link comes back -------------------------
+
+
+def test_relayed_gossip_cannot_redirect_a_node_or_flood_the_table(tmp_path):
+    """A member relays a record of node2 with a higher incarnation and a fake address, and
+    2,000 made-up members. Old code: node1 took the fake address for node2 (clients' writes
+    went there) and every fake member. Now node2 keeps its own record and the table stays
+    within its bound."""
+    with _forger(tmp_path, real=2) as (mesh, pub, slot):
+        node1, node2 = mesh.node("node1"), mesh.node("node2")
+        real = _wait_for(node1.address, "node2", lambda r: r["state"] == "alive")
+        fake = _fake_endpoint("127.0.0.8")
+        forged = [_peer("node2", fake, fake, incarnation=real["incarnation"] + 1)]
+        forged += [_peer(f"fake-{i}", f"tcp://127.0.0.9:{1000 + i}",
+                         f"tcp://127.0.0.9:{1000 + i}") for i in range(2000)]
+        _publish(pub, _heartbeat(slot.name, slot.address, f"tcp://{slot.host}:{slot.port + 1}",
+                                 peers=forged), 2.0, every_s=0.1)
+        table = {r["node"]: r for r in _nodes(node1.address)}
+        assert table["node2"]["address"] == node2.address  # old code: the fake endpoint
+        assert table["node2"]["incarnation"] == real["incarnation"]
+        assert table["node2"]["state"] == "alive"
+        assert len(table) <= 1024  # old code: 2,003
+        with MeshClient(address=node1.address, timeout_s=5.0) as c:
+            block = c.allocate(4096, node="node2")
+            c.write(block, b"still node2")
+            assert c.read(block, 11) == b"still node2"
+            c.free(block)
+
+
+def test_a_dropped_gossip_link_is_made_again(tmp_path):
+    """A peer's heartbeat over the SUB's size limit makes libzmq drop the link without
+    reconnecting: old code, the peer stayed dead in that view while it kept beating. Now the
+    agent connects again once the peer has been silent for dead_after_s."""
+    with _forger(tmp_path, heartbeat_interval_s=0.2, suspect_after_s=0.6,
+                 dead_after_s=1.2) as (mesh, pub, slot):
+        node1 = mesh.node("node1")
+        beat = _heartbeat(slot.name, slot.address, f"tcp://{slot.host}:{slot.port + 1}")
+        _publish(pub, beat, 1.0)
+        assert _wait_for(node1.address, slot.name, lambda r: r["state"] == "alive", pub, beat)
+        pub.send_multipart([P.HEARTBEAT_TOPIC, b"\0" * (P.MAX_HEARTBEAT_BYTES + 64 * KiB)])
+        assert _wait_for(node1.address, slot.name, lambda r: r["state"] == "dead", pub, beat)
+        assert _wait_for(node1.address, slot.name, lambda r: r["state"] == "alive", pub, beat,
+                         timeout_s=20.0)  # old code: dead for good
+
+
+def _wait_for(address: str, node: str, want, pub: zmq.Socket | None = None,
+              beat: list[bytes] | None = None, timeout_s: float = 10.0) -> dict | None:
+    """``node``'s row in the agent's table once ``want(row)`` holds (publishing ``beat`` all the
+    while, when given); None after ``timeout_s``."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if pub is not None:
+            pub.send_multipart(beat)
+        row = next((r for r in _nodes(address) if r["node"] == node), None)
+        if row is not None and want(row):
+            return row
+        time.sleep(0.1)
+    return None
