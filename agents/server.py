@@ -534,6 +534,8 @@ class Agent:
 
     def _kwhere(self, identity: bytes, req: P.Request) -> None:
         node, claimed = self.homes.where(req.fields["key"], time.monotonic())
+        self._reply(identity, req, {"key": req.fields["key"], "node": node, "claimed": claimed})
+
     def _klist(self, identity: bytes, req: P.Request) -> None:
         records, cursor = self.store.list_keys(*_page(req), max_bytes=P.LIST_PAGE_BYTES)
         self._reply(identity, req, {"node": self.s.node, "keys": records, "next": cursor})
