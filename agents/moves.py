@@ -210,6 +210,10 @@ class PeerCopies:
             sock.send(P.encode_request(P.PULL, 1, {
                 "block": block.block_id, "source": self.address, "size": block.size,
                 "created": block.created, "lazy": block.lazy,
+                # a pending block stays pending and a block with a time to live keeps what it
+                # has left: a move never makes a block permanent
+                "pending": block.lease_until is not None,
+                "ttl_s": None if block.expires is None else max(0.001, block.expires - time.time()),
             }))
             # checksum our copy while the target pulls it (zlib releases the GIL)
             checksum = f"crc32:{zlib.crc32(block.view):08x}"
@@ -278,8 +282,12 @@ class PeerCopies:
         source = self._valid_peer(f["source"], "source")
         if not f["block"] or len(f["block"]) > MAX_BLOCK_ID_CHARS:
             raise InvalidRequest(f"block id must be 1 to {MAX_BLOCK_ID_CHARS} characters")
+        ttl_s = f.get("ttl_s")
+        if ttl_s is not None and (isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float))):
+            raise InvalidRequest(f"ttl_s must be a number of seconds, got {ttl_s!r}")
         block = self.store.allocate(f["size"], bool(f["lazy"]), block_id=f["block"],
-                                    created=float(f["created"]))
+                                    created=float(f["created"]), pending=f.get("pending") is True,
+                                    ttl_s=ttl_s)
         block.pull_started = time.monotonic()
         deadline = block.pull_started + STALL_S + block.size / MIN_COPY_BYTES_PER_S
         # back the pages ahead of the copy on another thread (page faults, not the network,

@@ -318,8 +318,8 @@ class BlockStore:
         now = self._clock()
         if pending:
             block.lease_until = now + self.lease_s
-        if ttl_s is not None:
-            block.expires_at, block.expires = now + ttl_s, block.created + ttl_s
+        if ttl_s is not None:  # (a copy moving in brings the time it has left, not its first)
+            block.expires_at, block.expires = now + ttl_s, time.time() + ttl_s
         self._watch(block)
         return block
 

@@ -43,9 +43,11 @@ A key's home agent (rendezvous hashing over the live nodes, ``mesh/client/keycla
 Moving a block peer to peer (rebalancing, draining); the master sends only MOVE::
 
     MOVE   {block, target, timeout_s}  to the source  -> {block, from, to, size, checksum, seconds}
-    PULL   {block, source, size, created, lazy}  source -> target: the target makes an incoming
-                                      block with the same id, READs it from the source in chunks
-                                      and answers {block, size, checksum} (crc32 of its copy)
+    PULL   {block, source, size, created, lazy[, pending, ttl_s]}  source -> target: the
+                                      target makes an incoming block with the same id (still
+                                      pending, and with the time to live it has left, if any),
+                                      READs it from the source in chunks and answers
+                                      {block, size, checksum} (crc32 of its copy)
     COMMIT {block, keys}               source -> target: the copy is verified; the target takes the
                                       key records and serves the block -> {block}
     ABORT  {block}                     source -> target: drop an incoming copy -> {block, dropped}

@@ -35,20 +35,26 @@ def test_a_write_that_timed_out_is_not_applied_after_the_agent_resumes(tmp_path)
                     c.write(block, b"\xab" * (6 * MiB))
             finally:
                 mesh.kill("node1", signal.SIGCONT)
-            # The three 2 MiB chunks were queued in the agent's socket when it stopped; it takes
-            # them up now, and must refuse every one. Wait until it has (bounded), then look.
+            # The 2 MiB chunks that reached the agent's socket before it stopped (all three, or
+            # fewer when the client's reset dropped some still unsent on a busy machine) are
+            # taken up now and must each be refused. Wait until the count of refused requests
+            # has been steady for a moment (bounded), then look at the block.
             end = time.monotonic() + 10
+            seen, steady_since = -1, time.monotonic()
             while time.monotonic() < end:
                 try:
-                    if _stats(c, agent.address).get("late_requests", 0) >= 3:
-                        break
+                    late = _stats(c, agent.address).get("late_requests", 0)
                 except MeshTimeout:
-                    pass
+                    late = -1
+                if late != seen:
+                    seen, steady_since = late, time.monotonic()
+                elif late >= 1 and time.monotonic() - steady_since > 0.5:
+                    break
                 time.sleep(0.05)
             data = c.read(block)
             landed = len(data) - data.count(0)
             assert landed == 0, f"{landed} bytes of a write reported as failed were applied"
-            assert _stats(c, agent.address)["late_requests"] >= 3
+            assert _stats(c, agent.address)["late_requests"] >= 1
 
 
 def test_the_agent_answers_a_late_request_with_deadline_exceeded(shared_mesh):

@@ -97,3 +97,22 @@ def test_a_block_with_a_ttl_goes_when_it_is_up(tmp_path):
             _wait_until_gone(client, made["block_id"])
             _wait_until_gone(client, brief)
             assert [b.block_id for b in client.blocks()] == [forever]
+
+
+def test_a_move_keeps_a_blocks_lease_and_time_to_live(tmp_path):
+    """A pending block moved to another node stays pending there (an orphan is reclaimed all the
+    same), and a block with a time to live keeps what it has left: a move never makes a block
+    permanent."""
+    with running_mesh(tmp_path, n=2, lease_s=LEASE_S) as mesh:
+        with mesh.client() as client:
+            brief = client.allocate(4096, node="node1", ttl_s=3.0)
+            expires = client.stat(brief).expires
+            orphan = client._run(client._core.allocate(4096, "node1", pending=True))
+            forever = client.allocate(4096, node="node1")
+            for block in (brief, orphan, forever):
+                client.move(block, "node2")
+            moved = client.stat(brief)
+            assert moved.node == "node2" and abs(moved.expires - expires) < 0.5
+            _wait_until_gone(client, orphan)
+            _wait_until_gone(client, brief)
+            assert [(b.block_id, b.node) for b in client.blocks()] == [(forever, "node2")]
