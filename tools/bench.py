@@ -6,6 +6,7 @@
     python tools/bench.py move [--size 1GiB] [--runs 4] [--json]
     python tools/bench.py startup [--baseline-ref 65b4786] [--runs 15] [--json]
     python tools/bench.py key-race [--pairs 1000] [--json]
+    python tools/bench.py listing [--blocks 100000] [--block-size 4KiB] [--json]
     python tools/bench.py read-rss [--reads 1000000] [--size 64KiB] [--window 64] [--json]
 
 ``transfer`` starts one real ``mesh-agent`` on loopback, allocates one block of ``--size``, then
@@ -51,6 +52,11 @@ same new key at the same moment, ``--pairs`` times: half to two different agents
 default placement. Exactly one put of each pair may succeed (the other gets ``KeyExists``); it
 counts the keys left with more than one record (every agent is asked), pairs where neither put
 succeeded, and any other error.
+
+``listing`` spreads ``--blocks`` lazy blocks over three agents, then runs ``grid memory
+list-blocks --json`` and counts its rows, while it asks the second agent every 50 ms how long
+ago it heard the first (``max_heartbeat_age_s``: heartbeats must stay under the suspect
+threshold while agents page through their blocks).
 
 A benchmark, not a test: it asserts nothing; it stops by itself (every wait has a timeout).
 """
@@ -674,6 +680,62 @@ def startup(args: argparse.Namespace) -> dict:
     return result
 
 
+# --- listing -------------------------------------------------------------------------------------
+
+
+def listing(args: argparse.Namespace) -> dict:
+    """``--blocks`` lazy blocks spread over three agents, then ``grid memory list-blocks --json``
+    as a subprocess, while this process asks node 2 every 50 ms how long ago it heard node 1."""
+    import threading
+
+    from mesh import protocol as P
+
+    per_block = parse_size(args.block_size)
+    with tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp:
+        agents = Agents(per_block * args.blocks // 3 + 64 * 1024**2, parse_size("2MiB"), 8,
+                        Path(tmp), n=3)
+        try:
+            client = agents.client()
+            made_at = time.perf_counter()
+            nodes = [f"bench-{i + 1}" for i in range(3)]
+            for i in range(args.blocks):
+                client.allocate(per_block, node=nodes[i % 3], lazy=True)
+            made_s = time.perf_counter() - made_at
+            ages: list[float] = []
+            done = threading.Event()
+            watcher = MeshClient(agents.config)
+            second = next(n.address for n in client.nodes() if n.name == "bench-2")
+
+            def watch() -> None:
+                while not done.is_set():
+                    try:
+                        table = watcher._run(watcher._core.call(second, P.NODES, {}))["nodes"]
+                        ages.extend(r["age_s"] for r in table if r["node"] == "bench-1")
+                    except Exception:
+                        pass
+                    done.wait(0.05)
+
+            thread = threading.Thread(target=watch)
+            thread.start()
+            started = time.perf_counter()
+            run = subprocess.run([*_grid_command(), "memory", "list-blocks", "--json", "-c",
+                                  str(agents.config)], capture_output=True, text=True,
+                                 timeout=600)
+            seconds = time.perf_counter() - started
+            done.set()
+            thread.join(timeout=10)
+            watcher.close()
+            rows = len(json.loads(run.stdout)["blocks"]) if run.returncode == 0 else 0
+            suspect_s = client.settings.suspect_after_s
+            client.close()
+        finally:
+            agents.close()
+    return {"bench": "listing", "blocks": args.blocks, "rows": rows, "exit_code": run.returncode,
+            "list_seconds": round(seconds, 2), "allocate_seconds": round(made_s, 2),
+            "max_heartbeat_age_s": round(max(ages, default=float("nan")), 3),
+            "suspect_after_s": suspect_s}
+
+
 # --- key-race ------------------------------------------------------------------------------------
 
 
@@ -762,6 +824,11 @@ def main(argv: list[str] | None = None) -> int:
     rr.add_argument("--size", default="64KiB")
     rr.add_argument("--window", type=int, default=64, help="READs in flight")
     rr.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    ls = sub.add_parser("listing", help="grid memory list-blocks of many blocks over three "
+                        "agents, and the heartbeats meanwhile")
+    ls.add_argument("--blocks", type=int, default=100_000)
+    ls.add_argument("--block-size", default="4KiB")
+    ls.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     kr = sub.add_parser("key-race", help="two clients put the same new key at once, N times: "
                         "how many keys end with two records")
     kr.add_argument("--pairs", type=int, default=1000)
@@ -786,6 +853,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {'':<18} heavy modules loaded: baseline "
                       f"{', '.join(r['baseline_heavy']) or '-'}; current "
                       f"{', '.join(r['current_heavy']) or '-'}")
+        return 0
+    if args.bench == "listing":
+        result = listing(args)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print(f"list-blocks of {result['blocks']} blocks on 3 agents: {result['rows']} rows "
+                  f"in {result['list_seconds']} s (exit {result['exit_code']}); node 1 heard by "
+                  f"node 2 at most {result['max_heartbeat_age_s']} s ago meanwhile (suspect "
+                  f"after {result['suspect_after_s']} s)")
         return 0
     if args.bench == "key-race":
         result = key_race(args)
