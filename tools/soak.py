@@ -10,11 +10,12 @@ It starts three ``mesh-agent`` processes on 127.0.0.1-3 (random ports, ``mesh.le
 loops over random operations, checking every byte it reads back:
 
 - raw blocks: ``allocate`` (with a time-to-live of ``--ttl-s``, so a killed worker's blocks
-  expire), ``write``, ``read``, ``free``;
+  expire; a live worker frees each one well before then), ``write``, ``read``, ``free``;
 - named objects: ``put_bytes`` (its block is pending until the key is published, so a worker
   killed mid-put leaves a lease that runs out), ``get_bytes``, ``delete``;
 - listings: ``blocks()``, ``keys()``, ``stats()``.
 
+A worker holds at most 16 blocks and 16 keys at a time, so the mesh is loaded, not filled.
 Every ``--kill-every`` seconds one worker, chosen at random, gets SIGKILL wherever it is (mid-
 write, mid-put...), and a new one takes its place. Each worker prints a JSON line of counters
 every second; a killed worker's last second is lost, nothing else.
@@ -24,7 +25,7 @@ killed ones are deleted (named objects outlive their writer by design), and the 
 leases and time-to-lives to run out (``max(lease, ttl)`` plus two sweeps). Then every agent must
 hold nothing: ``leaked_bytes`` (the agents' ``used``) and ``leaked_blocks`` are reported, and
 must be 0. Also reported: operations per second by kind, errors by type, and each agent's RSS
-sampled every 5 s.
+and the bytes it holds, sampled every 5 s.
 """
 
 from __future__ import annotations
@@ -68,14 +69,15 @@ def _allocate(client: MeshClient, size: int, ttl_s: float) -> str:
         return client.allocate(size)
 
 
-def worker(config: str, wid: str, size: int, ttl_s: float) -> int:
+def worker(config: str, wid: str, size: int, ttl_s: float, hold: int = 16) -> int:
     """Random operations until SIGTERM (then free what it holds) or SIGKILL (then nothing)."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     rng = random.Random()
     ops: collections.Counter[str] = collections.Counter()
     errors: collections.Counter[str] = collections.Counter()
-    blocks: list[str] = []
+    blocks: list[str] = []  # oldest first
+    born: dict[str, float] = {}
     keys: list[str] = []
     payload = os.urandom(size)
     last = time.monotonic()
@@ -84,19 +86,27 @@ def worker(config: str, wid: str, size: int, ttl_s: float) -> int:
         while not stop.is_set():
             kind = rng.choices(
                 ["alloc", "read", "free", "put", "get", "delete", "list"],
-                weights=[3, 4, 2, 3, 4, 2, 1])[0]
+                weights=[3, 4, 3, 3, 4, 3, 1])[0]
+            # a worker holds a bounded number of each, and frees a block well before its time
+            # to live runs out (a block freed by its agent is not this worker's error)
+            if kind == "alloc" and len(blocks) >= hold or (
+                    blocks and time.monotonic() - born[blocks[0]] > ttl_s / 2):
+                kind = "free"
+            if kind == "put" and len(keys) >= hold:
+                kind = "delete"
             try:
                 if kind == "alloc" or (kind in ("read", "free") and not blocks):
                     kind = "alloc"
                     block = _allocate(client, size, ttl_s)
                     blocks.append(block)
+                    born[block] = time.monotonic()
                     client.write(block, payload)
                 elif kind == "read":
                     block = rng.choice(blocks)
                     if client.read(block) != payload:
                         errors["mismatch"] += 1
-                elif kind == "free":
-                    client.free(blocks.pop(rng.randrange(len(blocks))))
+                elif kind == "free":  # the oldest first
+                    client.free(blocks.pop(0))
                 elif kind == "put" or (kind in ("get", "delete") and not keys):
                     kind = "put"
                     key = f"{KEY_PREFIX}{wid}/{n}"
@@ -211,8 +221,12 @@ def soak(args: argparse.Namespace) -> dict:
                 while time.monotonic() - start < args.duration:
                     now = time.monotonic()
                     if now >= next_rss:
+                        try:
+                            used = [n["used"] for n in client.stats()["nodes"]]
+                        except MeshError:
+                            used = []
                         rss_series.append({"t_s": round(now - start, 1),
-                                           "rss": _rss(agents.procs)})
+                                           "rss": _rss(agents.procs), "used": used})
                         next_rss += RSS_EVERY_S
                     if args.kill_every > 0 and now >= next_kill:
                         victim = workers.pop(rng.randrange(len(workers)))
@@ -245,7 +259,8 @@ def soak(args: argparse.Namespace) -> dict:
                         break
                     time.sleep(1.0)
                 rss_series.append({"t_s": round(time.monotonic() - start, 1),
-                                   "rss": _rss(agents.procs)})
+                                   "rss": _rss(agents.procs),
+                                   "used": [n["used"] for n in stats["nodes"]]})
         finally:
             for w in workers:
                 if w.proc.poll() is None:
@@ -261,6 +276,8 @@ def soak(args: argparse.Namespace) -> dict:
         "ops_by_kind": ops, "errors": dict(totals.errors),
         "agent_rss_mib": [[s["t_s"], [round(r / 2**20, 1) for r in s["rss"]]]
                           for s in rss_series],
+        "agent_used_mib": [[s["t_s"], [round(u / 2**20, 1) for u in s["used"]]]
+                           for s in rss_series],
         "agent_rss_growth_mib": [round((b - a) / 2**20, 1) for a, b in zip(first, last)],
         "leaked_bytes": leaked, "leaked_blocks": blocks,
     }
@@ -287,8 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{result['ops']} operations in {result['duration_s']} s from {result['clients']} "
           f"clients ({result['killed_clients']} killed with SIGKILL): "
           f"{result['ops_per_s']} ops/s; errors: {errors}")
-    for t, rss in result["agent_rss_mib"]:
-        print(f"  t={t:>6} s  agent RSS MiB {rss}")
+    for (t, rss), (_, used) in zip(result["agent_rss_mib"], result["agent_used_mib"]):
+        print(f"  t={t:>6} s  agent RSS MiB {rss}  blocks and keys held MiB {used}")
     print(f"agent RSS growth MiB {result['agent_rss_growth_mib']}; leaked after leases and "
           f"time-to-lives ran out: {format_bytes(result['leaked_bytes'])} in "
           f"{result['leaked_blocks']} blocks")
