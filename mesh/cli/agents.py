@@ -104,11 +104,21 @@ def _stop(cfg: ClusterConfig, nodes: tuple[str, ...]) -> bool:
     return _report(deploy.remote(cfg, remote, "stop")) and ok
 
 
+def start_options(f):
+    """What ``start`` and ``restart`` share: which nodes, and how their agents run."""
+    for option in reversed([
+        config_option,
+        node_option,
+        click.option("--insecure", is_flag=True,
+                     help="allow non-loopback binds without cluster keys"),
+        click.option("--systemd", is_flag=True, help="run remote agents as systemd units"),
+    ]):
+        f = option(f)
+    return f
+
+
 @agents.command("start")
-@config_option
-@node_option
-@click.option("--insecure", is_flag=True, help="allow non-loopback binds without cluster keys")
-@click.option("--systemd", is_flag=True, help="run remote agents as systemd units")
+@start_options
 def agents_start(config_path: str | None, nodes: tuple[str, ...], insecure: bool,
                  systemd: bool) -> None:
     """Start the agents: local processes here, over SSH on the other nodes."""
@@ -126,10 +136,7 @@ def agents_stop(config_path: str | None, nodes: tuple[str, ...]) -> None:
 
 
 @agents.command("restart")
-@config_option
-@node_option
-@click.option("--insecure", is_flag=True, help="allow non-loopback binds without cluster keys")
-@click.option("--systemd", is_flag=True, help="run remote agents as systemd units")
+@start_options
 def agents_restart(config_path: str | None, nodes: tuple[str, ...], insecure: bool,
                    systemd: bool) -> None:
     """Stop, then start the agents (their blocks are lost: memory is not persisted)."""
