@@ -338,7 +338,10 @@ def test_a_dropped_gossip_link_is_made_again(tmp_path):
         _publish(pub, beat, 1.0)
         assert _wait_for(node1.address, slot.name, lambda r: r["state"] == "alive", pub, beat)
         pub.send_multipart([P.HEARTBEAT_TOPIC, b"\0" * (P.MAX_HEARTBEAT_BYTES + 64 * KiB)])
-        assert _wait_for(node1.address, slot.name, lambda r: r["state"] == "dead", pub, beat)
+        # Beat on past dead_after_s: with the link dropped, node1 hears none of it and the peer
+        # goes dead (how briefly depends on how soon the link is made again, so the test does
+        # not try to catch that moment); then it must be alive again.
+        _publish(pub, beat, 1.2 + 1.0)
         assert _wait_for(node1.address, slot.name, lambda r: r["state"] == "alive", pub, beat,
                          timeout_s=20.0)  # old code: dead for good
 
