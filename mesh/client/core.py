@@ -99,6 +99,9 @@ class Core:
         self._nodes_heard_at = 0.0
         self._locations: dict[str, tuple[str, int]] = {}  # block id -> (address, size)
         self.closed = False
+        # called with each socket just before the core closes it (a driver that watches the
+        # socket from an event loop unhooks it there: AsyncMeshClient)
+        self.before_close: Callable[[zmq.Socket], None] | None = None
         tune_for_transfers(settings.max_message_bytes, settings.window)
 
     # --- sockets ------------------------------------------------------------------------------
@@ -117,15 +120,14 @@ class Core:
         """Drop a socket whose requests timed out, so nothing queued in it is ever delivered."""
         sock = self._sockets.pop(address, None)
         if sock is not None:
+            if self.before_close is not None:
+                self.before_close(sock)
             sock.close(0)
 
     def close(self) -> None:
         for address in list(self._sockets):
             self.reset(address)
         self.closed = True
-
-    def open_sockets(self) -> list[zmq.Socket]:
-        return list(self._sockets.values())
 
     def node_name(self, address: str) -> str | None:
         for info in self._nodes.values():

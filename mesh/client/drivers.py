@@ -274,6 +274,16 @@ class AsyncMeshClient(_ClientBase):
         self._asyncio, self._zmq_asyncio = asyncio, importlib.import_module("zmq.asyncio")
         self._lock = asyncio.Lock()
         self._shadows: dict[int, Any] = {}  # id(socket) -> its zmq.asyncio shadow
+        self._core.before_close = self._unhook
+
+    def _unhook(self, sock: zmq.Socket) -> None:
+        """Take a socket the core is about to close off the event loop. Its shadow registered
+        the fd as a reader; left there, it would swallow the readiness of the next socket that
+        gets the same fd (a later client's, or this one's after a reset), whose waits then run
+        to their timeout."""
+        shadow = self._shadows.pop(id(sock), None)
+        if shadow is not None:
+            shadow.close(linger=0)  # clears the loop's reader, then closes the shared handle
 
     def _shadow(self, sock: zmq.Socket) -> zmq.asyncio.Socket:
         shadow = self._shadows.get(id(sock))
@@ -303,15 +313,11 @@ class AsyncMeshClient(_ClientBase):
                     wait = op.send(await self._wait(wait))
             except StopIteration as stop:
                 return stop.value
-            finally:
-                live = {id(s) for s in self._core.open_sockets()}
-                for key in [k for k in self._shadows if k not in live]:
-                    self._shadows.pop(key)
 
     async def close(self) -> None:
         async with self._lock:
+            self._core.close()  # every socket goes through _unhook first
             self._shadows.clear()
-            self._core.close()
             self._ctx.term()
 
     async def __aenter__(self) -> AsyncMeshClient:

@@ -269,6 +269,33 @@ def test_async_client_has_the_same_operations(shared_mesh):
     asyncio.run(main())
 
 
+def test_a_second_async_client_in_the_same_loop_is_not_slowed_by_the_first(shared_mesh):
+    """Closing an AsyncMeshClient must unhook its sockets from the event loop: its socket fds
+    are reused by the next client's sockets, and a stale reader on the loop swallowed their
+    readiness (measured before the fix: the second client's allocate waited out the 10 s
+    request timeout, 13 s for a pool initialized again after shutdown)."""
+    timeout_s = 3.0  # far above a round trip on loopback, far below a timeout's worth
+
+    async def main():
+        first = AsyncMeshClient(shared_mesh.config_path, timeout_s=timeout_s)
+        await first.nodes()
+        block = await first.allocate(4096)
+        await first.close()
+        second = AsyncMeshClient(shared_mesh.config_path, timeout_s=timeout_s)
+        try:
+            for _ in range(3):  # each call waits on sockets whose fds the first client had
+                await second.nodes()
+                assert await second.read(block, 4) == bytes(4)
+            await second.free(block)
+        finally:
+            await second.close()
+
+    async def bounded():
+        await asyncio.wait_for(main(), timeout=4 * timeout_s)
+
+    asyncio.run(bounded())
+
+
 def test_numpy_buffers_go_in_and_out_without_conversion(shared_mesh):
     np = pytest.importorskip("numpy")
     arr = np.arange(1_000_000, dtype=np.float64)
