@@ -234,8 +234,9 @@ class Agent:
                 timeout_s = min(timeout_s, rebind_s)
             try:
                 events = dict(poller.poll(max(0, int(timeout_s * 1000))))
-            except zmq.ZMQError as exc:
-                guarded("poll", _raise, exc)
+            except zmq.ZMQError:
+                self._survived("poll")
+                time.sleep(DEFERRED_POLL_S)  # a poll that keeps failing must not spin
                 continue
             if any(m in events for m in self.guard.monitors):
                 guarded("connection guard", self.guard.check, now)
@@ -254,10 +255,14 @@ class Agent:
         try:
             fn(*args)
         except Exception:
-            self.loop_errors += 1
-            if self.loop_errors <= LOGGED_LOOP_ERRORS or self.loop_errors % 1000 == 0:
-                log.exception("agent loop: %s failed (%d errors so far); going on", phase,
-                              self.loop_errors)
+            self._survived(phase)
+
+    def _survived(self, phase: str) -> None:
+        """Count (and log, sparingly) the exception being handled; the loop goes on."""
+        self.loop_errors += 1
+        if self.loop_errors <= LOGGED_LOOP_ERRORS or self.loop_errors % 1000 == 0:
+            log.exception("agent loop: %s failed (%d errors so far); going on", phase,
+                          self.loop_errors)
 
     def _drain_router(self) -> None:
         for _ in range(_BATCH):
@@ -553,11 +558,8 @@ class Agent:
 
 
 def _page(req: P.Request) -> tuple[int, int]:
-    """(after, limit) of a listing request: from the start and a full page by default."""
+    """(after, limit) of a listing request: from the start and a full page by default (their
+    types are checked with the request's other fields, ``mesh/protocol.py``)."""
     after = max(0, req.fields.get("after") or 0)
     limit = req.fields.get("limit") or P.LIST_PAGE_RECORDS
     return after, min(max(1, limit), P.LIST_PAGE_RECORDS)
-
-
-def _raise(exc: BaseException) -> None:
-    raise exc  # inside Agent._guarded, which logs and counts it

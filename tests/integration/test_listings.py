@@ -15,8 +15,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mesh import protocol as P
 from mesh.client.batch import Batch, Call
+from mesh.errors import InvalidRequest
 from support.mesh import running_mesh
 
 GRID = Path(sys.executable).parent / "grid"
@@ -94,3 +97,16 @@ def test_a_node_that_does_not_answer_is_reported(tmp_path):
                     assert list(json.loads(run.stdout)["failed_nodes"]) == ["node3"]
         finally:
             stopped.send_signal(signal.SIGCONT)
+
+
+def test_a_page_cursor_that_is_not_a_number_is_refused_clearly(shared_mesh):
+    """LIST/KLIST with a cursor or page size of the wrong type get bad_request (the protocol
+    checks them with every other field), never "internal"."""
+    node = shared_mesh.node("node1")
+    with shared_mesh.client() as c:
+        for op in (P.LIST, P.KLIST):
+            for fields in ({"after": "x"}, {"limit": [1]}, {"after": True}):
+                with pytest.raises(InvalidRequest, match="has the wrong type"):
+                    c._run(c._core.call(node.address, op, fields))
+        page = c._run(c._core.call(node.address, P.LIST, {"after": 0, "limit": 5}))
+        assert isinstance(page["blocks"], list) and len(page["blocks"]) <= 5
