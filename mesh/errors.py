@@ -14,6 +14,11 @@
     ├── CapacityError              the agent (or every live agent) has no room
     ├── ProtocolError              malformed frames, unknown op, wrong protocol version
     │   └── VersionMismatch
+    ├── AuthenticationError        no key, a wrong or revoked key, or the agent is not who it
+    │                              claims to be (the CURVE handshake failed)
+    ├── Forbidden                  the key's role does not allow the operation (reader writing)
+    ├── UnsafeObject               an object that would need unpickling from an untrusted writer,
+    │                              or with allow_pickle=False
     ├── NodeUnavailable            a node is unknown, dead, or does not answer
     │   └── MeshTimeout            no reply within the timeout
     │       └── DeadlineExceeded   the agent took the request up after the client's deadline
@@ -113,6 +118,18 @@ class ProtocolError(MeshError):
 
 class VersionMismatch(ProtocolError):
     code = "version_mismatch"
+
+
+class AuthenticationError(MeshError, PermissionError):
+    code = "unauthenticated"
+
+
+class Forbidden(MeshError, PermissionError):
+    code = "forbidden"
+
+
+class UnsafeObject(MeshError):
+    code = "unsafe_object"
 
 
 class NodeUnavailable(MeshError, ConnectionError):
@@ -215,6 +232,8 @@ ERROR_CODES: dict[str, type[MeshError]] = {
         AgentError,
         BlockMoving,
         MoveFailed,
+        AuthenticationError,
+        Forbidden,
     )
 }
 ERROR_CODES["unknown_op"] = ProtocolError
