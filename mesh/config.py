@@ -80,6 +80,8 @@ class MeshSettings:
     clock_skew_s: float = 0.25
     host_reserve_bytes: int = 1 * GiB  # RAM an agent always leaves to its host
     state_dir: str | None = None
+    # The cluster keys (mesh/security/keys.py); default: <state_dir>/keys on this machine.
+    keys_dir: str | None = None
     insecure: bool = False
     # A block made for a named put is freed when its client has not renewed it (any request
     # naming it) for this long, plus at most one heartbeat (agents/store.py: leases).
@@ -105,6 +107,8 @@ class MeshSettings:
             _check_int(self.host_reserve_bytes, "host_reserve_bytes", 0, None)
             if self.state_dir is not None:
                 _check_string(self.state_dir, "state_dir")
+            if self.keys_dir is not None:
+                _check_string(self.keys_dir, "keys_dir")
             if not isinstance(self.insecure, bool):
                 raise _Invalid("insecure", f"expected true or false, got {self.insecure!r}")
             if not _is_number(self.lease_s) or not 0 < self.lease_s <= 3600:
