@@ -43,6 +43,10 @@ def check_key_record(key: str, rec: dict, node: str, now: float) -> dict:
         raise InvalidRequest("only a 0-byte object may have no block")
     out["created"] = now
     out["node"] = node
+    # the authenticated key that wrote it (set by the agent that took the put, never by the
+    # client; carried by a move's COMMIT); None on a cluster without keys
+    writer = rec.get("writer")
+    out["writer"] = writer if isinstance(writer, str) else None
     packed = len(msgpack.packb(out, use_bin_type=True))
     if packed > MAX_KEY_RECORD_BYTES:
         raise InvalidRequest(f"key record for {key!r} is {packed} bytes packed; the limit is "

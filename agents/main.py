@@ -1,10 +1,14 @@
 """``mesh-agent``: start one agent for one node of a cluster file.
 
-    mesh-agent [--config FILE] --node NAME [--insecure] [--log-level LEVEL]
+    mesh-agent [--config FILE] --node NAME [--keys DIR] [--sealed-port PORT] [--insecure]
+               [--log-level LEVEL]
 
 The node's ``mesh_host`` (default its ``host``) and ``mesh_port`` say where it binds; its peers'
-gossip addresses come from the same file. Binding anything but a loopback address is refused
-until cluster keys exist, unless ``--insecure`` (or ``mesh.insecure: true``) says so.
+gossip addresses come from the same file. With cluster keys (``--keys DIR``, default the
+cluster's keys directory when ``grid keys init`` made one: ``mesh/security/keys.py``) every
+socket is authenticated and sessions are sealed (``agents/access.py``), loopback included.
+Without keys, binding anything but a loopback address is refused unless ``--insecure`` (or
+``mesh.insecure: true``) says so, and then a warning is logged at start.
 
 Exit codes: 0 after SIGTERM/SIGINT, 2 for a usage or config error, 1 when the sockets cannot be
 bound (address in use, address not on this host). Errors are one line on stderr.
@@ -28,6 +32,7 @@ from mesh import __version__
 from mesh._malloc import tune_for_transfers
 from mesh.config import ClusterConfig, NodeConfig, resolve_config
 from mesh.errors import ConfigError
+from mesh.security.keys import KeyDir, keys_dir
 
 
 def resolve_ip(host: str) -> str:
@@ -51,6 +56,7 @@ def settings_for(cfg: ClusterConfig, node: NodeConfig) -> AgentSettings:
         gossip_port=node.mesh_port + 1,
         advertised_host=node.mesh_host,
         peers=[n.gossip_address for n in cfg.nodes if n.name != node.name],
+        peer_nodes={n.gossip_address: n.name for n in cfg.nodes if n.name != node.name},
         share_bytes=node.share_bytes,
         reserve_bytes=m.host_reserve_bytes,
         heartbeat_interval_s=m.heartbeat_interval_s,
@@ -71,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node", "-n", required=True, help="which node of the file this is")
     parser.add_argument("--insecure", action="store_true",
                         help="allow binding a non-loopback address without cluster keys")
+    parser.add_argument("--keys", help="the cluster's keys directory (default: the one "
+                        "`grid keys init` made, if any)")
+    parser.add_argument("--sealed-port", type=int, default=0,
+                        help="port of sealed sessions on a keyed agent (default: any free port)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -82,17 +92,31 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve_config(args.config)
         node = cfg.node(args.node)
         settings = settings_for(cfg, node)
+        keys = KeyDir(args.keys) if args.keys else KeyDir(keys_dir(cfg))
+        if args.keys and not keys.exists():
+            raise ConfigError(f"--keys {args.keys}: no cluster keys there (run `grid keys init`)")
+        if keys.exists():
+            keys.agent_key(node.name)  # a clear error now if this node has none
+            settings.keys = keys
+        settings.sealed_port = args.sealed_port
+        settings.insecure = bool(args.insecure or cfg.mesh.insecure) and settings.keys is None
     except ConfigError as exc:
         print(f"mesh-agent: {exc}", file=sys.stderr)
         return 2
-    if not is_loopback(settings.bind_ip) and not (args.insecure or cfg.mesh.insecure):
-        print(
-            f"mesh-agent: refusing to bind {node.mesh_host} ({settings.bind_ip}): it is not a "
-            "loopback address and cluster keys are not supported yet, so anyone on that network "
-            "could read and write every block; pass --insecure to do it anyway",
-            file=sys.stderr,
-        )
-        return 2
+    if settings.keys is None and not is_loopback(settings.bind_ip):
+        if not settings.insecure:
+            print(
+                f"mesh-agent: refusing to bind {node.mesh_host} ({settings.bind_ip}): it is not a "
+                "loopback address and this cluster has no keys, so anyone on that network could "
+                "read and write every block; run `grid keys init` (then deploy the keys), or "
+                "pass --insecure to do it anyway",
+                file=sys.stderr,
+            )
+            return 2
+        logging.getLogger("mesh.agent").warning(
+            "INSECURE: serving %s on %s without keys: anyone who reaches it can read, change and "
+            "free every block and key. Run `grid keys init` to authenticate and encrypt.",
+            node.name, settings.bind_ip)
     tune_for_transfers(settings.max_message_bytes, cfg.mesh.window)
     fd_limit = raise_fd_limit()  # the agent caps its connections below it (agents/limits.py)
     logging.getLogger("mesh.agent").info("file descriptor limit %d", fd_limit)

@@ -8,8 +8,13 @@ thread so heartbeats keep flowing while a large block is backed.
 Does not cover: frame formats (``mesh/protocol.py``), capacity, bounds and key rules
 (``agents/store.py``), a block's lifecycle (``agents/lifecycle.py``), writes waiting for
 zero-copy reads (``agents/writegate.py``), moving blocks peer to peer (``agents/moves.py``:
-MOVE, PULL, COMMIT, ABORT), membership rules (``mesh/membership.py``), configuration and process
-start-up (``agents/main.py``).
+MOVE, PULL, COMMIT, ABORT), keys, roles and sealed sessions (``agents/access.py``), the gossip
+links (``agents/gossip.py``), membership rules (``mesh/membership.py``), configuration and
+process start-up (``agents/main.py``).
+
+On a keyed cluster a request arrives either over CURVE on the data ROUTER (its sender known by
+key) or sealed on the session ROUTER; a request's ``identity`` is then the ROUTER identity
+(bytes) or its ``Session``, and ``_send`` seals what goes to a session.
 
 Every request is answered or dropped; none can stop the loop. Errors from the store are
 ``MeshError``s and go back as error replies; anything else is logged and answered "internal".
@@ -28,6 +33,8 @@ from typing import Any, Callable
 import zmq
 
 from agents import lifecycle
+from agents.access import Access, Session
+from agents.gossip import Gossip
 from agents.ledger import PromiseLedger, default_path as ledger_default_path
 from agents.keyhome import KeyHomes
 from agents.lifecycle import Event, State
@@ -37,23 +44,22 @@ from agents.store import Block, BlockStore, populate
 from agents.writegate import WriteGate
 from mesh import protocol as P
 from mesh import sockets
-from mesh.errors import BlockMoving, DeadlineExceeded, MeshError, TooLarge
+from mesh.errors import BlockMoving, DeadlineExceeded, InvalidRequest, MeshError, TooLarge
 from mesh.hostmem import host_memory
-from mesh.membership import ALIVE, DEAD, MembershipTable, NodeInfo, is_agent_address
+from mesh.membership import ALIVE, DEAD, MembershipTable, NodeInfo
+from mesh.security import link as links
+from mesh.security import seal
 
 log = logging.getLogger("mesh.agent")
 
 # Messages handled per socket per loop turn, so heartbeats go out on time under load.
 _BATCH = 64
-MAX_FOLLOWED_PEERS = 1024  # gossip addresses one agent subscribes to, at most
+_SENT = zmq.MessageTracker()  # what _send returns for a copied message: done, nothing to track
 # The loop's longest sleep while allocations or peer copies are finishing on other threads, and
 # while writes wait for zero-copy reads to leave libzmq.
 JOBS_POLL_S = 0.005
 DEFERRED_POLL_S = 0.001
-# The SUB takes heartbeats up to the protocol's limit, plus room for the topic frame.
-HEARTBEAT_SLACK_BYTES = 1024
 LOGGED_LOOP_ERRORS = 100  # with a traceback each; after that one in a thousand
-RELINKS_PER_BEAT = 16  # SUB links to silent peers made again per heartbeat, at most
 
 
 @dataclass
@@ -77,6 +83,10 @@ class AgentSettings:
     # the host's promise ledger (agents/ledger.py); None: the default path for this user
     ledger_path: str | None = None
     lease_s: float = 30.0  # the cluster's ``mesh.lease_s`` (agents/store.py: leases)
+    peer_nodes: dict[str, str] | None = None  # gossip address -> node name, of ``peers``
+    keys: Any = None  # the cluster's KeyDir (mesh/security/keys.py): None runs without keys
+    sealed_port: int = 0  # where sealed sessions are served on a keyed agent (0: any free port)
+    insecure: bool = False  # bound beyond loopback without keys, on purpose (shown in STATS)
 
     def __post_init__(self) -> None:
         # a pull asks its source (same cluster file, same limit) for chunks of chunk_bytes
@@ -113,12 +123,13 @@ class Agent:
         self.members = MembershipTable(settings.suspect_after_s, settings.dead_after_s)
         self.homes = KeyHomes(settings.node)  # claims and places of the keys homed here
         self.ctx = ctx or zmq.Context.instance()
+        self.access = Access(self.ctx, settings.keys, settings.node)
+        self.gossip = Gossip(self.ctx, settings.node, self.gossip_address, self.members,
+                             self.access, settings.dead_after_s)
+        self.sealed: zmq.Socket | None = None
+        self.sealed_endpoint = ""
         self._populator = ThreadPoolExecutor(max_workers=1, thread_name_prefix="populate")
         self._pending: dict[Future, _PendingAlloc] = {}
-        self._connected_gossip: set[str] = set()
-        # gossip address -> when its last heartbeat came, and when we last connected to it
-        self._heard_at: dict[str, float] = {}
-        self._linked_at: dict[str, float] = {}
         self._stopping = False
         self.dropped_replies = 0
         self.loop_errors = 0  # failures the loop survived (logged; see _guarded)
@@ -127,7 +138,7 @@ class Agent:
         self.moves = PeerCopies(
             self.store, node=settings.node, address=self.address,
             chunk_bytes=settings.chunk_bytes,
-            connect=functools.partial(sockets.dealer, self.ctx),
+            connect=self._dial_peer,
             populate=functools.partial(self._populator.submit, populate),
             reply=self._reply, reply_error=self._reply_error,
         )
@@ -151,6 +162,8 @@ class Agent:
             P.KRELEASE: self._krelease,
             P.KHOME: self._khome,
             P.KWHERE: self._kwhere,
+            P.SESSION: self._session,
+            P.TRUST: self._trust,
             **self.moves.handlers(),
         }
 
@@ -158,44 +171,60 @@ class Agent:
 
     def bind(self) -> None:
         s = self.s
-        self.router = sockets.router(self.ctx, f"tcp://{s.bind_ip}:{s.data_port}",
-                                     sndhwm=s.sndhwm, rcvhwm=s.rcvhwm,
-                                     max_message_bytes=s.max_message_bytes)
-        self.pub = sockets.publisher(self.ctx, f"tcp://{s.bind_ip}:{s.gossip_port}")
-        self.sub = sockets.subscriber(
-            self.ctx, topic=P.HEARTBEAT_TOPIC,
-            max_message_bytes=P.MAX_HEARTBEAT_BYTES + HEARTBEAT_SLACK_BYTES,
-        )
+        self.access.start()  # the ZAP handler, on a keyed cluster
+        data = f"tcp://{s.bind_ip}:{s.data_port}"
+        self.router = sockets.router(
+            self.ctx, data, sndhwm=s.sndhwm, rcvhwm=s.rcvhwm,
+            max_message_bytes=s.max_message_bytes,
+            prepare=functools.partial(self.access.serve, domain="mesh"))
+        self.pub = sockets.publisher(self.ctx, f"tcp://{s.bind_ip}:{s.gossip_port}",
+                                     prepare=functools.partial(self.access.serve, domain="gossip"))
+        listeners = [(self.router, data, "data"),
+                     (self.pub, f"tcp://{s.bind_ip}:{s.gossip_port}", "gossip")]
+        if self.access.keyed:
+            # sealed sessions: NULL mechanism, every message AES-GCM under its session's key
+            self.sealed = sockets.router(
+                self.ctx, f"tcp://{s.bind_ip}:{s.sealed_port or '*'}", sndhwm=s.sndhwm,
+                rcvhwm=s.rcvhwm,
+                max_message_bytes=s.max_message_bytes + links.SEALED_OVERHEAD_BYTES)
+            port = self.sealed.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1]
+            self.sealed_endpoint = f"tcp://{s.advertised_host}:{port}"
+            listeners.append((self.sealed, f"tcp://{s.bind_ip}:{port}", "sealed"))
         # accepted connections stay below the descriptor limit (agents/limits.py)
-        self.guard = ConnectionGuard(self.ctx, [
-            (self.router, f"tcp://{s.bind_ip}:{s.data_port}", "data"),
-            (self.pub, f"tcp://{s.bind_ip}:{s.gossip_port}", "gossip"),
-        ], connection_cap(resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
+        self.guard = ConnectionGuard(self.ctx, listeners, connection_cap(
+            resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
+        names = s.peer_nodes or {}
         for peer in s.peers:
-            self._follow(peer)
-
-    def _follow(self, gossip_address: str) -> None:
-        if gossip_address == self.gossip_address or gossip_address in self._connected_gossip:
-            return
-        if not is_agent_address(gossip_address) or \
-                len(self._connected_gossip) >= MAX_FOLLOWED_PEERS:
-            return
-        try:
-            self.sub.connect(gossip_address)
-        except zmq.ZMQError as exc:  # a valid shape libzmq still refuses (IPv6 off, say)
-            log.warning("cannot follow gossip at %r: %s", gossip_address, exc)
-            return
-        self._connected_gossip.add(gossip_address)
-        self._linked_at[gossip_address] = time.monotonic()
+            self.gossip.follow(peer, names.get(peer))
 
     def close(self) -> None:
         self.stop()
         self._populator.shutdown(wait=True, cancel_futures=True)
         self.moves.close()
         self.guard.close()
-        for sock in (self.router, self.pub, self.sub):
-            sock.close(linger=0)
+        self.gossip.close()
+        for sock in (self.router, self.pub, self.sealed):
+            if sock is not None:
+                sock.close(linger=0)
+        self.access.close()
         self.store.close()
+
+    def _dial_peer(self, address: str, *, hwm: int, max_message_bytes: int) -> Any:
+        """A connection to another agent (a move's target, a pull's source): only to a node of
+        the membership table, and on a keyed cluster authenticated and sealed both ways."""
+        node = next((r["node"] for r in self.members.snapshot(time.monotonic())
+                     if r["address"] == address and r["node"] != self.s.node), None)
+        if node is None:
+            raise InvalidRequest(f"{address} is not the address of another agent of this mesh")
+        if not self.access.keyed:
+            return sockets.dealer(self.ctx, address, hwm=hwm, max_message_bytes=max_message_bytes)
+        server_key = self.access.agent_public(node)
+        if server_key is None:
+            raise InvalidRequest(f"node {node} has no agent key in this cluster's allow-list")
+        return links.BlockingPeer(links.run_blocking(links.handshake(
+            self.ctx, address, server_key=server_key, public=self.access.public,
+            secret=self.access.secret, key_name=self.s.node, timeout_s=5.0, hwm=hwm,
+            max_message_bytes=max_message_bytes, close=lambda sock: sock.close(0), node=node)))
 
     def stop(self) -> None:
         self._stopping = True
@@ -204,11 +233,7 @@ class Agent:
     # --- loop ---------------------------------------------------------------------------------
 
     def run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.router, zmq.POLLIN)
-        poller.register(self.sub, zmq.POLLIN)
-        for monitor in self.guard.monitors:
-            poller.register(monitor, zmq.POLLIN)
+        poller, polled = self._poller(), self.gossip.version
         interval = self.s.heartbeat_interval_s
         next_beat = time.monotonic()
         log.info(
@@ -219,6 +244,8 @@ class Agent:
         # a libzmq error, a bug), the loop logs it, counts it and goes on serving.
         guarded = self._guarded
         while not self._stopping:
+            if polled != self.gossip.version:  # gossip links came or went
+                poller, polled = self._poller(), self.gossip.version
             now = time.monotonic()
             if now >= next_beat:
                 next_beat = max(next_beat + interval, now + interval / 2)
@@ -242,14 +269,22 @@ class Agent:
                 guarded("connection guard", self.guard.check, now)
             if self.router in events:
                 guarded("requests", self._drain_router)
-            if self.sub in events:
-                guarded("gossip", self._drain_sub)
+            if self.sealed is not None and self.sealed in events:
+                guarded("sealed requests", self._drain_sealed)
+            guarded("gossip", self.gossip.drain, events, now, guarded)
             if self._pending:
                 guarded("allocations", self._finish_allocations)
             if self.moves.busy:
                 guarded("moves", self.moves.finish_jobs)
             if self.gate.waiting:
                 guarded("deferred writes", self.gate.retry, self._dispatch_deferred)
+
+    def _poller(self) -> zmq.Poller:
+        poller = zmq.Poller()
+        for sock in [self.router, self.sealed, *self.gossip.sockets(), *self.guard.monitors]:
+            if sock is not None:
+                poller.register(sock, zmq.POLLIN)
+        return poller
 
     def _guarded(self, phase: str, fn: Callable[..., Any], *args: Any) -> None:
         try:
@@ -276,10 +311,35 @@ class Agent:
             except P.BadRequest as bad:
                 self._send(identity, [P.encode_error(bad.op, bad.request_id, bad.code, bad.message)])
                 continue
+            if self.access.keyed:
+                request.caller = self.access.caller_of(frames[1])
             self._dispatch(identity, request)
 
-    def _dispatch(self, identity: bytes, request: P.Request) -> None:
+    def _drain_sealed(self) -> None:
+        for _ in range(_BATCH):
+            try:
+                frames = self.sealed.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            identity = frames[0].bytes
+            try:
+                session, caller, inner = self.access.open(identity, frames[1:])
+            except seal.SessionLost:  # unsealed, so it says only "shake hands again"
+                self._send(identity, seal.no_session(seal.session_of(frames[1:])), sealed=True)
+                continue
+            except seal.SealError:
+                continue  # garbage, tampered, replayed or another session's: dropped, counted
+            try:
+                request = P.parse_request(inner)
+            except P.BadRequest as bad:
+                self._send(session, [P.encode_error(bad.op, bad.request_id, bad.code, bad.message)])
+                continue
+            request.caller = caller
+            self._dispatch(session, request)
+
+    def _dispatch(self, identity: bytes | Session, request: P.Request) -> None:
         try:
+            self.access.check(request.op, request.caller)
             if P.past_deadline(request.fields, time.time()):
                 # its client has given up on it (it timed out there): apply nothing
                 self.late_requests += 1
@@ -295,39 +355,18 @@ class Agent:
                 identity, [P.encode_error(request.op, request.request_id, "internal", repr(exc))]
             )
 
-    def _drain_sub(self) -> None:
-        now = time.monotonic()
-        for _ in range(_BATCH):
-            try:
-                frames = self.sub.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            self._guarded("a heartbeat", self._heard, frames, now)
-
-    def _heard(self, frames: list[bytes], now: float) -> None:
+    def _send(self, identity: bytes | Session, frames: list[Any], copy: bool = True,
+              track: bool = False, sealed: bool = False) -> zmq.MessageTracker | None:
+        sock = self.sealed if sealed else self.router
+        if isinstance(identity, Session):  # sealed (a copy: nothing for a write to wait on)
+            sock, copy, track = self.sealed, True, False
+            frames = identity.sealer.seal(frames[0], frames[1] if len(frames) > 1 else None)
+            identity = identity.identity
         try:
-            rec = P.parse_heartbeat(frames)
-        except MeshError:
-            return
-        if rec["node"] == self.s.node:
-            return
-        if rec["gossip"] in self._connected_gossip:
-            self._heard_at[rec["gossip"]] = now  # the link to that address works
-        if self.members.observe(rec, now):  # its own record: it vouches for it
-            self._follow(rec["gossip"])
-        for peer in rec["peers"]:  # hearsay: introduces nodes, changes none
-            if peer["node"] == self.s.node:
-                continue
-            if self.members.observe(peer, now, peer["age_s"], vouched=False):
-                self._follow(peer["gossip"])
-
-    def _send(self, identity: bytes, frames: list[Any], copy: bool = True,
-              track: bool = False) -> zmq.MessageTracker | None:
-        try:
-            self.router.send(identity, zmq.SNDMORE | zmq.NOBLOCK)
+            sock.send(identity, zmq.SNDMORE | zmq.NOBLOCK)
             for frame in frames[:-1]:
-                self.router.send(frame, zmq.SNDMORE | zmq.NOBLOCK)
-            return self.router.send(frames[-1], zmq.NOBLOCK, copy=copy, track=track)
+                sock.send(frame, zmq.SNDMORE | zmq.NOBLOCK)
+            return sock.send(frames[-1], zmq.NOBLOCK, copy=copy, track=track) or _SENT
         except (zmq.Again, zmq.ZMQError):
             # The client went away (EHOSTUNREACH) or stopped reading (EAGAIN at the HWM).
             self.dropped_replies += 1
@@ -355,6 +394,8 @@ class Agent:
             r["address"] for r in self.members.snapshot(now) if r["state"] == DEAD
         ))
         self.moves.drop_stale_copies(now)
+        self.access.reload(now)  # revocations reach us within a second
+        self.access.expire_sessions(now)
         self.store.flush_ledger()
         for block in self.store.sweep():  # leases run out, ttls up: no client needed
             log.info("freed %s (%d bytes): its %s", block.block_id, block.size,
@@ -369,24 +410,7 @@ class Agent:
             self.pub.send_multipart(frames, zmq.NOBLOCK)
         except zmq.Again:
             pass
-        self._relink(now)
-
-    def _relink(self, now: float) -> None:
-        """Connect the SUB again to followed peers silent for ``dead_after_s``: libzmq drops a
-        link for good when a peer sends a message over the SUB's limit, and reconnects by
-        itself only after connection errors. At most ``RELINKS_PER_BEAT`` a heartbeat."""
-        silent_after = now - self.s.dead_after_s
-        stale = [g for g in self._connected_gossip
-                 if max(self._heard_at.get(g, 0.0), self._linked_at.get(g, 0.0)) < silent_after]
-        for gossip in sorted(stale, key=lambda g: self._linked_at.get(g, 0.0))[:RELINKS_PER_BEAT]:
-            self._linked_at[gossip] = now
-            try:
-                self.sub.disconnect(gossip)
-            except zmq.ZMQError:
-                pass  # libzmq had already forgotten the link
-            self.sub.connect(gossip)
-            log.info("no heartbeat from %s for %.1f s: connected to it again", gossip,
-                     now - self._heard_at.get(gossip, now))
+        self.gossip.relink(now)
 
     # --- handlers -----------------------------------------------------------------------------
 
@@ -500,15 +524,39 @@ class Agent:
         rec["connections"] = self.guard.connections
         rec["connection_unbinds"] = self.guard.unbinds
         rec["late_requests"] = self.late_requests
+        a = self.access
+        rec["security"] = "keyed" if a.keyed else ("insecure" if self.s.insecure else "loopback")
+        rec["auth"] = {"rejected_handshakes": a.rejected_handshakes,
+                       "refused_requests": a.refused_requests, "refused_sealed": a.refused_sealed,
+                       "sessions": len(a.sessions), "gossip_heard": self.gossip.heard,
+                       "gossip_rejected": self.gossip.rejected}
         self._reply(identity, req, rec)
 
     def _nodes(self, identity: bytes, req: P.Request) -> None:
         now = time.monotonic()
         self.members.observe(self.self_record(), now)
-        self._reply(identity, req, {"nodes": self.members.snapshot(now)})
+        nodes = self.members.snapshot(now)
+        if self.access.keyed:  # each node's key, so a client can shake hands with it
+            for rec in nodes:
+                rec["key"] = self.access.agent_public(rec["node"])
+        self._reply(identity, req, {"nodes": nodes})
+
+    def _session(self, identity: bytes, req: P.Request) -> None:
+        if not isinstance(identity, bytes) or req.caller is None:
+            raise InvalidRequest("SESSION is asked over CURVE, on a keyed agent's data port")
+        session_id, key = self.access.new_session(req.caller)
+        self._reply(identity, req, {"node": self.s.node, "session": session_id, "key": key,
+                                    "endpoint": self.sealed_endpoint})
+
+    def _trust(self, identity: bytes, req: P.Request) -> None:
+        count = self.access.trust(req.fields["entries"])
+        self._reply(identity, req, {"node": self.s.node, "keys": count})
 
     def _kput(self, identity: bytes, req: P.Request) -> None:
         f = req.fields
+        # who wrote it, as this agent authenticated them (never what the client says): a reader
+        # unpickles only records with a writer (mesh/client/objects.py)
+        f["record"]["writer"] = req.caller.name if req.caller is not None else None
         if f["record"].get("block"):
             self.store.served(f["record"]["block"])
         record = self.store.put_key(f["key"], f["record"], f["replace"], time.time())

@@ -118,6 +118,9 @@ class NodeInfo:
     version: str
     host_total: int = 0  # 0 from agents older than the field
     gossip: str = ""
+    # its public key (z85), in NODES replies of a keyed cluster: how a client that learns of a
+    # node from an agent it has authenticated can shake hands with it (mesh/security/link.py)
+    key: bytes | None = None
 
     @property
     def alive(self) -> bool:
@@ -141,6 +144,7 @@ class NodeInfo:
             version=str(rec.get("version", "")),
             host_total=int(rec.get("host_total") or 0),
             gossip=str(rec.get("gossip", "")),
+            key=rec.get("key") if isinstance(rec.get("key"), bytes) else None,
         )
 
     def record(self) -> dict[str, Any]:

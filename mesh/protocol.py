@@ -29,6 +29,14 @@ Ops and their fields (all sizes and offsets are byte counts, ints >= 0)::
     KLIST  {[after], [limit]}                 -> {node, keys: [key record, ...], next}
     RENEW  {blocks: [block id, ...]}          -> {renewed: [block id, ...]}
 
+A keyed cluster (``agents/access.py``, ``mesh/security/``): a client shakes hands over CURVE on
+the data port and then sends everything, sealed, to the session's endpoint::
+
+    SESSION {}                  (CURVE only)  -> {node, session (8 bytes), key (32 bytes),
+                                                  endpoint: the sealed ROUTER's address}
+    TRUST   {entries: [{name, role, public, kind}, ...]}   (admin) -> {node, keys}: the new
+                                                  allow-list; revoked keys are refused at once
+
 A key's home agent (rendezvous hashing over the live nodes, ``mesh/client/keyclaims.py``;
 ``agents/keyhome.py``) serialises puts of the key and remembers where it was published::
 
@@ -121,6 +129,8 @@ KRELEASE = "krelease"
 KHOME = "khome"
 KWHERE = "kwhere"
 RENEW = "renew"
+SESSION = "session"
+TRUST = "trust"
 MOVE = "move"
 PULL = "pull"
 COMMIT = "commit"
@@ -170,6 +180,8 @@ _REQUEST_SCHEMA: dict[str, tuple[dict[str, tuple[type, ...]], int]] = {
     COMMIT: ({"block": (str,), "keys": (list,)}, 0),
     ABORT: ({"block": (str,)}, 0),
     RENEW: ({"blocks": (list,)}, 0),
+    SESSION: ({}, 0),
+    TRUST: ({"entries": (list,)}, 0),
 }
 OPS = frozenset(_REQUEST_SCHEMA)
 # op -> optional fields with their types (checked when present)
@@ -186,6 +198,7 @@ class Request:
     request_id: int
     fields: dict[str, Any]
     payload: list[Any] = field(default_factory=list)  # zmq.Frame or bytes-like
+    caller: Any = None  # who sent it, on a keyed agent (agents/access.py: Caller)
 
 
 @dataclass(slots=True)

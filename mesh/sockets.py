@@ -8,14 +8,17 @@
 Options every socket gets: linger 0 (closing never waits for unsent messages), high-water marks
 (they count messages, not bytes: the callers bound bytes with a window of chunks in flight), and
 on receiving sockets a maximum message size, so a peer can never make us buffer more than one
-chunk plus its header. Authentication and encryption (CURVE) will be set here too, so that no
-caller has to remember them.
+chunk plus its header. CURVE is set here too: ``curve=(server key, our public, our secret)`` makes
+a DEALER a CURVE client; ``prepare`` (``agents/access.py``: ``Access.serve``) makes a listening
+socket a CURVE server before it binds. Which keys and which ZAP domain is the callers' business.
 
 Not here: what travels on the sockets (``mesh/protocol.py``), when to send and wait (the client's
 ``mesh/client/core.py``, the agent's ``agents/server.py``).
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import zmq
 
@@ -38,10 +41,17 @@ AGENT_FD_LIMIT = 65536
 SUB_RCVHWM = 256
 
 
-def dealer(ctx: zmq.Context, address: str, *, hwm: int, max_message_bytes: int) -> zmq.Socket:
+Curve = tuple[bytes, bytes, bytes]  # (the server's public key, our public key, our secret key)
+Prepare = Callable[[zmq.Socket], None]
+
+
+def dealer(ctx: zmq.Context, address: str, *, hwm: int, max_message_bytes: int,
+           curve: Curve | None = None) -> zmq.Socket:
     """A DEALER connected to ``address`` that accepts replies of up to ``max_message_bytes`` of
     payload; ``NodeUnavailable`` when the address cannot be connected to."""
     sock = ctx.socket(zmq.DEALER)
+    if curve is not None:
+        sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = curve
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.RCVHWM, hwm)
@@ -57,7 +67,7 @@ def dealer(ctx: zmq.Context, address: str, *, hwm: int, max_message_bytes: int) 
 
 
 def router(ctx: zmq.Context, endpoint: str, *, sndhwm: int, rcvhwm: int,
-           max_message_bytes: int) -> zmq.Socket:
+           max_message_bytes: int, prepare: Prepare | None = None) -> zmq.Socket:
     """The agent's ROUTER bound to ``endpoint``. ROUTER_MANDATORY makes a reply to a client that
     went away fail at once (EHOSTUNREACH) instead of vanishing; ``zmq.ZMQError`` if the bind
     fails."""
@@ -69,17 +79,17 @@ def router(ctx: zmq.Context, endpoint: str, *, sndhwm: int, rcvhwm: int,
     sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
     sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
     sock.setsockopt(zmq.BACKLOG, LISTEN_BACKLOG)
-    _bind(sock, endpoint)
+    _bind(sock, endpoint, prepare)
     return sock
 
 
-def publisher(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+def publisher(ctx: zmq.Context, endpoint: str, prepare: Prepare | None = None) -> zmq.Socket:
     sock = ctx.socket(zmq.PUB)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, PUB_SNDHWM)
     sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
     sock.setsockopt(zmq.BACKLOG, LISTEN_BACKLOG)
-    _bind(sock, endpoint)
+    _bind(sock, endpoint, prepare)
     return sock
 
 
@@ -93,8 +103,10 @@ def subscriber(ctx: zmq.Context, *, topic: bytes, max_message_bytes: int) -> zmq
     return sock
 
 
-def _bind(sock: zmq.Socket, endpoint: str) -> None:
+def _bind(sock: zmq.Socket, endpoint: str, prepare: Prepare | None = None) -> None:
     try:
+        if prepare is not None:
+            prepare(sock)
         sock.bind(endpoint)
     except zmq.ZMQError:
         sock.close(0)

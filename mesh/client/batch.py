@@ -124,6 +124,11 @@ class BatchRun:
         call.error = error
         self._complete(call)
 
+    def fail_address(self, address: str, error: MeshError) -> None:
+        """Fail every call in flight to ``address`` (its link is gone)."""
+        for call in [c for c in self.inflight.values() if c.address == address]:
+            self.fail(call, error)
+
     def on_reply(self, address: str, frames: list[Any], now: float, node: str | None) -> None:
         try:
             reply = P.parse_reply(frames)

@@ -5,9 +5,11 @@ sends and receives only with non-blocking calls, and when it must wait it yields
 (which sockets, how long); the sync client answers with ``zmq.Poller``, the async one with
 ``zmq.asyncio.Poller`` (``mesh/client/drivers.py``). Nothing else differs between the two.
 
-``Core`` holds the sockets per agent address (``execute`` is the one place that sends and
+``Core`` holds one link per agent address (``execute`` is the one place that sends and
 receives), the membership view, block locations, placement, and the block operations
-(``allocate``, ``write``, ``read_into``, ``free``, ``move``, ...).
+(``allocate``, ``write``, ``read_into``, ``free``, ``move``, ...). With a key (a keyed
+cluster) a link is a sealed session made by a CURVE handshake the first time an address is
+used (``mesh/security/link.py``); without one it is a plain DEALER.
 
 Not here: the batch window and reply matching (``mesh/client/batch.py``, pure), how a range is
 cut into chunks and how a moving block is followed (``mesh/client/transfer.py``), frame layouts
@@ -33,6 +35,7 @@ from mesh.client.blame import unavailable
 from mesh.client.transfer import chunk_calls, follow, found
 from mesh.config import ClusterConfig, MeshSettings
 from mesh.errors import (
+    AuthenticationError,
     BlockNotFound,
     CapacityError,
     InvalidRequest,
@@ -42,6 +45,8 @@ from mesh.errors import (
     OutOfRange,
 )
 from mesh.membership import ALIVE, DEAD, DOWN, SUSPECT, NodeInfo, state_for_silence
+from mesh.security import link as links
+from mesh.security import seal
 from mesh.units import format_bytes
 
 _BLOCK_ID = re.compile(r"^block_\d+_(?P<node>.+)_[0-9a-z]+$")
@@ -87,13 +92,20 @@ class Core:
         seeds: dict[str, str | None],
         config: ClusterConfig | None = None,
         ctx: zmq.Context | None = None,
+        key: Any = None,
     ):
         self.settings = settings
+        self.key = key  # a ClientKey (mesh/security/keys.py), or None: no keys, plain links
         self.config = config
         self.ctx = ctx or zmq.Context.instance()
         self.seeds = dict(seeds)  # address -> node name (None when built from an address)
         self._ids = itertools.count(1)
-        self._sockets: dict[str, zmq.Socket] = {}
+        self._links: dict[str, links.Link] = {}
+        # agent address -> its public key: from the key file, then from NODES of agents we
+        # have authenticated (mesh/membership.py: NodeInfo.key)
+        self._server_keys: dict[str, bytes] = {
+            address: public for address, public in (key.agents.values() if key else ())}
+        self.refused_replies = 0  # sealed replies that did not open (dropped)
         self._nodes: dict[str, NodeInfo] = {}  # by node name
         self._nodes_at = float("-inf")  # when the view was last refreshed
         self._nodes_heard_at = 0.0
@@ -106,26 +118,55 @@ class Core:
 
     # --- sockets ------------------------------------------------------------------------------
 
-    def socket(self, address: str) -> zmq.Socket:
+    def link(self, address: str) -> Op:
+        """The link to ``address``, made (and on a keyed cluster, shaken hands) if needed."""
         if self.closed:
             raise MeshError("the client is closed")
-        sock = self._sockets.get(address)
-        if sock is None:
-            sock = sockets.dealer(self.ctx, address, hwm=max(64, 4 * self.settings.window),
-                                  max_message_bytes=self.settings.max_message_bytes)
-            self._sockets[address] = sock
-        return sock
+        found = self._links.get(address)
+        if found is not None and not found.stale(time.monotonic()):
+            return found
+        self.reset(address)
+        hwm = max(64, 4 * self.settings.window)
+        if self.key is None:
+            made: links.Link = links.PlainLink(sockets.dealer(
+                self.ctx, address, hwm=hwm, max_message_bytes=self.settings.max_message_bytes))
+        else:
+            node = self.node_name(address)
+            server_key = self._server_keys.get(address)
+            if server_key is None and node is not None and node in self.key.agents:
+                server_key = self.key.agents[node][1]
+            if server_key is None:
+                raise AuthenticationError(
+                    f"no public key is known for the agent at {address}"
+                    + (f" (node {node})" if node else "")
+                    + f": key {self.key.name!r} lists no such agent; issue a new key "
+                    "(`grid keys add`) or connect through an agent it lists", node=node)
+            made = yield from links.handshake(
+                self.ctx, address, server_key=server_key, public=self.key.public,
+                secret=self.key.secret, key_name=self.key.name,
+                timeout_s=self.settings.connect_timeout_s, hwm=hwm,
+                max_message_bytes=self.settings.max_message_bytes, close=self._close_socket,
+                node=node)
+        self._links[address] = made
+        return made
+
+    def socket(self, address: str) -> zmq.Socket:
+        """The socket replies from ``address`` arrive on (a link made already)."""
+        return self._links[address].sock
+
+    def _close_socket(self, sock: zmq.Socket) -> None:
+        if self.before_close is not None:
+            self.before_close(sock)
+        sock.close(0)
 
     def reset(self, address: str) -> None:
-        """Drop a socket whose requests timed out, so nothing queued in it is ever delivered."""
-        sock = self._sockets.pop(address, None)
-        if sock is not None:
-            if self.before_close is not None:
-                self.before_close(sock)
-            sock.close(0)
+        """Drop a link whose requests timed out, so nothing queued in it is ever delivered."""
+        found = self._links.pop(address, None)
+        if found is not None:
+            self._close_socket(found.sock)
 
     def close(self) -> None:
-        for address in list(self._sockets):
+        for address in list(self._links):
             self.reset(address)
         self.closed = True
 
@@ -144,12 +185,17 @@ class Core:
                 now = time.monotonic()
                 for call, frames in run.ready(now, time.time(), self.settings.clock_skew_s):
                     try:
-                        self.socket(call.address).send_multipart(frames, zmq.NOBLOCK, copy=False)
+                        link = self._links.get(call.address)
+                        if link is None or link.stale(now):
+                            link = yield from self.link(call.address)
+                        link.send(frames)
                     except zmq.Again:
                         run.fail(call, NodeUnavailable(
                             f"{call.address} is not accepting requests (send queue full)"
                         ))
-                    except NodeUnavailable as exc:
+                    except (NodeUnavailable, AuthenticationError) as exc:
+                        run.fail(call, exc)
+                    except MeshError as exc:  # a handshake answered with an error
                         run.fail(call, exc)
                 if run.finished(now):
                     break
@@ -158,18 +204,28 @@ class Core:
                     run.expire(now)
                     continue
                 addresses = run.inflight_addresses()
-                ready = yield Wait(tuple(self._sockets[a] for a in addresses), wait)
+                ready = yield Wait(tuple(self._links[a].sock for a in addresses
+                                         if a in self._links), wait)
                 now = time.monotonic()
                 for address in addresses:
-                    sock = self._sockets.get(address)
-                    if sock is None or sock not in ready:
+                    link = self._links.get(address)
+                    if link is None or link.sock not in ready:
                         continue
                     node = self.node_name(address)
                     for _ in range(4 * batch.window + 8):
                         try:
-                            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                            frames = link.open(link.sock.recv_multipart(zmq.NOBLOCK, copy=False))
                         except zmq.Again:
                             break
+                        except seal.SessionLost:  # nothing sent since was applied: say so
+                            self.reset(address)
+                            run.fail_address(address, NodeUnavailable(
+                                f"{node or address} no longer knows this client's session (it "
+                                "restarted?); nothing was applied; retry", node=node))
+                            break
+                        except seal.SealError:
+                            self.refused_replies += 1  # not from the agent: dropped
+                            continue
                         run.on_reply(address, frames, now, node)
         finally:
             for address in run.abandoned:
@@ -232,6 +288,9 @@ class Core:
                     errors.append(str(call.error))
                     continue
                 for rec in call.result.get("nodes", []):
+                    if self.key is not None and isinstance(rec.get("key"), bytes):
+                        # told by an agent we authenticated: how to authenticate that node
+                        self._server_keys[rec["address"]] = rec["key"]
                     prev = merged.get(rec["node"])
                     if prev is None or (rec["incarnation"], -rec["age_s"]) > (
                         prev["incarnation"], -prev["age_s"]

@@ -10,7 +10,9 @@ threads (sync) or tasks (async); open several clients for parallel transfers.
 Build a client from a cluster config (a path, a loaded ``ClusterConfig``, or nothing for the
 default resolution: ``$GRID_CONFIG``, ``config/my-cluster-enhanced.yaml``, the embedded local
 default) or from the address of any one agent (``"tcp://127.0.0.1:7700"``): it learns the rest
-of the mesh from that agent.
+of the mesh from that agent. On a cluster with keys a client authenticates with ``key`` (the
+path of a key file from ``grid keys add``), else ``$GRID_KEY``, else the cluster's admin key
+when it runs on the master (``mesh/security/keys.py``).
 
 Sizes and offsets are bytes; times are seconds. Failures raise ``mesh.errors.MeshError``
 subclasses, never return ``None``.
@@ -43,6 +45,7 @@ def _build_core(
     address: str | None,
     overrides: dict[str, Any],
     ctx: zmq.Context,
+    key: str | os.PathLike | None = None,
 ) -> Core:
     if isinstance(source, str) and source.startswith("tcp://") and address is None:
         source, address = None, source
@@ -56,12 +59,24 @@ def _build_core(
         config = _config(source)
         settings = config.mesh
         seeds = {n.data_address: n.name for n in config.nodes}
+    client_key = _client_key(key, config)
     changes = {k: v for k, v in overrides.items() if v is not None}
     if changes:
         from dataclasses import replace
 
         settings = replace(settings, **changes)
-    return Core(settings, seeds, config, ctx)
+    return Core(settings, seeds, config, ctx, client_key)
+
+
+def _client_key(key: str | os.PathLike | None, config: ClusterConfig | None) -> Any:
+    """The key this client authenticates with: ``key``, else ``$GRID_KEY``, else the cluster's
+    default key on the master (``mesh/security/keys.py``); None for a cluster without keys."""
+    from mesh.security.keys import ENV_VAR, find_client_key, load_client_key
+
+    if config is not None:
+        return find_client_key(key, config)
+    explicit = key or os.environ.get(ENV_VAR, "").strip()
+    return load_client_key(explicit) if explicit else None
 
 
 def _config(source: str | os.PathLike | ClusterConfig | None) -> ClusterConfig:
@@ -81,11 +96,12 @@ class _ClientBase:
         chunk_bytes: int | None,
         window: int | None,
         ctx: zmq.Context,
+        key: str | os.PathLike | None = None,
     ):
         self._core = _build_core(
             config, address,
             {"request_timeout_s": timeout_s, "chunk_bytes": chunk_bytes, "window": window},
-            ctx,
+            ctx, key,
         )
 
     @property
@@ -214,8 +230,10 @@ class MeshClient(_ClientBase):
         timeout_s: float | None = None,
         chunk_bytes: int | None = None,
         window: int | None = None,
+        key: str | os.PathLike | None = None,
     ):
-        super().__init__(config, address, timeout_s, chunk_bytes, window, zmq.Context.instance())
+        super().__init__(config, address, timeout_s, chunk_bytes, window, zmq.Context.instance(),
+                         key)
         self._lock = threading.Lock()
 
     def _wait(self, wait: Wait) -> set[zmq.Socket]:
@@ -261,11 +279,12 @@ class AsyncMeshClient(_ClientBase):
         timeout_s: float | None = None,
         chunk_bytes: int | None = None,
         window: int | None = None,
+        key: str | os.PathLike | None = None,
     ):
         # Sync sockets of their own context: the core sends and receives with NOBLOCK, and
         # asyncio only waits for readability through shadow sockets.
         self._ctx = zmq.Context()
-        super().__init__(config, address, timeout_s, chunk_bytes, window, self._ctx)
+        super().__init__(config, address, timeout_s, chunk_bytes, window, self._ctx, key)
         # asyncio and zmq.asyncio load here, not when mesh.client is imported: a sync client
         # (and every `grid` command) starts ~20 ms faster without them
         import asyncio

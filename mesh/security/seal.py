@@ -78,7 +78,7 @@ def session_of(frames: list[Any]) -> bytes | None:
     env = _bytes(frames[0])
     if len(env) != ENVELOPE_BYTES or env[:2] != MAGIC:
         return None
-    return env[2 : 2 + SESSION_ID_BYTES]
+    return bytes(env[2 : 2 + SESSION_ID_BYTES])
 
 
 def no_session(session_id: bytes) -> list[bytes]:

@@ -69,11 +69,16 @@ class LocalMesh:
     config_path: Path
     extra_mesh: dict = field(default_factory=dict)
     started: list[subprocess.Popen] = field(default_factory=list)
+    admin_key: Path | None = None  # the cluster's admin key, when it has keys
 
     @classmethod
     def create(cls, tmp: Path, n: int = 3, memory_gb: float = 1.0, extra: dict | None = None,
-               **mesh_settings) -> "LocalMesh":
-        """``extra`` adds top-level sections to the cluster file (``ray``, ``execution``)."""
+               keyed: bool = False, **mesh_settings) -> "LocalMesh":
+        """``extra`` adds top-level sections to the cluster file (``ray``, ``execution``);
+        ``keyed`` makes the cluster's keys first (``grid keys init``), so its agents run
+        authenticated. The keys directory is the test's own either way, so a developer's keys
+        never change a test."""
+        mesh_settings.setdefault("keys_dir", str(tmp / "keys"))
         nodes = []
         for i in range(n):
             host = f"127.0.0.{i + 1}"
@@ -96,7 +101,15 @@ class LocalMesh:
         }
         path = tmp / "cluster.yaml"
         path.write_text(yaml.safe_dump(cfg))
-        return cls(tmp, nodes, path)
+        mesh = cls(tmp, nodes, path)
+        if keyed:
+            from mesh.config import load_cluster_config
+            from mesh.security.keys import KeyDir
+
+            keydir = KeyDir(mesh_settings["keys_dir"])
+            keydir.init(load_cluster_config(path))
+            mesh.admin_key = keydir.path / "clients" / "admin.key_secret"
+        return mesh
 
     def node(self, name: str) -> AgentProc:
         return next(a for a in self.nodes if a.name == name)
@@ -126,7 +139,7 @@ class LocalMesh:
         deadline = time.monotonic() + timeout_s
         want = {a.name for a in self.nodes}
         for a in self.nodes:
-            with MeshClient(address=a.address, timeout_s=2.0) as client:
+            with MeshClient(self.config_path, timeout_s=2.0) as client:
                 while True:
                     table = client._run(client._core.call(a.address, "nodes"))["nodes"]
                     if {r["node"] for r in table if r["state"] == "alive"} >= want:
@@ -137,7 +150,7 @@ class LocalMesh:
 
     def wait_ready(self, agent: AgentProc, timeout_s: float = 15.0) -> None:
         deadline = time.monotonic() + timeout_s
-        with MeshClient(address=agent.address, timeout_s=1.0) as client:
+        with MeshClient(self.config_path, timeout_s=1.0) as client:
             while True:
                 if agent.proc is not None and agent.proc.poll() is not None:
                     raise RuntimeError(f"agent {agent.name} exited:\n{agent.log.read_text()}")
@@ -175,10 +188,10 @@ class LocalMesh:
 
 @contextlib.contextmanager
 def running_mesh(tmp: Path, n: int = 3, memory_gb: float = 1.0, extra: dict | None = None,
-                 **mesh_settings) -> Iterator[LocalMesh]:
+                 keyed: bool = False, **mesh_settings) -> Iterator[LocalMesh]:
     """A started ``LocalMesh``; at the end its agents are stopped, and any that ignored SIGTERM
     fails the test."""
-    mesh = LocalMesh.create(tmp, n, memory_gb, extra, **mesh_settings)
+    mesh = LocalMesh.create(tmp, n, memory_gb, extra, keyed, **mesh_settings)
     mesh.start_all()
     try:
         yield mesh

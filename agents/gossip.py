@@ -1,0 +1,153 @@
+"""Heartbeats in: one SUB link per followed peer, so every heartbeat is known to come from the peer
+it names.
+
+A peer is followed by its gossip address and, when known, its node name (the cluster file's
+peers, and every node another heartbeat mentions). A link hears only that peer: its heartbeat
+must name that node (a member speaks only about itself first-hand); one naming another node is
+dropped and counted (``rejected``). On a keyed cluster the link is a CURVE client of the node's
+own key from the allow-list (``agents/access.py``), so only the holder of that node's secret can
+speak on it, and a node without an agent key in the allow-list is not followed at all (counted).
+What a heartbeat says about other nodes (its ``peers``) is hearsay: it introduces nodes, and the
+membership rules (``mesh/membership.py``) decide what it may change.
+
+A link silent for ``dead_after_s`` is made again (libzmq drops a link for good when a peer sends
+a message over the SUB's size limit, and reconnects by itself only after connection errors), at
+most ``RELINKS_PER_BEAT`` per heartbeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import zmq
+
+from mesh import protocol as P
+from mesh import sockets
+from mesh.errors import MeshError
+from mesh.membership import MembershipTable, is_agent_address
+
+log = logging.getLogger("mesh.agent")
+
+MAX_FOLLOWED_PEERS = 1024  # gossip links one agent keeps, at most
+RELINKS_PER_BEAT = 16
+# The SUB takes heartbeats up to the protocol's limit, plus room for the topic frame.
+HEARTBEAT_SLACK_BYTES = 1024
+BATCH = 64  # heartbeats taken per link per loop turn
+
+
+@dataclass
+class PeerLink:
+    gossip: str
+    node: str | None  # None: an address from the cluster file not yet heard from (no keys)
+    sock: zmq.Socket
+    linked_at: float
+    heard_at: float = 0.0
+
+
+class Gossip:
+    def __init__(self, ctx: zmq.Context, node: str, gossip_address: str,
+                 members: MembershipTable, access: Any, dead_after_s: float):
+        self.ctx = ctx
+        self.node = node
+        self.gossip_address = gossip_address
+        self.members = members
+        self.access = access
+        self.dead_after_s = dead_after_s
+        self.links: dict[str, PeerLink] = {}
+        self.by_socket: dict[zmq.Socket, PeerLink] = {}
+        self.version = 0  # bumped when the set of sockets changes (the loop polls them)
+        self.heard = 0
+        self.rejected = 0  # heartbeats naming another node than their link's, or non-members
+
+    def follow(self, gossip: str, node: str | None) -> None:
+        if gossip == self.gossip_address or node == self.node:
+            return
+        link = self.links.get(gossip)
+        if link is not None:
+            if link.node is None and node is not None and not self.access.keyed:
+                link.node = node
+            return
+        if not is_agent_address(gossip) or len(self.links) >= MAX_FOLLOWED_PEERS:
+            return
+        server_key = None
+        if self.access.keyed:
+            server_key = self.access.agent_public(node) if node else None
+            if server_key is None:  # not a member: nobody could prove to be it
+                self.rejected += 1
+                return
+        self._link(gossip, node, server_key, time.monotonic())
+
+    def _link(self, gossip: str, node: str | None, server_key: bytes | None, now: float) -> None:
+        sock = sockets.subscriber(self.ctx, topic=P.HEARTBEAT_TOPIC,
+                                  max_message_bytes=P.MAX_HEARTBEAT_BYTES + HEARTBEAT_SLACK_BYTES)
+        if server_key is not None:
+            self.access.dial(sock, server_key)
+        try:
+            sock.connect(gossip)
+        except zmq.ZMQError as exc:  # a valid shape libzmq still refuses (IPv6 off, say)
+            sock.close(0)
+            log.warning("cannot follow gossip at %r: %s", gossip, exc)
+            return
+        link = PeerLink(gossip, node, sock, linked_at=now)
+        self.links[gossip] = link
+        self.by_socket[sock] = link
+        self.version += 1
+
+    def _unlink(self, link: PeerLink) -> None:
+        self.links.pop(link.gossip, None)
+        self.by_socket.pop(link.sock, None)
+        link.sock.close(0)
+        self.version += 1
+
+    def sockets(self) -> list[zmq.Socket]:
+        return list(self.by_socket)
+
+    def drain(self, ready: Any, now: float, guarded: Callable[..., None]) -> None:
+        for sock in [s for s in self.by_socket if s in ready]:
+            link = self.by_socket[sock]
+            for _ in range(BATCH):
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                guarded("a heartbeat", self._heard, link, frames, now)
+
+    def _heard(self, link: PeerLink, frames: list[bytes], now: float) -> None:
+        try:
+            rec = P.parse_heartbeat(frames)
+        except MeshError:
+            self.rejected += 1
+            return
+        if link.node is None and not self.access.keyed:
+            link.node = rec["node"]
+        if rec["node"] != link.node or rec["gossip"] != link.gossip:
+            self.rejected += 1  # a member speaks only for itself, from its own address
+            return
+        self.heard += 1
+        link.heard_at = now
+        if self.members.observe(rec, now):  # its own record: it vouches for it
+            self.follow(rec["gossip"], rec["node"])
+        for peer in rec["peers"]:  # hearsay: introduces nodes, changes none
+            if peer["node"] == self.node:
+                continue
+            if self.members.observe(peer, now, peer["age_s"], vouched=False):
+                self.follow(peer["gossip"], peer["node"])
+
+    def relink(self, now: float) -> None:
+        silent_after = now - self.dead_after_s
+        stale = [lk for lk in self.links.values() if max(lk.heard_at, lk.linked_at) < silent_after]
+        for link in sorted(stale, key=lambda lk: lk.linked_at)[:RELINKS_PER_BEAT]:
+            server_key = self.access.agent_public(link.node) if self.access.keyed else None
+            self._unlink(link)
+            if self.access.keyed and server_key is None:
+                continue  # revoked meanwhile
+            self._link(link.gossip, link.node, server_key, now)
+            log.info("no heartbeat from %s for %.1f s: connected to it again", link.gossip,
+                     now - (link.heard_at or link.linked_at))
+
+    def close(self) -> None:
+        for link in list(self.links.values()):
+            self._unlink(link)

@@ -1,0 +1,186 @@
+"""The connection a client (or an agent pulling from a peer) keeps to one agent: a ``Link``.
+
+- ``PlainLink``: one DEALER, frames as they are (a cluster without keys).
+- ``SealedLink``: after ``handshake``, a DEALER to the agent's sealed endpoint; every message is
+  sealed with the session's key (``mesh/security/seal.py``).
+
+``handshake`` is a generator in the style of the client core (it yields ``Wait`` and is driven
+by the sync or the async client, or by ``run_blocking`` in an agent's thread):
+
+1. a CURVE DEALER to the agent's data port, with the agent's public key as the server key and
+   ours as the client key, watched by a socket monitor;
+2. SESSION over it; the agent answers with a session id, a 32-byte key and its sealed endpoint,
+   all inside CURVE (only the holder of our secret can read them; only the holder of the agent's
+   secret can have written them);
+3. the CURVE socket is closed and the sealed DEALER connected.
+
+The monitor turns a refused handshake into ``AuthenticationError`` at once (the ZAP handler
+denied our key: HANDSHAKE_FAILED_AUTH; the peer could not read our hello because it is not the
+agent whose key we hold, or it runs without keys: HANDSHAKE_FAILED_NO_DETAIL or _PROTOCOL)
+instead of a timeout.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Generator
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from mesh import protocol as P
+from mesh import sockets
+from mesh.client.batch import Wait
+from mesh.errors import AuthenticationError, MeshTimeout, ProtocolError
+from mesh.security import seal
+
+# A client refreshes a session used less recently than this (agents drop them after an hour
+# idle: agents/access.py SESSION_IDLE_S).
+SESSION_REFRESH_S = 1800.0
+SEALED_OVERHEAD_BYTES = 2 * seal.TAG_BYTES + seal.ENVELOPE_BYTES
+HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+CONTROL_BYTES = 64 * 1024  # the SESSION reply
+
+
+class PlainLink:
+    sealed = False
+
+    def __init__(self, sock: zmq.Socket):
+        self.sock = sock
+
+    def send(self, frames: list[Any]) -> None:
+        self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+
+    def open(self, frames: list[Any]) -> list[Any]:
+        return frames
+
+    def stale(self, now: float) -> bool:
+        return False
+
+
+class SealedLink:
+    sealed = True
+
+    def __init__(self, sock: zmq.Socket, session_id: bytes, key: bytes):
+        self.sock = sock
+        self.sealer = seal.Sealer(session_id, key, seal.TO_AGENT)
+        self.opener = seal.Opener(session_id, key, seal.TO_CLIENT)
+        self.used_at = time.monotonic()
+
+    def send(self, frames: list[Any]) -> None:
+        self.used_at = time.monotonic()
+        sealed = self.sealer.seal(frames[0], frames[1] if len(frames) > 1 else None)
+        self.sock.send_multipart(sealed, zmq.NOBLOCK, copy=False)
+
+    def open(self, frames: list[Any]) -> list[Any]:
+        """The reply's [header, payload?]; ``SealError`` (drop it) or ``SessionLost``."""
+        header, payload = self.opener.open(frames)
+        return [header] if payload is None else [header, payload]
+
+    def stale(self, now: float) -> bool:
+        return now - self.used_at > SESSION_REFRESH_S
+
+
+Link = PlainLink | SealedLink
+Close = Callable[[zmq.Socket], None]
+
+
+def handshake(ctx: zmq.Context, address: str, *, server_key: bytes, public: bytes, secret: bytes,
+              key_name: str, timeout_s: float, hwm: int, max_message_bytes: int,
+              close: Close, node: str | None = None) -> Generator[Wait, Any, SealedLink]:
+    """Shake hands with the agent at ``address``; see the module's docstring."""
+    curve = sockets.dealer(ctx, address, hwm=4, max_message_bytes=CONTROL_BYTES,
+                           curve=(server_key, public, secret))
+    monitor = curve.get_monitor_socket(HANDSHAKE_EVENTS)
+    where = f"node {node} ({address})" if node else address
+    try:
+        curve.send(P.encode_request(P.SESSION, 1, {}), zmq.NOBLOCK)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise MeshTimeout(f"no answer from {where} to the handshake within "
+                                  f"{timeout_s:g} s", node=node)
+            ready = yield Wait((curve, monitor), remaining)
+            while monitor.poll(0):
+                _refused(recv_monitor_message(monitor, zmq.NOBLOCK)["event"], where, key_name,
+                         node)
+            if curve in ready or curve.poll(0):
+                reply = P.parse_reply(curve.recv_multipart())
+                reply.raise_for_error(node)
+                body = reply.body
+                break
+    finally:
+        try:
+            curve.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        close(monitor)
+        close(curve)
+    session, key, endpoint = body.get("session"), body.get("key"), body.get("endpoint")
+    if not (isinstance(session, bytes) and len(session) == seal.SESSION_ID_BYTES
+            and isinstance(key, bytes) and len(key) == seal.KEY_BYTES
+            and isinstance(endpoint, str) and endpoint.startswith("tcp://")):
+        raise ProtocolError(f"{where} answered the handshake with a malformed session",
+                            node=node)
+    sealed = sockets.dealer(ctx, endpoint, hwm=hwm,
+                            max_message_bytes=max_message_bytes + SEALED_OVERHEAD_BYTES)
+    return SealedLink(sealed, session, key)
+
+
+def _refused(event: int, where: str, key_name: str, node: str | None) -> None:
+    if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+        return
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        raise AuthenticationError(f"{where} refused key {key_name!r}: it is unknown there or "
+                                  "revoked", node=node)
+    raise AuthenticationError(
+        f"the handshake with {where} failed: it is not the agent whose key we hold, or it runs "
+        "without keys", node=node)
+
+
+def run_blocking(gen: Generator[Wait, Any, Any]) -> Any:
+    """Drive a generator that yields ``Wait`` with blocking polls (an agent's worker thread)."""
+    try:
+        wait = next(gen)
+        while True:
+            poller = zmq.Poller()
+            for sock in wait.sockets:
+                poller.register(sock, zmq.POLLIN)
+            ready = {s for s, _ in poller.poll(max(1, int(wait.timeout_s * 1000)))}
+            wait = gen.send(ready)
+    except StopIteration as stop:
+        return stop.value
+
+
+class BlockingPeer:
+    """A ``SealedLink`` with the few blocking socket calls an agent's move or pull makes
+    (``agents/moves.py``: send, poll, recv_multipart, close)."""
+
+    def __init__(self, link: SealedLink):
+        self.link = link
+        self._more: list[Any] = []
+
+    def send(self, data: Any, flags: int = 0, copy: bool = True) -> None:
+        self._more.append(data)
+        if flags & zmq.SNDMORE:
+            return
+        frames, self._more = self._more, []
+        self.link.send(frames)
+
+    def poll(self, timeout_ms: int) -> int:
+        return self.link.sock.poll(timeout_ms)
+
+    def recv_multipart(self, copy: bool = True) -> list[Any]:
+        while True:
+            try:
+                return self.link.open(self.link.sock.recv_multipart(copy=copy))
+            except seal.SessionLost:
+                raise
+            except seal.SealError:
+                if not self.link.sock.poll(1000):  # dropped; the genuine reply may follow
+                    raise MeshTimeout("only unreadable replies from the peer") from None
+
+    def close(self, linger: int = 0) -> None:
+        self.link.sock.close(linger)
