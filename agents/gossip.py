@@ -31,8 +31,13 @@ from mesh.membership import MembershipTable, is_agent_address
 
 log = logging.getLogger("mesh.agent")
 
-MAX_FOLLOWED_PEERS = 1024  # gossip links one agent keeps, at most
+# Gossip links one agent keeps, at most: each is a socket, and a context holds ZMQ_MAX_SOCKETS
+# (the agent raises libzmq's 1023 to mesh/sockets.py AGENT_MAX_SOCKETS).
+MAX_FOLLOWED_PEERS = 512
 RELINKS_PER_BEAT = 16
+# Links to nodes known only from hearsay made per heartbeat, at most: a relayed list of 2,000
+# made-up members costs a few sockets a beat, not a burst of them (they are mentioned again).
+HEARSAY_LINKS_PER_BEAT = 16
 # The SUB takes heartbeats up to the protocol's limit, plus room for the topic frame.
 HEARTBEAT_SLACK_BYTES = 1024
 BATCH = 64  # heartbeats taken per link per loop turn
@@ -61,8 +66,9 @@ class Gossip:
         self.version = 0  # bumped when the set of sockets changes (the loop polls them)
         self.heard = 0
         self.rejected = 0  # heartbeats naming another node than their link's, or non-members
+        self._hearsay_budget = HEARSAY_LINKS_PER_BEAT
 
-    def follow(self, gossip: str, node: str | None) -> None:
+    def follow(self, gossip: str, node: str | None, hearsay: bool = False) -> None:
         if gossip == self.gossip_address or node == self.node:
             return
         link = self.links.get(gossip)
@@ -72,6 +78,10 @@ class Gossip:
             return
         if not is_agent_address(gossip) or len(self.links) >= MAX_FOLLOWED_PEERS:
             return
+        if hearsay:
+            if self._hearsay_budget <= 0:
+                return
+            self._hearsay_budget -= 1
         server_key = None
         if self.access.keyed:
             server_key = self.access.agent_public(node) if node else None
@@ -134,9 +144,11 @@ class Gossip:
             if peer["node"] == self.node:
                 continue
             if self.members.observe(peer, now, peer["age_s"], vouched=False):
-                self.follow(peer["gossip"], peer["node"])
+                self.follow(peer["gossip"], peer["node"], hearsay=True)
 
     def relink(self, now: float) -> None:
+        """Once a heartbeat: links silent too long are made again (see the module's doc)."""
+        self._hearsay_budget = HEARSAY_LINKS_PER_BEAT
         silent_after = now - self.dead_after_s
         stale = [lk for lk in self.links.values() if max(lk.heard_at, lk.linked_at) < silent_after]
         for link in sorted(stale, key=lambda lk: lk.linked_at)[:RELINKS_PER_BEAT]:

@@ -80,12 +80,13 @@ Connect = Callable[..., zmq.Socket]  # (address, *, hwm, max_message_bytes) -> D
 class PeerCopies:
     def __init__(self, store: BlockStore, *, node: str, address: str, chunk_bytes: int,
                  connect: Connect, populate: Callable[[Block], Any], reply: Reply,
-                 reply_error: ReplyError):
+                 reply_error: ReplyError, member: Callable[[str], str | None]):
         self.store = store
         self.node = node
         self.address = address
         self.chunk_bytes = chunk_bytes
         self._connect = connect
+        self._member = member  # data address -> node name, for the mesh's other agents only
         self._populate = populate
         self._reply = reply
         self._reply_error = reply_error
@@ -183,6 +184,8 @@ class PeerCopies:
             raise InvalidRequest(f"{what} must be an address like tcp://host:port, got {address!r}")
         if address == self.address:
             raise InvalidRequest(f"{what} {address} is this agent ({self.node})")
+        if self._member(address) is None:  # an agent connects out only to its peers
+            raise InvalidRequest(f"{what} {address} is not the address of an agent of this mesh")
         return address
 
     # --- source side --------------------------------------------------------------------------

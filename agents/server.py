@@ -37,6 +37,7 @@ from agents.access import Access, Session
 from agents.gossip import Gossip
 from agents.ledger import PromiseLedger, default_path as ledger_default_path
 from agents.keyhome import KeyHomes
+from agents.keyops import KeyOps, page
 from agents.lifecycle import Event, State
 from agents.limits import ConnectionGuard, connection_cap
 from agents.moves import PeerCopies
@@ -123,6 +124,7 @@ class Agent:
         self.members = MembershipTable(settings.suspect_after_s, settings.dead_after_s)
         self.homes = KeyHomes(settings.node)  # claims and places of the keys homed here
         self.ctx = ctx or zmq.Context.instance()
+        self.ctx.max_sockets = max(self.ctx.max_sockets, sockets.AGENT_MAX_SOCKETS)
         self.access = Access(self.ctx, settings.keys, settings.node)
         self.gossip = Gossip(self.ctx, settings.node, self.gossip_address, self.members,
                              self.access, settings.dead_after_s)
@@ -140,7 +142,7 @@ class Agent:
             chunk_bytes=settings.chunk_bytes,
             connect=self._dial_peer,
             populate=functools.partial(self._populator.submit, populate),
-            reply=self._reply, reply_error=self._reply_error,
+            reply=self._reply, reply_error=self._reply_error, member=self._member_node,
         )
         self._handlers: dict[str, Callable[[bytes, P.Request], None]] = {
             P.HELLO: self._hello,
@@ -153,15 +155,8 @@ class Agent:
             P.LIST: self._list,
             P.STATS: self._stats,
             P.NODES: self._nodes,
-            P.KPUT: self._kput,
-            P.KGET: self._kget,
-            P.KDEL: self._kdel,
-            P.KLIST: self._klist,
             P.RENEW: self._renew,
-            P.KCLAIM: self._kclaim,
-            P.KRELEASE: self._krelease,
-            P.KHOME: self._khome,
-            P.KWHERE: self._kwhere,
+            **KeyOps(self.store, self.homes, settings.node, self._reply).handlers(),
             P.SESSION: self._session,
             P.TRUST: self._trust,
             **self.moves.handlers(),
@@ -209,11 +204,15 @@ class Agent:
         self.access.close()
         self.store.close()
 
+    def _member_node(self, address: str) -> str | None:
+        """The node of the membership table (not this one) at ``address``, or None."""
+        return next((r["node"] for r in self.members.snapshot(time.monotonic())
+                     if r["address"] == address and r["node"] != self.s.node), None)
+
     def _dial_peer(self, address: str, *, hwm: int, max_message_bytes: int) -> Any:
         """A connection to another agent (a move's target, a pull's source): only to a node of
         the membership table, and on a keyed cluster authenticated and sealed both ways."""
-        node = next((r["node"] for r in self.members.snapshot(time.monotonic())
-                     if r["address"] == address and r["node"] != self.s.node), None)
+        node = self._member_node(address)
         if node is None:
             raise InvalidRequest(f"{address} is not the address of another agent of this mesh")
         if not self.access.keyed:
@@ -511,7 +510,7 @@ class Agent:
         self._reply(identity, req, block.record(self.s.node))
 
     def _list(self, identity: bytes, req: P.Request) -> None:
-        blocks, cursor = self.store.list_blocks(*_page(req))
+        blocks, cursor = self.store.list_blocks(*page(req))
         self._reply(identity, req, {
             "node": self.s.node, "blocks": [b.record(self.s.node) for b in blocks], "next": cursor,
         })
@@ -552,48 +551,6 @@ class Agent:
         count = self.access.trust(req.fields["entries"])
         self._reply(identity, req, {"node": self.s.node, "keys": count})
 
-    def _kput(self, identity: bytes, req: P.Request) -> None:
-        f = req.fields
-        # who wrote it, as this agent authenticated them (never what the client says): a reader
-        # unpickles only records with a writer (mesh/client/objects.py)
-        f["record"]["writer"] = req.caller.name if req.caller is not None else None
-        if f["record"].get("block"):
-            self.store.served(f["record"]["block"])
-        record = self.store.put_key(f["key"], f["record"], f["replace"], time.time())
-        self._reply(identity, req, record)
-
-    def _kget(self, identity: bytes, req: P.Request) -> None:
-        self._reply(identity, req, self.store.get_key(req.fields["key"]))
-
-    def _kdel(self, identity: bytes, req: P.Request) -> None:
-        freed = self.store.delete_key(req.fields["key"])
-        self._reply(identity, req, {"key": req.fields["key"], "freed_block": freed})
-
-    # a key's home (agents/keyhome.py): claims of puts in progress, where keys were published
-
-    def _kclaim(self, identity: bytes, req: P.Request) -> None:
-        f = req.fields
-        self.homes.claim(f["key"], f["token"], float(f["ttl_s"]), time.monotonic())
-        self._reply(identity, req, {"key": f["key"], "home": self.s.node})
-
-    def _krelease(self, identity: bytes, req: P.Request) -> None:
-        released = self.homes.release(req.fields["key"], req.fields["token"])
-        self._reply(identity, req, {"key": req.fields["key"], "released": released})
-
-    def _khome(self, identity: bytes, req: P.Request) -> None:
-        f = req.fields
-        self.homes.settle(f["key"], f["token"], f["node"], f["replace"], time.monotonic())
-        self._reply(identity, req, {"key": f["key"], "node": f["node"]})
-
-    def _kwhere(self, identity: bytes, req: P.Request) -> None:
-        node, claimed = self.homes.where(req.fields["key"], time.monotonic())
-        self._reply(identity, req, {"key": req.fields["key"], "node": node, "claimed": claimed})
-
-    def _klist(self, identity: bytes, req: P.Request) -> None:
-        records, cursor = self.store.list_keys(*_page(req), max_bytes=P.LIST_PAGE_BYTES)
-        self._reply(identity, req, {"node": self.s.node, "keys": records, "next": cursor})
-
-
     def _renew(self, identity: bytes, req: P.Request) -> None:
         renewed = []
         for block_id in req.fields["blocks"][:P.LIST_PAGE_RECORDS]:
@@ -603,11 +560,3 @@ class Agent:
             except MeshError:
                 continue  # not here (any more): the caller sees it missing from ``renewed``
         self._reply(identity, req, {"renewed": renewed})
-
-
-def _page(req: P.Request) -> tuple[int, int]:
-    """(after, limit) of a listing request: from the start and a full page by default (their
-    types are checked with the request's other fields, ``mesh/protocol.py``)."""
-    after = max(0, req.fields.get("after") or 0)
-    limit = req.fields.get("limit") or P.LIST_PAGE_RECORDS
-    return after, min(max(1, limit), P.LIST_PAGE_RECORDS)

@@ -39,6 +39,9 @@ LISTEN_BACKLOG = 1024
 # connection it accepts costs one, and it caps them below the limit (agents/limits.py).
 AGENT_FD_LIMIT = 65536
 SUB_RCVHWM = 256
+# Sockets an agent's context may hold (libzmq's default is 1023): a gossip link per peer, a
+# DEALER per move or pull, the listeners and their monitors.
+AGENT_MAX_SOCKETS = 4096
 
 
 Curve = tuple[bytes, bytes, bytes]  # (the server's public key, our public key, our secret key)

@@ -25,6 +25,7 @@ COMMANDS = {
     "agents": ("mesh.cli.agents:agents", "Start, watch and stop the mesh agents."),
     "demo": ("mesh.cli.demo:demo",
              "Start the local agents, write and read back data on every node, show the mesh."),
+    "keys": ("mesh.cli.keys:keys", "Make, list and revoke the cluster keys the agents accept."),
     "memory": ("mesh.cli.memory:memory", "Allocate blocks, store and retrieve files under keys, "
                "and watch the memory pool."),
     "rebalance": ("mesh.cli.rebalance:rebalance",

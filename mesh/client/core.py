@@ -28,7 +28,6 @@ from typing import Any, Callable
 import zmq
 
 from mesh import protocol as P
-from mesh import sockets
 from mesh._malloc import tune_for_transfers
 from mesh.client.batch import Batch, BatchRun, Call, Op, Wait, byte_view
 from mesh.client.blame import unavailable
@@ -45,7 +44,7 @@ from mesh.errors import (
     OutOfRange,
 )
 from mesh.membership import ALIVE, DEAD, DOWN, SUSPECT, NodeInfo, state_for_silence
-from mesh.security import link as links
+from mesh.client.links import Links
 from mesh.security import seal
 from mesh.units import format_bytes
 
@@ -100,74 +99,42 @@ class Core:
         self.ctx = ctx or zmq.Context.instance()
         self.seeds = dict(seeds)  # address -> node name (None when built from an address)
         self._ids = itertools.count(1)
-        self._links: dict[str, links.Link] = {}
-        # agent address -> its public key: from the key file, then from NODES of agents we
-        # have authenticated (mesh/membership.py: NodeInfo.key)
-        self._server_keys: dict[str, bytes] = {
-            address: public for address, public in (key.agents.values() if key else ())}
-        self.refused_replies = 0  # sealed replies that did not open (dropped)
+        self.links = Links(self.ctx, settings, key)
         self._nodes: dict[str, NodeInfo] = {}  # by node name
         self._nodes_at = float("-inf")  # when the view was last refreshed
         self._nodes_heard_at = 0.0
         self._locations: dict[str, tuple[str, int]] = {}  # block id -> (address, size)
         self.closed = False
-        # called with each socket just before the core closes it (a driver that watches the
-        # socket from an event loop unhooks it there: AsyncMeshClient)
-        self.before_close: Callable[[zmq.Socket], None] | None = None
         tune_for_transfers(settings.max_message_bytes, settings.window)
 
     # --- sockets ------------------------------------------------------------------------------
+
+    @property
+    def before_close(self) -> Callable[[zmq.Socket], None] | None:
+        """Called with each socket just before the core closes it (a driver that watches the
+        socket from an event loop unhooks it there: AsyncMeshClient)."""
+        return self.links.before_close
+
+    @before_close.setter
+    def before_close(self, fn: Callable[[zmq.Socket], None] | None) -> None:
+        self.links.before_close = fn
 
     def link(self, address: str) -> Op:
         """The link to ``address``, made (and on a keyed cluster, shaken hands) if needed."""
         if self.closed:
             raise MeshError("the client is closed")
-        found = self._links.get(address)
-        if found is not None and not found.stale(time.monotonic()):
-            return found
-        self.reset(address)
-        hwm = max(64, 4 * self.settings.window)
-        if self.key is None:
-            made: links.Link = links.PlainLink(sockets.dealer(
-                self.ctx, address, hwm=hwm, max_message_bytes=self.settings.max_message_bytes))
-        else:
-            node = self.node_name(address)
-            server_key = self._server_keys.get(address)
-            if server_key is None and node is not None and node in self.key.agents:
-                server_key = self.key.agents[node][1]
-            if server_key is None:
-                raise AuthenticationError(
-                    f"no public key is known for the agent at {address}"
-                    + (f" (node {node})" if node else "")
-                    + f": key {self.key.name!r} lists no such agent; issue a new key "
-                    "(`grid keys add`) or connect through an agent it lists", node=node)
-            made = yield from links.handshake(
-                self.ctx, address, server_key=server_key, public=self.key.public,
-                secret=self.key.secret, key_name=self.key.name,
-                timeout_s=self.settings.connect_timeout_s, hwm=hwm,
-                max_message_bytes=self.settings.max_message_bytes, close=self._close_socket,
-                node=node)
-        self._links[address] = made
-        return made
+        return (yield from self.links.get(address, self.node_name(address)))
 
     def socket(self, address: str) -> zmq.Socket:
         """The socket replies from ``address`` arrive on (a link made already)."""
-        return self._links[address].sock
-
-    def _close_socket(self, sock: zmq.Socket) -> None:
-        if self.before_close is not None:
-            self.before_close(sock)
-        sock.close(0)
+        return self.links.live[address].sock
 
     def reset(self, address: str) -> None:
         """Drop a link whose requests timed out, so nothing queued in it is ever delivered."""
-        found = self._links.pop(address, None)
-        if found is not None:
-            self._close_socket(found.sock)
+        self.links.drop(address)
 
     def close(self) -> None:
-        for address in list(self._links):
-            self.reset(address)
+        self.links.close()
         self.closed = True
 
     def node_name(self, address: str) -> str | None:
@@ -185,7 +152,7 @@ class Core:
                 now = time.monotonic()
                 for call, frames in run.ready(now, time.time(), self.settings.clock_skew_s):
                     try:
-                        link = self._links.get(call.address)
+                        link = self.links.live.get(call.address)
                         if link is None or link.stale(now):
                             link = yield from self.link(call.address)
                         link.send(frames)
@@ -204,11 +171,11 @@ class Core:
                     run.expire(now)
                     continue
                 addresses = run.inflight_addresses()
-                ready = yield Wait(tuple(self._links[a].sock for a in addresses
-                                         if a in self._links), wait)
+                live = self.links.live
+                ready = yield Wait(tuple(live[a].sock for a in addresses if a in live), wait)
                 now = time.monotonic()
                 for address in addresses:
-                    link = self._links.get(address)
+                    link = self.links.live.get(address)
                     if link is None or link.sock not in ready:
                         continue
                     node = self.node_name(address)
@@ -224,7 +191,7 @@ class Core:
                                 "restarted?); nothing was applied; retry", node=node))
                             break
                         except seal.SealError:
-                            self.refused_replies += 1  # not from the agent: dropped
+                            self.links.refused_replies += 1  # not from the agent: dropped
                             continue
                         run.on_reply(address, frames, now, node)
         finally:
@@ -288,9 +255,7 @@ class Core:
                     errors.append(str(call.error))
                     continue
                 for rec in call.result.get("nodes", []):
-                    if self.key is not None and isinstance(rec.get("key"), bytes):
-                        # told by an agent we authenticated: how to authenticate that node
-                        self._server_keys[rec["address"]] = rec["key"]
+                    self.links.learn(rec)
                     prev = merged.get(rec["node"])
                     if prev is None or (rec["incarnation"], -rec["age_s"]) > (
                         prev["incarnation"], -prev["age_s"]

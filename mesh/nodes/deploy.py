@@ -6,8 +6,11 @@ this machine), all nodes in parallel:
 - ``deploy``: check the node's Python (3.11+), install this project from a wheel built from the
   master's own source tree into the node's virtual environment (``<deploy_dir>/venv``; with a
   wheelhouse, offline: ``pip --no-index``), and write the cluster file the agent reads (mode
-  0600, in a 0700 directory). The build id (version + hash of the source) and the config's hash
-  are recorded on the node, so deploying the same thing again does nothing.
+  0600, in a 0700 directory). When the cluster has keys (``grid keys init``), carry the node
+  its own secret and the public keys (``KeyDir.node_bundle``) into ``<deploy dir>/keys`` (0700,
+  secrets 0600, nothing else there), and point the node's copy of the cluster file at them
+  (``mesh.keys_dir``). The build id (version + hash of the source) and the hashes of the config
+  and of the keys are recorded on the node, so deploying the same thing again does nothing.
 - ``remote``: start / stop / status / logs through ``python -m mesh.nodes.nodectl`` on the node, which
   reuses the local process handling (``mesh/nodes/local.py``) and answers with one JSON line.
 
@@ -44,6 +47,7 @@ import yaml
 from mesh import __version__
 from mesh.config import ClusterConfig, NodeConfig
 from mesh.errors import DeployError, MeshError, require
+from mesh.security.keys import KeyDir, keys_dir
 
 SSH_TIMEOUT_S = 10.0
 
@@ -179,8 +183,21 @@ def build_wheel(out_dir: Path) -> Path:
     return final
 
 
-def config_text(cfg: ClusterConfig) -> str:
-    return yaml.safe_dump(cfg.raw, sort_keys=False)
+def config_text(cfg: ClusterConfig, keys_at: str | None = None) -> str:
+    """The cluster file as a node gets it; with ``keys_at``, its ``mesh.keys_dir`` names that
+    directory on the node (the master's own keys directory means nothing there)."""
+    raw = cfg.raw
+    if keys_at is not None:
+        raw = {**raw, "mesh": {**(raw.get("mesh") or {}), "keys_dir": keys_at}}
+    return yaml.safe_dump(raw, sort_keys=False)
+
+
+def bundle_hash(bundle: dict[str, bytes]) -> str:
+    digest = hashlib.sha256()
+    for rel in sorted(bundle):
+        digest.update(f"{rel}\0{len(bundle[rel])}\0".encode())
+        digest.update(bundle[rel])
+    return digest.hexdigest()
 
 
 # --- deploy -------------------------------------------------------------------------------------
@@ -205,11 +222,38 @@ def _read_remote(c, path: str) -> str:
     return r.stdout.strip() if r.ok else ""
 
 
+KEY_DIRS = ("agents", "clients")  # what a node's keys directory holds (mesh/security/keys.py)
+
+
+def _put_keys(c, base: str, bundle: dict[str, bytes]) -> None:
+    """Make ``<base>/keys`` hold exactly ``bundle``. The files are staged in ``keys.new``
+    (0700 before anything is in it), then each is moved into place, so an agent reloading its
+    keys never reads half a file; then whatever else was in ``keys`` is removed."""
+    q = shlex.quote
+    keys, staged = f"{base}/keys", f"{base}/keys.new"
+    dirs = [f"{top}/{sub}" for top in (keys, staged) for sub in KEY_DIRS]
+    c.run(f"umask 077 && rm -rf {q(staged)} && mkdir -p {' '.join(q(d) for d in dirs)} && "
+          f"chmod 700 {q(keys)} {q(staged)} {' '.join(q(d) for d in dirs)}", hide=True)
+    for rel, content in bundle.items():
+        c.put(io.BytesIO(content), f"{staged}/{rel}")
+    secrets = [q(f"{staged}/{rel}") for rel in bundle if rel.endswith(".key_secret")]
+    publics = [q(f"{staged}/{rel}") for rel in bundle if not rel.endswith(".key_secret")]
+    c.run(f"chmod 600 {' '.join(secrets)} && chmod 644 {' '.join(publics)}", hide=True)
+    c.run(" && ".join(f"mv -f {q(f'{staged}/{rel}')} {q(f'{keys}/{rel}')}" for rel in bundle),
+          hide=True)
+    found = c.run(f"cd {q(keys)} && find . -mindepth 1 -print0", hide=True).stdout
+    keep = set(bundle) | set(KEY_DIRS)
+    extra = [p[2:] for p in found.split("\0") if p.startswith("./") and p[2:] not in keep]
+    c.run(f"cd {q(keys)} && rm -rf -- {' '.join(q(p) for p in extra)} {q(staged)}", hide=True)
+
+
 def deploy_node(cfg: ClusterConfig, node: NodeConfig, wheel: Callable[[], Path], bid: str,
-                wheelhouse: Path | None) -> NodeResult:
+                wheelhouse: Path | None, keys: KeyDir | None = None) -> NodeResult:
     base = node_dir(cfg, node)
     q = shlex.quote
-    text = config_text(cfg)
+    bundle = keys.node_bundle(node.name) if keys is not None else None
+    keys_hash = bundle_hash(bundle) if bundle is not None else ""
+    text = config_text(cfg, f"{base}/keys" if bundle is not None else None)
     config_hash = hashlib.sha256(text.encode()).hexdigest()
     with connect(node) as c:
         c.run("true", hide=True)  # connect and authenticate first: clear errors
@@ -218,7 +262,8 @@ def deploy_node(cfg: ClusterConfig, node: NodeConfig, wheel: Callable[[], Path],
         has_venv = c.run(f"test -x {q(base)}/venv/bin/python", hide=True, warn=True).ok
         same_code = installed == bid and has_venv
         same_config = _read_remote(c, f"{base}/cluster.yaml.sha256") == config_hash
-        if same_code and same_config:
+        same_keys = bundle is None or _read_remote(c, f"{base}/keys.sha256") == keys_hash
+        if same_code and same_config and same_keys:
             return NodeResult(node.name, True, f"up to date ({bid}), nothing to do",
                               {"changed": False, "build": bid})
         c.run(f"umask 077 && mkdir -p {q(base)}/wheels {q(base)}/state && chmod 700 {q(base)}",
@@ -241,9 +286,14 @@ def deploy_node(cfg: ClusterConfig, node: NodeConfig, wheel: Callable[[], Path],
         c.put(io.BytesIO(text.encode()), f"{base}/cluster.yaml")
         c.run(f"chmod 600 {q(base)}/cluster.yaml", hide=True)
         c.put(io.BytesIO(config_hash.encode()), f"{base}/cluster.yaml.sha256")
+        if bundle is not None and not same_keys:
+            _put_keys(c, base, bundle)
+            c.put(io.BytesIO(keys_hash.encode()), f"{base}/keys.sha256")
         what = f"installed {bid}" if not same_code else "config updated"
         if wheelhouse is not None and not same_code:
             what += " from the wheelhouse (no package index)"
+        if bundle is not None and not same_keys:
+            what += ", keys carried"
         return NodeResult(node.name, True, f"{what} in {base}", {"changed": True, "build": bid})
 
 
@@ -264,7 +314,9 @@ def deploy(cfg: ClusterConfig, nodes: list[NodeConfig], wheelhouse: str | None =
         with lock:
             return build_wheel(wheels_dir)
 
-    return for_each(nodes, lambda n: deploy_node(cfg, n, wheel, bid, house))
+    keys = KeyDir(keys_dir(cfg))
+    keyed = keys if keys.exists() else None
+    return for_each(nodes, lambda n: deploy_node(cfg, n, wheel, bid, house, keyed))
 
 
 # --- start / stop / status / logs ---------------------------------------------------------------

@@ -7,7 +7,9 @@ It runs with the node's deployed virtual environment (``DIR/venv``), reads the c
 master wrote there (``DIR/cluster.yaml``), keeps pid and log files in ``DIR/state``, and prints
 exactly one JSON line: ``{"ok": bool, "message": str, ...}``. Starting and stopping reuse
 ``mesh/nodes/local.py`` (a detached process, graceful stop that only signals our own agent); with
-``--systemd`` the agent runs as a systemd unit instead.
+``--systemd`` the agent runs as a systemd unit instead. When the master carried cluster keys
+(``DIR/keys``, see ``mesh/nodes/deploy.py``) the agent uses them: the unit passes ``--keys
+DIR/keys``, and a detached agent finds them through ``mesh.keys_dir`` of ``DIR/cluster.yaml``.
 
 Not here: SSH, deployment and rendering (``mesh/nodes/deploy.py``, ``mesh/cli/``).
 """
@@ -39,6 +41,13 @@ def _agent(base: Path, node: str) -> tuple[ClusterConfig, local.LocalAgent]:
     return cfg, local.LocalAgent(cfg.node(node), state / f"{node}.pid", state / f"{node}.log")
 
 
+def agent_args(base: Path) -> list[str]:
+    """What the agent is told besides its config and node: where its keys are, when the master
+    carried some."""
+    keys = base / "keys"
+    return ["--keys", str(keys)] if keys.is_dir() else []
+
+
 def _unit_name(node: str) -> str:
     return f"mesh-agent-{node}.service"
 
@@ -60,6 +69,8 @@ def start(base: Path, node: str, insecure: bool, systemd: bool) -> dict:
     cfg, agent = _agent(base, node)
     if systemd:
         return _start_systemd(base, cfg, agent, insecure)
+    # local.start builds the agent's command itself (config and node only): the agent finds
+    # DIR/keys through the cluster file, whose mesh.keys_dir deploy points there.
     outcome = local.start(cfg, [agent], insecure=insecure, config_path=str(base / "cluster.yaml"))[0]
     return {"ok": outcome.ok, "message": outcome.message, "pid": outcome.pid}
 
@@ -69,7 +80,7 @@ def _start_systemd(base: Path, cfg: ClusterConfig, agent: local.LocalAgent, inse
     if not _has_systemd():
         return {"ok": False, "message": "this node has no running systemd; start without --systemd"}
     exe = [sys.executable, "-m", "agents.main", "--config", str(base / "cluster.yaml"),
-           "--node", node] + (["--insecure"] if insecure else [])
+           "--node", node] + agent_args(base) + (["--insecure"] if insecure else [])
     unit = (
         "[Unit]\nDescription=memory mesh agent " + node + "\nAfter=network-online.target\n\n"
         "[Service]\nExecStart=" + " ".join(exe) + "\nRestart=on-failure\n"

@@ -10,12 +10,14 @@ import contextlib
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import time
 
 import msgpack
 import psutil
+import pytest
 import zmq
 
 from mesh import protocol as P
@@ -60,37 +62,45 @@ def _used(client: MeshClient, node: str) -> int:
 
 def test_a_planted_pull_never_takes_a_fresh_blocks_id(tmp_path):
     """PULLs naming the ids this agent will hand out next must not make the next allocation
-    share an entry with them: the victim's block survives the planted copies being dropped, and
-    ``used`` stays the sum of the real blocks. A PULL naming an existing block is refused."""
-    with running_mesh(tmp_path, n=1) as mesh, mesh.client() as c:
-        node1 = mesh.node("node1").address
-        first = c.allocate(4 * KiB)
+    share an entry with them: the victim's block survives the planted pulls failing, and
+    ``used`` stays the sum of the real blocks. A PULL from an address that is not an agent of
+    the mesh is refused before anything is made (old code: the agent connected out to it), and
+    a PULL naming an existing block is refused."""
+    with running_mesh(tmp_path, n=2) as mesh, mesh.client() as c:
+        node1, node2 = mesh.node("node1").address, mesh.node("node2").address
+        first = c.allocate(4 * KiB, node="node1")
         _, counter, node, tag = first.split("_")
         planted = [f"block_{int(counter) + i}_{node}_{tag}" for i in range(1, 4)]
-        source = _fake_endpoint()
-        with _socket(zmq.ROUTER, bind=source) as fake, \
-                _socket(zmq.DEALER, connect=node1) as planter:
-            for i, block_id in enumerate(planted):
-                planter.send(_raw_request(P.PULL, 100 + i, {
-                    "block": block_id, "source": source, "size": 16 * KiB, "created": 0.0,
+        stranger = _fake_endpoint()
+        with _socket(zmq.ROUTER, bind=stranger, rcvtimeo_ms=500) as fake:
+            for block_id in planted:
+                refused = P.parse_reply(_call(node1, P.PULL, {
+                    "block": block_id, "source": stranger, "size": 16 * KiB, "created": 0.0,
                     "lazy": True}))
-            reads = {}  # the planted pulls are under way once their READs reach the fake source
-            while len(reads) < len(planted):
-                identity, *frames = fake.recv_multipart()
-                req = P.parse_request(frames)
-                reads.setdefault(req.fields["block"], (identity, req))
-            victim = c.allocate(MiB)
-            data = os.urandom(MiB)
-            c.write(victim, data)
-            assert victim not in planted
-            refused = P.parse_reply(_call(node1, P.PULL, {
-                "block": victim, "source": source, "size": MiB, "created": 0.0, "lazy": True}))
-            assert not refused.ok and "already exists" in refused.body["message"]
-            for identity, req in reads.values():  # the fake source fails every planted pull
-                fake.send_multipart([identity, P.encode_error(P.READ, req.request_id,
-                                                              "not_found", "gone")])
-            answers = [P.parse_reply(planter.recv_multipart()) for _ in planted]
-            assert not any(a.ok for a in answers)
+                assert not refused.ok and "not the address of an agent" in refused.body["message"]
+            with pytest.raises(zmq.Again):
+                fake.recv_multipart()  # the agent never connected to the stranger
+        # pulls from a real peer, held up (the peer is paused) while the victim is allocated
+        mesh.kill("node2", signal.SIGSTOP)
+        try:
+            with _socket(zmq.DEALER, connect=node1, rcvtimeo_ms=30_000) as planter:
+                for i, block_id in enumerate(planted):
+                    planter.send(_raw_request(P.PULL, 100 + i, {
+                        "block": block_id, "source": node2, "size": 16 * KiB, "created": 0.0,
+                        "lazy": True}))
+                time.sleep(0.5)  # the pulls are under way (nothing below depends on how far)
+                victim = c.allocate(MiB, node="node1")
+                data = os.urandom(MiB)
+                c.write(victim, data)
+                assert victim not in planted
+                mesh.kill("node2", signal.SIGCONT)
+                answers = [P.parse_reply(planter.recv_multipart()) for _ in planted]
+                assert not any(a.ok for a in answers)  # node2 has no such blocks
+        finally:
+            mesh.kill("node2", signal.SIGCONT)
+        refused = P.parse_reply(_call(node1, P.PULL, {
+            "block": victim, "source": node2, "size": MiB, "created": 0.0, "lazy": True}))
+        assert not refused.ok and "already exists" in refused.body["message"]
         assert c.read(victim) == data
         assert sorted(b.block_id for b in c.blocks()) == sorted([first, victim])
         assert _used(c, "node1") == MiB + 4 * KiB
@@ -105,21 +115,24 @@ def _call(address: str, op: str, fields: dict, timeout_ms: int = 5000) -> list[b
 
 
 def test_a_move_to_a_target_that_never_answers_gives_the_block_back(tmp_path):
-    """A target that takes the PULL and then says nothing, with the MOVE's timeout_s at an
-    hour: the source sees no READ of the block and no reply, gives up after its stall bound
-    and the block takes writes and frees again."""
-    with running_mesh(tmp_path, n=1) as mesh, mesh.client() as c:
+    """A target that takes the PULL and then says nothing (a member paused with SIGSTOP), with
+    the MOVE's timeout_s at an hour: the source gives up (stall bound, or the target's heartbeat
+    going dead) and the block takes writes and frees again. A target that is not an agent of
+    the mesh is refused at once (old code: the agent connected out to any address)."""
+    with running_mesh(tmp_path, n=2) as mesh, mesh.client() as c:
         node1 = mesh.node("node1").address
-        block = c.allocate(MiB)
+        block = c.allocate(MiB, node="node1")
         c.write(block, b"x" * MiB)
-        target = _fake_endpoint()
-        with _socket(zmq.ROUTER, bind=target, rcvtimeo_ms=10_000) as silent:
-            with _socket(zmq.DEALER, connect=node1, rcvtimeo_ms=45_000) as master:
-                master.send(_raw_request(P.MOVE, 1, {"block": block, "target": target,
-                                                     "timeout_s": 3600.0}))
-                identity, *frames = silent.recv_multipart()  # the PULL, never answered
-                assert P.parse_request(frames).op == P.PULL
-                reply = P.parse_reply(master.recv_multipart())  # zmq.Again on the old code
+        stranger = P.parse_reply(_call(node1, P.MOVE, {
+            "block": block, "target": _fake_endpoint(), "timeout_s": 3600.0}))
+        assert not stranger.ok and "not the address of an agent" in stranger.body["message"]
+        mesh.kill("node2", signal.SIGSTOP)
+        try:
+            reply = P.parse_reply(_call(node1, P.MOVE, {
+                "block": block, "target": mesh.node("node2").address, "timeout_s": 3600.0},
+                timeout_ms=45_000))  # zmq.Again on the old code
+        finally:
+            mesh.kill("node2", signal.SIGCONT)
         assert not reply.ok and reply.body["code"] == "move_failed"
         c.write(block, b"y", offset=0)
         assert c.read(block, 2) == b"yx"

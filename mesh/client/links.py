@@ -1,0 +1,82 @@
+"""A client's links, one per agent address (``mesh/security/link.py``: plain, or sealed after a
+CURVE handshake), and the public keys it knows agents by.
+
+An agent's key comes from the client's key file (``agent.<node>`` lines, or the keys directory
+on the master), and then from NODES replies of agents already authenticated: an agent we trust
+tells us how to recognise its peers (``mesh/membership.py``: ``NodeInfo.key``). A client never
+takes a key from anyone it has not authenticated, so a forged heartbeat or a fake endpoint
+cannot make it talk to an impostor.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import zmq
+
+from mesh import sockets
+from mesh.client.batch import Op
+from mesh.config import MeshSettings
+from mesh.errors import AuthenticationError
+from mesh.security import link as links
+
+
+class Links:
+    def __init__(self, ctx: zmq.Context, settings: MeshSettings, key: Any):
+        self.ctx = ctx
+        self.settings = settings
+        self.key = key  # a ClientKey (mesh/security/keys.py), or None: plain links
+        self.live: dict[str, links.Link] = {}
+        # agent address -> its public key
+        self.server_keys: dict[str, bytes] = {
+            address: public for address, public in (key.agents.values() if key else ())}
+        self.refused_replies = 0  # sealed replies that did not open (dropped)
+        self.before_close: Callable[[zmq.Socket], None] | None = None
+
+    def learn(self, rec: dict[str, Any]) -> None:
+        """A node record from an authenticated agent's NODES reply: remember its key."""
+        if self.key is not None and isinstance(rec.get("key"), bytes):
+            self.server_keys[rec["address"]] = rec["key"]
+
+    def get(self, address: str, node: str | None) -> Op:
+        found = self.live.get(address)
+        if found is not None and not found.stale(time.monotonic()):
+            return found
+        self.drop(address)
+        hwm = max(64, 4 * self.settings.window)
+        if self.key is None:
+            made: links.Link = links.PlainLink(sockets.dealer(
+                self.ctx, address, hwm=hwm, max_message_bytes=self.settings.max_message_bytes))
+        else:
+            server_key = self.server_keys.get(address)
+            if server_key is None and node is not None and node in self.key.agents:
+                server_key = self.key.agents[node][1]
+            if server_key is None:
+                raise AuthenticationError(
+                    f"no public key is known for the agent at {address}"
+                    + (f" (node {node})" if node else "")
+                    + f": key {self.key.name!r} lists no such agent; issue a new key "
+                    "(`grid keys add`) or connect through an agent it lists", node=node)
+            made = yield from links.handshake(
+                self.ctx, address, server_key=server_key, public=self.key.public,
+                secret=self.key.secret, key_name=self.key.name,
+                timeout_s=self.settings.connect_timeout_s, hwm=hwm,
+                max_message_bytes=self.settings.max_message_bytes, close=self.close_socket,
+                node=node)
+        self.live[address] = made
+        return made
+
+    def close_socket(self, sock: zmq.Socket) -> None:
+        if self.before_close is not None:
+            self.before_close(sock)
+        sock.close(0)
+
+    def drop(self, address: str) -> None:
+        found = self.live.pop(address, None)
+        if found is not None:
+            self.close_socket(found.sock)
+
+    def close(self) -> None:
+        for address in list(self.live):
+            self.drop(address)
