@@ -440,10 +440,12 @@ def load_client_key(path: str | os.PathLike) -> ClientKey:
 
 def find_client_key(explicit: str | os.PathLike | None, cfg: ClusterConfig) -> ClientKey | None:
     """The key to authenticate with, first found of: ``explicit``, ``$GRID_KEY``, the master's
-    admin key (``clients/admin.key_secret`` of ``keys_dir(cfg)``); None when there is none.
+    admin key (``clients/admin.key_secret`` of ``keys_dir(cfg)``), and on a node (whose keys
+    directory holds one secret: its agent's, see ``node_bundle``) that agent's key, for the
+    tools that run there (``mesh/nodes/nodectl.py``); None when there is none.
 
-    For the admin key, the agents are those of the keys directory at the addresses of ``cfg``
-    (the cluster file may have moved them since the key was made)."""
+    For the keys found in the keys directory, the agents are those of that directory at the
+    addresses of ``cfg`` (the cluster file may have moved them since the key was made)."""
     if explicit:
         return load_client_key(explicit)
     from_env = os.environ.get(ENV_VAR, "").strip()
@@ -454,9 +456,11 @@ def find_client_key(explicit: str | os.PathLike | None, cfg: ClusterConfig) -> C
     kd = KeyDir(keys_dir(cfg))
     default = kd._file(CLIENTS, DEFAULT_CLIENT, SECRET_SUFFIX)
     if not default.exists():
-        return None
+        own = sorted((kd.path / AGENTS).glob(f"*{SECRET_SUFFIX}"))
+        if len(own) != 1:  # none, or the master's directory without its admin key
+            return None
+        default = own[0]
     key = load_client_key(default)
     public = kd.agent_public()
     agents = {n.name: (n.data_address, public[n.name]) for n in cfg.nodes if n.name in public}
     return ClientKey(key.name, key.role, key.public, key.secret, key.path, agents)
-

@@ -7,6 +7,7 @@ installed into a fresh virtual environment per host from a wheel built from this
 from __future__ import annotations
 
 import json
+import stat
 import subprocess
 import sys
 import time
@@ -201,6 +202,61 @@ def test_memory_stats_says_why_a_node_is_down(cluster):
         assert "no agent has heard from it" in rows["host2"]["reason"]
     finally:
         grid("agents", "stop", "-c", str(cfg), "--node", "host1", env=env)
+
+
+def test_deploy_carries_each_node_its_own_secret_and_the_public_keys(cluster):
+    hosts, _, env, tmp = cluster
+    master_keys = tmp / "cluster-keys"  # not tmp/keys: the sshd fixture keeps its keys there
+    nodes = [node_entry(h, h.workdir / "keyed") for h in hosts.hosts[:2]]
+    cfg = tmp / "keyed.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "name": "ssh-keyed", "nodes": nodes,
+        "mesh": {"host_reserve_bytes": "256MiB", "keys_dir": str(master_keys)}}))
+    for args in (["init"], ["add", "reader1", "--role", "reader"]):
+        r = grid("keys", *args, "-c", str(cfg), env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    def node_files(base: Path) -> dict[str, int]:
+        return {str(p.relative_to(base)): p.stat().st_mode & 0o777 for p in base.rglob("*")}
+
+    def check(publics: set[str]) -> None:
+        for h in hosts.hosts[:2]:
+            base = h.workdir / "keyed"
+            keys = base / "keys"
+            wanted = {"agents": 0o700, "clients": 0o700, f"agents/{h.name}.key_secret": 0o600,
+                      **{p: 0o644 for p in publics}}
+            assert node_files(keys) == wanted, h.name
+            assert stat.S_IMODE(keys.stat().st_mode) == 0o700
+            for rel in wanted:
+                if rel.endswith((".key", ".key_secret")):
+                    assert (keys / rel).read_bytes() == (master_keys / rel).read_bytes(), rel
+            assert not (base / "keys.new").exists()
+            on_node = yaml.safe_load((base / "cluster.yaml").read_text())
+            assert on_node["mesh"]["keys_dir"] == str(keys)
+            # nodectl starts the agent with --keys DIR/keys (run with the node's own install)
+            told = subprocess.run(
+                [str(base / "venv" / "bin" / "python"), "-c",
+                 "import sys; from pathlib import Path; from mesh.nodes.nodectl import agent_args;"
+                 "print(agent_args(Path(sys.argv[1])))", str(base)],
+                capture_output=True, text=True, timeout=60)
+            assert told.stdout.strip() == str(["--keys", str(keys)]), told.stderr
+
+    agents_public = {"agents/host1.key", "agents/host2.key"}
+    r = grid("agents", "deploy", "-c", str(cfg), env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("keys carried") == 2
+    check(agents_public | {"clients/admin.key", "clients/reader1.key"})
+
+    r = grid("agents", "deploy", "-c", str(cfg), env=env)
+    assert r.returncode == 0 and r.stdout.count("up to date") == 2, r.stdout + r.stderr
+
+    # a revoked key leaves the nodes with the next deploy; so does anything else found there
+    assert grid("keys", "revoke", "reader1", "-c", str(cfg), env=env).returncode == 0
+    (hosts.hosts[0].workdir / "keyed" / "keys" / "stray").write_text("not a key")
+    r = grid("agents", "deploy", "-c", str(cfg), env=env)
+    assert r.returncode == 0 and r.stdout.count("keys carried") == 2, r.stdout + r.stderr
+    assert "installed" not in r.stdout
+    check(agents_public | {"clients/admin.key"})
 
 
 # --- without the deploy extra -------------------------------------------------------------------

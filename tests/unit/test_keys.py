@@ -349,6 +349,22 @@ def test_find_client_key_order_explicit_then_env_then_default(cfg, kd, tmp_path,
         find_client_key(None, cfg)
 
 
+def test_on_a_node_the_key_found_is_its_agent_key(cfg, kd, tmp_path, monkeypatch):
+    monkeypatch.delenv("GRID_KEY", raising=False)
+    node_dir = tmp_path / "node-keys"
+    for rel, content in kd.node_bundle("n3").items():
+        (node_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (node_dir / rel).write_bytes(content)
+    on_node = cluster(tmp_path, keys_dir=str(node_dir))
+    key = find_client_key(None, on_node)
+    assert (key.name, key.role) == ("n3", "agent")
+    assert (key.public, key.secret) == kd.agent_key("n3")
+    assert key.agents == {n.name: (n.data_address, kd.agent_public()[n.name]) for n in cfg.nodes}
+    # the master's directory without its admin key holds every agent's secret: none is picked
+    (kd.path / "clients" / "admin.key_secret").unlink()
+    assert find_client_key(None, cfg) is None
+
+
 def test_find_client_key_without_keys_is_none(cfg, monkeypatch):
     monkeypatch.delenv("GRID_KEY", raising=False)
     assert find_client_key(None, cfg) is None
