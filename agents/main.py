@@ -1,7 +1,7 @@
 """``mesh-agent``: start one agent for one node of a cluster file.
 
-    mesh-agent [--config FILE] --node NAME [--keys DIR] [--sealed-port PORT] [--insecure]
-               [--log-level LEVEL]
+    mesh-agent [--config FILE] --node NAME [--keys DIR] [--sealed-port PORT] [--advertise HOST]
+               [--insecure] [--log-level LEVEL]
 
 The node's ``mesh_host`` (default its ``host``) and ``mesh_port`` say where it binds; its peers'
 gossip addresses come from the same file. With cluster keys (``--keys DIR``, default the
@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                         "`grid keys init` made, if any)")
     parser.add_argument("--sealed-port", type=int, default=0,
                         help="port of sealed sessions on a keyed agent (default: any free port)")
+    parser.add_argument("--advertise", help="the host peers and clients are told to reach this "
+                        "agent at (default: its mesh_host; for NAT, proxies)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -99,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             keys.agent_key(node.name)  # a clear error now if this node has none
             settings.keys = keys
         settings.sealed_port = args.sealed_port
+        if args.advertise:
+            settings.advertised_host = args.advertise
         settings.insecure = bool(args.insecure or cfg.mesh.insecure) and settings.keys is None
     except ConfigError as exc:
         print(f"mesh-agent: {exc}", file=sys.stderr)

@@ -129,7 +129,7 @@ class Agent:
         self.gossip = Gossip(self.ctx, settings.node, self.gossip_address, self.members,
                              self.access, settings.dead_after_s)
         self.sealed: zmq.Socket | None = None
-        self.sealed_endpoint = ""
+        self.sealed_port = 0  # a client reaches it at the host it reached the data port at
         self._populator = ThreadPoolExecutor(max_workers=1, thread_name_prefix="populate")
         self._pending: dict[Future, _PendingAlloc] = {}
         self._stopping = False
@@ -183,7 +183,7 @@ class Agent:
                 rcvhwm=s.rcvhwm,
                 max_message_bytes=s.max_message_bytes + links.SEALED_OVERHEAD_BYTES)
             port = self.sealed.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1]
-            self.sealed_endpoint = f"tcp://{s.advertised_host}:{port}"
+            self.sealed_port = int(port)
             listeners.append((self.sealed, f"tcp://{s.bind_ip}:{port}", "sealed"))
         # accepted connections stay below the descriptor limit (agents/limits.py)
         self.guard = ConnectionGuard(self.ctx, listeners, connection_cap(
@@ -383,8 +383,13 @@ class Agent:
             incarnation=self.incarnation, version=self.s.version, state=ALIVE, age_s=0.0,
             capacity=self.store.capacity_for(mem), used=self.store.used,
             room=self.store.room(mem), host_available=int(mem.available),
-            host_total=int(mem.total), blocks=len(self.store),
+            host_total=int(mem.total), blocks=len(self.store), security=self._security(),
         ).record()
+
+    def _security(self) -> str:
+        if self.access.keyed:
+            return "keyed"
+        return "insecure" if self.s.insecure else "loopback"
 
     def _beat(self, now: float) -> None:
         rec = self.self_record()
@@ -524,7 +529,7 @@ class Agent:
         rec["connection_unbinds"] = self.guard.unbinds
         rec["late_requests"] = self.late_requests
         a = self.access
-        rec["security"] = "keyed" if a.keyed else ("insecure" if self.s.insecure else "loopback")
+        rec["sealed_port"] = self.sealed_port
         rec["auth"] = {"rejected_handshakes": a.rejected_handshakes,
                        "refused_requests": a.refused_requests, "refused_sealed": a.refused_sealed,
                        "sessions": len(a.sessions), "gossip_heard": self.gossip.heard,
@@ -545,7 +550,7 @@ class Agent:
             raise InvalidRequest("SESSION is asked over CURVE, on a keyed agent's data port")
         session_id, key = self.access.new_session(req.caller)
         self._reply(identity, req, {"node": self.s.node, "session": session_id, "key": key,
-                                    "endpoint": self.sealed_endpoint})
+                                    "port": self.sealed_port})
 
     def _trust(self, identity: bytes, req: P.Request) -> None:
         count = self.access.trust(req.fields["entries"])

@@ -121,6 +121,9 @@ class NodeInfo:
     # its public key (z85), in NODES replies of a keyed cluster: how a client that learns of a
     # node from an agent it has authenticated can shake hands with it (mesh/security/link.py)
     key: bytes | None = None
+    # "keyed" (authenticated, sealed), "loopback" (no keys, loopback only), "insecure" (no keys,
+    # bound beyond loopback on purpose); "" from agents older than the field
+    security: str = ""
 
     @property
     def alive(self) -> bool:
@@ -145,6 +148,7 @@ class NodeInfo:
             host_total=int(rec.get("host_total") or 0),
             gossip=str(rec.get("gossip", "")),
             key=rec.get("key") if isinstance(rec.get("key"), bytes) else None,
+            security=str(rec.get("security") or ""),
         )
 
     def record(self) -> dict[str, Any]:
@@ -161,6 +165,7 @@ class NodeInfo:
             "host_available": self.host_available,
             "host_total": self.host_total,
             "blocks": self.blocks,
+            "security": self.security,
         }
 
 

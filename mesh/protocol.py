@@ -33,7 +33,8 @@ A keyed cluster (``agents/access.py``, ``mesh/security/``): a client shakes hand
 the data port and then sends everything, sealed, to the session's endpoint::
 
     SESSION {}                  (CURVE only)  -> {node, session (8 bytes), key (32 bytes),
-                                                  endpoint: the sealed ROUTER's address}
+                                                  port: the sealed ROUTER's, on the host the
+                                                  client reached the data port at}
     TRUST   {entries: [{name, role, public, kind}, ...]}   (admin) -> {node, keys}: the new
                                                   allow-list; revoked keys are refused at once
 
@@ -92,7 +93,8 @@ parsed gets an ERROR reply with ``request_id`` 0 and op "?" when the agent can s
 Gossip plane (agent PUB -> peer SUB), one message of two frames::
 
     [b"hb", msgpack {node, address, gossip, incarnation, version, capacity, used,
-                     host_available, host_total, blocks, peers: [{...same fields..., age_s}, ...]}]
+                     host_available, host_total, blocks, security,
+                     peers: [{...same fields..., age_s}, ...]}]
 
 What this module does not do: sockets, timers, block memory. The agent (``agents/``) and the
 client (``mesh/client/drivers.py``) drive sockets and call these functions; ``mesh/errors.py`` maps error

@@ -163,7 +163,7 @@ class Agents:
     settings to the cluster file's ``mesh:`` section."""
 
     def __init__(self, size: int, chunk: int, window: int, tmp: Path, n: int = 1,
-                 root: Path = ROOT, mesh: dict | None = None):
+                 root: Path = ROOT, mesh: dict | None = None, keyed: bool = False):
         hosts = [f"127.0.0.{i + 1}" for i in range(n)]
         ports = [_free_port(h) for h in hosts]
         self.port = ports[0]
@@ -174,10 +174,15 @@ class Agents:
                        "memory_gb": size / 1024**3 + 0.25}
                       for i, (h, p) in enumerate(zip(hosts, ports))],
             "mesh": {"chunk_bytes": chunk, "window": window, "host_reserve_bytes": "512MiB",
-                     "request_timeout_s": 60, **(mesh or {})},
+                     "request_timeout_s": 60, "keys_dir": str(tmp / "keys"), **(mesh or {})},
         }
         self.config = tmp / "bench.yaml"
         self.config.write_text(yaml.safe_dump(cfg))
+        if keyed:  # `grid keys init`: the agents run authenticated, the client uses the admin key
+            from mesh.config import load_cluster_config
+            from mesh.security.keys import KeyDir
+
+            KeyDir(tmp / "keys").init(load_cluster_config(self.config))
         self.log = open(tmp / "agent.log", "wb")
         self.procs = [subprocess.Popen(
             [sys.executable, "-m", "agents.main", "--config", str(self.config),
@@ -224,13 +229,18 @@ def transfer(args: argparse.Namespace) -> dict:
     data = _warm(size, fill=True)
     out = _warm(size, fill=False)
     dv = memoryview(data)
-    with tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp:
+    secure = getattr(args, "secure", False)
+    with tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp, \
+            tempfile.TemporaryDirectory(prefix="mesh-bench-keyed-") as ktmp:
         agent = Agents(size, chunk, args.window, Path(tmp))
+        keyed = Agents(size, chunk, args.window, Path(ktmp), keyed=True) if secure else None
         baseline = Baseline(size, runs)
         try:
             client = agent.client()
             block = client.allocate(size)
-            w, r, b = [], [], []
+            kclient = keyed.client() if keyed else None
+            kblock = kclient.allocate(size) if kclient else None
+            w, r, b, sw, sr = [], [], [], [], []
             for i in range(runs):
                 b.append(size / baseline.run_once(dv) / 1e9)
                 t0 = time.perf_counter()
@@ -239,14 +249,28 @@ def transfer(args: argparse.Namespace) -> dict:
                 t0 = time.perf_counter()
                 client.read_into(block, out)
                 r.append(size / (time.perf_counter() - t0) / 1e9)
+                line = f"run {i + 1}: baseline {b[-1]:.2f}  write {w[-1]:.2f}  read {r[-1]:.2f}"
+                if kclient is not None:
+                    t0 = time.perf_counter()
+                    kclient.write(kblock, dv)
+                    sw.append(size / (time.perf_counter() - t0) / 1e9)
+                    t0 = time.perf_counter()
+                    kclient.read_into(kblock, out)
+                    sr.append(size / (time.perf_counter() - t0) / 1e9)
+                    line += f"  secure write {sw[-1]:.2f}  secure read {sr[-1]:.2f}"
                 if not args.json:
-                    print(f"run {i + 1}: baseline {b[-1]:.2f}  write {w[-1]:.2f}  read {r[-1]:.2f} GB/s")
+                    print(line + " GB/s")
             same = out == data
             client.free(block)
             client.close()
+            if kclient is not None:
+                kclient.free(kblock)
+                kclient.close()
         finally:
             baseline.close()
             agent.close()
+            if keyed is not None:
+                keyed.close()
     result = {
         "bench": "transfer",
         "size_bytes": size,
@@ -260,6 +284,11 @@ def transfer(args: argparse.Namespace) -> dict:
     }
     result["write_ratio"] = round(result["write_gbps"] / result["baseline_gbps"], 3)
     result["read_ratio"] = round(result["read_gbps"] / result["baseline_gbps"], 3)
+    if secure:  # keys, CURVE handshake, AES-256-GCM sealed chunks; over the plaintext mesh
+        result["secure_write_gbps"] = round(statistics.median(sw), 3)
+        result["secure_read_gbps"] = round(statistics.median(sr), 3)
+        result["secure_write_ratio"] = round(result["secure_write_gbps"] / result["write_gbps"], 3)
+        result["secure_read_ratio"] = round(result["secure_read_gbps"] / result["read_gbps"], 3)
     return result
 
 
@@ -808,6 +837,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--runs", type=int, default=5)
     t.add_argument("--chunk", default="2MiB")
     t.add_argument("--window", type=int, default=8)
+    t.add_argument("--secure", action="store_true", help="also write and read the block on a "
+                   "keyed agent (authenticated, sealed) in the same runs")
     t.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     c = sub.add_parser("cli-memory", help="peak RSS of `grid memory store/retrieve` moving a file")
     c.add_argument("--size", default="2GiB")

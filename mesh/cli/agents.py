@@ -183,7 +183,8 @@ def show_status(cfg: ClusterConfig, as_json: bool = False) -> None:
     table = Table(title=f"Mesh agents of {cfg.name}")
     for col, just in [("Node", "left"), ("Address", "left"), ("State", "left"), ("PID", "right"),
                       ("Capacity", "right"), ("Used", "right"), ("Blocks", "right"),
-                      ("Host free", "right"), ("Heard", "right"), ("Note", "left")]:
+                      ("Host free", "right"), ("Heard", "right"), ("Security", "left"),
+                      ("Note", "left")]:
         table.add_column(col, justify=just)
     for r in rows:
         style = STATE_STYLE.get(r["state"], "")
@@ -192,9 +193,15 @@ def show_status(cfg: ClusterConfig, as_json: bool = False) -> None:
             str(r["pid"]) if r["pid"] else "-", _size(r["capacity"]), _size(r["used"]),
             "-" if r["blocks"] is None else str(r["blocks"]), _size(r["host_available"]),
             "-" if r["last_heard_s"] is None else f"{r['last_heard_s']:.1f}s ago",
-            r["reason"] or "",
+            _security(r["security"]), r["reason"] or "",
         )
     out.print(table)
+
+
+def _security(security: str | None) -> str:
+    if security == "insecure":
+        return "[bold red]INSECURE[/bold red]"
+    return security or "-"
 
 
 @agents.command("status")

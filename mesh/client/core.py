@@ -172,9 +172,14 @@ class Core:
                     continue
                 addresses = run.inflight_addresses()
                 live = self.links.live
-                ready = yield Wait(tuple(live[a].sock for a in addresses if a in live), wait)
+                ready = yield Wait(tuple(live[a].sock for a in addresses if a in live)
+                                   + tuple(self.links.monitors(addresses)), wait)
                 now = time.monotonic()
                 for address in addresses:
+                    refused = self.links.refused(address)
+                    if refused is not None:  # no key, and the agent has keys: fail at once
+                        run.fail_address(address, refused)
+                        continue
                     link = self.links.live.get(address)
                     if link is None or link.sock not in ready:
                         continue

@@ -193,8 +193,14 @@ class _ClientBase:
         """Pickle (protocol 5, large buffers out of band) and store ``obj``."""
         return self._run(objects.put_object(self._core, key, obj, node, replace))
 
-    def get_object(self, key: str) -> Any:
-        return self._run(objects.get_object(self._core, key))
+    def get_object(self, key: str, *, allow_pickle: bool = True) -> Any:
+        """Unpickle the object under ``key``. Unpickling runs code its writer chose: on a keyed
+        cluster only records stored under an authenticated writer key are unpickled
+        (``UnsafeObject`` otherwise); ``allow_pickle=False`` refuses every pickle. On a cluster
+        without keys, anyone who can reach an agent can write, so use keys or
+        ``allow_pickle=False`` where that matters. ``get_bytes``, ``get_array`` and
+        ``get_file`` never unpickle."""
+        return self._run(objects.get_object(self._core, key, allow_pickle))
 
     def put_array(self, key: str | None, array: Any, node: str | None = None, *,
                   replace: bool = False) -> ObjectInfo:

@@ -72,9 +72,26 @@ class Links:
             self.before_close(sock)
         sock.close(0)
 
+    def monitors(self, addresses: list[str]) -> list[zmq.Socket]:
+        """Handshake monitors of plain links to ``addresses`` not yet known to work."""
+        return [m for a in addresses
+                if (m := getattr(self.live.get(a), "monitor", None)) is not None]
+
+    def refused(self, address: str) -> AuthenticationError | None:
+        """The error if the plain link to ``address`` failed its handshake (and it is dropped)."""
+        found = self.live.get(address)
+        if found is None or found.sealed:
+            return None
+        error = found.refused(address, self.close_socket)
+        if error is not None:
+            self.drop(address)
+        return error
+
     def drop(self, address: str) -> None:
         found = self.live.pop(address, None)
         if found is not None:
+            if not found.sealed:
+                found.unwatch(self.close_socket)
             self.close_socket(found.sock)
 
     def close(self) -> None:

@@ -55,6 +55,7 @@ from mesh.errors import (
     NodeUnavailable,
     ObjectChanged,
     OutOfRange,
+    UnsafeObject,
 )
 
 # Input of unknown size (a pipe) is held in memory up to this, then spooled to a temp file.
@@ -73,12 +74,15 @@ class ObjectInfo:
     checksum: str
     owns_block: bool
     meta: dict = field(default_factory=dict, hash=False, compare=False)
+    # the key that wrote it, as its agent authenticated it (None on a cluster without keys)
+    writer: str | None = None
 
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> ObjectInfo:
         return cls(rec["key"], rec["block"] or None, int(rec["offset"]), int(rec["length"]),
                    rec["node"], float(rec["created"]), rec["content_type"], rec["checksum"],
-                   bool(rec["owns_block"]), dict(rec.get("meta") or {}))
+                   bool(rec["owns_block"]), dict(rec.get("meta") or {}),
+                   rec.get("writer") if isinstance(rec.get("writer"), str) else None)
 
 
 def _crc(views: list[memoryview]) -> str:
@@ -501,10 +505,20 @@ def put_object(core: Core, key: str | None, obj: Any, node: str | None = None,
                             "pickle", meta, _write_views(core, views)))
 
 
-def get_object(core: Core, key: str) -> Op:
+def get_object(core: Core, key: str, allow_pickle: bool = True) -> Op:
+    """Unpickling runs code chosen by whoever wrote the record, so it is done only when
+    ``allow_pickle`` and, on a keyed cluster, only for a record its agent stamped with an
+    authenticated writer (every key allowed to put is trusted as much as the caller trusts its
+    cluster's writers). On a cluster without keys, whoever can reach an agent is a writer."""
+
     def prepare(info: ObjectInfo):
         if info.content_type != "pickle":
             raise InvalidRequest(f"key {key!r} holds {info.content_type}, not a pickled object")
+        if not allow_pickle:
+            raise UnsafeObject(f"key {key!r} holds a pickled object and allow_pickle=False")
+        if core.key is not None and not info.writer:
+            raise UnsafeObject(f"key {key!r} holds a pickle that no authenticated writer "
+                               "stored: not unpickled")
         data = bytearray(info.meta["pickle_bytes"])
         buffers = [bytearray(n) for n in info.meta["buffers"]]
         return ([memoryview(b) for b in [data, *buffers]],
@@ -544,6 +558,8 @@ def get_array(core: Core, key: str) -> Op:
         if info.content_type != "ndarray":
             raise InvalidRequest(f"key {key!r} holds {info.content_type}, not a numpy array")
         dtype = np.lib.format.descr_to_dtype(_undescr(info.meta["dtype"]))
+        if dtype.hasobject:  # pointers, never bytes from the wire (put_array refuses them)
+            raise UnsafeObject(f"key {key!r} claims an array of Python objects: not read")
         order = info.meta["order"]
         out = np.empty(tuple(info.meta["shape"]), dtype=dtype, order=order)
         flat = out.reshape(-1) if order == "C" else out.ravel(order="F")

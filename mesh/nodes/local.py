@@ -26,7 +26,7 @@ from pathlib import Path
 import psutil
 
 from mesh.config import ClusterConfig, NodeConfig, embedded_default_path
-from mesh.errors import MeshError
+from mesh.errors import AuthenticationError, MeshError
 
 
 @functools.lru_cache(maxsize=1)
@@ -136,13 +136,16 @@ class Outcome:
     pid: int | None = None
 
 
-def _ping(address: str, timeout_s: float) -> bool:
+def _ping(cfg: ClusterConfig, address: str, timeout_s: float) -> bool:
+    """The agent at ``address`` answers (with this machine's key of the cluster, if any)."""
     from mesh.client import MeshClient
 
     try:
-        with MeshClient(address=address) as client:
+        with MeshClient(cfg, address=address) as client:
             client.ping(address, timeout_s)
         return True
+    except AuthenticationError:
+        return True  # it answered the handshake: up and keyed (a node holds no client key)
     except MeshError:
         return False
 
@@ -178,7 +181,7 @@ def start(cfg: ClusterConfig, agents: list[LocalAgent], insecure: bool = False,
                     name, False, f"agent exited at start (code {code}):\n{agent.log_tail()}"
                 )
                 break
-            if _ping(agent.node.data_address, 0.3):
+            if _ping(cfg, agent.node.data_address, 0.3):
                 outcomes[name] = Outcome(name, True, "started", proc.pid)
                 break
             if time.monotonic() > deadline:

@@ -64,6 +64,8 @@ class NodeStatus:
             "blocks": n.blocks if up else None,
             "host_available": n.host_available if up else None,
             "last_heard_s": round(n.age_s, 2) if up else None,
+            # keyed, loopback, or insecure (no keys, reachable beyond this machine)
+            "security": (n.security or None) if up else None,
             "version": self.version,
         }
 

@@ -9,7 +9,7 @@ by the sync or the async client, or by ``run_blocking`` in an agent's thread):
 
 1. a CURVE DEALER to the agent's data port, with the agent's public key as the server key and
    ours as the client key, watched by a socket monitor;
-2. SESSION over it; the agent answers with a session id, a 32-byte key and its sealed endpoint,
+2. SESSION over it; the agent answers with a session id, a 32-byte key and its sealed port,
    all inside CURVE (only the holder of our secret can read them; only the holder of the agent's
    secret can have written them);
 3. the CURVE socket is closed and the sealed DEALER connected.
@@ -44,10 +44,38 @@ CONTROL_BYTES = 64 * 1024  # the SESSION reply
 
 
 class PlainLink:
+    """A DEALER as it is. Until its ZMTP handshake is known to have succeeded, a monitor watches
+    it, so a client without a key that reaches a keyed agent (a mechanism mismatch) fails at
+    once (``refused``) instead of waiting out its requests."""
+
     sealed = False
 
     def __init__(self, sock: zmq.Socket):
         self.sock = sock
+        self.monitor: zmq.Socket | None = sock.get_monitor_socket(HANDSHAKE_EVENTS)
+
+    def refused(self, address: str, close: "Close") -> AuthenticationError | None:
+        """Read the monitor: the error if the handshake failed; None otherwise (and once it
+        succeeded, the monitor is closed)."""
+        while self.monitor is not None and self.monitor.poll(0):
+            event = recv_monitor_message(self.monitor, zmq.NOBLOCK)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.unwatch(close)
+                return None
+            self.unwatch(close)
+            return AuthenticationError(
+                f"{address} refused the connection: it runs with keys and this client has "
+                "none (pass key=, set GRID_KEY, or use the cluster's key file)")
+        return None
+
+    def unwatch(self, close: "Close") -> None:
+        if self.monitor is not None:
+            try:
+                self.sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            close(self.monitor)
+            self.monitor = None
 
     def send(self, frames: list[Any]) -> None:
         self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
@@ -118,12 +146,13 @@ def handshake(ctx: zmq.Context, address: str, *, server_key: bytes, public: byte
             pass
         close(monitor)
         close(curve)
-    session, key, endpoint = body.get("session"), body.get("key"), body.get("endpoint")
+    session, key, port = body.get("session"), body.get("key"), body.get("port")
     if not (isinstance(session, bytes) and len(session) == seal.SESSION_ID_BYTES
             and isinstance(key, bytes) and len(key) == seal.KEY_BYTES
-            and isinstance(endpoint, str) and endpoint.startswith("tcp://")):
+            and isinstance(port, int) and 0 < port < 65536):
         raise ProtocolError(f"{where} answered the handshake with a malformed session",
                             node=node)
+    endpoint = f"{address.rsplit(':', 1)[0]}:{port}"  # the host we reached it at
     sealed = sockets.dealer(ctx, endpoint, hwm=hwm,
                             max_message_bytes=max_message_bytes + SEALED_OVERHEAD_BYTES)
     return SealedLink(sealed, session, key)

@@ -55,7 +55,7 @@ def test_grid_help_lists_every_command_and_imports_none(tmp_path):
     done, loaded = run_grid(tmp_path, "--help")
     assert done.returncode == 0, done.stderr
     listed = [line.split()[0] for line in done.stdout.split("Commands:")[1].strip().splitlines()]
-    assert listed == ["agents", "demo", "memory", "rebalance", "resource-sharing"]
+    assert listed == ["agents", "demo", "keys", "memory", "rebalance", "resource-sharing"]
     assert "Move blocks off nodes over memory_pressure_high until" in done.stdout
     assert among(loaded, HEAVY) == []
     # no command module, no rich, no client, no cluster file (yaml)
