@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import yaml
 import zmq.auth
+from support.mesh import free_port_pair, running_mesh
 
 from mesh.client import MeshClient
 from mesh.errors import MeshError
-from support.mesh import free_port_pair, running_mesh
 
 GRID = Path(sys.executable).parent / "grid"
 
@@ -129,9 +129,9 @@ def test_revoke_tells_the_running_agents_and_they_refuse_the_key(tmp_path, env):
         assert r.returncode == 0, r.stdout + r.stderr
         assert "node node1 told" in r.stdout and "node node2 told" in r.stdout, r.stdout + r.stderr
         assert r.stderr == ""
-        with MeshClient(cfg, key=tmp_path / "keys" / "revoked" / "gone.key_secret") as client:
-            with pytest.raises(MeshError):
-                client.ping(mesh.nodes[1].address, timeout_s=1.0)
+        revoked = tmp_path / "keys" / "revoked" / "gone.key_secret"
+        with MeshClient(cfg, key=revoked) as client, pytest.raises(MeshError):
+            client.ping(mesh.nodes[1].address, timeout_s=1.0)
 
 
 @pytest.mark.parametrize("args, message", [
