@@ -23,13 +23,12 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+from mesh import protocol as P
 from mesh.cli.common import InOrder, config_option, echo_json, err, line, load, ok, out
 from mesh.config import ClusterConfig
 from mesh.errors import MeshError
 from mesh.membership import ALIVE
 from mesh.security.keys import CLIENT_ROLES, KeyDir, KeyEntry, keys_dir
-
-TRUST_OP = "trust"  # the admin-only request that replaces an agent's allow list
 
 
 @click.group(cls=InOrder)
@@ -123,7 +122,7 @@ def tell_agents(cfg: ClusterConfig, entries: list[KeyEntry]) -> dict[str, str]:
                 problems[node.name] = "its agent is not alive"
         for n in alive:
             try:
-                client._run(client._core.call(n.address, TRUST_OP, fields,
+                client._run(client._core.call(n.address, P.TRUST, fields,
                                               timeout_s=cfg.mesh.connect_timeout_s))
                 line(f"node {n.name} told")
             except MeshError as exc:
