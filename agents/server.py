@@ -357,8 +357,8 @@ class Agent:
     def _send(self, identity: bytes | Session, frames: list[Any], copy: bool = True,
               track: bool = False, sealed: bool = False) -> zmq.MessageTracker | None:
         sock = self.sealed if sealed else self.router
-        if isinstance(identity, Session):  # sealed (a copy: nothing for a write to wait on)
-            sock, copy, track = self.sealed, True, False
+        if isinstance(identity, Session):  # sealed: ciphertext, nothing for a write to wait on
+            sock, copy, track = self.sealed, False, False  # fresh ciphertext: no copy needed
             frames = identity.sealer.seal(frames[0], frames[1] if len(frames) > 1 else None)
             identity = identity.identity
         try:

@@ -309,7 +309,7 @@ def parse_request(frames: Sequence[Any]) -> Request:
         value = fields.get(name)
         if value is None:
             raise BadRequest("bad_request", f"{op}: missing field {name!r}", op, request_id)
-        if not isinstance(value, types) or (types is _INT and isinstance(value, bool)):
+        if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
             raise BadRequest(
                 "bad_request",
                 f"{op}: field {name!r} has the wrong type ({type(value).__name__})",
@@ -381,6 +381,8 @@ def parse_reply(frames: Sequence[Any]) -> Reply:
         raise VersionMismatch(f"agent speaks protocol {version!r}, this client speaks {VERSION}")
     if not isinstance(body, dict) or status not in (OK, ERROR):
         raise ProtocolError("malformed reply body")
+    if type(request_id) is not int or not isinstance(op, str):
+        raise ProtocolError("a reply's request id must be an integer and its op a string")
     return Reply(op, request_id, status == OK, body, list(frames[1:]))
 
 

@@ -62,6 +62,7 @@ import zmq  # noqa: E402
 from mesh import protocol as P  # noqa: E402
 from mesh.errors import ERROR_CODES, MeshError  # noqa: E402
 from mesh.security import seal as S  # noqa: E402
+from mesh.security.link import parse_session  # noqa: E402
 
 MAX_DISTINCT = 5  # findings reported with their input and traceback, per target
 MAX_KEYS = 1000  # distinct findings counted, per target
@@ -579,6 +580,38 @@ register("seal_open", _seal.open, _seal.make_input, allowed=(S.SealError, S.Sess
          check=_seal.check, on_refusal=_seal.on_refusal, strategy=_seal.strategy,
          reset=_seal.reset)
 
+
+
+def session_input(gen: Gen) -> Any:
+    """A SESSION reply's body, as the client's handshake reads it (mesh/security/link.py)."""
+    body: Any = {"node": gen.text(), "session": gen.randbytes(8), "key": gen.randbytes(32),
+                 "port": gen.randrange(1, 65536)}
+    for _ in range(gen.choice((0, 1, 1, 2, 3))):
+        if not isinstance(body, dict):
+            break
+        k = gen.randrange(5)
+        if k == 0:
+            body[gen.choice(["session", "key", "port", "node"])] = gen.value(1)
+        elif k == 1:
+            body.pop(gen.choice(["session", "key", "port"]), None)
+        elif k == 2:
+            name = gen.choice(["session", "key"])
+            body[name] = gen.randbytes(gen.randrange(0, 64))
+        elif k == 3:
+            body["port"] = gen.choice([0, -1, 65536, True, 1.5, 2**70, "7700"])
+        else:
+            body = gen.value(2)
+    return body
+
+
+def check_session(body: Any, result: Any) -> str | None:
+    session, key, port = result
+    if not (len(session) == 8 and len(key) == 32 and type(port) is int and 0 < port < 65536):
+        return f"parse_session accepted {result!r}"
+    return None
+
+
+register("session_reply", parse_session, session_input, check=check_session)
 
 # --- running ------------------------------------------------------------------------------------
 

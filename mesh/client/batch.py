@@ -148,12 +148,21 @@ class BatchRun:
         else:
             call.result = reply.body
             if call.sink is not None:
-                if len(reply.payload) != 1 or P.frame_len(reply.payload[0]) != call.sink.nbytes:
+                payload = reply.payload[0] if len(reply.payload) == 1 else None
+                sealed = hasattr(payload, "open_into")  # seal.SealedPayload: still sealed
+                if payload is None or (payload.nbytes if sealed else P.frame_len(payload)) \
+                        != call.sink.nbytes:
                     call.error = ProtocolError(
                         f"read reply from {node or address} has the wrong payload size", node=node
                     )
+                elif sealed:
+                    try:
+                        payload.open_into(call.sink)  # decrypted straight into the buffer
+                    except ProtocolError as exc:
+                        exc.node = node
+                        call.error = exc
                 else:
-                    call.sink[:] = P.frame_view(reply.payload[0])
+                    call.sink[:] = P.frame_view(payload)
             if self.first_success_at is None:
                 self.first_success_at = now
         self._complete(call)

@@ -101,9 +101,11 @@ class SealedLink:
         sealed = self.sealer.seal(frames[0], frames[1] if len(frames) > 1 else None)
         self.sock.send_multipart(sealed, zmq.NOBLOCK, copy=False)
 
-    def open(self, frames: list[Any]) -> list[Any]:
-        """The reply's [header, payload?]; ``SealError`` (drop it) or ``SessionLost``."""
-        header, payload = self.opener.open(frames)
+    def open(self, frames: list[Any], lazy_payload: bool = True) -> list[Any]:
+        """The reply's [header, payload?]; ``SealError`` (drop it) or ``SessionLost``. The
+        payload stays sealed (``seal.SealedPayload``) for the client core to open straight into
+        its buffer, unless ``lazy_payload`` is False."""
+        header, payload = self.opener.open(frames, lazy_payload=lazy_payload)
         return [header] if payload is None else [header, payload]
 
     def stale(self, now: float) -> bool:
@@ -146,16 +148,24 @@ def handshake(ctx: zmq.Context, address: str, *, server_key: bytes, public: byte
             pass
         close(monitor)
         close(curve)
-    session, key, port = body.get("session"), body.get("key"), body.get("port")
-    if not (isinstance(session, bytes) and len(session) == seal.SESSION_ID_BYTES
-            and isinstance(key, bytes) and len(key) == seal.KEY_BYTES
-            and isinstance(port, int) and 0 < port < 65536):
-        raise ProtocolError(f"{where} answered the handshake with a malformed session",
-                            node=node)
+    session, key, port = parse_session(body, where, node)
     endpoint = f"{address.rsplit(':', 1)[0]}:{port}"  # the host we reached it at
     sealed = sockets.dealer(ctx, endpoint, hwm=hwm,
                             max_message_bytes=max_message_bytes + SEALED_OVERHEAD_BYTES)
     return SealedLink(sealed, session, key)
+
+
+def parse_session(body: Any, where: str = "the agent",
+                  node: str | None = None) -> tuple[bytes, bytes, int]:
+    """(session id, key, sealed port) of a SESSION reply's body; ``ProtocolError`` if it is not
+    exactly that."""
+    if isinstance(body, dict):
+        session, key, port = body.get("session"), body.get("key"), body.get("port")
+        if isinstance(session, bytes) and len(session) == seal.SESSION_ID_BYTES \
+                and isinstance(key, bytes) and len(key) == seal.KEY_BYTES \
+                and type(port) is int and 0 < port < 65536:
+            return session, key, port
+    raise ProtocolError(f"{where} answered the handshake with a malformed session", node=node)
 
 
 def _refused(event: int, where: str, key_name: str, node: str | None) -> None:
@@ -204,7 +214,8 @@ class BlockingPeer:
     def recv_multipart(self, copy: bool = True) -> list[Any]:
         while True:
             try:
-                return self.link.open(self.link.sock.recv_multipart(copy=copy))
+                return self.link.open(self.link.sock.recv_multipart(copy=copy),
+                                      lazy_payload=False)
             except seal.SessionLost:
                 raise
             except seal.SealError:

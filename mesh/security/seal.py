@@ -24,7 +24,8 @@ A sealed message is two or three ZeroMQ frames::
   only messages of its own session (a message sealed in another session fails its tag).
 - The envelope (frame count included) is associated data of both parts, the header plaintext of
   the payload: a truncated, re-ordered, spliced or tampered message fails to open. Nothing is
-  returned, and no counter moves, until every part has been authenticated.
+  returned, and no counter moves, until every part has been authenticated (but a client may take
+  a payload still sealed, ``SealedPayload``, once envelope and header are: see there).
 
 ``SessionLost`` is the one unsealed reply: an agent that does not know a session (it restarted,
 or dropped an idle one) answers ``NO_SESSION + session id``; the client then makes a new session.
@@ -119,6 +120,26 @@ class Sealer:
         return frames
 
 
+class SealedPayload:
+    """The payload of a message whose envelope and header have been authenticated, still sealed:
+    a client opens it straight into the buffer it reads into (``open_into``), saving a copy. The
+    bytes land there before the tag is checked (that is how GCM decrypts), so on ``SealError``
+    that buffer holds garbage and the read fails; an agent never uses this (it opens whole
+    messages before touching a block)."""
+
+    __slots__ = ("nbytes", "_aead", "_nonce", "_ct", "_aad")
+
+    def __init__(self, aead: AESGCM, nonce: bytes, ct: Any, aad: bytes):
+        self._aead, self._nonce, self._ct, self._aad = aead, nonce, ct, aad
+        self.nbytes = len(ct) - TAG_BYTES
+
+    def open_into(self, dest: Any) -> None:
+        try:
+            self._aead.decrypt_into(self._nonce, self._ct, self._aad, dest)
+        except (InvalidTag, ValueError):
+            raise SealError("a sealed payload failed authentication") from None
+
+
 class Opener:
     """Opens the messages one side receives in one session; refuses anything else."""
 
@@ -132,9 +153,10 @@ class Opener:
         self.last = 0
         self._aead = AESGCM(key)
 
-    def open(self, frames: list[Any]) -> tuple[bytes, bytes | None]:
+    def open(self, frames: list[Any], lazy_payload: bool = False) -> tuple[bytes, Any]:
         """(header, payload or None), authenticated; ``SealError`` otherwise, ``SessionLost``
-        for the agent's unsealed "no such session"."""
+        for the agent's unsealed "no such session". With ``lazy_payload`` the payload comes back
+        as a ``SealedPayload`` to open later (the header and envelope are authenticated now)."""
         if len(frames) == 1:
             only = bytes(_bytes(frames[0])[: len(NO_SESSION) + SESSION_ID_BYTES + 1])
             if only == NO_SESSION + self.session_id:
@@ -155,8 +177,12 @@ class Opener:
             header = self._aead.decrypt(_nonce(0, direction, counter), _bytes(frames[1]), env)
             payload = None
             if n == 3:
-                payload = self._aead.decrypt(_nonce(1, direction, counter), _bytes(frames[2]),
-                                             env + header)
+                ct = _bytes(frames[2])
+                if lazy_payload and len(ct) >= TAG_BYTES:
+                    payload = SealedPayload(self._aead, _nonce(1, direction, counter), ct,
+                                            env + header)
+                else:
+                    payload = self._aead.decrypt(_nonce(1, direction, counter), ct, env + header)
         except InvalidTag:
             raise SealError("a sealed frame failed authentication") from None
         self.last = counter
