@@ -2,6 +2,7 @@
 
     grid agents deploy|start|status|stop|restart|logs|drain   (mesh/cli/agents.py, rebalance.py)
     grid demo                                                 (mesh/cli/demo.py)
+    grid keys init|add|list|revoke                            (mesh/cli/keys.py)
     grid memory ...                                           (mesh/cli/memory.py)
     grid resource-sharing request|status|release              (mesh/cli/sharing.py)
     grid rebalance                                            (mesh/cli/rebalance.py)

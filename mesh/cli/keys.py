@@ -59,9 +59,11 @@ def keys_init(config_path: str | None) -> None:
 def keys_add(name: str, role: str, output: str | None, config_path: str | None) -> None:
     """Make a client key with a role; prints the path of its secret file."""
     cfg = load(config_path)
-    path = KeyDir(keys_dir(cfg)).add(name, role, cfg, Path(output) if output else None)
+    kd = KeyDir(keys_dir(cfg))
+    path = kd.add(name, role, cfg, Path(output) if output else None)
     ok(f"{role} key {name}: {path}")
     line(f"give that file to the client, privately (GRID_KEY={path})")
+    _announce(cfg, kd)  # running agents accept it now, remote ones included
 
 
 @keys.command("list")
@@ -95,6 +97,11 @@ def keys_revoke(name: str, config_path: str | None) -> None:
     kd = KeyDir(keys_dir(cfg))
     entry = kd.revoke(name)
     ok(f"revoked {entry.role} key {entry.name} (moved to {kd.path / 'revoked'})")
+    _announce(cfg, kd)
+
+
+def _announce(cfg: ClusterConfig, kd: KeyDir) -> None:
+    """Tell the running agents the new allow-list; say which were not told and what then."""
     for node, problem in tell_agents(cfg, kd.entries()).items():
         err.print(f"[yellow]![/yellow] {escape(f'node {node} not told: {problem}')}; agents on "
                   "this machine reload the key files within a second anyway",
