@@ -107,20 +107,20 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mesh-agent: {exc}", file=sys.stderr)
         return 2
-    if settings.keys is None and not is_loopback(settings.bind_ip):
-        if not settings.insecure:
-            print(
-                f"mesh-agent: refusing to bind {node.mesh_host} ({settings.bind_ip}): it is not a "
-                "loopback address and this cluster has no keys, so anyone on that network could "
-                "read and write every block; run `grid keys init` (then deploy the keys), or "
-                "pass --insecure to do it anyway",
-                file=sys.stderr,
-            )
-            return 2
+    if settings.keys is None and not is_loopback(settings.bind_ip) and not settings.insecure:
+        print(
+            f"mesh-agent: refusing to bind {node.mesh_host} ({settings.bind_ip}): it is not a "
+            "loopback address and this cluster has no keys, so anyone on that network could "
+            "read and write every block; run `grid keys init` (then deploy the keys), or "
+            "pass --insecure to do it anyway",
+            file=sys.stderr,
+        )
+        return 2
+    if settings.insecure:  # shown in `grid agents status` too (heartbeat field "security")
         logging.getLogger("mesh.agent").warning(
-            "INSECURE: serving %s on %s without keys: anyone who reaches it can read, change and "
-            "free every block and key. Run `grid keys init` to authenticate and encrypt.",
-            node.name, settings.bind_ip)
+            "INSECURE: serving %s on %s without keys (--insecure): anyone who reaches it can "
+            "read, change and free every block and key. Run `grid keys init` to authenticate "
+            "and encrypt.", node.name, settings.bind_ip)
     tune_for_transfers(settings.max_message_bytes, cfg.mesh.window)
     fd_limit = raise_fd_limit()  # the agent caps its connections below it (agents/limits.py)
     logging.getLogger("mesh.agent").info("file descriptor limit %d", fd_limit)

@@ -351,6 +351,41 @@ def test_agent_refuses_non_loopback_bind_without_insecure(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+def test_insecure_is_logged_at_start_and_shown_in_the_status(tmp_path):
+    """--insecure without keys: a warning in the agent's log, and its heartbeat (so `grid agents
+    status` and its --json) says "insecure"; a plain loopback agent says "loopback"."""
+    import subprocess
+    import sys
+
+    from mesh.nodes.status import node_statuses
+    from support.mesh import LocalMesh, ROOT
+
+    mesh = LocalMesh.create(tmp_path, n=2)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    logs = [open(a.log, "ab") for a in mesh.nodes]
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "agents.main", "-c", str(mesh.config_path), "--node", a.name]
+        + (["--insecure"] if a.name == "node1" else []),
+        stdout=log, stderr=log, env=env, cwd=tmp_path) for a, log in zip(mesh.nodes, logs)]
+    mesh.started.extend(procs)
+    try:
+        for a, p in zip(mesh.nodes, procs):
+            a.proc = p
+            mesh.wait_ready(a)
+        mesh.wait_converged()
+        from mesh.config import load_cluster_config
+
+        rows = {s.name: s.row() for s in node_statuses(load_cluster_config(mesh.config_path))}
+        assert rows["node1"]["security"] == "insecure"
+        assert rows["node2"]["security"] == "loopback"
+        assert "INSECURE" in mesh.node("node1").log.read_text()
+        assert "INSECURE" not in mesh.node("node2").log.read_text()
+    finally:
+        for log in logs:
+            log.close()
+        assert not mesh.stop_all()
+
+
 def test_client_finds_the_one_live_agent_behind_three_silent_ones(tmp_path):
     from support.mesh import LocalMesh
 
