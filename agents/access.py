@@ -67,6 +67,7 @@ class Caller:
 class Session:
     session_id: bytes
     public: bytes  # the client's key: its role is looked up again for every request
+    name: str  # the key's name when the session was made (for errors once it is revoked)
     opener: seal.Opener
     sealer: seal.Sealer
     identity: bytes | None = None  # the sealed ROUTER's identity of its connection, once seen
@@ -108,10 +109,10 @@ class Access:
             before = set(self.allow)
             self._load()
             gone = before - set(self.allow)
+            # sessions of keys no longer allowed stay (bounded, they expire): each request of
+            # theirs is refused as such (``check``), which tells the client what happened
             log.info("allow-list reloaded: %d keys (%d no longer allowed)", len(self.allow),
                      len(gone))
-            for sid in [s for s, sess in self.sessions.items() if sess.public in gone]:
-                del self.sessions[sid]
 
     def trust(self, entries: list[dict[str, Any]]) -> int:
         """An admin's new allow-list (TRUST): written to this node's key files, then used."""
@@ -186,15 +187,16 @@ class Access:
         entry = self.allow.get(public)
         return None if entry is None else Caller(entry.name, entry.role, public)
 
-    def check(self, op: str, caller: Caller | None) -> None:
+    def check(self, op: str, caller: Caller | None, route: Any = None) -> None:
         """``AuthenticationError`` for a key no longer allowed, ``Forbidden`` for a role too
-        low; nothing on an agent without keys."""
+        low; nothing on an agent without keys. ``route``: the request's session, if sealed."""
         if not self.keyed:
             return
         if caller is None:
             self.refused_requests += 1
-            raise AuthenticationError(f"node {self.node}: this key is not (any longer) allowed",
-                                      node=self.node)
+            name = f"key {route.name!r}" if isinstance(route, Session) else "this client's key"
+            raise AuthenticationError(f"node {self.node} refused {name}: it was revoked, or is "
+                                      "not (any longer) allowed here", node=self.node)
         need = OP_ROLE.get(op, "agent")
         if RANK[caller.role] < RANK[need]:
             self.refused_requests += 1
@@ -207,7 +209,7 @@ class Access:
         """A session for ``caller`` (SESSION over CURVE): (session id, key)."""
         session_id, key = seal.new_session()
         self.sessions[session_id] = Session(
-            session_id, caller.public,
+            session_id, caller.public, caller.name,
             seal.Opener(session_id, key, seal.TO_AGENT),
             seal.Sealer(session_id, key, seal.TO_CLIENT),
         )

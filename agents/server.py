@@ -338,7 +338,7 @@ class Agent:
 
     def _dispatch(self, identity: bytes | Session, request: P.Request) -> None:
         try:
-            self.access.check(request.op, request.caller)
+            self.access.check(request.op, request.caller, identity)
             if P.past_deadline(request.fields, time.time()):
                 # its client has given up on it (it timed out there): apply nothing
                 self.late_requests += 1

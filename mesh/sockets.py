@@ -49,9 +49,10 @@ Prepare = Callable[[zmq.Socket], None]
 
 
 def dealer(ctx: zmq.Context, address: str, *, hwm: int, max_message_bytes: int,
-           curve: Curve | None = None) -> zmq.Socket:
+           curve: Curve | None = None, before_connect: Prepare | None = None) -> zmq.Socket:
     """A DEALER connected to ``address`` that accepts replies of up to ``max_message_bytes`` of
-    payload; ``NodeUnavailable`` when the address cannot be connected to."""
+    payload; ``NodeUnavailable`` when the address cannot be connected to. ``before_connect``
+    runs on the socket first (a monitor attached there sees the whole handshake)."""
     sock = ctx.socket(zmq.DEALER)
     if curve is not None:
         sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = curve
@@ -62,6 +63,8 @@ def dealer(ctx: zmq.Context, address: str, *, hwm: int, max_message_bytes: int,
     sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
     try:
+        if before_connect is not None:
+            before_connect(sock)
         sock.connect(address)
     except zmq.ZMQError as exc:
         sock.close(0)

@@ -36,6 +36,7 @@ from mesh.config import ClusterConfig, MeshSettings
 from mesh.errors import (
     AuthenticationError,
     BlockNotFound,
+    Forbidden,
     CapacityError,
     InvalidRequest,
     InvalidSize,
@@ -247,7 +248,7 @@ class Core:
             return list(self._nodes.values())
         candidates = self.known_addresses()
         merged: dict[str, dict[str, Any]] = {}
-        errors: list[str] = []
+        errors: list[MeshError] = []
         for start in range(0, len(candidates), 3):  # three at a time until one answers
             calls = yield from self.execute(Batch(
                 [Call(a, P.NODES, {}) for a in candidates[start : start + 3]],
@@ -257,7 +258,7 @@ class Core:
             ))
             for call in calls:
                 if call.result is None:
-                    errors.append(str(call.error))
+                    errors.append(call.error)
                     continue
                 for rec in call.result.get("nodes", []):
                     self.links.learn(rec)
@@ -269,7 +270,10 @@ class Core:
             if merged:
                 break
         if not merged:
-            detail = "; ".join(errors[:3])
+            refused = [e for e in errors if isinstance(e, (AuthenticationError, Forbidden))]
+            if refused:  # the agents are there, and say no: that is the answer, not "not running"
+                raise refused[0]
+            detail = "; ".join(str(e) for e in errors[:3])
             raise NodeUnavailable(
                 "no mesh agent answered (are the agents running? try `grid agents start`)"
                 + (f": {detail}" if detail else "")

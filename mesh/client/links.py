@@ -15,7 +15,6 @@ from typing import Any, Callable
 
 import zmq
 
-from mesh import sockets
 from mesh.client.batch import Op
 from mesh.config import MeshSettings
 from mesh.errors import AuthenticationError
@@ -46,8 +45,8 @@ class Links:
         self.drop(address)
         hwm = max(64, 4 * self.settings.window)
         if self.key is None:
-            made: links.Link = links.PlainLink(sockets.dealer(
-                self.ctx, address, hwm=hwm, max_message_bytes=self.settings.max_message_bytes))
+            made: links.Link = links.plain(
+                self.ctx, address, hwm=hwm, max_message_bytes=self.settings.max_message_bytes)
         else:
             server_key = self.server_keys.get(address)
             if server_key is None and node is not None and node in self.key.agents:

@@ -50,9 +50,9 @@ class PlainLink:
 
     sealed = False
 
-    def __init__(self, sock: zmq.Socket):
+    def __init__(self, sock: zmq.Socket, monitor: zmq.Socket | None):
         self.sock = sock
-        self.monitor: zmq.Socket | None = sock.get_monitor_socket(HANDSHAKE_EVENTS)
+        self.monitor = monitor  # attached before the connect: see ``plain``
 
     def refused(self, address: str, close: "Close") -> AuthenticationError | None:
         """Read the monitor: the error if the handshake failed; None otherwise (and once it
@@ -113,6 +113,16 @@ class SealedLink:
 
 
 Link = PlainLink | SealedLink
+
+
+def plain(ctx: zmq.Context, address: str, *, hwm: int, max_message_bytes: int) -> PlainLink:
+    """A plain link, its handshake monitor attached before it connects (libzmq does not retry
+    after a refused handshake, so a refusal before the monitor is there would never be seen)."""
+    watched: list[zmq.Socket] = []
+    sock = sockets.dealer(ctx, address, hwm=hwm, max_message_bytes=max_message_bytes,
+                          before_connect=lambda s: watched.append(
+                              s.get_monitor_socket(HANDSHAKE_EVENTS)))
+    return PlainLink(sock, watched[0])
 Close = Callable[[zmq.Socket], None]
 
 
@@ -120,9 +130,13 @@ def handshake(ctx: zmq.Context, address: str, *, server_key: bytes, public: byte
               key_name: str, timeout_s: float, hwm: int, max_message_bytes: int,
               close: Close, node: str | None = None) -> Generator[Wait, Any, SealedLink]:
     """Shake hands with the agent at ``address``; see the module's docstring."""
+    watched: list[zmq.Socket] = []  # the monitor, attached before the connect (else a refusal
+    # that comes first is never seen: libzmq does not retry after a failed handshake)
     curve = sockets.dealer(ctx, address, hwm=4, max_message_bytes=CONTROL_BYTES,
-                           curve=(server_key, public, secret))
-    monitor = curve.get_monitor_socket(HANDSHAKE_EVENTS)
+                           curve=(server_key, public, secret),
+                           before_connect=lambda s: watched.append(
+                               s.get_monitor_socket(HANDSHAKE_EVENTS)))
+    monitor = watched[0]
     where = f"node {node} ({address})" if node else address
     try:
         curve.send(P.encode_request(P.SESSION, 1, {}), zmq.NOBLOCK)
@@ -175,8 +189,8 @@ def _refused(event: int, where: str, key_name: str, node: str | None) -> None:
         raise AuthenticationError(f"{where} refused key {key_name!r}: it is unknown there or "
                                   "revoked", node=node)
     raise AuthenticationError(
-        f"the handshake with {where} failed: it is not the agent whose key we hold, or it runs "
-        "without keys", node=node)
+        f"the handshake with {where} failed for key {key_name!r}: it is not the agent whose key "
+        "we hold (a key of another cluster?), or it runs without keys", node=node)
 
 
 def run_blocking(gen: Generator[Wait, Any, Any]) -> Any:

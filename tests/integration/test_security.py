@@ -200,12 +200,6 @@ def test_a_key_the_cluster_never_issued_is_refused_at_once(keyed, tmp_path, no_g
             admin.free(block)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "only ops sent straight to an address (ping, a raw call) raise AuthenticationError; every "
-    "op that first asks for the membership (read, write, allocate, put, get, stats, nodes) "
-    "raises NodeUnavailable('no mesh agent answered (are the agents running? try `grid agents "
-    "start`): ... refused key ...'): Core.refresh_nodes (mesh/client/core.py) turns the "
-    "AuthenticationError of every seed into NodeUnavailable"))
 @pytest.mark.parametrize("kind", ["no key", "intruder"])
 def test_every_refused_op_raises_authentication_error(keyed, tmp_path, no_grid_key, kind):
     mesh, _ = keyed
@@ -223,11 +217,6 @@ def test_every_refused_op_raises_authentication_error(keyed, tmp_path, no_grid_k
             admin.free(block)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the AuthenticationError for another cluster's key does not name the key: the handshake "
-    "fails on the server key (the key file lists the other cluster's agents), and "
-    "mesh/security/link.py _refused says only 'the handshake with node node1 (...) failed: it "
-    "is not the agent whose key we hold, or it runs without keys' (key_name unused there)"))
 def test_another_clusters_key_is_named_in_the_error(keyed, tmp_path, no_grid_key):
     mesh, _ = keyed
     secret = _other_cluster_admin(mesh, tmp_path / "other-keys")
@@ -237,14 +226,6 @@ def test_another_clusters_key_is_named_in_the_error(keyed, tmp_path, no_grid_key
             c.ping(mesh.node("node1").address)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a handshake refused before the client's socket monitor is attached is never reported: "
-    "handshake() and PlainLink (mesh/security/link.py) attach the monitor after "
-    "sockets.dealer() has connected, and libzmq does not reconnect after a ZAP or protocol "
-    "failure, so the client waits out connect_timeout_s ('no answer from node node1 ... to the "
-    "handshake within 1.5 s') or, when it sends first, gets 'not accepting requests (send "
-    "queue full)'. Unprovoked it hits keyless clients too: ~1 in 200 pings from 16 threads, "
-    "and a stranger's FREE in one -n 2 run of this file ('no reply ... within 10 s')"))
 def test_a_refusal_seen_before_the_monitor_is_attached_is_missed(keyed, tmp_path, no_grid_key,
                                                                  monkeypatch):
     """The client thread delayed between connect and attaching the monitor, as a busy machine
@@ -313,11 +294,6 @@ def test_a_revoked_key_is_refused_within_seconds_without_a_restart(keyed, no_gri
             admin.free(block)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the first op of a client whose key was just revoked raises NodeUnavailable 'node1 no "
-    "longer knows this client's session (it restarted?); nothing was applied; retry', not "
-    "AuthenticationError: the agent drops the revoked key's sessions on reload and answers "
-    "NO_SESSION, which the client reports as a restart"))
 def test_a_revoked_keys_next_op_says_it_is_revoked(keyed, no_grid_key):
     mesh, keys = keyed
     with mesh.client() as admin:
