@@ -110,16 +110,6 @@ class Core:
 
     # --- sockets ------------------------------------------------------------------------------
 
-    @property
-    def before_close(self) -> Callable[[zmq.Socket], None] | None:
-        """Called with each socket just before the core closes it (a driver that watches the
-        socket from an event loop unhooks it there: AsyncMeshClient)."""
-        return self.links.before_close
-
-    @before_close.setter
-    def before_close(self, fn: Callable[[zmq.Socket], None] | None) -> None:
-        self.links.before_close = fn
-
     def link(self, address: str) -> Op:
         """The link to ``address``, made (and on a keyed cluster, shaken hands) if needed."""
         if self.closed:

@@ -299,7 +299,7 @@ class AsyncMeshClient(_ClientBase):
         self._asyncio, self._zmq_asyncio = asyncio, importlib.import_module("zmq.asyncio")
         self._lock = asyncio.Lock()
         self._shadows: dict[int, Any] = {}  # id(socket) -> its zmq.asyncio shadow
-        self._core.before_close = self._unhook
+        self._core.links.before_close = self._unhook
 
     def _unhook(self, sock: zmq.Socket) -> None:
         """Take a socket the core is about to close off the event loop. Its shadow registered

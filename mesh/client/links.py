@@ -31,6 +31,8 @@ class Links:
         self.server_keys: dict[str, bytes] = {
             address: public for address, public in (key.agents.values() if key else ())}
         self.refused_replies = 0  # sealed replies that did not open (dropped)
+        # called with each socket just before it is closed (a driver that watches sockets from
+        # an event loop unhooks them there: AsyncMeshClient)
         self.before_close: Callable[[zmq.Socket], None] | None = None
 
     def learn(self, rec: dict[str, Any]) -> None:
