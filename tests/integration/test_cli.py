@@ -3,32 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import psutil
 import pytest
 import yaml
 
+from support.cli import cli_env, grid
 from support.mesh import free_port_pair
-
-GRID = Path(sys.executable).parent / "grid"
-
-
-def grid(*args: str, env: dict, cwd: Path, timeout: float = 90) -> subprocess.CompletedProcess:
-    return subprocess.run([str(GRID), *args], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
-
 
 @pytest.fixture
 def env(tmp_path):
-    e = {k: v for k, v in os.environ.items() if k != "GRID_CONFIG"}
-    e["GRID_STATE_DIR"] = str(tmp_path / "state")
-    e["COLUMNS"] = "200"
-    return e
+    return cli_env(tmp_path)
 
 
 def agents_of(state_dir: Path) -> list[psutil.Process]:

@@ -8,35 +8,22 @@ none running says so in one line per node.
 from __future__ import annotations
 
 import json
-import os
 import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 import zmq.auth
+from support.cli import cli_env, grid
 from support.mesh import free_port_pair, running_mesh
 
 from mesh.client import MeshClient
 from mesh.errors import MeshError
 
-GRID = Path(sys.executable).parent / "grid"
-
-
-def grid(*args: str, env: dict, cwd: Path, timeout: float = 90) -> subprocess.CompletedProcess:
-    return subprocess.run([str(GRID), *args], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
-
-
 @pytest.fixture
 def env(tmp_path):
-    e = {k: v for k, v in os.environ.items() if k not in ("GRID_CONFIG", "GRID_KEY")}
-    e["GRID_STATE_DIR"] = str(tmp_path / "state")
-    e["COLUMNS"] = "200"
-    return e
+    return cli_env(tmp_path)
 
 
 def write_config(tmp_path: Path, n: int = 2, **mesh) -> str:

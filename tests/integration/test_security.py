@@ -29,7 +29,7 @@ from mesh.client import MeshClient
 from mesh.config import load_cluster_config
 from mesh.errors import AuthenticationError, Forbidden, MeshError, NodeUnavailable
 from mesh.security.keys import KeyDir, load_client_key
-from support.mesh import LocalMesh
+from support.mesh import LocalMesh, running_mesh
 
 KiB = 1 << 10
 AT_ONCE_S = 2.0  # "at once": the handshake is refused, not timed out (connect_timeout_s is 3)
@@ -39,18 +39,10 @@ AT_ONCE_S = 2.0  # "at once": the handshake is refused, not timed out (connect_t
 def keyed(tmp_path_factory):
     """(mesh, {name: key file}): reader "ro", writer "rw", and writers "gone" and "gone2"
     for the revocation tests; the admin key is ``mesh.admin_key``."""
-    tmp = tmp_path_factory.mktemp("keyed")
-    mesh = LocalMesh.create(tmp, n=2, keyed=True)
-    cfg = load_cluster_config(mesh.config_path)
-    kd = KeyDir(tmp / "keys")
-    keys = {"ro": kd.add("ro", "reader", cfg), "rw": kd.add("rw", "writer", cfg),
-            "gone": kd.add("gone", "writer", cfg), "gone2": kd.add("gone2", "writer", cfg)}
-    try:
-        mesh.start_all()
-        yield mesh, keys
-    finally:
-        leaked = mesh.stop_all()
-        assert not leaked, f"agents ignored SIGTERM: {leaked}"
+    roles = {"ro": "reader", "rw": "writer", "gone": "writer", "gone2": "writer"}
+    with running_mesh(tmp_path_factory.mktemp("keyed"), n=2, keyed=True,
+                      client_keys=roles) as mesh:
+        yield mesh, mesh.keys
 
 
 @pytest.fixture

@@ -16,10 +16,8 @@ import pytest
 
 from mesh import protocol as P
 from mesh.client import MeshClient
-from mesh.config import load_cluster_config
 from mesh.errors import Forbidden, InvalidRequest, UnsafeObject
-from mesh.security.keys import KeyDir
-from support.mesh import LocalMesh, running_mesh
+from support.mesh import running_mesh
 
 
 class _Planted:
@@ -52,17 +50,9 @@ def _raw_put(client: MeshClient, address: str, key: str, data: bytes, content_ty
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory):
     """A keyed one-node mesh with a writer key "wkey" and a reader key "rkey"."""
-    tmp = tmp_path_factory.mktemp("objects")
-    mesh = LocalMesh.create(tmp, n=1, keyed=True)
-    cfg = load_cluster_config(mesh.config_path)
-    kd = KeyDir(tmp / "keys")
-    keys = {"wkey": kd.add("wkey", "writer", cfg), "rkey": kd.add("rkey", "reader", cfg)}
-    try:
-        mesh.start_all()
-        yield mesh, keys
-    finally:
-        leaked = mesh.stop_all()
-        assert not leaked, f"agents ignored SIGTERM: {leaked}"
+    with running_mesh(tmp_path_factory.mktemp("objects"), n=1, keyed=True,
+                      client_keys={"wkey": "writer", "rkey": "reader"}) as mesh:
+        yield mesh, mesh.keys
 
 
 def test_a_writers_pickle_is_read_by_a_reader_unless_pickles_are_refused(keyed, monkeypatch):

@@ -70,14 +70,16 @@ class LocalMesh:
     extra_mesh: dict = field(default_factory=dict)
     started: list[subprocess.Popen] = field(default_factory=list)
     admin_key: Path | None = None  # the cluster's admin key, when it has keys
+    keys: dict = field(default_factory=dict)  # name -> secret key file of the client keys made
 
     @classmethod
     def create(cls, tmp: Path, n: int = 3, memory_gb: float = 1.0, extra: dict | None = None,
-               keyed: bool = False, **mesh_settings) -> "LocalMesh":
+               keyed: bool = False, client_keys: dict[str, str] | None = None,
+               **mesh_settings) -> "LocalMesh":
         """``extra`` adds top-level sections to the cluster file (``ray``, ``execution``);
         ``keyed`` makes the cluster's keys first (``grid keys init``), so its agents run
-        authenticated. The keys directory is the test's own either way, so a developer's keys
-        never change a test."""
+        authenticated, and ``client_keys`` ({name: role}) client keys in ``mesh.keys``. The keys
+        directory is the test's own either way, so a developer's keys never change a test."""
         mesh_settings.setdefault("keys_dir", str(tmp / "keys"))
         nodes = []
         for i in range(n):
@@ -107,8 +109,11 @@ class LocalMesh:
             from mesh.security.keys import KeyDir
 
             keydir = KeyDir(mesh_settings["keys_dir"])
-            keydir.init(load_cluster_config(path))
+            cfg = load_cluster_config(path)
+            keydir.init(cfg)
             mesh.admin_key = keydir.path / "clients" / "admin.key_secret"
+            mesh.keys = {name: keydir.add(name, role, cfg)
+                         for name, role in (client_keys or {}).items()}
         return mesh
 
     def node(self, name: str) -> AgentProc:
@@ -188,10 +193,11 @@ class LocalMesh:
 
 @contextlib.contextmanager
 def running_mesh(tmp: Path, n: int = 3, memory_gb: float = 1.0, extra: dict | None = None,
-                 keyed: bool = False, **mesh_settings) -> Iterator[LocalMesh]:
+                 keyed: bool = False, client_keys: dict[str, str] | None = None,
+                 **mesh_settings) -> Iterator[LocalMesh]:
     """A started ``LocalMesh``; at the end its agents are stopped, and any that ignored SIGTERM
     fails the test."""
-    mesh = LocalMesh.create(tmp, n, memory_gb, extra, keyed, **mesh_settings)
+    mesh = LocalMesh.create(tmp, n, memory_gb, extra, keyed, client_keys, **mesh_settings)
     mesh.start_all()
     try:
         yield mesh
