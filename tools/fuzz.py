@@ -248,9 +248,13 @@ def request_input(gen: Gen) -> list[Any]:
             n_payload = gen.randrange(4)
         else:
             header = gen.value()
-    frames = [gen.frame(gen.pack(header))]
-    frames += [gen.frame(gen.randbytes(gen.randrange(64))) for _ in range(n_payload)]
-    return frames
+    return _frames(gen, header, n_payload)
+
+
+def _frames(gen: Gen, header: Any, n_payload: int) -> list[Any]:
+    """A header (packed) and ``n_payload`` random payload frames."""
+    return [gen.frame(gen.pack(header)),
+            *(gen.frame(gen.randbytes(gen.randrange(64))) for _ in range(n_payload))]
 
 
 def check_request(frames: Any, req: P.Request) -> str | None:
@@ -298,9 +302,7 @@ def reply_input(gen: Gen) -> list[Any]:
             n_payload = gen.randrange(4)
         else:
             header = gen.value()
-    frames = [gen.frame(gen.pack(header))]
-    frames += [gen.frame(gen.randbytes(gen.randrange(64))) for _ in range(n_payload)]
-    return frames
+    return _frames(gen, header, n_payload)
 
 
 def check_reply(frames: Any, reply: P.Reply) -> str | None:
