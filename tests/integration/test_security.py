@@ -474,3 +474,33 @@ def test_a_flood_of_garbage_and_wrong_keys_leaves_the_agent_serving(keyed):
                                                                   "node2": "alive"}
         finally:
             admin.free(block)
+
+
+# --- the asyncio client ---------------------------------------------------------------------
+
+
+def test_the_async_client_shakes_hands_and_a_keyless_one_is_refused(keyed, no_grid_key):
+    """AsyncMeshClient drives the same handshake from the event loop (its waits on the CURVE
+    socket and the monitor, and their closing, go through the loop): a keyed client writes and
+    reads through sealed sessions to both agents; a keyless one is refused at once."""
+    import asyncio
+
+    from mesh.client import AsyncMeshClient
+
+    mesh, _ = keyed
+
+    async def main() -> None:
+        async with AsyncMeshClient(mesh.config_path) as c:
+            for node in ("node1", "node2"):
+                block = await c.allocate(3 * KiB, node=node)
+                data = os.urandom(3 * KiB)
+                await c.write(block, data)
+                assert await c.read(block) == data
+                await c.free(block)
+        async with AsyncMeshClient(address=mesh.node("node1").address, timeout_s=10.0) as bare:
+            started = time.monotonic()
+            with pytest.raises(AuthenticationError):
+                await bare.ping(mesh.node("node1").address)
+            assert time.monotonic() - started < AT_ONCE_S
+
+    asyncio.run(main())
