@@ -33,7 +33,7 @@ from typing import Any, Callable
 import zmq
 
 from agents import lifecycle
-from agents.access import Access, Session
+from agents.access import DATA_DOMAIN, GOSSIP_DOMAIN, Access, Session
 from agents.gossip import Gossip
 from agents.ledger import PromiseLedger, default_path as ledger_default_path
 from agents.keyhome import KeyHomes
@@ -60,6 +60,7 @@ _SENT = zmq.MessageTracker()  # what _send returns for a copied message: done, n
 # while writes wait for zero-copy reads to leave libzmq.
 JOBS_POLL_S = 0.005
 DEFERRED_POLL_S = 0.001
+PEER_HANDSHAKE_S = 5.0  # a move's or pull's handshake with its peer, at most
 LOGGED_LOOP_ERRORS = 100  # with a traceback each; after that one in a thousand
 
 
@@ -171,9 +172,10 @@ class Agent:
         self.router = sockets.router(
             self.ctx, data, sndhwm=s.sndhwm, rcvhwm=s.rcvhwm,
             max_message_bytes=s.max_message_bytes,
-            prepare=functools.partial(self.access.serve, domain="mesh"))
+            prepare=functools.partial(self.access.serve, domain=DATA_DOMAIN))
         self.pub = sockets.publisher(self.ctx, f"tcp://{s.bind_ip}:{s.gossip_port}",
-                                     prepare=functools.partial(self.access.serve, domain="gossip"))
+                                     prepare=functools.partial(self.access.serve,
+                                                               domain=GOSSIP_DOMAIN))
         listeners = [(self.router, data, "data"),
                      (self.pub, f"tcp://{s.bind_ip}:{s.gossip_port}", "gossip")]
         if self.access.keyed:
@@ -222,7 +224,7 @@ class Agent:
             raise InvalidRequest(f"node {node} has no agent key in this cluster's allow-list")
         return links.BlockingPeer(links.run_blocking(links.handshake(
             self.ctx, address, server_key=server_key, public=self.access.public,
-            secret=self.access.secret, key_name=self.s.node, timeout_s=5.0, hwm=hwm,
+            secret=self.access.secret, key_name=self.s.node, timeout_s=PEER_HANDSHAKE_S, hwm=hwm,
             max_message_bytes=max_message_bytes, close=lambda sock: sock.close(0), node=node)))
 
     def stop(self) -> None:
