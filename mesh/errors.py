@@ -13,7 +13,9 @@
     │   └── ObjectChanged          the key named another object when a read looked it up again
     ├── CapacityError              the agent (or every live agent) has no room
     ├── ProtocolError              malformed frames, unknown op, wrong protocol version
-    │   └── VersionMismatch
+    │   ├── VersionMismatch
+    │   ├── SealError              a sealed message that does not open (mesh/security/seal.py)
+    │   └── SessionLost            the agent no longer knows a client's sealed session
     ├── AuthenticationError        no key, a wrong or revoked key, or the agent is not who it
     │                              claims to be (the CURVE handshake failed)
     ├── Forbidden                  the key's role does not allow the operation (reader writing)
@@ -130,6 +132,19 @@ class Forbidden(MeshError, PermissionError):
 
 class UnsafeObject(MeshError):
     code = "unsafe_object"
+
+
+class SealError(ProtocolError):
+    """A sealed message that does not open: garbage, tampered, replayed, reordered or of another
+    session. The receiver drops it (and counts it); nothing it says is believed."""
+
+    code = "bad_seal"
+
+
+class SessionLost(ProtocolError):
+    """The agent does not know this session any more: shake hands again."""
+
+    code = "session_lost"
 
 
 class NodeUnavailable(MeshError, ConnectionError):

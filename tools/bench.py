@@ -174,8 +174,10 @@ class Agents:
                        "memory_gb": size / 1024**3 + 0.25}
                       for i, (h, p) in enumerate(zip(hosts, ports))],
             "mesh": {"chunk_bytes": chunk, "window": window, "host_reserve_bytes": "512MiB",
-                     "request_timeout_s": 60, "keys_dir": str(tmp / "keys"), **(mesh or {})},
+                     "request_timeout_s": 60, **(mesh or {})},
         }
+        if keyed:  # (only then: an older tree's agents, see `startup`, refuse the field)
+            cfg["mesh"]["keys_dir"] = str(tmp / "keys")
         self.config = tmp / "bench.yaml"
         self.config.write_text(yaml.safe_dump(cfg))
         if keyed:  # `grid keys init`: the agents run authenticated, the client uses the admin key

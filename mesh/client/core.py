@@ -36,17 +36,18 @@ from mesh.config import ClusterConfig, MeshSettings
 from mesh.errors import (
     AuthenticationError,
     BlockNotFound,
-    Forbidden,
     CapacityError,
+    Forbidden,
     InvalidRequest,
     InvalidSize,
     MeshError,
     NodeUnavailable,
     OutOfRange,
+    SealError,
+    SessionLost,
 )
 from mesh.membership import ALIVE, DEAD, DOWN, SUSPECT, NodeInfo, state_for_silence
 from mesh.client.links import Links
-from mesh.security import seal
 from mesh.units import format_bytes
 
 _BLOCK_ID = re.compile(r"^block_\d+_(?P<node>.+)_[0-9a-z]+$")
@@ -151,9 +152,7 @@ class Core:
                         run.fail(call, NodeUnavailable(
                             f"{call.address} is not accepting requests (send queue full)"
                         ))
-                    except (NodeUnavailable, AuthenticationError) as exc:
-                        run.fail(call, exc)
-                    except MeshError as exc:  # a handshake answered with an error
+                    except MeshError as exc:  # unavailable, refused, or a failed handshake
                         run.fail(call, exc)
                 if run.finished(now):
                     break
@@ -180,13 +179,13 @@ class Core:
                             frames = link.open(link.sock.recv_multipart(zmq.NOBLOCK, copy=False))
                         except zmq.Again:
                             break
-                        except seal.SessionLost:  # nothing sent since was applied: say so
+                        except SessionLost:  # nothing sent since was applied: say so
                             self.reset(address)
                             run.fail_address(address, NodeUnavailable(
                                 f"{node or address} no longer knows this client's session (it "
                                 "restarted?); nothing was applied; retry", node=node))
                             break
-                        except seal.SealError:
+                        except SealError:
                             self.links.refused_replies += 1  # not from the agent: dropped
                             continue
                         run.on_reply(address, frames, now, node)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import os
 import signal
 import socket
 import subprocess
@@ -27,6 +26,7 @@ import psutil
 
 from mesh.config import ClusterConfig, NodeConfig, embedded_default_path
 from mesh.errors import AuthenticationError, MeshError
+from mesh.paths import state_path
 
 
 @functools.lru_cache(maxsize=1)
@@ -61,13 +61,8 @@ def is_managed_locally(node: NodeConfig) -> bool:
 
 
 def state_dir(cfg: ClusterConfig) -> Path:
-    if cfg.mesh.state_dir:
-        base = Path(cfg.mesh.state_dir).expanduser()
-    elif os.environ.get("GRID_STATE_DIR"):
-        base = Path(os.environ["GRID_STATE_DIR"]).expanduser()
-    else:
-        xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-        base = Path(xdg) / "mesh" / cfg.name
+    """This machine's state directory for the cluster (``mesh/paths.py``), made if missing."""
+    base = state_path(cfg)
     base.mkdir(parents=True, exist_ok=True)
     return base
 

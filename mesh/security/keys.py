@@ -172,12 +172,11 @@ def _check_role(role: str, allowed: tuple[str, ...] = CLIENT_ROLES) -> str:
 
 
 def keys_dir(cfg: ClusterConfig) -> Path:
-    """``mesh.keys_dir`` of the cluster file, else ``keys`` under this machine's state dir."""
-    if cfg.mesh.keys_dir:
-        return Path(cfg.mesh.keys_dir).expanduser()
-    from mesh.nodes.local import state_dir
+    """``mesh.keys_dir`` of the cluster file, else ``keys`` under this machine's state dir
+    (``mesh/paths.py``)."""
+    from mesh.paths import keys_path
 
-    return state_dir(cfg) / "keys"
+    return keys_path(cfg)
 
 
 class KeyDir:

@@ -22,22 +22,25 @@ instead of a timeout.
 
 from __future__ import annotations
 
+import struct
 import time
 from typing import Any, Callable, Generator
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from mesh import protocol as P
 from mesh import sockets
 from mesh.client.batch import Wait
-from mesh.errors import AuthenticationError, MeshTimeout, ProtocolError
-from mesh.security import seal
+from mesh.errors import AuthenticationError, MeshTimeout, ProtocolError, SealError, SessionLost
 
 # A client refreshes a session used less recently than this (agents drop them after an hour
 # idle: agents/access.py SESSION_IDLE_S).
 SESSION_REFRESH_S = 1800.0
-SEALED_OVERHEAD_BYTES = 2 * seal.TAG_BYTES + seal.ENVELOPE_BYTES
+# Sizes of mesh/security/seal.py, repeated so that a client without keys never loads it (nor
+# cryptography); tests/unit/test_seal.py checks that they agree.
+SESSION_ID_BYTES = 8
+KEY_BYTES = 32
+SEALED_OVERHEAD_BYTES = 2 * 16 + 20  # two GCM tags and the envelope
 HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
                     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 CONTROL_BYTES = 64 * 1024  # the SESSION reply
@@ -58,7 +61,7 @@ class PlainLink:
         """Read the monitor: the error if the handshake failed; None otherwise (and once it
         succeeded, the monitor is closed)."""
         while self.monitor is not None and self.monitor.poll(0):
-            event = recv_monitor_message(self.monitor, zmq.NOBLOCK)["event"]
+            event = _event(self.monitor)
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.unwatch(close)
                 return None
@@ -91,6 +94,8 @@ class SealedLink:
     sealed = True
 
     def __init__(self, sock: zmq.Socket, session_id: bytes, key: bytes):
+        from mesh.security import seal
+
         self.sock = sock
         self.sealer = seal.Sealer(session_id, key, seal.TO_AGENT)
         self.opener = seal.Opener(session_id, key, seal.TO_CLIENT)
@@ -113,6 +118,13 @@ class SealedLink:
 
 
 Link = PlainLink | SealedLink
+
+
+def _event(monitor: zmq.Socket) -> int:
+    """The next event of a socket monitor (libzmq's two frames: u16 event, u32 value; then the
+    endpoint). Read here rather than with ``zmq.utils.monitor``, which imports asyncio."""
+    frames = monitor.recv_multipart(zmq.NOBLOCK)
+    return struct.unpack_from("=H", frames[0])[0]
 
 
 def plain(ctx: zmq.Context, address: str, *, hwm: int, max_message_bytes: int) -> PlainLink:
@@ -148,7 +160,7 @@ def handshake(ctx: zmq.Context, address: str, *, server_key: bytes, public: byte
                                   f"{timeout_s:g} s", node=node)
             ready = yield Wait((curve, monitor), remaining)
             while monitor.poll(0):
-                _refused(recv_monitor_message(monitor, zmq.NOBLOCK)["event"], where, key_name,
+                _refused(_event(monitor), where, key_name,
                          node)
             if curve in ready or curve.poll(0):
                 reply = P.parse_reply(curve.recv_multipart())
@@ -175,8 +187,8 @@ def parse_session(body: Any, where: str = "the agent",
     exactly that."""
     if isinstance(body, dict):
         session, key, port = body.get("session"), body.get("key"), body.get("port")
-        if isinstance(session, bytes) and len(session) == seal.SESSION_ID_BYTES \
-                and isinstance(key, bytes) and len(key) == seal.KEY_BYTES \
+        if isinstance(session, bytes) and len(session) == SESSION_ID_BYTES \
+                and isinstance(key, bytes) and len(key) == KEY_BYTES \
                 and type(port) is int and 0 < port < 65536:
             return session, key, port
     raise ProtocolError(f"{where} answered the handshake with a malformed session", node=node)
@@ -230,9 +242,9 @@ class BlockingPeer:
             try:
                 return self.link.open(self.link.sock.recv_multipart(copy=copy),
                                       lazy_payload=False)
-            except seal.SessionLost:
+            except SessionLost:
                 raise
-            except seal.SealError:
+            except SealError:
                 if not self.link.sock.poll(1000):  # dropped; the genuine reply may follow
                     raise MeshTimeout("only unreadable replies from the peer") from None
 

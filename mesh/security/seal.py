@@ -41,7 +41,10 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from mesh.errors import ProtocolError
+from mesh.errors import SealError, SessionLost  # defined there, so clients need not load this
+
+__all__ = ["SealError", "SessionLost", "Sealer", "Opener", "SealedPayload", "new_session",
+           "session_of", "no_session"]
 
 MAGIC = b"MZ"
 SESSION_ID_BYTES = 8
@@ -52,19 +55,6 @@ _ENVELOPE = struct.Struct(">2s8sQBB")
 ENVELOPE_BYTES = _ENVELOPE.size
 TAG_BYTES = 16
 NO_SESSION = b"MZ!"
-
-
-class SealError(ProtocolError):
-    """A message that does not open: garbage, tampered, replayed, reordered or of another
-    session. The receiver drops it (and counts it); nothing it says is believed."""
-
-    code = "bad_seal"
-
-
-class SessionLost(ProtocolError):
-    """The agent does not know this session any more: shake hands again."""
-
-    code = "session_lost"
 
 
 def new_session() -> tuple[bytes, bytes]:

@@ -366,3 +366,15 @@ def test_any_change_to_a_genuine_message_is_refused(with_payload, data):
 def test_arbitrary_frames_are_refused(frames):
     link = Link()
     refused(link.agent_opener, frames)
+
+
+def test_the_sizes_the_link_repeats_are_the_seals():
+    """mesh/security/link.py repeats a few sizes so that clients without keys never load the
+    seal (nor cryptography); they must agree."""
+    from mesh.security import link
+
+    from mesh.security import seal
+
+    assert link.SESSION_ID_BYTES == seal.SESSION_ID_BYTES
+    assert link.KEY_BYTES == seal.KEY_BYTES
+    assert link.SEALED_OVERHEAD_BYTES == 2 * TAG_BYTES + ENVELOPE_BYTES
