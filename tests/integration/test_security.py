@@ -218,8 +218,7 @@ def test_another_clusters_key_is_named_in_the_error(keyed, tmp_path, no_grid_key
             c.ping(mesh.node("node1").address)
 
 
-def test_a_refusal_is_seen_even_by_a_slow_client(keyed, tmp_path, no_grid_key,
-                                                                 monkeypatch):
+def test_a_refusal_is_seen_even_by_a_slow_client(keyed, tmp_path, no_grid_key, monkeypatch):
     """The client thread delayed between connect and attaching the monitor, as a busy machine
     may delay it (zmq's get_monitor_socket made to sleep first): an unknown key's refusal must
     still come at once, as AuthenticationError."""
