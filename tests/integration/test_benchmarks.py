@@ -1,0 +1,32 @@
+"""The benchmarks the docs quote still run and check what they move (small sizes; the figures
+themselves are never asserted: they are measured, not tested)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from support.mesh import ROOT
+
+
+def run_json(*args: str, timeout: float = 180) -> dict:
+    done = subprocess.run([sys.executable, *args, "--json"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_transfer_secure_reports_both_paths_and_verifies():
+    out = run_json("tools/bench.py", "transfer", "--secure", "--size", "64MiB", "--runs", "1")
+    assert out["verified"] is True
+    for field in ("secure_write_gbps", "secure_read_gbps", "secure_write_ratio",
+                  "secure_read_ratio"):
+        assert out[field] > 0, field
+
+
+def test_replication_paths_reports_every_path_and_verifies():
+    out = run_json("tools/replication_paths.py", "--size", "32MiB", "--runs", "1")
+    assert out["verified"] is True
+    for mode in ("single", "client_fanout", "primary_forward"):
+        assert out[f"{mode}_gbps"] > 0, mode
