@@ -536,6 +536,10 @@ class Core:
             timeout_s=self.settings.connect_timeout_s,
             fail_fast=False,
         ))
+        refused = next((c.error for c in calls
+                        if isinstance(c.error, (AuthenticationError, Forbidden))), None)
+        if refused is not None:  # a node refuses this key (revoked there already): say so
+            raise refused
         by_address = {c.address: c.result for c in calls if c.result is not None}
         per_node = []
         for n in nodes:

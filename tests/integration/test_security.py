@@ -503,3 +503,44 @@ def test_the_async_client_shakes_hands_and_a_keyless_one_is_refused(keyed, no_gr
             assert time.monotonic() - started < AT_ONCE_S
 
     asyncio.run(main())
+
+
+def test_stats_with_a_key_one_node_has_revoked_says_so(tmp_path, no_grid_key):
+    """A key revoked on one node and not yet on another (each node has its own key files):
+    stats() raises the refusal instead of listing the refusing node as suspect."""
+    import shutil
+    import subprocess
+    import sys
+
+    from support.mesh import ROOT
+
+    mesh = LocalMesh.create(tmp_path, n=2, keyed=True, client_keys={"half": "reader"})
+    shutil.copytree(tmp_path / "keys", tmp_path / "keys2")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for agent, keys in zip(mesh.nodes, ("keys", "keys2")):
+        with open(agent.log, "ab") as log:
+            agent.proc = subprocess.Popen(
+                [sys.executable, "-m", "agents.main", "-c", str(mesh.config_path), "--node",
+                 agent.name, "--keys", str(tmp_path / keys)],
+                stdout=log, stderr=log, env=env, cwd=tmp_path)
+        mesh.started.append(agent.proc)
+    try:
+        for agent in mesh.nodes:
+            mesh.wait_ready(agent)
+        mesh.wait_converged()
+        with MeshClient(mesh.config_path, key=mesh.keys["half"], timeout_s=5.0) as c:
+            assert c.stats()["live_nodes"] == 2
+            KeyDir(tmp_path / "keys").revoke("half")  # node1's files only
+            deadline = time.monotonic() + 5.0
+            while True:
+                try:
+                    c.ping(mesh.node("node1").address)
+                except AuthenticationError:
+                    break
+                assert time.monotonic() < deadline, "node1 never refused the revoked key"
+                time.sleep(0.1)
+            assert c.ping(mesh.node("node2").address)  # node2 has not heard of it
+            with pytest.raises(AuthenticationError, match="half"):
+                c.stats()
+    finally:
+        assert not mesh.stop_all()
