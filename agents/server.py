@@ -207,9 +207,10 @@ class Agent:
         self.store.close()
 
     def _member_node(self, address: str) -> str | None:
-        """The node of the membership table (not this one) at ``address``, or None."""
-        return next((r["node"] for r in self.members.snapshot(time.monotonic())
-                     if r["address"] == address and r["node"] != self.s.node), None)
+        """The node (not this one) at ``address`` that has spoken for itself and is not dead,
+        or None: hearsay alone never makes an agent connect out to an address."""
+        node = self.members.vouched_at(address, time.monotonic())
+        return node if node != self.s.node else None
 
     def _dial_peer(self, address: str, *, hwm: int, max_message_bytes: int) -> Any:
         """A connection to another agent (a move's target, a pull's source): only to a node of

@@ -270,6 +270,14 @@ class MembershipTable:
             for m in sorted(self._members.values(), key=lambda m: m.info.name)
         ]
 
+    def vouched_at(self, address: str, now: float) -> str | None:
+        """The node at data ``address`` that has spoken for itself (not only through hearsay)
+        and is not dead: the only nodes an agent connects out to for a move or a pull."""
+        for m in self._members.values():
+            if m.info.address == address and m.vouched and self.state(m, now) != DEAD:
+                return m.info.name
+        return None
+
     def gossip_entries(self, now: float, exclude: str | None = None,
                        limit: int = MAX_GOSSIP_PEERS) -> list[dict[str, Any]]:
         """Non-dead members to relay, at most ``limit``: vouched ones first, freshest first."""

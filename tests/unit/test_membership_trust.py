@@ -67,3 +67,15 @@ def test_gossip_is_bounded_and_fits_a_heartbeat():
     assert len(peers) == MAX_GOSSIP_PEERS
     rec = {**_hb("me", 1), "peers": peers}
     assert len(P.encode_heartbeat(rec)[1]) <= P.MAX_HEARTBEAT_BYTES
+
+
+def test_only_a_node_that_spoke_for_itself_is_one_an_agent_connects_to():
+    """vouched_at: the address of a node known only from hearsay is no member to move a block
+    to (an agent must not connect out to an address a relayed record names), nor is a dead one."""
+    t = MembershipTable(1.5, 3.0)
+    t.observe(_hb("c", 1, "tcp://evil:1"), now=0.0, vouched=False)
+    assert t.vouched_at("tcp://evil:1", now=0.1) is None
+    t.observe(_hb("b", 1), now=0.0)
+    address = next(r["address"] for r in t.snapshot(0.1) if r["node"] == "b")
+    assert t.vouched_at(address, now=0.1) == "b"
+    assert t.vouched_at(address, now=10.0) is None  # dead by then
