@@ -241,6 +241,7 @@ def _put_claimed(core: Core, claim: keyclaims.Claim | None, key: str | None, len
     else:  # a 0-byte object needs no block, only a node to keep its record
         address = yield from _record_node(core, node)
         block_id, offset = "", 0
+    published = False  # once the record is out, its block is the key's value: never freed here
     try:
         checksum = yield from writer(address, block_id, offset)
         record = {"block": block_id, "offset": offset, "length": length,
@@ -249,17 +250,24 @@ def _put_claimed(core: Core, claim: keyclaims.Claim | None, key: str | None, len
         name = key if key is not None else (block_id or f"empty_{time.time_ns()}")
         rec = yield from core.call(address, P.KPUT,
                                    {"key": name, "record": record, "replace": replace})
+        published = True
         if claim is not None:
             try:
                 yield from keyclaims.settle(core, claim, rec["node"], replace)
-            except MeshError:  # the claim was lost to another put: take the record back
-                try:
-                    yield from core.call(address, P.KDEL, {"key": name})
-                except MeshError:
-                    pass
+            except KeyExists:
+                # The claim was lost to another put. A new key is that put's: take ours back
+                # (nothing older is lost). A replace stays: taking it back would delete the
+                # value it replaced, and the other put replaces it in turn.
+                if not replace:
+                    try:
+                        yield from core.call(address, P.KDEL, {"key": name})
+                    except MeshError:
+                        pass
                 raise
+            # Any other failure (the home does not answer) leaves the put published where it
+            # is: the caller sees the error, and the key holds the new value.
     except Exception:
-        if owns and block_id:
+        if owns and block_id and not published:
             try:
                 yield from core.free(block_id)
             except MeshError:

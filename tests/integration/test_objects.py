@@ -17,6 +17,7 @@ from mesh.errors import (
     InvalidRequest,
     KeyExists,
     KeyNotFound,
+    MeshError,
     OutOfRange,
 )
 
@@ -194,3 +195,43 @@ def test_async_client_objects(shared_mesh):
             assert await ac.keys() == []
 
     asyncio.run(main())
+
+
+def test_a_replace_put_whose_home_stops_answering_never_deletes_the_old_value(tmp_path):
+    """Found by tools/chaos.py: a replace-put published on the agent that held the old record
+    (the old record and its block replaced there), then its key's home stopped answering before
+    the put could tell it; the put used to take its own record back and free its block, so the
+    key was gone, old value and new. Now the put's failure leaves the new value in place."""
+    import signal
+
+    from mesh.client.keyclaims import home_order
+    from support.mesh import running_mesh
+
+    with running_mesh(tmp_path, n=3, connect_timeout_s=1.0) as mesh, \
+            mesh.client(timeout_s=5.0) as c:
+        key = "precious"
+        names = [a.name for a in mesh.nodes]
+        home = home_order(key, names)[0]
+        holder = next(n for n in names if n != home)
+        c.put_bytes(key, b"v1", node=holder)
+        real_call = c._core.call
+        stopped = []
+
+        def call(address, op, *args, **kwargs):
+            result = yield from real_call(address, op, *args, **kwargs)
+            if op == "kput" and not stopped:  # published: now its home goes silent
+                mesh.kill(home, signal.SIGSTOP)
+                stopped.append(home)
+            return result
+
+        c._core.call = call
+        try:
+            with pytest.raises(MeshError):
+                c.put_bytes(key, b"v2", node=holder, replace=True)
+        finally:
+            c._core.call = real_call
+            for name in stopped:
+                mesh.kill(name, signal.SIGCONT)
+        assert stopped, "the put never published"
+        assert bytes(c.get_bytes(key)) in (b"v1", b"v2")  # old code: KeyNotFound
+        c.delete(key)
