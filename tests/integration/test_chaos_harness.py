@@ -43,10 +43,9 @@ def test_a_pause_loses_nothing_even_without_replicas():
     assert r["harness_error"] is None, out[-3000:]
     assert r["trials"] == 2, out[-3000:]
     assert r["faults"] == {"pause": 2}
-    # what was lost or diverged, and why. A key gone "after 1 failed puts" is, as of this
-    # writing, the mesh's put rollback (mesh/client/objects.py: a put_bytes(replace=True) whose
-    # KHOME times out KDELs the record its KPUT replaced on the same agent, whose old block the
-    # KPUT had freed): a real loss of an acknowledged value, not the harness.
+    # what was lost or diverged, and why. (A key gone "after 1 failed puts" was the put's
+    # rollback deleting the value it had replaced when the key's home stopped answering; fixed,
+    # tests/integration/test_objects.py::test_a_replace_put_whose_home_stops_answering_...)
     examples = [t["examples"] for t in r["per_trial"]]
     assert r["lost_bytes"] == 0, (examples, out[-3000:])
     assert r["diverging_reads"] == 0, (examples, out[-3000:])
