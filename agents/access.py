@@ -83,6 +83,7 @@ class Access:
         self.keydir = keydir
         self.keyed = keydir is not None
         self.allow: dict[bytes, Any] = {}  # public (z85) -> KeyEntry
+        self._agents: dict[str, bytes] = {}  # node -> its agent key, from ``allow``
         self.rejected_handshakes = 0
         self.refused_requests = 0  # authenticated, but the role (or a revocation) forbids it
         self.refused_sealed = 0  # sealed messages that did not open
@@ -98,7 +99,9 @@ class Access:
 
     def _load(self) -> None:
         self._stamp = self.keydir.stamp()
-        self.allow = self.keydir.allow_list()  # replaced whole: the ZAP thread reads it
+        allow = self.keydir.allow_list()
+        self._agents = {e.name: public for public, e in allow.items() if e.role == "agent"}
+        self.allow = allow  # replaced whole: the ZAP thread reads it
 
     def reload(self, now: float, force: bool = False) -> None:
         """Reload the allow-list if its files changed (checked at most once a second)."""
@@ -124,10 +127,7 @@ class Access:
         return len(self.allow)
 
     def agent_public(self, node: str) -> bytes | None:
-        for public, entry in self.allow.items():
-            if entry.role == "agent" and entry.name == node:
-                return public
-        return None
+        return self._agents.get(node)
 
     # --- the ZAP handler (runs in the authenticator's thread) ------------------------------
 

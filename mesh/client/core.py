@@ -96,7 +96,6 @@ class Core:
         key: Any = None,
     ):
         self.settings = settings
-        self.key = key  # a ClientKey (mesh/security/keys.py), or None: no keys, plain links
         self.config = config
         self.ctx = ctx or zmq.Context.instance()
         self.seeds = dict(seeds)  # address -> node name (None when built from an address)

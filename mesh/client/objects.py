@@ -524,7 +524,7 @@ def get_object(core: Core, key: str, allow_pickle: bool = True) -> Op:
             raise InvalidRequest(f"key {key!r} holds {info.content_type}, not a pickled object")
         if not allow_pickle:
             raise UnsafeObject(f"key {key!r} holds a pickled object and allow_pickle=False")
-        if core.key is not None and not info.writer:
+        if core.links.key is not None and not info.writer:
             raise UnsafeObject(f"key {key!r} holds a pickle that no authenticated writer "
                                "stored: not unpickled")
         data = bytearray(info.meta["pickle_bytes"])

@@ -127,14 +127,22 @@ def _event(monitor: zmq.Socket) -> int:
     return struct.unpack_from("=H", frames[0])[0]
 
 
-def plain(ctx: zmq.Context, address: str, *, hwm: int, max_message_bytes: int) -> PlainLink:
-    """A plain link, its handshake monitor attached before it connects (libzmq does not retry
-    after a refused handshake, so a refusal before the monitor is there would never be seen)."""
+def _watched_dealer(ctx: zmq.Context, address: str, **options: Any
+                    ) -> tuple[zmq.Socket, zmq.Socket]:
+    """A DEALER (``sockets.dealer`` with ``options``) and its handshake monitor, attached before
+    it connects: libzmq does not retry after a refused handshake, so a refusal that came before
+    the monitor was there would never be seen."""
     watched: list[zmq.Socket] = []
-    sock = sockets.dealer(ctx, address, hwm=hwm, max_message_bytes=max_message_bytes,
-                          before_connect=lambda s: watched.append(
-                              s.get_monitor_socket(HANDSHAKE_EVENTS)))
-    return PlainLink(sock, watched[0])
+    sock = sockets.dealer(ctx, address, **options, before_connect=lambda s: watched.append(
+        s.get_monitor_socket(HANDSHAKE_EVENTS)))
+    return sock, watched[0]
+
+
+def plain(ctx: zmq.Context, address: str, *, hwm: int, max_message_bytes: int) -> PlainLink:
+    """A plain link, watched until its handshake is known to have worked."""
+    return PlainLink(*_watched_dealer(ctx, address, hwm=hwm, max_message_bytes=max_message_bytes))
+
+
 Close = Callable[[zmq.Socket], None]
 
 
@@ -142,13 +150,8 @@ def handshake(ctx: zmq.Context, address: str, *, server_key: bytes, public: byte
               key_name: str, timeout_s: float, hwm: int, max_message_bytes: int,
               close: Close, node: str | None = None) -> Generator[Wait, Any, SealedLink]:
     """Shake hands with the agent at ``address``; see the module's docstring."""
-    watched: list[zmq.Socket] = []  # the monitor, attached before the connect (else a refusal
-    # that comes first is never seen: libzmq does not retry after a failed handshake)
-    curve = sockets.dealer(ctx, address, hwm=4, max_message_bytes=CONTROL_BYTES,
-                           curve=(server_key, public, secret),
-                           before_connect=lambda s: watched.append(
-                               s.get_monitor_socket(HANDSHAKE_EVENTS)))
-    monitor = watched[0]
+    curve, monitor = _watched_dealer(ctx, address, hwm=4, max_message_bytes=CONTROL_BYTES,
+                                     curve=(server_key, public, secret))
     where = f"node {node} ({address})" if node else address
     try:
         curve.send(P.encode_request(P.SESSION, 1, {}), zmq.NOBLOCK)
