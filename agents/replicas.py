@@ -78,15 +78,25 @@ def place(copies: int, size: int, candidates: list[Candidate], spread: str = "ho
 @dataclass(frozen=True)
 class ReplicaSet:
     epoch: int
-    members: tuple[str, ...]  # the nodes holding a current copy, primary first
+    members: tuple[str, ...]  # the nodes holding a copy, primary first
+    # members whose copy a repair is still filling: they apply every write (so they miss none)
+    # but serve no read and can never be primary until the set says they are synced
+    syncing: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.epoch < 1 or not self.members or len(set(self.members)) != len(self.members):
             raise ValueError(f"a replica set needs an epoch >= 1 and distinct members: {self}")
+        if not set(self.syncing) <= set(self.members[1:]):
+            raise ValueError(f"only backups can be syncing: {self}")
 
     @property
     def primary(self) -> str:
         return self.members[0]
+
+    @property
+    def current(self) -> tuple[str, ...]:
+        """The members holding a complete copy, primary first."""
+        return tuple(m for m in self.members if m not in self.syncing)
 
     def role(self, node: str) -> str | None:
         if node not in self.members:
@@ -100,18 +110,41 @@ class ReplicaSet:
         if node not in self.members:
             return self
         rest = tuple(m for m in self.members if m != node)
-        if not rest:
-            raise ValueError(f"{node} holds the only copy")
-        return replace(self, epoch=self.epoch + 1, members=rest)
+        syncing = tuple(m for m in self.syncing if m != node)
+        complete = [m for m in rest if m not in syncing]
+        if not complete:
+            raise ValueError(f"{node} holds the only complete copy")
+        # a syncing copy is never primary: the first complete one is
+        rest = tuple(complete[:1]) + tuple(m for m in rest if m != complete[0])
+        return ReplicaSet(self.epoch + 1, rest, syncing)
 
     def with_member(self, node: str) -> ReplicaSet:
-        """The set with a new copy (a repair or a move's target), last."""
+        """The set with a new copy (a repair or a move's target), last, syncing until
+        ``synced``."""
         if node in self.members:
             raise ValueError(f"{node} holds a copy already")
-        return replace(self, epoch=self.epoch + 1, members=self.members + (node,))
+        return replace(self, epoch=self.epoch + 1, members=self.members + (node,),
+                       syncing=self.syncing + (node,))
+
+    def synced(self, node: str) -> ReplicaSet:
+        """The set once ``node``'s copy is complete."""
+        if node not in self.syncing:
+            return self
+        return replace(self, epoch=self.epoch + 1,
+                       syncing=tuple(m for m in self.syncing if m != node))
 
     def record(self) -> dict:
-        return {"epoch": self.epoch, "nodes": list(self.members)}
+        return {"epoch": self.epoch, "nodes": list(self.members), "syncing": list(self.syncing)}
+
+    @classmethod
+    def from_record(cls, rec: dict) -> ReplicaSet:
+        """A set from the wire; ``ValueError`` when it is not a valid set."""
+        epoch, nodes, syncing = rec.get("epoch"), rec.get("nodes"), rec.get("syncing", [])
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or \
+                not isinstance(nodes, list) or not isinstance(syncing, list) or \
+                not all(isinstance(n, str) and n for n in nodes + syncing):
+            raise ValueError("a replica set is {epoch: int, nodes: [str], syncing: [str]}")
+        return cls(epoch, tuple(nodes), tuple(syncing))
 
 
 APPLY = "apply"  # the sender is this set's primary, in this set's epoch

@@ -58,10 +58,10 @@ def test_a_set_changes_only_by_raising_its_epoch():
     assert s.without("b") == ReplicaSet(2, ("a", "c"))
     assert s.without("a") == ReplicaSet(2, ("b", "c"))  # the next one is primary
     assert s.without("z") is s
-    assert s.with_member("d") == ReplicaSet(2, ("a", "b", "c", "d"))
+    assert s.with_member("d") == ReplicaSet(2, ("a", "b", "c", "d"), ("d",))
     with pytest.raises(ValueError):
         s.with_member("b")
-    with pytest.raises(ValueError, match="only copy"):
+    with pytest.raises(ValueError, match="only complete copy"):
         ReplicaSet(3, ("a",)).without("a")
     assert s.record() == {"epoch": 1, "nodes": ["a", "b", "c"]}
 
@@ -89,3 +89,21 @@ def test_a_paused_copy_finds_its_lease_over():
     assert not lease.holds(11.5)  # resumed after a pause longer than the lease
     lease.renew(9.0)  # an older message does not move it back
     assert lease.heard_at == 10.0
+
+
+def test_a_syncing_copy_is_never_primary_and_counts_only_once_synced():
+    s = ReplicaSet(1, ("a", "b")).with_member("c")
+    assert s.current == ("a", "b") and s.syncing == ("c",)
+    s2 = s.without("a")
+    assert s2.primary == "b" and s2.syncing == ("c",)
+    with pytest.raises(ValueError, match="only complete copy"):
+        s2.without("b")  # c is incomplete: the block is lost, not handed to c
+    done = s.synced("c")
+    assert done.epoch == s.epoch + 1 and done.current == ("a", "b", "c")
+    assert ReplicaSet.from_record(done.record()) == done
+    with pytest.raises(ValueError):
+        ReplicaSet(1, ("a", "b"), ("a",))  # the primary is complete by definition
+    for bad in ({"epoch": True, "nodes": ["a"]}, {"epoch": 1, "nodes": "a"},
+                {"epoch": 1, "nodes": ["a", "a"]}, {"epoch": 1, "nodes": [""]}):
+        with pytest.raises(ValueError):
+            ReplicaSet.from_record(bad)
