@@ -63,7 +63,7 @@ def test_a_set_changes_only_by_raising_its_epoch():
         s.with_member("b")
     with pytest.raises(ValueError, match="only complete copy"):
         ReplicaSet(3, ("a",)).without("a")
-    assert s.record() == {"epoch": 1, "nodes": ["a", "b", "c"]}
+    assert s.record() == {"epoch": 1, "nodes": ["a", "b", "c"], "syncing": []}
 
 
 @pytest.mark.parametrize("epoch, members", [(0, ("a",)), (1, ()), (1, ("a", "a"))])
