@@ -15,7 +15,7 @@ authenticated:
   message is AES-256-GCM under that session's key (``mesh/security/seal.py``): ``Sessions``.
 
 ``OP_ROLE`` is the one table of the least role each op needs. Roles rank
-reader < writer < admin < agent; only agents may send PULL, COMMIT and ABORT (and gossip).
+reader < writer < admin < agent; only agents may send PULL, COMMIT, ABORT and the replica ops (and gossip).
 
 An agent without keys serves everyone who reaches its port, as before (loopback only unless
 ``--insecure``); ``Access.keyed`` is False and nothing here runs.
@@ -45,7 +45,8 @@ OP_ROLE: dict[str, str] = {
                                P.KHOME, P.RENEW)},
     P.MOVE: "admin",
     P.TRUST: "admin",
-    **{op: "agent" for op in (P.PULL, P.COMMIT, P.ABORT)},
+    **{op: "agent" for op in (P.PULL, P.COMMIT, P.ABORT, P.RSET, P.RWRITE, P.RFREE, P.RKEYS,
+                              P.LEASE)},
 }
 DATA_DOMAIN = "mesh"
 GOSSIP_DOMAIN = "gossip"

@@ -43,6 +43,16 @@ def resolve_ip(host: str) -> str:
     return infos[0][4][0]
 
 
+def machine_id() -> str:
+    """This machine's identity: two agents on it share one failure domain."""
+    try:
+        with open("/etc/machine-id") as f:
+            found = f.read().strip()
+    except OSError:
+        found = ""
+    return found[:32] or socket.gethostname()
+
+
 def is_loopback(ip: str) -> bool:
     return ipaddress.ip_address(ip).is_loopback
 
@@ -83,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="port of sealed sessions on a keyed agent (default: any free port)")
     parser.add_argument("--advertise", help="the host peers and clients are told to reach this "
                         "agent at (default: its mesh_host; for NAT, proxies)")
+    parser.add_argument("--domain", help="this agent's failure domain, which replicas keep "
+                        "apart (default: the machine, /etc/machine-id or the host name)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -103,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.sealed_port = args.sealed_port
         if args.advertise:
             settings.advertised_host = args.advertise
+        settings.domain = args.domain or machine_id()
         settings.insecure = bool(args.insecure or cfg.mesh.insecure) and settings.keys is None
     except ConfigError as exc:
         print(f"mesh-agent: {exc}", file=sys.stderr)

@@ -20,13 +20,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from mesh.errors import PlacementShort
+
 PRIMARY = "primary"
 BACKUP = "backup"
 SPREADS = ("host", "node")
-
-
-class PlacementShort(Exception):
-    """Fewer distinct failure domains than copies asked for (``spread="host"``)."""
 
 
 @dataclass(frozen=True)

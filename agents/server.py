@@ -41,11 +41,14 @@ from agents.keyops import KeyOps, page
 from agents.lifecycle import Event, State
 from agents.limits import ConnectionGuard, connection_cap
 from agents.moves import PeerCopies
+from agents.replication import Replication
 from agents.store import Block, BlockStore, populate
 from agents.writegate import WriteGate
 from mesh import protocol as P
 from mesh import sockets
-from mesh.errors import BlockMoving, DeadlineExceeded, InvalidRequest, MeshError, TooLarge
+from mesh.errors import (
+    BlockMoving, DeadlineExceeded, InvalidRequest, MeshError, NotCurrent, TooLarge,
+)
 from mesh.hostmem import host_memory
 from mesh.membership import ALIVE, DEAD, MembershipTable, NodeInfo
 from mesh.security import link as links
@@ -61,6 +64,7 @@ _SENT = zmq.MessageTracker()  # what _send returns for a copied message: done, n
 JOBS_POLL_S = 0.005
 DEFERRED_POLL_S = 0.001
 PEER_HANDSHAKE_S = 5.0  # a move's or pull's handshake with its peer, at most
+MAX_REPLICAS = 16
 LOGGED_LOOP_ERRORS = 100  # with a traceback each; after that one in a thousand
 
 
@@ -89,6 +93,7 @@ class AgentSettings:
     keys: Any = None  # the cluster's KeyDir (mesh/security/keys.py): None runs without keys
     sealed_port: int = 0  # where sealed sessions are served on a keyed agent (0: any free port)
     insecure: bool = False  # bound beyond loopback without keys, on purpose (shown in STATS)
+    domain: str = ""  # the failure domain (machine) replicas keep apart; "" -> the node name
 
     def __post_init__(self) -> None:
         # a pull asks its source (same cluster file, same limit) for chunks of chunk_bytes
@@ -100,8 +105,10 @@ class AgentSettings:
 @dataclass
 class _PendingAlloc:
     identity: bytes
-    request_id: int
+    req: P.Request
     block: Block
+    want: int = 1
+    spread: str = "host"
 
 
 class Agent:
@@ -118,7 +125,7 @@ class Agent:
             settings.share_bytes,
             settings.reserve_bytes,
             memory_fn=host_memory,
-            on_free=self.gate.forget,
+            on_free=self._freed,
             ledger=PromiseLedger(settings.ledger_path or ledger_default_path(None), settings.node),
             lease_s=settings.lease_s,
         )
@@ -145,6 +152,12 @@ class Agent:
             populate=functools.partial(self._populator.submit, populate),
             reply=self._reply, reply_error=self._reply_error, member=self._member_node,
         )
+        self.repl = Replication(
+            self.store, self.members, node=settings.node, incarnation=self.incarnation,
+            dead_after_s=settings.dead_after_s, chunk_bytes=settings.chunk_bytes,
+            domain=settings.domain or settings.node, dial=self._dial_link,
+            reply=self._send_reply, reply_error=self._reply_error, drop=self._drop_copy)
+        keyops = KeyOps(self.store, self.homes, settings.node, self._reply).handlers()
         self._handlers: dict[str, Callable[[bytes, P.Request], None]] = {
             P.HELLO: self._hello,
             P.PING: self._ping,
@@ -157,10 +170,16 @@ class Agent:
             P.STATS: self._stats,
             P.NODES: self._nodes,
             P.RENEW: self._renew,
-            **KeyOps(self.store, self.homes, settings.node, self._reply).handlers(),
+            **keyops,
+            P.KPUT: self._key_change(keyops[P.KPUT]),
+            P.KDEL: self._key_change(keyops[P.KDEL]),
+            P.KGET: self._kget,
+            **self.repl.handlers(),
+            P.RWRITE: self._write,
             P.SESSION: self._session,
             P.TRUST: self._trust,
             **self.moves.handlers(),
+            P.MOVE: self._move,
         }
 
     # --- sockets ------------------------------------------------------------------------------
@@ -198,6 +217,7 @@ class Agent:
         self.stop()
         self._populator.shutdown(wait=True, cancel_futures=True)
         self.moves.close()
+        self.repl.close()
         self.guard.close()
         self.gossip.close()
         for sock in (self.router, self.pub, self.sealed):
@@ -228,6 +248,30 @@ class Agent:
             secret=self.access.secret, key_name=self.s.node, timeout_s=PEER_HANDSHAKE_S, hwm=hwm,
             max_message_bytes=max_message_bytes, close=lambda sock: sock.close(0), node=node)))
 
+    def _dial_link(self, node: str, address: str) -> Any:
+        """A replication link to ``node`` (run on a worker thread: a handshake blocks)."""
+        max_bytes = self.s.max_message_bytes + (1 << 16)
+        if not self.access.keyed:
+            return links.PlainLink(sockets.dealer(self.ctx, address, hwm=1024,
+                                                  max_message_bytes=max_bytes), None)
+        server_key = self.access.agent_public(node)
+        if server_key is None:
+            raise InvalidRequest(f"node {node} has no agent key in this cluster's allow-list")
+        return links.run_blocking(links.handshake(
+            self.ctx, address, server_key=server_key, public=self.access.public,
+            secret=self.access.secret, key_name=self.s.node, timeout_s=PEER_HANDSHAKE_S,
+            hwm=1024, max_message_bytes=max_bytes, close=lambda sock: sock.close(0), node=node))
+
+    def _freed(self, block_id: str) -> None:
+        self.gate.forget(block_id)
+        self.repl.freed(block_id)
+
+    def _drop_copy(self, block_id: str) -> None:
+        """Free a copy the mesh has moved on from (or that a repair was filling)."""
+        block = self.store.get(block_id)
+        filling = block.state in (State.INCOMING, State.CANCELLED, State.ARRIVED)
+        self.store.free(block_id, Event.DROP if filling else Event.FREE)
+
     def stop(self) -> None:
         self._stopping = True
         self.moves.stop()  # moves and pulls see it within a poll slice and give up
@@ -235,7 +279,7 @@ class Agent:
     # --- loop ---------------------------------------------------------------------------------
 
     def run(self) -> None:
-        poller, polled = self._poller(), self.gossip.version
+        poller, polled = self._poller(), (self.gossip.version, self.repl.version)
         interval = self.s.heartbeat_interval_s
         next_beat = time.monotonic()
         log.info(
@@ -246,15 +290,16 @@ class Agent:
         # a libzmq error, a bug), the loop logs it, counts it and goes on serving.
         guarded = self._guarded
         while not self._stopping:
-            if polled != self.gossip.version:  # gossip links came or went
-                poller, polled = self._poller(), self.gossip.version
+            if polled != (self.gossip.version, self.repl.version):  # links came or went
+                poller, polled = self._poller(), (self.gossip.version, self.repl.version)
             now = time.monotonic()
+            guarded("replicas", self.repl.tick, now)
             if now >= next_beat:
                 next_beat = max(next_beat + interval, now + interval / 2)
                 guarded("heartbeat", self._beat, now)
             guarded("connection guard", self.guard.tick, now)
             timeout_s = next_beat - now
-            if self._pending or self.moves.busy:
+            if self._pending or self.moves.busy or self.repl.busy:
                 timeout_s = min(timeout_s, JOBS_POLL_S)
             if self.gate.waiting:
                 timeout_s = min(timeout_s, DEFERRED_POLL_S)
@@ -274,6 +319,8 @@ class Agent:
             if self.sealed is not None and self.sealed in events:
                 guarded("sealed requests", self._drain_sealed)
             guarded("gossip", self.gossip.drain, events, now, guarded)
+            guarded("replica links", self.repl.finish_dials)
+            guarded("replica replies", self.repl.drain, events)
             if self._pending:
                 guarded("allocations", self._finish_allocations)
             if self.moves.busy:
@@ -283,7 +330,8 @@ class Agent:
 
     def _poller(self) -> zmq.Poller:
         poller = zmq.Poller()
-        for sock in [self.router, self.sealed, *self.gossip.sockets(), *self.guard.monitors]:
+        for sock in [self.router, self.sealed, *self.gossip.sockets(), *self.guard.monitors,
+                     *self.repl.sockets()]:
             if sock is not None:
                 poller.register(sock, zmq.POLLIN)
         return poller
@@ -348,10 +396,14 @@ class Agent:
                 raise DeadlineExceeded(
                     f"{request.op} reached node {self.s.node} after its client's deadline; "
                     "nothing was applied", node=self.s.node)
+            self.repl.begin(identity, request)  # its reply waits for its forwarded changes
             self._handlers[request.op](identity, request)
+            self.repl.end(failed=False)
         except MeshError as exc:
+            self.repl.end(failed=True)
             self._send(identity, [P.encode_exception(request.op, request.request_id, exc)])
         except Exception as exc:  # a bug must not take the agent down
+            self.repl.end(failed=True)
             log.exception("internal error on %s", request.op)
             self._send(
                 identity, [P.encode_error(request.op, request.request_id, "internal", repr(exc))]
@@ -387,6 +439,7 @@ class Agent:
             capacity=self.store.capacity_for(mem), used=self.store.used,
             room=self.store.room(mem), host_available=int(mem.available),
             host_total=int(mem.total), blocks=len(self.store), security=self._security(),
+            domain=self.s.domain,
         ).record()
 
     def _security(self) -> str:
@@ -422,6 +475,10 @@ class Agent:
     # --- handlers -----------------------------------------------------------------------------
 
     def _reply(self, identity: bytes, req: P.Request, result: dict[str, Any]) -> None:
+        if not self.repl.hold(identity, req, result):  # held until every copy applied it
+            self._send_reply(identity, req, result)
+
+    def _send_reply(self, identity: bytes, req: P.Request, result: dict[str, Any]) -> None:
         self._send(identity, [P.encode_reply(req.op, req.request_id, result)])
 
     def _reply_error(self, identity: bytes, req: P.Request, exc: MeshError) -> None:
@@ -442,13 +499,24 @@ class Agent:
 
     def _alloc(self, identity: bytes, req: P.Request) -> None:
         f = req.fields
+        want, spread = f.get("replicas", 1), f.get("spread", "host")
+        if not 1 <= want <= MAX_REPLICAS or spread not in ("host", "node"):
+            raise InvalidRequest(f"replicas must be 1 to {MAX_REPLICAS} and spread 'host' or "
+                                 f"'node', got {want!r} and {spread!r}")
         block = self.store.allocate(f["size"], bool(f["lazy"]), pending=bool(f.get("pending")),
                                     ttl_s=f.get("ttl_s"))
         if block.lazy:
-            self._reply(identity, req, block.record(self.s.node))
+            self._allocated(identity, req, block, want, spread)
             return
         future = self._populator.submit(populate, block)
-        self._pending[future] = _PendingAlloc(identity, req.request_id, block)
+        self._pending[future] = _PendingAlloc(identity, req, block, want, spread)
+
+    def _allocated(self, identity: Any, req: P.Request, block: Block, want: int,
+                   spread: str) -> None:
+        if want > 1:  # its other copies first (agents/replication.py)
+            self.repl.created(identity, req, block, want, spread, block.record(self.s.node))
+        else:
+            self._send_reply(identity, req, block.record(self.s.node))
 
     def _finish_allocations(self) -> None:
         for future in [f for f in self._pending if f.done()]:
@@ -460,30 +528,40 @@ class Agent:
                 if block.state is State.ALLOCATING:
                     self.store.free(block.block_id, Event.POPULATE_FAILED)
                 self._send(pending.identity, [P.encode_error(
-                    P.ALLOC, pending.request_id, "no_capacity", f"could not back the block: {exc}"
-                )])
+                    P.ALLOC, pending.req.request_id, "no_capacity",
+                    f"could not back the block: {exc}")])
                 continue
             block.advance(Event.POPULATED)
-            self._send(pending.identity, [P.encode_reply(
-                P.ALLOC, pending.request_id, block.record(self.s.node)
-            )])
+            self._allocated(pending.identity, pending.req, block, pending.want, pending.spread)
 
     def _free(self, identity: bytes, req: P.Request) -> None:
         block = self.store.served(req.fields["block"])
+        self.repl.check_primary(block.block_id)
         self.store.free(block.block_id)
         self._reply(identity, req, {"block": block.block_id, "size": block.size})
 
     def _write(self, identity: bytes, req: P.Request) -> None:
-        block = self.store.served(req.fields["block"])
+        """WRITE from a client, or RWRITE: a write (or a repair's chunk) forwarded by the
+        block's primary (agents/replication.py), applied only in the primary's epoch."""
+        forwarded = req.op == P.RWRITE
+        if forwarded:
+            block = self.repl.accept(req)
+        else:
+            block = self.store.served(req.fields["block"])
+            self.repl.check_primary(block.block_id)
         frame = req.payload[0]
         data = P.frame_view(frame)
         offset = req.fields["offset"]
         self.store.check_range(block, offset, data.nbytes)
-        self.store.check_still(block)
+        if not forwarded:
+            self.store.check_still(block)
         if self.gate.must_wait(block.block_id, offset, offset + data.nbytes):
-            self.gate.defer(block.block_id, (identity, req))
+            # a forwarded write is never refused for being one too many: its primary holds it
+            self.gate.defer(block.block_id, (identity, req), force=forwarded)
             return
         block.view[offset : offset + data.nbytes] = data
+        if not forwarded:
+            self.repl.forward_write(block.block_id, offset, frame)
         self._reply(identity, req, {
             "block": block.block_id, "offset": offset, "length": data.nbytes,
         })
@@ -497,6 +575,7 @@ class Agent:
             )
         block = self.store.served(req.fields["block"])
         self.store.check_range(block, offset, length)
+        self.repl.check_serving(block.block_id)
         if not lifecycle.serves_reads(block.state):  # HANDING_OVER: the new copy may change
             raise BlockMoving(f"block {block.block_id} is being handed over to another node; "
                               "retry in a moment", node=self.s.node)
@@ -515,13 +594,52 @@ class Agent:
 
     def _stat(self, identity: bytes, req: P.Request) -> None:
         block = self.store.served(req.fields["block"])
-        self._reply(identity, req, block.record(self.s.node))
+        self.repl.check_serving(block.block_id)
+        self._reply(identity, req, self._block_record(block))
+
+    def _block_record(self, block: Block) -> dict[str, Any]:
+        return {**block.record(self.s.node), **self.repl.describe(block.block_id)}
 
     def _list(self, identity: bytes, req: P.Request) -> None:
         blocks, cursor = self.store.list_blocks(*page(req))
         self._reply(identity, req, {
-            "node": self.s.node, "blocks": [b.record(self.s.node) for b in blocks], "next": cursor,
+            "node": self.s.node, "blocks": [self._block_record(b) for b in blocks],
+            "next": cursor,
         })
+
+    def _move(self, identity: Any, req: P.Request) -> None:
+        if req.fields["block"] in self.repl.copies:
+            raise InvalidRequest(
+                f"block {req.fields['block']} has replicas: its copies are moved by repair "
+                "(moving one copy with MOVE is not supported yet)")
+        self.moves.handlers()[P.MOVE](identity, req)
+
+    def _kget(self, identity: Any, req: P.Request) -> None:
+        rec = self.store.get_key(req.fields["key"])
+        if rec["block"]:  # a copy that may not serve sends its reader elsewhere
+            self.repl.check_serving(rec["block"])
+            rec.update(self.repl.describe(rec["block"]))
+        self._reply(identity, req, rec)
+
+    def _key_change(self, handler: Callable[[Any, P.Request], None]
+                    ) -> Callable[[Any, P.Request], None]:
+        """KPUT and KDEL, taken by the primary of the blocks they touch, which forwards the
+        blocks' new key records to the other copies (agents/replication.py)."""
+
+        def run(identity: Any, req: P.Request) -> None:
+            touched = {str((req.fields.get("record") or {}).get("block") or "")}
+            try:
+                touched.add(self.store.get_key(req.fields["key"])["block"])
+            except MeshError:
+                pass
+            touched.discard("")
+            for block_id in touched:
+                self.repl.check_primary(block_id)
+            handler(identity, req)
+            for block_id in touched:
+                self.repl.keys_changed(block_id)
+
+        return run
 
     def _stats(self, identity: bytes, req: P.Request) -> None:
         rec = self.self_record()

@@ -499,6 +499,20 @@ class BlockStore:
             raise KeyNotFound(f"key {key!r} not found on node {self.node}", node=self.node)
         return public(record)
 
+    def drop_key(self, key: str) -> None:
+        """Forget a key and nothing else (a backup following its primary's records)."""
+        if key in self._keys:
+            self._drop_key(key)
+
+    def set_lifetime(self, block: Block, expires: float | None, pending: bool) -> None:
+        """Give a block the lifetime a copy's primary kept (a ttl, a pending put's lease)."""
+        now = self._clock()
+        if expires is not None:
+            block.expires, block.expires_at = expires, now + max(0.0, expires - time.time())
+        if pending:
+            block.lease_until = now + self.lease_s
+        self._watch(block)
+
     def delete_key(self, key: str) -> bool:
         """Forget a key; free its block when the block was made for it. True if freed."""
         record = self.get_key(key)

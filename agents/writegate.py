@@ -87,9 +87,11 @@ class WriteGate:
             return True
         return self._overlaps_send(block_id, start, end)
 
-    def defer(self, block_id: str, write: Any) -> None:
-        """Queue ``write`` (whatever ``retry``'s ``dispatch`` takes) for the next ``retry``."""
-        if len(self._deferred) >= self.max_deferred:
+    def defer(self, block_id: str, write: Any, force: bool = False) -> None:
+        """Queue ``write`` (whatever ``retry``'s ``dispatch`` takes) for the next ``retry``;
+        ``force``: even past the limit (a write forwarded by a block's primary, whose window
+        bounds them)."""
+        if len(self._deferred) >= self.max_deferred and not force:
             raise AgentError(
                 "busy: too many writes are waiting for reads of the same ranges; retry",
                 node=self.node,

@@ -27,6 +27,11 @@
     │                              and applied nothing (the client had given up on it)
     ├── AgentError                 the agent failed internally (it keeps serving)
     ├── BlockMoving                the block is being moved to another node; retry shortly
+    │   └── NotCurrent             this copy of a replicated block cannot serve now (a backup
+    │                              asked to write, a copy whose lease lapsed, one being
+    │                              filled); retry at the block's current primary
+    ├── StaleEpoch                 a replica set the mesh has moved on from (agent to agent)
+    ├── PlacementShort             fewer nodes (or hosts) with room than the copies asked for
     ├── MoveFailed                 a move stopped half-way; the original is intact at the source
     ├── MissingExtra               an optional dependency is not installed (names the pip extra)
     ├── PlacementError             reserving resources through Ray failed
@@ -172,6 +177,26 @@ class BlockMoving(MeshError):
     code = "moving"
 
 
+class NotCurrent(BlockMoving):
+    """A copy of a replicated block that cannot serve this request now: the client finds the
+    block's current primary and retries (``docs/durability.md``)."""
+
+    code = "not_current"
+
+
+class StaleEpoch(MeshError):
+    """Sent by an agent to a peer writing in a replica set it has moved on from: the peer is
+    fenced and drops its copy."""
+
+    code = "stale_epoch"
+
+
+class PlacementShort(MeshError):
+    """Fewer distinct nodes (or hosts, with spread "host") with room than copies asked for."""
+
+    code = "placement_short"
+
+
 class MoveFailed(MeshError):
     code = "move_failed"
 
@@ -246,6 +271,9 @@ ERROR_CODES: dict[str, type[MeshError]] = {
         DeadlineExceeded,
         AgentError,
         BlockMoving,
+        NotCurrent,
+        StaleEpoch,
+        PlacementShort,
         MoveFailed,
         AuthenticationError,
         Forbidden,

@@ -124,6 +124,9 @@ class NodeInfo:
     # "keyed" (authenticated, sealed), "loopback" (no keys, loopback only), "insecure" (no keys,
     # bound beyond loopback on purpose); "" from agents older than the field
     security: str = ""
+    # its failure domain: the machine it runs on (``/etc/machine-id``, or what ``--domain``
+    # says); two copies of a block in one domain are not two copies (docs/durability.md)
+    domain: str = ""
 
     @property
     def alive(self) -> bool:
@@ -149,6 +152,7 @@ class NodeInfo:
             gossip=str(rec.get("gossip", "")),
             key=rec.get("key") if isinstance(rec.get("key"), bytes) else None,
             security=str(rec.get("security") or ""),
+            domain=str(rec.get("domain") or ""),
         )
 
     def record(self) -> dict[str, Any]:
@@ -166,6 +170,7 @@ class NodeInfo:
             "host_total": self.host_total,
             "blocks": self.blocks,
             "security": self.security,
+            "domain": self.domain,
         }
 
 

@@ -61,6 +61,25 @@ Moving a block peer to peer (rebalancing, draining); the master sends only MOVE:
                                       key records and serves the block -> {block}
     ABORT  {block}                     source -> target: drop an incoming copy -> {block, dropped}
 
+Replicas (``agents/replication.py``, ``docs/durability.md``), agent to agent; ``from`` and
+``inc`` name the sender and its incarnation, ``epoch`` the replica set it writes in::
+
+    RSET   {block, from, inc, set: {epoch, nodes, syncing}, size, lazy, created, want, spread,
+            keys[, expires, pending]}      the primary -> each member: install the set (making
+                                           the copy when this member is new to it); a member
+                                           it leaves out drops its copy -> {block, epoch}
+    RWRITE {block, from, inc, epoch, offset} + 1 payload   a forwarded write, or a chunk of a
+                                           repair's copy -> {block, offset, length}
+    RFREE  {block, from, inc, epoch}       -> {block}
+    RKEYS  {block, from, inc, epoch, keys} the block's key records, all of them -> {block}
+    LEASE  {from, inc}                     -> {node, ok}: ok false once this agent has moved
+                                           on from that incarnation (it must drop every copy
+                                           it shares with this agent)
+
+A member refuses a change from an older epoch or from a sender that is not its set's primary
+with ``stale_epoch``; a copy that cannot serve answers ``not_current`` (the client retries at
+the primary). ALLOC takes ``replicas`` (copies, 1 by default) and ``spread`` ("host" or "node").
+
 While a block moves, the source refuses writes, frees and key changes on it with code "moving"
 (clients retry); reads go on until the source sends COMMIT, and are refused the same way from
 then until the source has freed its copy (a few ms), so no one reads the old copy once the new
@@ -137,6 +156,11 @@ MOVE = "move"
 PULL = "pull"
 COMMIT = "commit"
 ABORT = "abort"
+RSET = "rset"
+RWRITE = "rwrite"
+RFREE = "rfree"
+RKEYS = "rkeys"
+LEASE = "lease"
 
 OK = 0
 ERROR = 1
@@ -182,13 +206,21 @@ _REQUEST_SCHEMA: dict[str, tuple[dict[str, tuple[type, ...]], int]] = {
     COMMIT: ({"block": (str,), "keys": (list,)}, 0),
     ABORT: ({"block": (str,)}, 0),
     RENEW: ({"blocks": (list,)}, 0),
+    RSET: ({"block": (str,), "from": (str,), "inc": _INT, "set": (dict,), "size": _INT,
+            "lazy": (bool,), "created": (int, float), "want": _INT, "spread": (str,),
+            "keys": (list,)}, 0),
+    RWRITE: ({"block": (str,), "from": (str,), "inc": _INT, "epoch": _INT, "offset": _INT}, 1),
+    RFREE: ({"block": (str,), "from": (str,), "inc": _INT, "epoch": _INT}, 0),
+    RKEYS: ({"block": (str,), "from": (str,), "inc": _INT, "epoch": _INT, "keys": (list,)}, 0),
+    LEASE: ({"from": (str,), "inc": _INT}, 0),
     SESSION: ({}, 0),
     TRUST: ({"entries": (list,)}, 0),
 }
 OPS = frozenset(_REQUEST_SCHEMA)
 # op -> optional fields with their types (checked when present)
 _OPTIONAL_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
-    ALLOC: {"pending": (bool,), "ttl_s": (int, float)},
+    ALLOC: {"pending": (bool,), "ttl_s": (int, float), "replicas": _INT, "spread": (str,)},
+    RSET: {"expires": (int, float), "pending": (bool,)},
     LIST: {"after": _INT, "limit": _INT},
     KLIST: {"after": _INT, "limit": _INT},
 }

@@ -1,0 +1,762 @@
+"""Replicas on an agent: the copies of replicated blocks this agent holds, the links to the
+peers holding the other copies, writes forwarded and acknowledged, leases, fencing and repair
+(the design is ``docs/durability.md``; the pure rules are ``agents/replicas.py``).
+
+- **Sets.** ``copies`` maps a block id to its ``Copy``: the replica set (epoch, members with the
+  primary first, members still syncing), the copies asked for and how far apart they must be.
+  Only the primary changes a set; it sends the new set (RSET) to every member over the one
+  ordered link it keeps to each, before anything else in that epoch.
+- **Writes.** A client's change reaches the primary only (a backup answers ``not_current``).
+  The primary applies it, forwards it to every other member (RWRITE with the received frame,
+  RFREE, RKEYS) and answers the client when all of them have applied it: ``begin``/``hold``/
+  ``end`` hold the reply of the request being dispatched until its forwards are acknowledged.
+- **Leases.** Every ``LEASE_EVERY_S`` a member asks each peer it shares a set with whether that
+  peer still counts it in (LEASE). A reply to a request sent at ``t`` gives a lease until
+  ``t + lease_s(dead_after_s)`` on our own monotonic clock; a copy serves reads only while it
+  holds a lease from every other complete member. The peer moves on from us only after
+  ``dead_after_s`` of silence, so by then our lease is over, even if we were paused.
+- **Moving on.** A peer whose heartbeat goes dead, that restarted (a new incarnation), or that
+  fails a forwarded change is moved on from: it leaves every set we share (``without``, epoch
+  + 1), pending acknowledgements stop waiting for it, and its LEASE and forwarded changes are
+  refused from then on (``stale_epoch``), so it drops every copy it shares with us. After a
+  gap in our own loop (we were paused, or starved) nobody is moved on from for ``dead_after_s``:
+  what we heard during the gap is not news.
+- **Repair.** A primary whose set has fewer complete copies than asked places a new one
+  (``place``, keeping the members' nodes and failure domains apart), adds it as syncing, and
+  pushes the block in chunks (RWRITE) over the same link it forwards writes on, so a chunk can
+  never land after a newer write; then it marks the copy synced.
+
+Not here: sockets to clients, the block memory and keys (``agents/store.py``), the write path's
+own checks (``agents/server.py``), membership (``mesh/membership.py``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import zmq
+
+from agents.lifecycle import Event, State
+from agents.replicas import APPLY, Candidate, ReplicaSet, lease_s, place, verdict
+from agents.store import Block, BlockStore
+from mesh import protocol as P
+from mesh.errors import (
+    BlockNotFound, Forbidden, InvalidRequest, MeshError, NotCurrent, PlacementShort, SealError,
+    SessionLost, StaleEpoch,
+)
+from mesh.membership import ALIVE, DEAD, MembershipTable
+
+log = logging.getLogger("mesh.agent")
+
+LEASE_EVERY_S = 0.25  # how often a member renews its leases with its peers
+PUSH_WINDOW = 4  # chunks of a repair in flight to its target
+LINK_HWM = 1024
+QUEUE_MAX = 4096  # messages waiting for a peer's link; past that the peer is moved on from
+GAP_S = 1.0  # a loop turn this late means we were paused or starved
+REPAIR_RETRY_S = 1.0  # a set that could not be placed is tried again this often
+MAX_WANT = 16
+
+
+@dataclass
+class Copy:
+    rset: ReplicaSet
+    want: int  # complete copies asked for
+    spread: str  # "host" or "node" (agents/replicas.py: place)
+    size: int
+    lazy: bool
+    created: float
+    expires: float | None = None  # epoch seconds (a ttl); only the primary sweeps
+    pending: bool = False  # made for a put not published yet; only the primary's lease runs
+    push: Push | None = None  # the repair this primary runs
+    repair_after: float = 0.0
+
+
+@dataclass
+class Push:
+    target: str
+    epoch: int
+    next: int = 0  # the next byte to send
+    inflight: int = 0
+
+
+@dataclass
+class Ack:
+    """A client's request held until every member has applied what it changed."""
+
+    identity: Any
+    req: P.Request
+    result: dict | None = None
+    waiting: dict[str, int] = field(default_factory=dict)  # node -> forwards outstanding
+    error: MeshError | None = None
+    strict: bool = False  # a member's failure fails the request (a new block's copies)
+    block: str = ""  # the new block whose copies a strict ack waits for
+    fenced: bool = False  # a member refused the change: the mesh moved on from our copy
+
+
+class Peer:
+    def __init__(self, node: str, address: str, incarnation: int):
+        self.node = node
+        self.address = address
+        self.incarnation = incarnation
+        self.link: Any = None
+        self.dialing: Future | None = None
+        self.queue: deque[tuple[int, list[Any], Callable]] = deque()
+        self.waiting: dict[int, Callable[[P.Reply | None], None]] = {}
+        self.lease_until = float("-inf")
+        self.lease_asked = float("-inf")  # when the LEASE question in flight was sent
+
+
+class Replication:
+    def __init__(self, store: BlockStore, members: MembershipTable, *, node: str,
+                 incarnation: int, dead_after_s: float, chunk_bytes: int, domain: str,
+                 dial: Callable[[str, str], Any], reply: Callable, reply_error: Callable,
+                 drop: Callable[[str], None], clock: Callable[[], float] = time.monotonic):
+        self.store = store
+        self.members = members
+        self.node = node
+        self.incarnation = incarnation
+        self.dead_after_s = dead_after_s
+        self.lease_s = lease_s(dead_after_s)
+        self.chunk_bytes = chunk_bytes
+        self.domain = domain
+        self._dial = dial  # (node, address) -> a link (PlainLink or SealedLink); may block
+        self._reply = reply
+        self._reply_error = reply_error
+        self._drop = drop  # frees a copy of ours that the mesh has moved on from
+        self._clock = clock
+        self.copies: dict[str, Copy] = {}
+        self.peers: dict[str, Peer] = {}
+        self.moved_on: dict[str, int] = {}  # node -> the incarnation we moved on from
+        self._ids = itertools.count(1)
+        self._dialer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="replica-link")
+        self._ctx: Ack | None = None
+        self._dirty_keys: set[str] = set()
+        self._freeing: set[str] = set()  # copies being dropped by us: no RFREE for them
+        self._last_tick = clock()
+        self._quiet_until = float("-inf")
+        self._next_lease = float("-inf")
+        self.version = 0  # bumps when the set of peer sockets changes (the loop re-polls)
+        self.repairs = 0
+        self.moved_on_count = 0
+
+    def handlers(self) -> dict[str, Callable[[Any, P.Request], None]]:
+        return {P.RSET: self._rset, P.RFREE: self._rfree, P.RKEYS: self._rkeys,
+                P.LEASE: self._lease}
+
+    def close(self) -> None:
+        self._dialer.shutdown(wait=False, cancel_futures=True)
+        for peer in self.peers.values():
+            if peer.link is not None:
+                peer.link.sock.close(0)
+
+    # --- what the server asks ------------------------------------------------------------------
+
+    def describe(self, block_id: str) -> dict[str, Any]:
+        copy = self.copies.get(block_id)
+        if copy is None:
+            return {}
+        return {"nodes": list(copy.rset.current), "epoch": copy.rset.epoch,
+                "replicas": copy.want, "syncing": list(copy.rset.syncing)}
+
+    def check_primary(self, block_id: str) -> None:
+        """A client's change of ``block_id`` is taken here only by its serving primary."""
+        copy = self.copies.get(block_id)
+        if copy is None:
+            return
+        if copy.rset.primary != self.node:
+            raise NotCurrent(f"block {block_id} is changed through its primary "
+                             f"{copy.rset.primary}, not {self.node}", node=self.node)
+        # No lease needed: every other member checks our epoch before it applies the change,
+        # and a change is acknowledged only once all of them have.
+
+    def check_serving(self, block_id: str) -> None:
+        """``NotCurrent`` unless this copy may serve now: complete, and holding a lease from
+        every other complete member."""
+        copy = self.copies.get(block_id)
+        if copy is None:
+            return
+        if self.node in copy.rset.syncing:
+            raise NotCurrent(f"the copy of {block_id} on {self.node} is still being filled",
+                             node=self.node)
+        now = self._clock()
+        for m in copy.rset.current:
+            if m != self.node:
+                peer = self.peers.get(m)
+                if peer is None or peer.lease_until <= now:
+                    raise NotCurrent(f"the copy of {block_id} on {self.node} has not heard "
+                                     f"from {m} lately; retry in a moment", node=self.node)
+
+    # --- holding a client's reply until its forwards are applied ---------------------------------
+
+    def begin(self, identity: Any, req: P.Request) -> None:
+        self._ctx = Ack(identity, req)
+
+    def hold(self, identity: Any, req: P.Request, result: dict) -> bool:
+        ctx = self._ctx
+        if ctx is None or ctx.req is not req:
+            return False
+        ctx.result = result
+        return True
+
+    def end(self, failed: bool) -> None:
+        ctx, self._ctx = self._ctx, None
+        if ctx is None:
+            return
+        if not failed:
+            self._flush_keys(ctx)
+        if failed or ctx.result is None:
+            return  # the server answered with the error
+        if not ctx.waiting:
+            self._finish(ctx)
+
+    def _forward(self, copy: Copy, block_id: str, op: str, fields: dict, payload: Any = None,
+                 ack: Ack | None = None, to: tuple[str, ...] | None = None,
+                 then: Callable[[P.Reply | None], None] | None = None) -> None:
+        """Send ``op`` to every other member (or ``to``); the request being dispatched (or
+        ``ack``) is answered once each has applied it; ``then`` runs on each answer."""
+        ack = ack or self._ctx
+        base = {"block": block_id, "from": self.node, "inc": self.incarnation, **fields}
+        for m in to if to is not None else copy.rset.members:
+            if m == self.node:
+                continue
+            if ack is not None:
+                ack.waiting[m] = ack.waiting.get(m, 0) + 1
+
+            def done(reply: P.Reply | None, m: str = m) -> None:
+                self._acked(ack, m, reply)
+                if then is not None:
+                    then(reply)
+
+            self._send(m, op, base, payload, done)
+
+    def _acked(self, ack: Ack | None, node: str, reply: P.Reply | None) -> None:
+        if reply is not None and not reply.ok and reply.body.get("code") == StaleEpoch.code:
+            # the member has moved on from us: our copies of what we share are not current
+            log.warning("%s says we are fenced: dropping the copies shared with it", node)
+            if ack is not None:
+                ack.fenced = True
+            self._fenced_by(node)
+        elif reply is not None and not reply.ok and ack is not None and ack.strict:
+            ack.error = ack.error or _error(reply, node)
+        elif reply is None or not reply.ok:
+            why = "gone" if reply is None else reply.body.get("message")
+            if node in self.peers:  # a member that cannot apply a change is not a copy
+                log.warning("%s failed a replicated change (%s): moving on from it", node, why)
+                self.move_on(node)
+        if ack is None or node not in ack.waiting:
+            return
+        ack.waiting[node] -= 1
+        if ack.waiting[node] <= 0:
+            del ack.waiting[node]
+        if not ack.waiting and ack.result is not None and ack is not self._ctx:
+            self._finish(ack)
+
+    def _finish(self, ack: Ack) -> None:
+        if ack.error is None and ack.fenced:
+            ack.error = NotCurrent(f"node {self.node} is no longer the primary of what this "
+                                   "request changed; retry at the current one", node=self.node)
+        if ack.error is not None:
+            self._reply_error(ack.identity, ack.req, ack.error)
+            if ack.strict and ack.block in self.copies:
+                try:  # the copies made so far are freed too (RFREE)
+                    self.store.free(ack.block)
+                except MeshError:
+                    pass
+        else:
+            self._reply(ack.identity, ack.req, ack.result)
+        ack.result = None  # answered once
+
+    def _release(self, node: str) -> None:
+        """Acknowledgements stop waiting for ``node`` (moved on from)."""
+        peer = self.peers.get(node)
+        if peer is None:
+            return
+        callbacks = list(peer.waiting.values()) + [cb for *_, cb in peer.queue]
+        peer.waiting.clear()
+        peer.queue.clear()
+        for cb in callbacks:
+            cb(None)
+
+    # --- the changes the server makes ------------------------------------------------------------
+
+    def forward_write(self, block_id: str, offset: int, frame: Any) -> None:
+        copy = self.copies.get(block_id)
+        if copy is not None and len(copy.rset.members) > 1:
+            self._forward(copy, block_id, P.RWRITE, {"epoch": copy.rset.epoch,
+                                                     "offset": offset}, frame)
+
+    def created(self, identity: Any, req: P.Request, block: Block, want: int, spread: str,
+                result: dict) -> None:
+        """A new block (ALLOC with ``replicas``): place its other copies, make them (RSET at
+        epoch 1), and answer when they exist; the block is freed if one cannot be made."""
+        try:
+            placed = place(want - 1, block.size, self._candidates(), spread,
+                           exclude=frozenset({self.node}),
+                           keep_apart=frozenset({self.domain}) if spread == "host" else
+                           frozenset())
+        except PlacementShort as exc:
+            self.store.free(block.block_id)
+            self._reply_error(identity, req, PlacementShort(
+                f"{exc} (node {self.node} is the first copy)", node=self.node))
+            return
+        rset = ReplicaSet(1, (self.node,) + placed.nodes)
+        copy = Copy(rset, want, spread, block.size, block.lazy, block.created, block.expires,
+                    block.lease_until is not None)
+        self.copies[block.block_id] = copy
+        ack = Ack(identity, req, {**result, **self.describe(block.block_id)}, strict=True,
+                  block=block.block_id)
+        if placed.shared_hosts:
+            ack.result["shared_hosts"] = True
+        self._send_set(block.block_id, copy, ack)
+        if not ack.waiting:
+            self._finish(ack)
+
+    def freed(self, block_id: str) -> None:
+        """The store freed ``block_id`` (a client's FREE, a key that owned it, its ttl): the
+        other members free theirs, unless we are dropping a copy the mesh moved on from."""
+        copy = self.copies.pop(block_id, None)
+        if copy is None:
+            return
+        self._dirty_keys.discard(block_id)
+        if block_id in self._freeing or copy.rset.primary != self.node:
+            return
+        self._forward(copy, block_id, P.RFREE, {"epoch": copy.rset.epoch})
+
+    def keys_changed(self, block_id: str) -> None:
+        if block_id in self.copies:
+            self._dirty_keys.add(block_id)
+
+    def _flush_keys(self, ack: Ack | None) -> None:
+        dirty, self._dirty_keys = self._dirty_keys, set()
+        for block_id in dirty:
+            copy = self.copies.get(block_id)
+            if copy is not None and copy.rset.primary == self.node:
+                self._forward(copy, block_id, P.RKEYS, {
+                    "epoch": copy.rset.epoch, "keys": self.store.key_records(block_id)},
+                    ack=ack)
+
+    # --- a member's side ---------------------------------------------------------------------------
+
+    def _sender(self, req: P.Request) -> str:
+        f = req.fields
+        sender = f["from"]
+        if req.caller is not None and req.caller.name != sender:
+            raise Forbidden(f"{req.caller.name!r} cannot speak for node {sender!r}",
+                            node=self.node)
+        if self.moved_on.get(sender) == f["inc"]:
+            raise StaleEpoch(f"{self.node} has moved on from {sender} (incarnation "
+                             f"{f['inc']})", node=self.node)
+        self._peer(sender, f["inc"])
+        return sender
+
+    def accept(self, req: P.Request) -> Block:
+        """The block a forwarded change (RWRITE, RFREE, RKEYS) may be applied to, after the
+        fencing check: only from the primary of our set, in our epoch."""
+        sender = self._sender(req)
+        block_id = req.fields["block"]
+        copy = self.copies.get(block_id)
+        if copy is None:
+            raise BlockNotFound(f"no copy of {block_id} on {self.node}", node=self.node)
+        said = verdict(copy.rset, sender, req.fields["epoch"])
+        if said != APPLY:
+            raise StaleEpoch(f"{self.node} refuses {req.op} of {block_id} from {sender} in "
+                             f"epoch {req.fields['epoch']}: its set is {copy.rset} ({said})",
+                             node=self.node)
+        return self.store.get(block_id)
+
+    def _rset(self, identity: Any, req: P.Request) -> None:
+        f = req.fields
+        sender = self._sender(req)
+        block_id = f["block"]
+        try:
+            new = ReplicaSet.from_record(f["set"])
+        except ValueError as exc:
+            raise InvalidRequest(f"RSET of {block_id}: {exc}") from None
+        if new.primary != sender:
+            raise InvalidRequest(f"RSET of {block_id} from {sender}, not its primary")
+        want, spread = f["want"], f["spread"]
+        if not 1 <= want <= MAX_WANT or spread not in ("host", "node"):
+            raise InvalidRequest(f"RSET of {block_id}: want 1..{MAX_WANT}, spread host|node")
+        copy = self.copies.get(block_id)
+        if copy is not None and new.epoch < copy.rset.epoch:
+            raise StaleEpoch(f"{self.node} has {block_id} in epoch {copy.rset.epoch}, past "
+                             f"{new.epoch}", node=self.node)
+        if self.node not in new.members:
+            if copy is not None:
+                self.drop(block_id, f"{sender} left us out of its set")
+            self._reply(identity, req, {"block": block_id, "epoch": new.epoch})
+            return
+        if copy is None:
+            if new.epoch != 1 and self.node not in new.syncing:
+                raise BlockNotFound(f"{self.node} holds no copy of {block_id} (it restarted?)",
+                                    node=self.node)
+            self._make_copy(block_id, f)
+            copy = Copy(new, want, spread, f["size"], f["lazy"], float(f["created"]))
+            self.copies[block_id] = copy
+        block = self.store.get(block_id)
+        if self.node in copy.rset.syncing and self.node not in new.syncing:
+            _serve(block)  # our copy is complete
+        copy.rset, copy.want, copy.spread = new, want, spread
+        copy.expires, copy.pending = f.get("expires"), bool(f.get("pending"))
+        self._set_keys(block, f["keys"])
+        self._reply(identity, req, {"block": block_id, "epoch": new.epoch})
+
+    def _make_copy(self, block_id: str, f: dict) -> None:
+        try:
+            self.store.get(block_id)
+        except BlockNotFound:
+            pass
+        else:
+            raise InvalidRequest(f"{self.node} already holds a block {block_id!r}")
+        block = self.store.allocate(f["size"], bool(f["lazy"]), block_id=block_id,
+                                    created=float(f["created"]))
+        if f["set"].get("epoch") == 1:
+            _serve(block)  # a new block: its copies are all zeros, complete from the start
+
+    def _rfree(self, identity: Any, req: P.Request) -> None:
+        block_id = req.fields["block"]
+        if block_id not in self.copies:  # freed here already (a key replaced on us too)
+            self._sender(req)
+            self._reply(identity, req, {"block": block_id})
+            return
+        self.accept(req)
+        self.drop(block_id, "")
+        self._reply(identity, req, {"block": block_id})
+
+    def _rkeys(self, identity: Any, req: P.Request) -> None:
+        block = self.accept(req)
+        self._set_keys(block, req.fields["keys"])
+        self._reply(identity, req, {"block": block.block_id})
+
+    def _set_keys(self, block: Block, records: list) -> None:
+        """The block's key records become ``records`` (a backup keeps what its primary has)."""
+        self.store.adopt_keys(block, records, time.time())
+        names = {r["key"] for r in records}
+        for rec in self.store.key_records(block.block_id):
+            if rec["key"] not in names:
+                self.store.drop_key(rec["key"])
+
+    def _lease(self, identity: Any, req: P.Request) -> None:
+        f = req.fields
+        ok = self.moved_on.get(f["from"]) != f["inc"]
+        if ok:
+            self._peer(f["from"], f["inc"])
+        self._reply(identity, req, {"node": self.node, "ok": ok})
+
+    def drop(self, block_id: str, why: str) -> None:
+        """Free our copy of ``block_id`` without telling the other members."""
+        if why:
+            log.warning("dropping the copy of %s: %s", block_id, why)
+        self._freeing.add(block_id)
+        try:
+            self._drop(block_id)
+        finally:
+            self._freeing.discard(block_id)
+            self.copies.pop(block_id, None)
+
+    def _fenced_by(self, node: str) -> None:
+        for block_id, copy in list(self.copies.items()):
+            if node in copy.rset.members:
+                self.drop(block_id, f"{node} has moved on from this node")
+
+    # --- peers and links ---------------------------------------------------------------------------
+
+    def _peer(self, node: str, incarnation: int | None = None) -> Peer | None:
+        peer = self.peers.get(node)
+        member = self.members.get(node)
+        if member is None:
+            return peer
+        inc = member.info.incarnation if incarnation is None else incarnation
+        if peer is not None and peer.incarnation != inc and inc > peer.incarnation:
+            self._close(peer)  # it restarted: a new link to the new process
+            peer = None
+        if peer is None:
+            peer = Peer(node, member.info.address, inc)
+            self.peers[node] = peer
+        return peer
+
+    def _close(self, peer: Peer) -> None:
+        self._release(peer.node)
+        if peer.link is not None:
+            peer.link.sock.close(0)
+            self.version += 1
+        self.peers.pop(peer.node, None)
+
+    def _send(self, node: str, op: str, fields: dict, payload: Any,
+              done: Callable[[P.Reply | None], None]) -> None:
+        peer = self._peer(node)
+        if peer is None or self.moved_on.get(node) == peer.incarnation:
+            done(None)
+            return
+        rid = next(self._ids)
+        frames = P.encode_request(op, rid, fields)
+        if payload is not None:
+            frames = [frames[0], payload]
+        if len(peer.queue) >= QUEUE_MAX:
+            done(None)
+            return
+        sent = self._clock()
+
+        def answered(reply: P.Reply | None) -> None:
+            # any answer that took our change means it counted us in when it did: a lease
+            if reply is not None and reply.ok and op != P.LEASE:
+                peer.lease_until = max(peer.lease_until, sent + self.lease_s)
+            done(reply)
+
+        peer.queue.append((rid, frames, answered))
+        self._flush(peer)
+
+    def _flush(self, peer: Peer) -> None:
+        if peer.link is None:
+            if peer.dialing is None:
+                peer.dialing = self._dialer.submit(self._dial, peer.node, peer.address)
+            return
+        while peer.queue:
+            rid, frames, done = peer.queue[0]
+            try:
+                peer.link.send(frames)
+            except zmq.Again:
+                return
+            except zmq.ZMQError:
+                peer.queue.popleft()
+                done(None)
+                continue
+            peer.queue.popleft()
+            peer.waiting[rid] = done
+
+    def sockets(self) -> list[zmq.Socket]:
+        return [p.link.sock for p in self.peers.values() if p.link is not None]
+
+    def finish_dials(self) -> None:
+        for peer in list(self.peers.values()):
+            if peer.dialing is None or not peer.dialing.done():
+                continue
+            future, peer.dialing = peer.dialing, None
+            try:
+                peer.link = future.result()
+            except Exception as exc:
+                log.warning("no link to %s: %s", peer.node, exc)
+                self._release(peer.node)
+                continue
+            self.version += 1
+            self._flush(peer)
+
+    @property
+    def busy(self) -> bool:
+        return any(p.dialing is not None or p.queue for p in self.peers.values()) or \
+            any(c.push is not None for c in self.copies.values())
+
+    def drain(self, events: dict) -> None:
+        for peer in list(self.peers.values()):
+            if peer.link is None or peer.link.sock not in events:
+                continue
+            for _ in range(256):
+                try:
+                    frames = peer.link.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                try:
+                    reply = P.parse_reply(peer.link.open(frames))
+                except SessionLost:  # it restarted: its copies are gone
+                    self.move_on(peer.node)
+                    break
+                except (SealError, P.ProtocolError):
+                    continue
+                done = peer.waiting.pop(reply.request_id, None)
+                if done is not None:
+                    done(reply)
+            if peer.node in self.peers:
+                self._flush(peer)
+
+    # --- the timer: leases, deaths, repairs -------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        if now - self._last_tick > GAP_S:  # we were stopped (or starved): hear the mesh anew
+            log.warning("the loop was away %.1f s: no one is moved on from for %.1f s",
+                        now - self._last_tick, self.dead_after_s)
+            self._quiet_until = now + self.dead_after_s
+        self._last_tick = now
+        if not self.copies:
+            return
+        shared = {m for c in self.copies.values() for m in c.rset.members} - {self.node}
+        if now >= self._quiet_until:
+            for node in shared:
+                if self._gone(node, now):
+                    self.move_on(node)
+        if now >= self._next_lease:
+            self._next_lease = now + LEASE_EVERY_S
+            for node in shared:
+                self._ask_lease(node, now)
+            for block_id, copy in list(self.copies.items()):
+                if copy.rset.primary == self.node:
+                    self._repair(block_id, copy, now)
+
+    def _gone(self, node: str, now: float) -> bool:
+        member = self.members.get(node)
+        if member is None or self.members.state(member, now) == DEAD:
+            return True
+        peer = self.peers.get(node)
+        return peer is not None and member.info.incarnation > peer.incarnation
+
+    def _ask_lease(self, node: str, now: float) -> None:
+        peer = self._peer(node)
+        if peer is None or now - peer.lease_asked < self.lease_s / 2:
+            return  # one question at a time, unless it has gone unanswered a while
+
+        asked = now
+        peer.lease_asked = asked
+
+        def answered(reply: P.Reply | None) -> None:
+            peer.lease_asked = float("-inf")
+            if reply is None or not reply.ok:
+                return
+            if reply.body.get("ok") is False:
+                self._fenced_by(node)
+            else:
+                peer.lease_until = max(peer.lease_until, asked + self.lease_s)
+
+        self._send(node, P.LEASE, {"from": self.node, "inc": self.incarnation}, None, answered)
+
+    def move_on(self, node: str) -> None:
+        """``node`` no longer holds any copy we share: every set goes on without it."""
+        peer = self.peers.get(node)
+        member = self.members.get(node)
+        inc = peer.incarnation if peer is not None else (
+            member.info.incarnation if member is not None else 0)
+        if self.moved_on.get(node) == inc:
+            return
+        self.moved_on[node] = inc
+        self.moved_on_count += 1
+        log.warning("moving on from %s (incarnation %d)", node, inc)
+        for block_id, copy in list(self.copies.items()):
+            if node not in copy.rset.members:
+                continue
+            try:
+                new = copy.rset.without(node)
+            except ValueError:  # it held the only complete copy: ours is not one
+                self.drop(block_id, f"{node} held its only complete copy")
+                continue
+            copy.rset = new
+            if copy.push is not None and copy.push.target == node:
+                copy.push = None
+            if new.primary == self.node:
+                self._promote(block_id, copy)
+                self._send_set(block_id, copy, None)
+        if peer is not None:
+            self._close(peer)
+
+    def _promote(self, block_id: str, copy: Copy) -> None:
+        """We are the primary now: ours are the lifetimes (a ttl, a pending put's lease)."""
+        block = self.store.get(block_id)
+        if copy.expires is not None and block.expires_at is None:
+            self.store.set_lifetime(block, copy.expires, copy.pending)
+        elif copy.pending and block.lease_until is None:
+            self.store.set_lifetime(block, None, True)
+        copy.push = None  # a fill another primary began starts again from us (_repair)
+
+    def _send_set(self, block_id: str, copy: Copy, ack: Ack | None) -> None:
+        block = self.store.get(block_id)
+        fields = {"set": copy.rset.record(), "size": copy.size, "lazy": copy.lazy,
+                  "created": copy.created, "want": copy.want, "spread": copy.spread,
+                  "keys": self.store.key_records(block_id), "pending": copy.pending}
+        if block.expires is not None:
+            fields["expires"] = block.expires
+        # members left out (moved on from) get nothing: they drop their copies on their own
+        self._forward(copy, block_id, P.RSET, fields, ack=ack)
+
+    def _candidates(self) -> list[Candidate]:
+        now = self._clock()
+        out = []
+        for rec in self.members.snapshot(now):
+            if rec["state"] != ALIVE or rec["node"] == self.node or \
+                    self.moved_on.get(rec["node"]) == rec["incarnation"]:
+                continue
+            out.append(Candidate(rec["node"], rec.get("domain") or rec["node"],
+                                 int(rec.get("room", 0))))
+        return out
+
+    def _repair(self, block_id: str, copy: Copy, now: float) -> None:
+        if copy.push is not None:
+            if copy.push.inflight == 0:  # (re)start it; otherwise it goes on as chunks land
+                self._push(block_id, copy)
+            return
+        if copy.rset.syncing:  # a fill another primary began: ours starts from the start
+            copy.push = Push(copy.rset.syncing[0], copy.rset.epoch)
+            self._push(block_id, copy)
+            return
+        if len(copy.rset.members) >= copy.want or now < copy.repair_after or \
+                now < self._quiet_until:
+            return
+        domains = {self._domain(m) for m in copy.rset.members}
+        try:
+            placed = place(1, copy.size, self._candidates(), copy.spread,
+                           exclude=frozenset(copy.rset.members),
+                           keep_apart=frozenset(domains) if copy.spread == "host" else
+                           frozenset())
+        except PlacementShort as exc:
+            copy.repair_after = now + REPAIR_RETRY_S
+            log.warning("cannot repair %s yet: %s", block_id, exc)
+            return
+        target = placed.nodes[0]
+        copy.rset = copy.rset.with_member(target)
+        copy.push = Push(target, copy.rset.epoch)
+        self.repairs += 1
+        log.info("repairing %s: a copy on %s (epoch %d)", block_id, target, copy.rset.epoch)
+        self._send_set(block_id, copy, None)
+        self._push(block_id, copy)
+
+    def _domain(self, node: str) -> str:
+        if node == self.node:
+            return self.domain
+        member = self.members.get(node)
+        return (member.info.domain or node) if member is not None else node
+
+    def _push(self, block_id: str, copy: Copy) -> None:
+        """Send the repair's next chunks; when every chunk is in, the copy is synced."""
+        push = copy.push
+        if push is None or block_id not in self.copies:
+            return
+        block = self.store.get(block_id)
+
+        def pushed(reply: P.Reply | None) -> None:
+            push.inflight -= 1
+            if copy.push is push and reply is not None and reply.ok:
+                self._push(block_id, copy)
+
+        while push.inflight < PUSH_WINDOW and push.next < copy.size:
+            offset, n = push.next, min(self.chunk_bytes, copy.size - push.next)
+            push.next += n
+            push.inflight += 1
+            self._forward(copy, block_id, P.RWRITE, {"epoch": copy.rset.epoch, "offset": offset},
+                          bytes(block.view[offset:offset + n]), ack=None, to=(push.target,),
+                          then=pushed)
+            if copy.push is not push:
+                return  # the target failed at once
+        if push.next >= copy.size and push.inflight == 0 and copy.push is push:
+            copy.push = None
+            copy.rset = copy.rset.synced(push.target)
+            log.info("repaired %s: %s holds a complete copy (epoch %d)", block_id, push.target,
+                     copy.rset.epoch)
+            self._send_set(block_id, copy, None)
+
+
+def _serve(block: Block) -> None:
+    """An incoming copy becomes one that serves."""
+    if block.state is State.INCOMING:
+        block.advance(Event.COPIED)
+    if block.state is State.ARRIVED:
+        block.advance(Event.COMMIT)
+
+
+def _error(reply: P.Reply, node: str) -> MeshError:
+    try:
+        reply.raise_for_error(node)
+    except MeshError as exc:
+        return exc
+    return MeshError(f"{node} failed")
