@@ -495,9 +495,8 @@ class Replication:
             done(None)
             return
         rid = next(self._ids)
-        frames = P.encode_request(op, rid, fields)
-        if payload is not None:
-            frames = [frames[0], payload]
+        header = P.encode_request(op, rid, fields)
+        frames = [header] if payload is None else [header, payload]
         if len(peer.queue) >= QUEUE_MAX:
             done(None)
             return

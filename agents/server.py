@@ -47,7 +47,7 @@ from agents.writegate import WriteGate
 from mesh import protocol as P
 from mesh import sockets
 from mesh.errors import (
-    BlockMoving, DeadlineExceeded, InvalidRequest, MeshError, NotCurrent, TooLarge,
+    BlockMoving, DeadlineExceeded, InvalidRequest, MeshError, TooLarge,
 )
 from mesh.hostmem import host_memory
 from mesh.membership import ALIVE, DEAD, MembershipTable, NodeInfo

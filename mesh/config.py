@@ -86,6 +86,10 @@ class MeshSettings:
     # A block made for a named put is freed when its client has not renewed it (any request
     # naming it) for this long, plus at most one heartbeat (agents/store.py: leases).
     lease_s: float = 30.0
+    # Copies of every block unless a call says otherwise, kept on distinct failure domains
+    # ("host": machines) or only distinct nodes ("node") (docs/durability.md).
+    replicas: int = 1
+    replica_spread: str = "host"
 
     def __post_init__(self) -> None:
         try:
@@ -113,6 +117,10 @@ class MeshSettings:
                 raise _Invalid("insecure", f"expected true or false, got {self.insecure!r}")
             if not _is_number(self.lease_s) or not 0 < self.lease_s <= 3600:
                 raise _Invalid("lease_s", f"expected seconds in (0, 3600], got {self.lease_s!r}")
+            _check_int(self.replicas, "replicas", 1, 16)
+            if self.replica_spread not in ("host", "node"):
+                raise _Invalid("replica_spread", f"expected host or node, got "
+                               f"{self.replica_spread!r}")
         except _Invalid as exc:
             raise ConfigError(f"mesh.{exc.path}: {exc.problem}") from None
 

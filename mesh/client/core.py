@@ -30,7 +30,7 @@ import zmq
 from mesh import protocol as P
 from mesh._malloc import tune_for_transfers
 from mesh.client.batch import Batch, BatchRun, Call, Op, Wait, byte_view
-from mesh.client.blame import unavailable
+from mesh.client import locate
 from mesh.client.transfer import chunk_calls, follow, found
 from mesh.config import ClusterConfig, MeshSettings
 from mesh.errors import (
@@ -62,6 +62,9 @@ class BlockInfo:
     created: float
     expires: float | None = None  # epoch seconds when a block made with a ttl is freed
     pending: bool = False  # made for a put whose key is not published yet (a lease holds it)
+    nodes: tuple[str, ...] = ()  # with replicas: the nodes holding a current copy, primary first
+    epoch: int = 0  # with replicas: its replica set's epoch
+    replicas: int = 1  # the copies asked for
 
 
 class Listing(list):
@@ -105,6 +108,7 @@ class Core:
         self._nodes_at = float("-inf")  # when the view was last refreshed
         self._nodes_heard_at = 0.0
         self._locations: dict[str, tuple[str, int]] = {}  # block id -> (address, size)
+        self.replicated: set[str] = set()  # block ids known to have copies on other nodes
         self.closed = False
         tune_for_transfers(settings.max_message_bytes, settings.window)
 
@@ -127,6 +131,9 @@ class Core:
     def close(self) -> None:
         self.links.close()
         self.closed = True
+
+    def node_info(self, name: str) -> NodeInfo | None:
+        return self._nodes.get(name)
 
     def node_name(self, address: str) -> str | None:
         for info in self._nodes.values():
@@ -299,10 +306,19 @@ class Core:
     # --- blocks -------------------------------------------------------------------------------
 
     def allocate(self, size: int, node: str | None = None, lazy: bool = False,
-                 ttl_s: float | None = None, pending: bool = False) -> Op:
+                 ttl_s: float | None = None, pending: bool = False,
+                 replicas: int | None = None, spread: str | None = None) -> Op:
         """A new block's id. ``ttl_s``: the agent frees it that long after (else it lives until
         freed); ``pending``: it is made for a named put and lives while requests name it within
-        ``mesh.lease_s``, until a key names it (``agents/store.py``: leases)."""
+        ``mesh.lease_s``, until a key names it (``agents/store.py``: leases). ``replicas``
+        (default ``mesh.replicas``): copies on distinct nodes, on distinct machines unless
+        ``spread="node"`` (default ``mesh.replica_spread``); ``node`` is then the primary."""
+        replicas = self.settings.replicas if replicas is None else replicas
+        spread = spread or self.settings.replica_spread
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or \
+                not 1 <= replicas <= 16 or spread not in ("host", "node"):
+            raise InvalidRequest(f"replicas must be 1 to 16 and spread 'host' or 'node', got "
+                                 f"{replicas!r} and {spread!r}")
         if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
             raise InvalidSize(f"allocation size must be a positive whole number of bytes, got {size!r}")
         fields: dict[str, Any] = {"size": size, "lazy": bool(lazy)}
@@ -313,6 +329,8 @@ class Core:
             fields["ttl_s"] = float(ttl_s)
         if pending:
             fields["pending"] = True
+        if replicas > 1:
+            fields.update(replicas=replicas, spread=spread)
         nodes = yield from self.refresh_nodes(max_age_s=0.0)
         if node is not None:
             candidates = [_alive_node(nodes, node)]
@@ -340,46 +358,27 @@ class Core:
                 last = exc
                 continue
             self._locations[result["block"]] = (target.address, result["size"])
+            if len(result.get("nodes") or ()) > 1:
+                self.replicated.add(result["block"])
             self.invalidate_nodes()  # room changed
             return result["block"]
         assert last is not None
         raise last
 
     def locate(self, block_id: str) -> Op:
-        """(address, size) of the agent holding ``block_id``."""
+        """(address, size) of the agent serving ``block_id`` (its primary, when it has
+        replicas: ``mesh/client/locate.py``)."""
         if not isinstance(block_id, str) or not block_id:
             raise BlockNotFound(f"block id must be a non-empty string, got {block_id!r}")
         found = self._locations.get(block_id)
         if found is not None:
             return found
-        nodes = yield from self.refresh_nodes(max_age_s=1.0)
-        hint = block_node_hint(block_id)
-        live = [n for n in nodes if n.state != DEAD and n.state != DOWN]
-        live.sort(key=lambda n: n.name != hint)  # the node that made it first
-        silent: set[str] = set()  # addresses asked that did not answer
-        for group in (live[:1], live[1:]):
-            if not group:
-                continue
-            calls = yield from self.execute(Batch(
-                [Call(n.address, P.STAT, {"block": block_id}) for n in group],
-                timeout_s=self.settings.connect_timeout_s,
-                fail_fast=False,
-            ))
-            for call in calls:
-                if call.result is not None:
-                    found = (call.address, int(call.result["size"]))
-                    self._locations[block_id] = found
-                    return found
-                if not isinstance(call.error, BlockNotFound):
-                    silent.add(call.address)
-        # its node dead, paused or silent: the block is not known to be gone (issue 10, #7)
-        blamed = unavailable(nodes, hint, silent, f"block {block_id}")
-        if blamed is not None:
-            raise blamed
-        raise BlockNotFound(
-            f"Block ID not found: {block_id} (it was deallocated or never existed; "
-            "list current blocks with `grid memory list-blocks`)"
-        )
+        address, size, replicated = yield from locate.find(self, block_id,
+                                                           block_node_hint(block_id))
+        self._locations[block_id] = (address, size)
+        if replicated:
+            self.replicated.add(block_id)
+        return address, size
 
     def forget_location(self, block_id: str) -> None:
         """Drop the cached place of a block (it moved, or it is gone)."""
@@ -394,6 +393,7 @@ class Core:
             lambda: self.locate(block_id), lambda where: body(*where),
             self.settings.request_timeout_s,
             forget=lambda: self.forget_location(block_id), progress=progress,
+            failover=lambda: block_id in self.replicated,
         ))
 
     def write(self, block_id: str, data: Any, offset: int = 0) -> Op:
@@ -521,9 +521,10 @@ class Core:
     def blocks(self, page: int | None = None) -> Op:
         found, failed = yield from self.listing(P.LIST, "blocks", page)
         out = []
-        for address, rec in found:
+        for address, rec in locate.merge_copies(found):
             info = _block_info(rec)
-            self._locations[info.block_id] = (address, info.size)
+            self._locations[info.block_id] = (locate.primary_address(self, address, rec),
+                                              info.size)
             out.append(info)
         return Listing(sorted(out, key=lambda b: (b.node, b.created, b.block_id)), failed)
 
@@ -588,6 +589,8 @@ def _check_offset(offset: Any) -> None:
 
 def _block_info(rec: dict[str, Any]) -> BlockInfo:
     expires = rec.get("expires")
-    return BlockInfo(rec["block"], rec["node"], int(rec["size"]), bool(rec["lazy"]),
+    nodes = tuple(rec.get("nodes") or (rec["node"],))
+    return BlockInfo(rec["block"], nodes[0], int(rec["size"]), bool(rec["lazy"]),
                      float(rec["created"]), None if expires is None else float(expires),
-                     bool(rec.get("pending", False)))
+                     bool(rec.get("pending", False)), nodes, int(rec.get("epoch") or 0),
+                     int(rec.get("replicas") or 1))

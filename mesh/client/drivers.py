@@ -120,11 +120,15 @@ class _ClientBase:
         return self._run(self._core.ping(address, timeout_s))
 
     def allocate(self, size: int, node: str | None = None, lazy: bool = False, *,
-                 ttl_s: float | None = None) -> str:
+                 ttl_s: float | None = None, replicas: int | None = None,
+                 spread: str | None = None) -> str:
         """Make a block of ``size`` bytes on ``node`` (else the live node with most room). With
         ``ttl_s`` the agent frees it that many seconds after; without, it lives until freed
-        (it outlives this process)."""
-        return self._run(self._core.allocate(size, node, lazy, ttl_s=ttl_s))
+        (it outlives this process). ``replicas`` (default ``mesh.replicas``): copies on that
+        many nodes, each write acknowledged once all have it; on distinct machines unless
+        ``spread="node"`` (default ``mesh.replica_spread``). See docs/durability.md."""
+        return self._run(self._core.allocate(size, node, lazy, ttl_s=ttl_s, replicas=replicas,
+                                             spread=spread))
 
     def write(self, block_id: str, data: Any, offset: int = 0) -> int:
         """Write any bytes-like ``data`` at ``offset``; returns the bytes written."""
@@ -165,18 +169,21 @@ class _ClientBase:
     # named objects (docs/objects-api.md)
 
     def put_bytes(self, key: str | None, data: Any, node: str | None = None, *,
-                  block_id: str | None = None, offset: int = 0, replace: bool = False) -> ObjectInfo:
-        return self._run(objects.put_bytes(self._core, key, data, node, block_id, offset, replace))
+                  block_id: str | None = None, offset: int = 0, replace: bool = False,
+                  replicas: int | None = None) -> ObjectInfo:
+        return self._run(objects.put_bytes(self._core, key, data, node, block_id, offset, replace,
+                                           replicas=replicas))
 
     def get_bytes(self, key: str) -> bytearray:
         return self._run(objects.get_bytes(self._core, key))
 
     def put_file(self, key: str | None, source: Any, node: str | None = None, *,
                  block_id: str | None = None, offset: int = 0, replace: bool = False,
-                 progress: Callable[[int], None] | None = None) -> ObjectInfo:
+                 progress: Callable[[int], None] | None = None,
+                 replicas: int | None = None) -> ObjectInfo:
         """Stream a file (a path or a binary file object) into the mesh under ``key``."""
         return self._run(objects.put_file(self._core, key, source, node, block_id, offset,
-                                          replace, progress))
+                                          replace, progress, replicas))
 
     def get_file(self, key: str, dest: Any, *,
                  progress: Callable[[int], None] | None = None) -> ObjectInfo:
@@ -189,9 +196,9 @@ class _ClientBase:
         return self._run(objects.read_to_file(self._core, block_id, dest, offset, size, progress))
 
     def put_object(self, key: str | None, obj: Any, node: str | None = None, *,
-                   replace: bool = False) -> ObjectInfo:
+                   replace: bool = False, replicas: int | None = None) -> ObjectInfo:
         """Pickle (protocol 5, large buffers out of band) and store ``obj``."""
-        return self._run(objects.put_object(self._core, key, obj, node, replace))
+        return self._run(objects.put_object(self._core, key, obj, node, replace, replicas))
 
     def get_object(self, key: str, *, allow_pickle: bool = True) -> Any:
         """Unpickle the object under ``key``. Unpickling runs code its writer chose: on a keyed
@@ -203,9 +210,9 @@ class _ClientBase:
         return self._run(objects.get_object(self._core, key, allow_pickle))
 
     def put_array(self, key: str | None, array: Any, node: str | None = None, *,
-                  replace: bool = False) -> ObjectInfo:
+                  replace: bool = False, replicas: int | None = None) -> ObjectInfo:
         """Store a numpy array's memory as-is, with its dtype, shape and order."""
-        return self._run(objects.put_array(self._core, key, array, node, replace))
+        return self._run(objects.put_array(self._core, key, array, node, replace, replicas))
 
     def get_array(self, key: str) -> Any:
         return self._run(objects.get_array(self._core, key))

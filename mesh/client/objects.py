@@ -28,17 +28,14 @@ import stat as stat_mod
 import tempfile
 import time
 import zlib
-from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable
 
 from mesh import protocol as P
 import mesh.client.keyclaims as keyclaims
-from mesh.client.batch import Batch, Call, Op, byte_view
-from mesh.client.blame import unavailable
+from mesh.client.batch import Batch, Op, byte_view
 from mesh.client.core import Core, Listing
-from mesh.membership import ALIVE, DOWN
+from mesh.client.keylookup import ObjectInfo, _check_key, holders, lookup
 from mesh.client.transfer import (
-    MOVING_RETRY_S,
     Progress,
     StreamRead,
     chunk_calls,
@@ -46,7 +43,6 @@ from mesh.client.transfer import (
     stream_write,
 )
 from mesh.errors import (
-    BlockMoving,
     IntegrityError,
     InvalidRequest,
     KeyExists,
@@ -62,29 +58,6 @@ from mesh.errors import (
 SPOOL_IN_MEMORY_BYTES = 64 * 1024 * 1024
 
 
-@dataclass(frozen=True)
-class ObjectInfo:
-    key: str
-    block_id: str | None
-    offset: int
-    length: int
-    node: str
-    created: float
-    content_type: str
-    checksum: str
-    owns_block: bool
-    meta: dict = field(default_factory=dict, hash=False, compare=False)
-    # the key that wrote it, as its agent authenticated it (None on a cluster without keys)
-    writer: str | None = None
-
-    @classmethod
-    def from_record(cls, rec: dict[str, Any]) -> ObjectInfo:
-        return cls(rec["key"], rec["block"] or None, int(rec["offset"]), int(rec["length"]),
-                   rec["node"], float(rec["created"]), rec["content_type"], rec["checksum"],
-                   bool(rec["owns_block"]), dict(rec.get("meta") or {}),
-                   rec.get("writer") if isinstance(rec.get("writer"), str) else None)
-
-
 def _crc(views: list[memoryview]) -> str:
     crc = 0
     for v in views:
@@ -98,73 +71,6 @@ def _verify(info: ObjectInfo, actual: str) -> None:
             f"object {info.key!r} on {info.node} read back with checksum {actual}, "
             f"stored {info.checksum}"
         )
-
-
-def _check_key(key: Any) -> None:
-    if key is not None and (not isinstance(key, str) or not key or len(key) > 1024):
-        raise InvalidRequest(f"a key must be a string of 1 to 1024 characters, got {key!r}")
-
-
-# --- lookup -------------------------------------------------------------------------------------
-
-
-def holders(core: Core, key: str) -> Op:
-    """Every (address, ObjectInfo) for ``key`` on the live agents, newest first."""
-    _check_key(key)
-    nodes = yield from core.alive_nodes()
-    calls = yield from core.execute(Batch(
-        [Call(n.address, P.KGET, {"key": key}) for n in nodes],
-        timeout_s=core.settings.connect_timeout_s,
-        fail_fast=False,
-    ))
-    found = [(c.address, ObjectInfo.from_record(c.result)) for c in calls if c.result is not None]
-    return sorted(found, key=lambda f: f[1].created, reverse=True)
-
-
-def lookup(core: Core, key: str) -> Op:
-    found = yield from holders(core, key)
-    if not found:
-        # A key whose block is being handed over lives on the source until just after it is on
-        # the target, but one broadcast may ask the target just before and the source just
-        # after: look once more before saying it is not there.
-        yield from core.pause(MOVING_RETRY_S)
-        found = yield from holders(core, key)
-    if not found:
-        yield from _blame_for_key(core, key)
-        raise KeyNotFound(
-            f"Key not found: {key!r} (list stored objects with `grid memory list-objects`)"
-        )
-    return found[0]
-
-
-def _blame_for_key(core: Core, key: str) -> Op:
-    """``NodeUnavailable`` when the key's home says it lives on a node that is not alive or
-    does not answer (the key is not known to be gone); nothing when it does not know."""
-    _, node = yield from keyclaims.where(core, key)
-    nodes = yield from core.refresh_nodes(max_age_s=core.settings.heartbeat_interval_s)
-    if not node:  # the home of the key when every known node was up, if that one is not
-        known = [n.name for n in nodes if n.state != DOWN]
-        home = keyclaims.home_order(key, known)[:1]
-        blamed = unavailable(nodes, home[0] if home else None, set(), f"key {key!r}",
-                             where="has its home (which knows where it is) on")
-        if blamed is not None:
-            raise blamed
-        return
-    silent: set[str] = set()
-    holder = next((n for n in nodes if n.name == node), None)
-    if holder is not None and holder.state == ALIVE:
-        try:  # alive by its heartbeats: does it answer?
-            yield from core.call(holder.address, P.KGET, {"key": key},
-                                 timeout_s=core.settings.connect_timeout_s)
-        except (KeyNotFound, BlockMoving):
-            return
-        except NodeUnavailable:
-            silent.add(holder.address)
-        else:
-            return
-    blamed = unavailable(nodes, node, silent, f"key {key!r}")
-    if blamed is not None:
-        raise blamed
 
 
 def object_info(core: Core, key: str) -> Op:
@@ -204,7 +110,8 @@ Writer = Callable[[str, str, int], Op]  # (address, block_id, offset) -> checksu
 
 
 def _put(core: Core, key: str | None, length: int, node: str | None, block_id: str | None,
-         offset: int, replace: bool, content_type: str, meta: dict, writer: Writer) -> Op:
+         offset: int, replace: bool, content_type: str, meta: dict, writer: Writer,
+         replicas: int | None = None) -> Op:
     """Claim the key at its home, check it, find or make the block, write, publish the key
     record, then settle the claim (``mesh/client/keyclaims.py``). Anonymous objects are named
     by their block id, which no other put can take: they need no claim."""
@@ -212,7 +119,7 @@ def _put(core: Core, key: str | None, length: int, node: str | None, block_id: s
     claim = (yield from keyclaims.claim(core, key, replace, length)) if key is not None else None
     try:
         return (yield from _put_claimed(core, claim, key, length, node, block_id, offset, replace,
-                                        content_type, meta, writer))
+                                        content_type, meta, writer, replicas))
     except Exception:
         if claim is not None:
             yield from keyclaims.release(core, claim)
@@ -221,7 +128,7 @@ def _put(core: Core, key: str | None, length: int, node: str | None, block_id: s
 
 def _put_claimed(core: Core, claim: keyclaims.Claim | None, key: str | None, length: int,
                  node: str | None, block_id: str | None, offset: int, replace: bool,
-                 content_type: str, meta: dict, writer: Writer) -> Op:
+                 content_type: str, meta: dict, writer: Writer, replicas: int | None) -> Op:
     existing = (yield from holders(core, key)) if key is not None else []
     if existing and not replace:
         raise KeyExists(
@@ -235,7 +142,7 @@ def _put_claimed(core: Core, claim: keyclaims.Claim | None, key: str | None, len
                 f"{length} bytes at offset {offset} do not fit in block {block_id} ({size} bytes)"
             )
     elif length > 0:  # pending: freed by its agent if this client dies before publishing
-        block_id = yield from core.allocate(length, node, pending=True)
+        block_id = yield from core.allocate(length, node, pending=True, replicas=replicas)
         address, _ = yield from core.locate(block_id)
         offset = 0
     else:  # a 0-byte object needs no block, only a node to keep its record
@@ -323,10 +230,11 @@ def _read_views(core: Core, address: str, info: ObjectInfo, outs: list[memoryvie
 
 def put_bytes(core: Core, key: str | None, data: Any, node: str | None = None,
               block_id: str | None = None, offset: int = 0, replace: bool = False,
-              content_type: str = "bytes", meta: dict | None = None) -> Op:
+              content_type: str = "bytes", meta: dict | None = None,
+              replicas: int | None = None) -> Op:
     view = byte_view(data)
     return (yield from _put(core, key, view.nbytes, node, block_id, offset, replace,
-                            content_type, meta or {}, _write_views(core, [view])))
+                            content_type, meta or {}, _write_views(core, [view]), replicas))
 
 
 def _read_key(core: Core, key: str,
@@ -401,11 +309,11 @@ def _open_source(source: Any) -> tuple[BinaryIO, int, bool, dict]:
 
 def put_file(core: Core, key: str | None, source: Any, node: str | None = None,
              block_id: str | None = None, offset: int = 0, replace: bool = False,
-             progress: Progress = None) -> Op:
+             progress: Progress = None, replicas: int | None = None) -> Op:
     src, length, close_it, meta = _open_source(source)
     try:
         return (yield from _put(core, key, length, node, block_id, offset, replace, "file",
-                                meta, _stream_writer(core, src, length, progress)))
+                                meta, _stream_writer(core, src, length, progress), replicas))
     finally:
         if close_it:
             src.close()
@@ -493,7 +401,7 @@ def read_to_file(core: Core, block_id: str, dest: Any, offset: int = 0,
 
 
 def put_object(core: Core, key: str | None, obj: Any, node: str | None = None,
-               replace: bool = False) -> Op:
+               replace: bool = False, replicas: int | None = None) -> Op:
     buffers: list[memoryview] = []
 
     def out_of_band(pb: pickle.PickleBuffer) -> bool:
@@ -510,7 +418,7 @@ def put_object(core: Core, key: str | None, obj: Any, node: str | None = None,
     views = [memoryview(data)] + buffers
     meta = {"pickle_bytes": len(data), "buffers": [b.nbytes for b in buffers]}
     return (yield from _put(core, key, sum(v.nbytes for v in views), node, None, 0, replace,
-                            "pickle", meta, _write_views(core, views)))
+                            "pickle", meta, _write_views(core, views), replicas))
 
 
 def get_object(core: Core, key: str, allow_pickle: bool = True) -> Op:
@@ -539,7 +447,7 @@ def get_object(core: Core, key: str, allow_pickle: bool = True) -> Op:
 
 
 def put_array(core: Core, key: str | None, array: Any, node: str | None = None,
-              replace: bool = False) -> Op:
+              replace: bool = False, replicas: int | None = None) -> Op:
     import numpy as np
 
     arr = np.asarray(array)
@@ -556,7 +464,7 @@ def put_array(core: Core, key: str | None, array: Any, node: str | None = None,
     meta = {"dtype": _descr(np.lib.format.dtype_to_descr(arr.dtype)),
             "shape": list(arr.shape), "order": order}
     return (yield from _put(core, key, view.nbytes, node, None, 0, replace, "ndarray", meta,
-                            _write_views(core, [view])))
+                            _write_views(core, [view]), replicas))
 
 
 def get_array(core: Core, key: str) -> Op:

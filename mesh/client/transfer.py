@@ -29,12 +29,16 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator
 
 from mesh import protocol as P
 from mesh.client.batch import Batch, Call, Op, Wait
-from mesh.errors import BlockMoving, BlockNotFound, InvalidRequest
+from mesh.errors import BlockMoving, BlockNotFound, InvalidRequest, NodeUnavailable, NotCurrent
 
 if TYPE_CHECKING:
     from mesh.client.core import Core
 
 MOVING_RETRY_S = 0.02  # how soon a request refused during a block's hand-over is tried again
+NOT_CURRENT_RETRY_S = 0.05  # ... and one refused by a copy of a replicated block that can't serve
+# A replicated block whose primary stopped answering is tried again at its other copies for
+# this long (they take over once the mesh has declared the primary dead: mesh.dead_after_s).
+FAILOVER_S = 15.0
 
 Progress = Callable[[int], None] | None
 # (the call, where its chunk starts from the start of the range, the chunk's buffer)
@@ -67,7 +71,8 @@ def chunk_calls(op: str, address: str, block_id: str, offset: int,
 
 def follow(find: Callable[[], Op], body: Callable[[Any], Op], timeout_s: float, *,
            forget: Callable[[], None] | None = None, relocate: bool = True,
-           progress: Callable[[], int] | None = None) -> Op:
+           progress: Callable[[], int] | None = None,
+           failover: Callable[[], bool] | None = None) -> Op:
     """``body(where)`` where ``where = find()`` is, following the block when it moves.
 
     ``BlockMoving`` from the body: the block is being handed over; pause ``MOVING_RETRY_S`` and
@@ -77,13 +82,33 @@ def follow(find: Callable[[], Op], body: Callable[[Any], Op], timeout_s: float, 
     with ``find``'s own error when the block or key is found nowhere, or with the body's error
     once ``timeout_s`` has passed without progress (``progress()`` is a count that grows when
     the body got further, such as bytes delivered, so a long stream that a move interrupts near
-    its end is not cut short)."""
+    its end is not cut short).
+
+    A copy of a replicated block that cannot serve (``NotCurrent``, from ``find`` too) is a
+    moving block; with ``failover()`` True (the block has replicas), a body that fails because
+    its agent does not answer (``NodeUnavailable``) finds the block again, once, for up to
+    ``FAILOVER_S`` more: another copy takes over when the silent one is declared dead."""
     deadline = time.monotonic() + timeout_s
     seen = progress() if progress is not None else 0
+    failed_over = False
     while True:
-        where = yield from find()
+        try:
+            where = yield from find()
+        except BlockMoving:
+            if time.monotonic() > deadline:
+                raise
+            yield Wait((), NOT_CURRENT_RETRY_S)
+            continue
         try:
             return (yield from body(where))
+        except NodeUnavailable:
+            if failover is None or not failover() or failed_over:
+                raise
+            failed_over = True
+            deadline = max(deadline, time.monotonic() + FAILOVER_S)
+            if forget is not None:
+                forget()
+            continue
         except (BlockMoving, BlockNotFound) as exc:
             if isinstance(exc, BlockNotFound) and not relocate:
                 raise
@@ -95,7 +120,8 @@ def follow(find: Callable[[], Op], body: Callable[[Any], Op], timeout_s: float, 
             elif now > deadline:
                 raise
             if isinstance(exc, BlockMoving):
-                yield Wait((), MOVING_RETRY_S)
+                yield Wait((), NOT_CURRENT_RETRY_S if isinstance(exc, NotCurrent)
+                           else MOVING_RETRY_S)
 
 
 def found(where: Any) -> Callable[[], Op]:

@@ -1,0 +1,127 @@
+"""Finding a named object: ``ObjectInfo`` (a key record as the client sees it), ``holders``
+(every agent's record of a key) and ``lookup`` (the newest, or who to blame when there is none).
+
+A key record lives with its block's copies (``docs/durability.md``): every current copy of a
+replicated block answers KGET with the same record and ``nodes``, primary first. ``holders``
+keeps one answer per record, the primary's when it answered, so a delete or a replace goes to
+the primary once and a read to a copy that serves.
+
+Not here: putting and reading objects (``mesh/client/objects.py``), a key's home and claims
+(``mesh/client/keyclaims.py``), who to blame (``mesh/client/blame.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import mesh.client.keyclaims as keyclaims
+from mesh import protocol as P
+from mesh.client.batch import Batch, Call, Op
+from mesh.client.blame import unavailable
+from mesh.client.core import Core
+from mesh.client.transfer import MOVING_RETRY_S
+from mesh.errors import BlockMoving, InvalidRequest, KeyNotFound, NodeUnavailable
+from mesh.membership import ALIVE, DOWN
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    block_id: str | None
+    offset: int
+    length: int
+    node: str
+    created: float
+    content_type: str
+    checksum: str
+    owns_block: bool
+    meta: dict = field(default_factory=dict, hash=False, compare=False)
+    # the key that wrote it, as its agent authenticated it (None on a cluster without keys)
+    writer: str | None = None
+    # with replicas: the nodes holding a current copy, primary first
+    nodes: tuple[str, ...] = field(default=(), compare=False)
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> ObjectInfo:
+        return cls(rec["key"], rec["block"] or None, int(rec["offset"]), int(rec["length"]),
+                   rec["node"], float(rec["created"]), rec["content_type"], rec["checksum"],
+                   bool(rec["owns_block"]), dict(rec.get("meta") or {}),
+                   rec.get("writer") if isinstance(rec.get("writer"), str) else None,
+                   tuple(rec.get("nodes") or ()))
+
+
+
+def _check_key(key: Any) -> None:
+    if key is not None and (not isinstance(key, str) or not key or len(key) > 1024):
+        raise InvalidRequest(f"a key must be a string of 1 to 1024 characters, got {key!r}")
+
+
+# --- lookup -------------------------------------------------------------------------------------
+
+
+def holders(core: Core, key: str) -> Op:
+    """Every (address, ObjectInfo) for ``key`` on the live agents, newest first."""
+    _check_key(key)
+    nodes = yield from core.alive_nodes()
+    calls = yield from core.execute(Batch(
+        [Call(n.address, P.KGET, {"key": key}) for n in nodes],
+        timeout_s=core.settings.connect_timeout_s,
+        fail_fast=False,
+    ))
+    found = [(c.address, ObjectInfo.from_record(c.result)) for c in calls if c.result is not None]
+    one: dict[tuple, tuple[str, ObjectInfo]] = {}  # a replicated record once, the primary's
+    for address, info in found:
+        same = (info.block_id, info.created, info.checksum) if info.nodes else (address,)
+        held = one.get(same)
+        if held is None or (info.nodes and info.node == info.nodes[0]):
+            one[same] = (address, info)
+    return sorted(one.values(), key=lambda f: f[1].created, reverse=True)
+
+
+def lookup(core: Core, key: str) -> Op:
+    found = yield from holders(core, key)
+    if not found:
+        # A key whose block is being handed over lives on the source until just after it is on
+        # the target, but one broadcast may ask the target just before and the source just
+        # after: look once more before saying it is not there.
+        yield from core.pause(MOVING_RETRY_S)
+        found = yield from holders(core, key)
+    if not found:
+        yield from _blame_for_key(core, key)
+        raise KeyNotFound(
+            f"Key not found: {key!r} (list stored objects with `grid memory list-objects`)"
+        )
+    return found[0]
+
+
+def _blame_for_key(core: Core, key: str) -> Op:
+    """``NodeUnavailable`` when the key's home says it lives on a node that is not alive or
+    does not answer (the key is not known to be gone); nothing when it does not know."""
+    _, node = yield from keyclaims.where(core, key)
+    nodes = yield from core.refresh_nodes(max_age_s=core.settings.heartbeat_interval_s)
+    if not node:  # the home of the key when every known node was up, if that one is not
+        known = [n.name for n in nodes if n.state != DOWN]
+        home = keyclaims.home_order(key, known)[:1]
+        blamed = unavailable(nodes, home[0] if home else None, set(), f"key {key!r}",
+                             where="has its home (which knows where it is) on")
+        if blamed is not None:
+            raise blamed
+        return
+    silent: set[str] = set()
+    holder = next((n for n in nodes if n.name == node), None)
+    if holder is not None and holder.state == ALIVE:
+        try:  # alive by its heartbeats: does it answer?
+            yield from core.call(holder.address, P.KGET, {"key": key},
+                                 timeout_s=core.settings.connect_timeout_s)
+        except (KeyNotFound, BlockMoving):
+            return
+        except NodeUnavailable:
+            silent.add(holder.address)
+        else:
+            return
+    blamed = unavailable(nodes, node, silent, f"key {key!r}")
+    if blamed is not None:
+        raise blamed
+
+
