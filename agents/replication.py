@@ -32,34 +32,26 @@ own checks (``agents/server.py``), membership (``mesh/membership.py``).
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import zmq
 
 from agents.lifecycle import Event, State
-from agents.replicas import APPLY, Candidate, ReplicaSet, lease_s, place, verdict
+from agents.replica_links import PeerLinks
+from agents.replica_upkeep import Push, Upkeep
+from agents.replicas import APPLY, ReplicaSet, lease_s, place, verdict
 from agents.store import Block, BlockStore
 from mesh import protocol as P
 from mesh.errors import (
-    BlockNotFound, Forbidden, InvalidRequest, MeshError, NotCurrent, PlacementShort, SealError,
-    SessionLost, StaleEpoch,
+    BlockNotFound, Forbidden, InvalidRequest, MeshError, NotCurrent, PlacementShort, StaleEpoch,
 )
-from mesh.membership import ALIVE, DEAD, MembershipTable
+from mesh.membership import MembershipTable
 
 log = logging.getLogger("mesh.agent")
 
-LEASE_EVERY_S = 0.25  # how often a member renews its leases with its peers
-PUSH_WINDOW = 4  # chunks of a repair in flight to its target
-LINK_HWM = 1024
-QUEUE_MAX = 4096  # messages waiting for a peer's link; past that the peer is moved on from
-GAP_S = 1.0  # a loop turn this late means we were paused or starved
-REPAIR_RETRY_S = 1.0  # a set that could not be placed is tried again this often
 MAX_WANT = 16
 
 
@@ -78,14 +70,6 @@ class Copy:
 
 
 @dataclass
-class Push:
-    target: str
-    epoch: int
-    next: int = 0  # the next byte to send
-    inflight: int = 0
-
-
-@dataclass
 class Ack:
     """A client's request held until every member has applied what it changed."""
 
@@ -99,20 +83,7 @@ class Ack:
     fenced: bool = False  # a member refused the change: the mesh moved on from our copy
 
 
-class Peer:
-    def __init__(self, node: str, address: str, incarnation: int):
-        self.node = node
-        self.address = address
-        self.incarnation = incarnation
-        self.link: Any = None
-        self.dialing: Future | None = None
-        self.queue: deque[tuple[int, list[Any], Callable]] = deque()
-        self.waiting: dict[int, Callable[[P.Reply | None], None]] = {}
-        self.lease_until = float("-inf")
-        self.lease_asked = float("-inf")  # when the LEASE question in flight was sent
-
-
-class Replication:
+class Replication(Upkeep):
     def __init__(self, store: BlockStore, members: MembershipTable, *, node: str,
                  incarnation: int, dead_after_s: float, chunk_bytes: int, domain: str,
                  dial: Callable[[str, str], Any], reply: Callable, reply_error: Callable,
@@ -125,23 +96,19 @@ class Replication:
         self.lease_s = lease_s(dead_after_s)
         self.chunk_bytes = chunk_bytes
         self.domain = domain
-        self._dial = dial  # (node, address) -> a link (PlainLink or SealedLink); may block
         self._reply = reply
         self._reply_error = reply_error
         self._drop = drop  # frees a copy of ours that the mesh has moved on from
         self._clock = clock
         self.copies: dict[str, Copy] = {}
-        self.peers: dict[str, Peer] = {}
+        self.links = PeerLinks(members, dial, self.lease_s, clock)
         self.moved_on: dict[str, int] = {}  # node -> the incarnation we moved on from
-        self._ids = itertools.count(1)
-        self._dialer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="replica-link")
         self._ctx: Ack | None = None
         self._dirty_keys: set[str] = set()
         self._freeing: set[str] = set()  # copies being dropped by us: no RFREE for them
         self._last_tick = clock()
         self._quiet_until = float("-inf")
         self._next_lease = float("-inf")
-        self.version = 0  # bumps when the set of peer sockets changes (the loop re-polls)
         self.repairs = 0
         self.moved_on_count = 0
 
@@ -150,10 +117,32 @@ class Replication:
                 P.LEASE: self._lease}
 
     def close(self) -> None:
-        self._dialer.shutdown(wait=False, cancel_futures=True)
-        for peer in self.peers.values():
-            if peer.link is not None:
-                peer.link.sock.close(0)
+        self.links.close()
+
+    @property
+    def version(self) -> int:
+        return self.links.version
+
+    def sockets(self) -> list[zmq.Socket]:
+        return self.links.sockets()
+
+    def finish_dials(self) -> None:
+        self.links.finish_dials()
+
+    def drain(self, events: dict) -> None:
+        self.links.drain(events, self.move_on)  # a peer that lost our session restarted
+
+    @property
+    def busy(self) -> bool:
+        return self.links.busy or any(c.push is not None for c in self.copies.values())
+
+    def _send(self, node: str, op: str, fields: dict, payload: Any,
+              done: Callable[[P.Reply | None], None]) -> None:
+        peer = self.links.get(node)
+        if peer is None or self.moved_on.get(node) == peer.incarnation:
+            done(None)
+            return
+        self.links.send(peer, op, fields, payload, done)
 
     # --- what the server asks ------------------------------------------------------------------
 
@@ -187,7 +176,7 @@ class Replication:
         now = self._clock()
         for m in copy.rset.current:
             if m != self.node:
-                peer = self.peers.get(m)
+                peer = self.links.peers.get(m)
                 if peer is None or peer.lease_until <= now:
                     raise NotCurrent(f"the copy of {block_id} on {self.node} has not heard "
                                      f"from {m} lately; retry in a moment", node=self.node)
@@ -246,7 +235,7 @@ class Replication:
             ack.error = ack.error or _error(reply, node)
         elif reply is None or not reply.ok:
             why = "gone" if reply is None else reply.body.get("message")
-            if node in self.peers:  # a member that cannot apply a change is not a copy
+            if node in self.links.peers:  # a member that cannot apply a change is not a copy
                 log.warning("%s failed a replicated change (%s): moving on from it", node, why)
                 self.move_on(node)
         if ack is None or node not in ack.waiting:
@@ -271,17 +260,6 @@ class Replication:
         else:
             self._reply(ack.identity, ack.req, ack.result)
         ack.result = None  # answered once
-
-    def _release(self, node: str) -> None:
-        """Acknowledgements stop waiting for ``node`` (moved on from)."""
-        peer = self.peers.get(node)
-        if peer is None:
-            return
-        callbacks = list(peer.waiting.values()) + [cb for *_, cb in peer.queue]
-        peer.waiting.clear()
-        peer.queue.clear()
-        for cb in callbacks:
-            cb(None)
 
     # --- the changes the server makes ------------------------------------------------------------
 
@@ -352,7 +330,7 @@ class Replication:
         if self.moved_on.get(sender) == f["inc"]:
             raise StaleEpoch(f"{self.node} has moved on from {sender} (incarnation "
                              f"{f['inc']})", node=self.node)
-        self._peer(sender, f["inc"])
+        self.links.get(sender, f["inc"])
         return sender
 
     def accept(self, req: P.Request) -> Block:
@@ -446,7 +424,7 @@ class Replication:
         f = req.fields
         ok = self.moved_on.get(f["from"]) != f["inc"]
         if ok:
-            self._peer(f["from"], f["inc"])
+            self.links.get(f["from"], f["inc"])
         self._reply(identity, req, {"node": self.node, "ok": ok})
 
     def drop(self, block_id: str, why: str) -> None:
@@ -464,286 +442,6 @@ class Replication:
         for block_id, copy in list(self.copies.items()):
             if node in copy.rset.members:
                 self.drop(block_id, f"{node} has moved on from this node")
-
-    # --- peers and links ---------------------------------------------------------------------------
-
-    def _peer(self, node: str, incarnation: int | None = None) -> Peer | None:
-        peer = self.peers.get(node)
-        member = self.members.get(node)
-        if member is None:
-            return peer
-        inc = member.info.incarnation if incarnation is None else incarnation
-        if peer is not None and peer.incarnation != inc and inc > peer.incarnation:
-            self._close(peer)  # it restarted: a new link to the new process
-            peer = None
-        if peer is None:
-            peer = Peer(node, member.info.address, inc)
-            self.peers[node] = peer
-        return peer
-
-    def _close(self, peer: Peer) -> None:
-        self._release(peer.node)
-        if peer.link is not None:
-            peer.link.sock.close(0)
-            self.version += 1
-        self.peers.pop(peer.node, None)
-
-    def _send(self, node: str, op: str, fields: dict, payload: Any,
-              done: Callable[[P.Reply | None], None]) -> None:
-        peer = self._peer(node)
-        if peer is None or self.moved_on.get(node) == peer.incarnation:
-            done(None)
-            return
-        rid = next(self._ids)
-        header = P.encode_request(op, rid, fields)
-        frames = [header] if payload is None else [header, payload]
-        if len(peer.queue) >= QUEUE_MAX:
-            done(None)
-            return
-        sent = self._clock()
-
-        def answered(reply: P.Reply | None) -> None:
-            # any answer that took our change means it counted us in when it did: a lease
-            if reply is not None and reply.ok and op != P.LEASE:
-                peer.lease_until = max(peer.lease_until, sent + self.lease_s)
-            done(reply)
-
-        peer.queue.append((rid, frames, answered))
-        self._flush(peer)
-
-    def _flush(self, peer: Peer) -> None:
-        if peer.link is None:
-            if peer.dialing is None:
-                peer.dialing = self._dialer.submit(self._dial, peer.node, peer.address)
-            return
-        while peer.queue:
-            rid, frames, done = peer.queue[0]
-            try:
-                peer.link.send(frames)
-            except zmq.Again:
-                return
-            except zmq.ZMQError:
-                peer.queue.popleft()
-                done(None)
-                continue
-            peer.queue.popleft()
-            peer.waiting[rid] = done
-
-    def sockets(self) -> list[zmq.Socket]:
-        return [p.link.sock for p in self.peers.values() if p.link is not None]
-
-    def finish_dials(self) -> None:
-        for peer in list(self.peers.values()):
-            if peer.dialing is None or not peer.dialing.done():
-                continue
-            future, peer.dialing = peer.dialing, None
-            try:
-                peer.link = future.result()
-            except Exception as exc:
-                log.warning("no link to %s: %s", peer.node, exc)
-                self._release(peer.node)
-                continue
-            self.version += 1
-            self._flush(peer)
-
-    @property
-    def busy(self) -> bool:
-        return any(p.dialing is not None or p.queue for p in self.peers.values()) or \
-            any(c.push is not None for c in self.copies.values())
-
-    def drain(self, events: dict) -> None:
-        for peer in list(self.peers.values()):
-            if peer.link is None or peer.link.sock not in events:
-                continue
-            for _ in range(256):
-                try:
-                    frames = peer.link.sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    break
-                try:
-                    reply = P.parse_reply(peer.link.open(frames))
-                except SessionLost:  # it restarted: its copies are gone
-                    self.move_on(peer.node)
-                    break
-                except (SealError, P.ProtocolError):
-                    continue
-                done = peer.waiting.pop(reply.request_id, None)
-                if done is not None:
-                    done(reply)
-            if peer.node in self.peers:
-                self._flush(peer)
-
-    # --- the timer: leases, deaths, repairs -------------------------------------------------------
-
-    def tick(self, now: float) -> None:
-        if now - self._last_tick > GAP_S:  # we were stopped (or starved): hear the mesh anew
-            log.warning("the loop was away %.1f s: no one is moved on from for %.1f s",
-                        now - self._last_tick, self.dead_after_s)
-            self._quiet_until = now + self.dead_after_s
-        self._last_tick = now
-        if not self.copies:
-            return
-        shared = {m for c in self.copies.values() for m in c.rset.members} - {self.node}
-        if now >= self._quiet_until:
-            for node in shared:
-                if self._gone(node, now):
-                    self.move_on(node)
-        if now >= self._next_lease:
-            self._next_lease = now + LEASE_EVERY_S
-            for node in shared:
-                self._ask_lease(node, now)
-            for block_id, copy in list(self.copies.items()):
-                if copy.rset.primary == self.node:
-                    self._repair(block_id, copy, now)
-
-    def _gone(self, node: str, now: float) -> bool:
-        member = self.members.get(node)
-        if member is None or self.members.state(member, now) == DEAD:
-            return True
-        peer = self.peers.get(node)
-        return peer is not None and member.info.incarnation > peer.incarnation
-
-    def _ask_lease(self, node: str, now: float) -> None:
-        peer = self._peer(node)
-        if peer is None or now - peer.lease_asked < self.lease_s / 2:
-            return  # one question at a time, unless it has gone unanswered a while
-
-        asked = now
-        peer.lease_asked = asked
-
-        def answered(reply: P.Reply | None) -> None:
-            peer.lease_asked = float("-inf")
-            if reply is None or not reply.ok:
-                return
-            if reply.body.get("ok") is False:
-                self._fenced_by(node)
-            else:
-                peer.lease_until = max(peer.lease_until, asked + self.lease_s)
-
-        self._send(node, P.LEASE, {"from": self.node, "inc": self.incarnation}, None, answered)
-
-    def move_on(self, node: str) -> None:
-        """``node`` no longer holds any copy we share: every set goes on without it."""
-        peer = self.peers.get(node)
-        member = self.members.get(node)
-        inc = peer.incarnation if peer is not None else (
-            member.info.incarnation if member is not None else 0)
-        if self.moved_on.get(node) == inc:
-            return
-        self.moved_on[node] = inc
-        self.moved_on_count += 1
-        log.warning("moving on from %s (incarnation %d)", node, inc)
-        for block_id, copy in list(self.copies.items()):
-            if node not in copy.rset.members:
-                continue
-            try:
-                new = copy.rset.without(node)
-            except ValueError:  # it held the only complete copy: ours is not one
-                self.drop(block_id, f"{node} held its only complete copy")
-                continue
-            copy.rset = new
-            if copy.push is not None and copy.push.target == node:
-                copy.push = None
-            if new.primary == self.node:
-                self._promote(block_id, copy)
-                self._send_set(block_id, copy, None)
-        if peer is not None:
-            self._close(peer)
-
-    def _promote(self, block_id: str, copy: Copy) -> None:
-        """We are the primary now: ours are the lifetimes (a ttl, a pending put's lease)."""
-        block = self.store.get(block_id)
-        if copy.expires is not None and block.expires_at is None:
-            self.store.set_lifetime(block, copy.expires, copy.pending)
-        elif copy.pending and block.lease_until is None:
-            self.store.set_lifetime(block, None, True)
-        copy.push = None  # a fill another primary began starts again from us (_repair)
-
-    def _send_set(self, block_id: str, copy: Copy, ack: Ack | None) -> None:
-        block = self.store.get(block_id)
-        fields = {"set": copy.rset.record(), "size": copy.size, "lazy": copy.lazy,
-                  "created": copy.created, "want": copy.want, "spread": copy.spread,
-                  "keys": self.store.key_records(block_id), "pending": copy.pending}
-        if block.expires is not None:
-            fields["expires"] = block.expires
-        # members left out (moved on from) get nothing: they drop their copies on their own
-        self._forward(copy, block_id, P.RSET, fields, ack=ack)
-
-    def _candidates(self) -> list[Candidate]:
-        now = self._clock()
-        out = []
-        for rec in self.members.snapshot(now):
-            if rec["state"] != ALIVE or rec["node"] == self.node or \
-                    self.moved_on.get(rec["node"]) == rec["incarnation"]:
-                continue
-            out.append(Candidate(rec["node"], rec.get("domain") or rec["node"],
-                                 int(rec.get("room", 0))))
-        return out
-
-    def _repair(self, block_id: str, copy: Copy, now: float) -> None:
-        if copy.push is not None:
-            if copy.push.inflight == 0:  # (re)start it; otherwise it goes on as chunks land
-                self._push(block_id, copy)
-            return
-        if copy.rset.syncing:  # a fill another primary began: ours starts from the start
-            copy.push = Push(copy.rset.syncing[0], copy.rset.epoch)
-            self._push(block_id, copy)
-            return
-        if len(copy.rset.members) >= copy.want or now < copy.repair_after or \
-                now < self._quiet_until:
-            return
-        domains = {self._domain(m) for m in copy.rset.members}
-        try:
-            placed = place(1, copy.size, self._candidates(), copy.spread,
-                           exclude=frozenset(copy.rset.members),
-                           keep_apart=frozenset(domains) if copy.spread == "host" else
-                           frozenset())
-        except PlacementShort as exc:
-            copy.repair_after = now + REPAIR_RETRY_S
-            log.warning("cannot repair %s yet: %s", block_id, exc)
-            return
-        target = placed.nodes[0]
-        copy.rset = copy.rset.with_member(target)
-        copy.push = Push(target, copy.rset.epoch)
-        self.repairs += 1
-        log.info("repairing %s: a copy on %s (epoch %d)", block_id, target, copy.rset.epoch)
-        self._send_set(block_id, copy, None)
-        self._push(block_id, copy)
-
-    def _domain(self, node: str) -> str:
-        if node == self.node:
-            return self.domain
-        member = self.members.get(node)
-        return (member.info.domain or node) if member is not None else node
-
-    def _push(self, block_id: str, copy: Copy) -> None:
-        """Send the repair's next chunks; when every chunk is in, the copy is synced."""
-        push = copy.push
-        if push is None or block_id not in self.copies:
-            return
-        block = self.store.get(block_id)
-
-        def pushed(reply: P.Reply | None) -> None:
-            push.inflight -= 1
-            if copy.push is push and reply is not None and reply.ok:
-                self._push(block_id, copy)
-
-        while push.inflight < PUSH_WINDOW and push.next < copy.size:
-            offset, n = push.next, min(self.chunk_bytes, copy.size - push.next)
-            push.next += n
-            push.inflight += 1
-            self._forward(copy, block_id, P.RWRITE, {"epoch": copy.rset.epoch, "offset": offset},
-                          bytes(block.view[offset:offset + n]), ack=None, to=(push.target,),
-                          then=pushed)
-            if copy.push is not push:
-                return  # the target failed at once
-        if push.next >= copy.size and push.inflight == 0 and copy.push is push:
-            copy.push = None
-            copy.rset = copy.rset.synced(push.target)
-            log.info("repaired %s: %s holds a complete copy (epoch %d)", block_id, push.target,
-                     copy.rset.epoch)
-            self._send_set(block_id, copy, None)
-
 
 def _serve(block: Block) -> None:
     """An incoming copy becomes one that serves."""

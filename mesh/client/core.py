@@ -30,7 +30,7 @@ import zmq
 from mesh import protocol as P
 from mesh._malloc import tune_for_transfers
 from mesh.client.batch import Batch, BatchRun, Call, Op, Wait, byte_view
-from mesh.client import locate
+from mesh.client.locate import find_block, merge_copies, primary_address
 from mesh.client.transfer import chunk_calls, follow, found
 from mesh.config import ClusterConfig, MeshSettings
 from mesh.errors import (
@@ -373,7 +373,7 @@ class Core:
         found = self._locations.get(block_id)
         if found is not None:
             return found
-        address, size, replicated = yield from locate.find(self, block_id,
+        address, size, replicated = yield from find_block(self, block_id,
                                                            block_node_hint(block_id))
         self._locations[block_id] = (address, size)
         if replicated:
@@ -521,9 +521,9 @@ class Core:
     def blocks(self, page: int | None = None) -> Op:
         found, failed = yield from self.listing(P.LIST, "blocks", page)
         out = []
-        for address, rec in locate.merge_copies(found):
+        for address, rec in merge_copies(found):
             info = _block_info(rec)
-            self._locations[info.block_id] = (locate.primary_address(self, address, rec),
+            self._locations[info.block_id] = (primary_address(self, address, rec),
                                               info.size)
             out.append(info)
         return Listing(sorted(out, key=lambda b: (b.node, b.created, b.block_id)), failed)

@@ -13,16 +13,18 @@ Not here: putting and reading objects (``mesh/client/objects.py``), a key's home
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mesh.client.keyclaims as keyclaims
 from mesh import protocol as P
 from mesh.client.batch import Batch, Call, Op
 from mesh.client.blame import unavailable
-from mesh.client.core import Core
 from mesh.client.transfer import MOVING_RETRY_S
 from mesh.errors import BlockMoving, InvalidRequest, KeyNotFound, NodeUnavailable
 from mesh.membership import ALIVE, DOWN
+
+if TYPE_CHECKING:
+    from mesh.client.core import Core
 
 
 @dataclass(frozen=True)

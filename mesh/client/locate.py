@@ -1,4 +1,4 @@
-"""Where a block is: ``find`` (the agent to send a block's requests to) and ``merge_copies``
+"""Where a block is: ``find_block`` (the agent to send a block's requests to) and ``merge_copies``
 (one listing row per block, however many copies it has).
 
 A replicated block (``docs/durability.md``) answers STAT on every copy that may serve, with
@@ -37,7 +37,7 @@ def primary_address(core: Core, address: str, rec: dict[str, Any]) -> str:
     return info.address if info is not None and info.state not in (DEAD, DOWN) else address
 
 
-def find(core: Core, block_id: str, hint: str | None) -> Op:
+def find_block(core: Core, block_id: str, hint: str | None) -> Op:
     """(address, size, replicated) of ``block_id``: asked first of the node that made it
     (``hint``), then of every other live node at once."""
     nodes = yield from core.refresh_nodes(max_age_s=1.0)

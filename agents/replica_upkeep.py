@@ -1,0 +1,216 @@
+"""The timer half of ``Replication`` (``agents/replication.py``): leases, moving on from dead
+or restarted peers, and repairs. ``Upkeep`` is a base class of ``Replication`` and works on its
+state (``copies``, ``links``, ``moved_on``, ``members``, ``store``); it is apart only to keep
+each module readable.
+
+- ``tick(now)`` runs every loop turn: after a gap in the loop (we were paused or starved) it
+  moves on from no one for ``dead_after_s``; then it moves on from peers whose heartbeat went
+  dead or who restarted, asks each peer for a lease every ``LEASE_EVERY_S``, and starts or
+  resumes repairs where this agent is primary.
+- ``move_on(node)``: every set we share with ``node`` goes on without it (epoch + 1); where we
+  become primary we take over the block's lifetimes and tell the other members.
+- A repair places one new copy (``place``, keeping nodes and failure domains apart), adds it as
+  syncing, and pushes the block in chunks over the same ordered link that forwarded writes use,
+  ``PUSH_WINDOW`` at a time; when the last chunk is in, the set marks it synced.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from agents.replicas import Candidate, place
+from mesh import protocol as P
+from mesh.errors import PlacementShort
+from mesh.membership import ALIVE, DEAD
+
+if TYPE_CHECKING:
+    from agents.replication import Ack, Copy
+
+log = logging.getLogger("mesh.agent")
+
+LEASE_EVERY_S = 0.25  # how often a member renews its leases with its peers
+PUSH_WINDOW = 4  # chunks of a repair in flight to its target
+GAP_S = 1.0  # a loop turn this late means we were paused or starved
+REPAIR_RETRY_S = 1.0  # a set that could not be placed is tried again this often
+
+
+@dataclass
+class Push:
+    target: str
+    epoch: int
+    next: int = 0  # the next byte to send
+    inflight: int = 0
+
+
+class Upkeep:
+    def tick(self, now: float) -> None:
+        if now - self._last_tick > GAP_S:  # we were stopped (or starved): hear the mesh anew
+            log.warning("the loop was away %.1f s: no one is moved on from for %.1f s",
+                        now - self._last_tick, self.dead_after_s)
+            self._quiet_until = now + self.dead_after_s
+        self._last_tick = now
+        if not self.copies:
+            return
+        shared = {m for c in self.copies.values() for m in c.rset.members} - {self.node}
+        if now >= self._quiet_until:
+            for node in shared:
+                if self._gone(node, now):
+                    self.move_on(node)
+        if now >= self._next_lease:
+            self._next_lease = now + LEASE_EVERY_S
+            for node in shared:
+                self._ask_lease(node, now)
+            for block_id, copy in list(self.copies.items()):
+                if copy.rset.primary == self.node:
+                    self._repair(block_id, copy, now)
+
+    def _gone(self, node: str, now: float) -> bool:
+        member = self.members.get(node)
+        if member is None or self.members.state(member, now) == DEAD:
+            return True
+        peer = self.links.peers.get(node)
+        return peer is not None and member.info.incarnation > peer.incarnation
+
+    def _ask_lease(self, node: str, now: float) -> None:
+        peer = self.links.get(node)
+        if peer is None or now - peer.lease_asked < self.lease_s / 2:
+            return  # one question at a time, unless it has gone unanswered a while
+
+        asked = now
+        peer.lease_asked = asked
+
+        def answered(reply: P.Reply | None) -> None:
+            peer.lease_asked = float("-inf")
+            if reply is None or not reply.ok:
+                return
+            if reply.body.get("ok") is False:
+                self._fenced_by(node)
+            else:
+                peer.lease_until = max(peer.lease_until, asked + self.lease_s)
+
+        self._send(node, P.LEASE, {"from": self.node, "inc": self.incarnation}, None, answered)
+
+    def move_on(self, node: str) -> None:
+        """``node`` no longer holds any copy we share: every set goes on without it."""
+        peer = self.links.peers.get(node)
+        member = self.members.get(node)
+        inc = peer.incarnation if peer is not None else (
+            member.info.incarnation if member is not None else 0)
+        if self.moved_on.get(node) == inc:
+            return
+        self.moved_on[node] = inc
+        self.moved_on_count += 1
+        log.warning("moving on from %s (incarnation %d)", node, inc)
+        for block_id, copy in list(self.copies.items()):
+            if node not in copy.rset.members:
+                continue
+            try:
+                new = copy.rset.without(node)
+            except ValueError:  # it held the only complete copy: ours is not one
+                self.drop(block_id, f"{node} held its only complete copy")
+                continue
+            copy.rset = new
+            if copy.push is not None and copy.push.target == node:
+                copy.push = None
+            if new.primary == self.node:
+                self._promote(block_id, copy)
+                self._send_set(block_id, copy, None)
+        self.links.drop(node)
+
+    def _promote(self, block_id: str, copy: Copy) -> None:
+        """We are the primary now: ours are the lifetimes (a ttl, a pending put's lease)."""
+        block = self.store.get(block_id)
+        if copy.expires is not None and block.expires_at is None:
+            self.store.set_lifetime(block, copy.expires, copy.pending)
+        elif copy.pending and block.lease_until is None:
+            self.store.set_lifetime(block, None, True)
+        copy.push = None  # a fill another primary began starts again from us (_repair)
+
+    def _send_set(self, block_id: str, copy: Copy, ack: Ack | None) -> None:
+        block = self.store.get(block_id)
+        fields = {"set": copy.rset.record(), "size": copy.size, "lazy": copy.lazy,
+                  "created": copy.created, "want": copy.want, "spread": copy.spread,
+                  "keys": self.store.key_records(block_id), "pending": copy.pending}
+        if block.expires is not None:
+            fields["expires"] = block.expires
+        # members left out (moved on from) get nothing: they drop their copies on their own
+        self._forward(copy, block_id, P.RSET, fields, ack=ack)
+
+    def _candidates(self) -> list[Candidate]:
+        now = self._clock()
+        out = []
+        for rec in self.members.snapshot(now):
+            if rec["state"] != ALIVE or rec["node"] == self.node or \
+                    self.moved_on.get(rec["node"]) == rec["incarnation"]:
+                continue
+            out.append(Candidate(rec["node"], rec.get("domain") or rec["node"],
+                                 int(rec.get("room", 0))))
+        return out
+
+    def _repair(self, block_id: str, copy: Copy, now: float) -> None:
+        if copy.push is not None:
+            if copy.push.inflight == 0:  # (re)start it; otherwise it goes on as chunks land
+                self._push(block_id, copy)
+            return
+        if copy.rset.syncing:  # a fill another primary began: ours starts from the start
+            copy.push = Push(copy.rset.syncing[0], copy.rset.epoch)
+            self._push(block_id, copy)
+            return
+        if len(copy.rset.members) >= copy.want or now < copy.repair_after or \
+                now < self._quiet_until:
+            return
+        domains = {self._domain(m) for m in copy.rset.members}
+        try:
+            placed = place(1, copy.size, self._candidates(), copy.spread,
+                           exclude=frozenset(copy.rset.members),
+                           keep_apart=frozenset(domains) if copy.spread == "host" else
+                           frozenset())
+        except PlacementShort as exc:
+            copy.repair_after = now + REPAIR_RETRY_S
+            log.warning("cannot repair %s yet: %s", block_id, exc)
+            return
+        target = placed.nodes[0]
+        copy.rset = copy.rset.with_member(target)
+        copy.push = Push(target, copy.rset.epoch)
+        self.repairs += 1
+        log.info("repairing %s: a copy on %s (epoch %d)", block_id, target, copy.rset.epoch)
+        self._send_set(block_id, copy, None)
+        self._push(block_id, copy)
+
+    def _domain(self, node: str) -> str:
+        if node == self.node:
+            return self.domain
+        member = self.members.get(node)
+        return (member.info.domain or node) if member is not None else node
+
+    def _push(self, block_id: str, copy: Copy) -> None:
+        """Send the repair's next chunks; when every chunk is in, the copy is synced."""
+        push = copy.push
+        if push is None or block_id not in self.copies:
+            return
+        block = self.store.get(block_id)
+
+        def pushed(reply: P.Reply | None) -> None:
+            push.inflight -= 1
+            if copy.push is push and reply is not None and reply.ok:
+                self._push(block_id, copy)
+
+        while push.inflight < PUSH_WINDOW and push.next < copy.size:
+            offset, n = push.next, min(self.chunk_bytes, copy.size - push.next)
+            push.next += n
+            push.inflight += 1
+            self._forward(copy, block_id, P.RWRITE, {"epoch": copy.rset.epoch, "offset": offset},
+                          bytes(block.view[offset:offset + n]), ack=None, to=(push.target,),
+                          then=pushed)
+            if copy.push is not push:
+                return  # the target failed at once
+        if push.next >= copy.size and push.inflight == 0 and copy.push is push:
+            copy.push = None
+            copy.rset = copy.rset.synced(push.target)
+            log.info("repaired %s: %s holds a complete copy (epoch %d)", block_id, push.target,
+                     copy.rset.epoch)
+            self._send_set(block_id, copy, None)
+
+
