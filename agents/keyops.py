@@ -20,8 +20,10 @@ Reply = Callable[[Any, P.Request, dict[str, Any]], None]
 
 
 class KeyOps:
-    def __init__(self, store: BlockStore, homes: KeyHomes, node: str, reply: Reply):
+    def __init__(self, store: BlockStore, homes: KeyHomes, node: str, reply: Reply,
+                 describe: Callable[[str], dict] = lambda block_id: {}):
         self.store = store
+        self._describe = describe  # a block's copies ({nodes, epoch, ...}; {} with none)
         self.homes = homes
         self.node = node
         self._reply = reply
@@ -39,7 +41,10 @@ class KeyOps:
         if f["record"].get("block"):
             self.store.served(f["record"]["block"])
         record = self.store.put_key(f["key"], f["record"], f["replace"], time.time())
-        self._reply(identity, req, record)
+        self._reply(identity, req, self._with_copies(record))
+
+    def _with_copies(self, record: dict) -> dict:
+        return {**record, **self._describe(record["block"])} if record["block"] else record
 
     def _kget(self, identity: bytes, req: P.Request) -> None:
         self._reply(identity, req, self.store.get_key(req.fields["key"]))
@@ -70,7 +75,8 @@ class KeyOps:
 
     def _klist(self, identity: bytes, req: P.Request) -> None:
         records, cursor = self.store.list_keys(*page(req), max_bytes=P.LIST_PAGE_BYTES)
-        self._reply(identity, req, {"node": self.node, "keys": records, "next": cursor})
+        self._reply(identity, req, {"node": self.node, "next": cursor,
+                                    "keys": [self._with_copies(r) for r in records]})
 
 
 def page(req: P.Request) -> tuple[int, int]:

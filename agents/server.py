@@ -37,6 +37,8 @@ from agents.access import DATA_DOMAIN, GOSSIP_DOMAIN, Access, Session
 from agents.gossip import Gossip
 from agents.ledger import PromiseLedger, default_path as ledger_default_path
 from agents.keyhome import KeyHomes
+from agents.info import InfoOps
+from agents.peering import Dialing
 from agents.keyops import KeyOps, page
 from agents.lifecycle import Event, State
 from agents.limits import ConnectionGuard, connection_cap
@@ -50,7 +52,7 @@ from mesh.errors import (
     BlockMoving, DeadlineExceeded, InvalidRequest, MeshError, TooLarge,
 )
 from mesh.hostmem import host_memory
-from mesh.membership import ALIVE, DEAD, MembershipTable, NodeInfo
+from mesh.membership import DEAD, MembershipTable
 from mesh.security import link as links
 from mesh.security import seal
 
@@ -63,7 +65,6 @@ _SENT = zmq.MessageTracker()  # what _send returns for a copied message: done, n
 # while writes wait for zero-copy reads to leave libzmq.
 JOBS_POLL_S = 0.005
 DEFERRED_POLL_S = 0.001
-PEER_HANDSHAKE_S = 5.0  # a move's or pull's handshake with its peer, at most
 MAX_REPLICAS = 16
 LOGGED_LOOP_ERRORS = 100  # with a traceback each; after that one in a thousand
 
@@ -111,7 +112,7 @@ class _PendingAlloc:
     spread: str = "host"
 
 
-class Agent:
+class Agent(InfoOps, Dialing):
     def __init__(self, settings: AgentSettings, ctx: zmq.Context | None = None):
         self.s = settings
         self.incarnation = time.time_ns() // 1000
@@ -157,7 +158,8 @@ class Agent:
             dead_after_s=settings.dead_after_s, chunk_bytes=settings.chunk_bytes,
             domain=settings.domain or settings.node, dial=self._dial_link,
             reply=self._send_reply, reply_error=self._reply_error, drop=self._drop_copy)
-        keyops = KeyOps(self.store, self.homes, settings.node, self._reply).handlers()
+        keyops = KeyOps(self.store, self.homes, settings.node, self._reply,
+                        self.repl.describe).handlers()
         self._handlers: dict[str, Callable[[bytes, P.Request], None]] = {
             P.HELLO: self._hello,
             P.PING: self._ping,
@@ -225,42 +227,6 @@ class Agent:
                 sock.close(linger=0)
         self.access.close()
         self.store.close()
-
-    def _member_node(self, address: str) -> str | None:
-        """The node (not this one) at ``address`` that has spoken for itself and is not dead,
-        or None: hearsay alone never makes an agent connect out to an address."""
-        node = self.members.vouched_at(address, time.monotonic())
-        return node if node != self.s.node else None
-
-    def _dial_peer(self, address: str, *, hwm: int, max_message_bytes: int) -> Any:
-        """A connection to another agent (a move's target, a pull's source): only to a node of
-        the membership table, and on a keyed cluster authenticated and sealed both ways."""
-        node = self._member_node(address)
-        if node is None:
-            raise InvalidRequest(f"{address} is not the address of another agent of this mesh")
-        if not self.access.keyed:
-            return sockets.dealer(self.ctx, address, hwm=hwm, max_message_bytes=max_message_bytes)
-        server_key = self.access.agent_public(node)
-        if server_key is None:
-            raise InvalidRequest(f"node {node} has no agent key in this cluster's allow-list")
-        return links.BlockingPeer(links.run_blocking(links.handshake(
-            self.ctx, address, server_key=server_key, public=self.access.public,
-            secret=self.access.secret, key_name=self.s.node, timeout_s=PEER_HANDSHAKE_S, hwm=hwm,
-            max_message_bytes=max_message_bytes, close=lambda sock: sock.close(0), node=node)))
-
-    def _dial_link(self, node: str, address: str) -> Any:
-        """A replication link to ``node`` (run on a worker thread: a handshake blocks)."""
-        max_bytes = self.s.max_message_bytes + (1 << 16)
-        if not self.access.keyed:
-            return links.PlainLink(sockets.dealer(self.ctx, address, hwm=1024,
-                                                  max_message_bytes=max_bytes), None)
-        server_key = self.access.agent_public(node)
-        if server_key is None:
-            raise InvalidRequest(f"node {node} has no agent key in this cluster's allow-list")
-        return links.run_blocking(links.handshake(
-            self.ctx, address, server_key=server_key, public=self.access.public,
-            secret=self.access.secret, key_name=self.s.node, timeout_s=PEER_HANDSHAKE_S,
-            hwm=1024, max_message_bytes=max_bytes, close=lambda sock: sock.close(0), node=node))
 
     def _freed(self, block_id: str) -> None:
         self.gate.forget(block_id)
@@ -431,22 +397,6 @@ class Agent:
 
     # --- gossip -------------------------------------------------------------------------------
 
-    def self_record(self) -> dict[str, Any]:
-        mem = host_memory()  # one reading for every field below
-        return NodeInfo(
-            name=self.s.node, address=self.address, gossip=self.gossip_address,
-            incarnation=self.incarnation, version=self.s.version, state=ALIVE, age_s=0.0,
-            capacity=self.store.capacity_for(mem), used=self.store.used,
-            room=self.store.room(mem), host_available=int(mem.available),
-            host_total=int(mem.total), blocks=len(self.store), security=self._security(),
-            domain=self.s.domain,
-        ).record()
-
-    def _security(self) -> str:
-        if self.access.keyed:
-            return "keyed"
-        return "insecure" if self.s.insecure else "loopback"
-
     def _beat(self, now: float) -> None:
         rec = self.self_record()
         self.members.observe(rec, now)
@@ -483,19 +433,6 @@ class Agent:
 
     def _reply_error(self, identity: bytes, req: P.Request, exc: MeshError) -> None:
         self._send(identity, [P.encode_exception(req.op, req.request_id, exc)])
-
-    def _hello(self, identity: bytes, req: P.Request) -> None:
-        self._reply(identity, req, {
-            "node": self.s.node,
-            "incarnation": self.incarnation,
-            "version": self.s.version,
-            "protocol": P.VERSION,
-            "address": self.address,
-            "max_message_bytes": self.s.max_message_bytes,
-        })
-
-    def _ping(self, identity: bytes, req: P.Request) -> None:
-        self._reply(identity, req, {"node": self.s.node, "incarnation": self.incarnation})
 
     def _alloc(self, identity: bytes, req: P.Request) -> None:
         f = req.fields
@@ -640,49 +577,3 @@ class Agent:
                 self.repl.keys_changed(block_id)
 
         return run
-
-    def _stats(self, identity: bytes, req: P.Request) -> None:
-        rec = self.self_record()
-        rec["reserve"] = self.s.reserve_bytes
-        rec["dropped_replies"] = self.dropped_replies
-        rec["loop_errors"] = self.loop_errors
-        rec["connections"] = self.guard.connections
-        rec["connection_unbinds"] = self.guard.unbinds
-        rec["late_requests"] = self.late_requests
-        a = self.access
-        rec["sealed_port"] = self.sealed_port
-        rec["auth"] = {"rejected_handshakes": a.rejected_handshakes,
-                       "refused_requests": a.refused_requests, "refused_sealed": a.refused_sealed,
-                       "sessions": len(a.sessions), "gossip_heard": self.gossip.heard,
-                       "gossip_rejected": self.gossip.rejected}
-        self._reply(identity, req, rec)
-
-    def _nodes(self, identity: bytes, req: P.Request) -> None:
-        now = time.monotonic()
-        self.members.observe(self.self_record(), now)
-        nodes = self.members.snapshot(now)
-        if self.access.keyed:  # each node's key, so a client can shake hands with it
-            for rec in nodes:
-                rec["key"] = self.access.agent_public(rec["node"])
-        self._reply(identity, req, {"nodes": nodes})
-
-    def _session(self, identity: bytes, req: P.Request) -> None:
-        if not isinstance(identity, bytes) or req.caller is None:
-            raise InvalidRequest("SESSION is asked over CURVE, on a keyed agent's data port")
-        session_id, key = self.access.new_session(req.caller)
-        self._reply(identity, req, {"node": self.s.node, "session": session_id, "key": key,
-                                    "port": self.sealed_port})
-
-    def _trust(self, identity: bytes, req: P.Request) -> None:
-        count = self.access.trust(req.fields["entries"])
-        self._reply(identity, req, {"node": self.s.node, "keys": count})
-
-    def _renew(self, identity: bytes, req: P.Request) -> None:
-        renewed = []
-        for block_id in req.fields["blocks"][:P.LIST_PAGE_RECORDS]:
-            try:
-                if isinstance(block_id, str) and self.store.renew(self.store.served(block_id)):
-                    renewed.append(block_id)
-            except MeshError:
-                continue  # not here (any more): the caller sees it missing from ``renewed``
-        self._reply(identity, req, {"renewed": renewed})

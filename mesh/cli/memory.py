@@ -28,13 +28,10 @@ import dataclasses
 import functools
 import io
 import os
-import stat as stat_mod
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import click
 from rich.table import Table
@@ -46,7 +43,6 @@ from mesh.cli.common import (
     InOrder,
     config_option,
     echo_json,
-    err,
     human,
     line,
     load,
@@ -54,6 +50,7 @@ from mesh.cli.common import (
     out,
     quiet_broken_pipe,
 )
+from mesh.cli.streams import Progress, input_size, output_file
 from mesh.client import MeshClient
 from mesh.client.core import block_node_hint
 from mesh.errors import (
@@ -64,7 +61,7 @@ from mesh.errors import (
     MeshError,
     OutOfRange,
 )
-from mesh.units import MiB, parse_size
+from mesh.units import parse_size
 
 
 @click.group(cls=InOrder)
@@ -72,7 +69,6 @@ def memory() -> None:
     """Allocate blocks, store and retrieve files under keys, and watch the memory pool."""
 
 
-PROGRESS_MIN_BYTES = 32 * MiB  # smaller transfers finish before a bar would help
 PREVIEW_BYTES = 1024
 HEX_PREVIEW_BYTES = 256
 
@@ -117,102 +113,6 @@ def _local_errors(f: Callable) -> Callable:
             raise GridError(_os_message(exc)) from None
 
     return wrapper
-
-
-class Progress:
-    """A progress bar (bytes, speed) on stderr, only for big transfers to a terminal.
-
-    Called with the bytes just moved, as the client's ``progress`` callbacks are. With a known
-    ``total`` the bar starts at the first call when the total is over ``PROGRESS_MIN_BYTES``; with
-    an unknown total (a pipe) it starts once that many bytes have gone by.
-    """
-
-    def __init__(self, label: str, total: int | None):
-        self.label = label
-        self.total = total
-        self.done = 0
-        self.enabled = sys.stderr.isatty()
-        self._bar: Any = None
-        self._task: Any = None
-
-    def __call__(self, nbytes: int) -> None:
-        self.done += nbytes
-        if self._bar is None:
-            if not self.enabled:
-                return
-            big = self.total if self.total is not None else self.done
-            if big <= PROGRESS_MIN_BYTES:
-                return
-            self._start()
-        self._bar.update(self._task, completed=self.done)
-
-    def _start(self) -> None:
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress as RichProgress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
-        self._bar = RichProgress(
-            TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
-            TransferSpeedColumn(), TimeRemainingColumn(), console=err, transient=True,
-        )
-        self._bar.start()
-        self._task = self._bar.add_task(self.label, total=self.total, completed=self.done)
-
-    def __enter__(self) -> Progress:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-
-def _input_size(source: str) -> int | None:
-    """Bytes in the input, when it is known up front (a regular file, or stdin redirected from one)."""
-    try:
-        st = os.fstat(sys.stdin.fileno()) if source == "-" else os.stat(source)
-    except (OSError, ValueError):
-        return None
-    return st.st_size if stat_mod.S_ISREG(st.st_mode) else None
-
-
-@contextmanager
-def _output(dest: str) -> Iterator[BinaryIO]:
-    """A binary file for ``dest``: stdout for "-", else a temporary file renamed into place on
-    success (so a failed transfer never leaves a truncated file under the name asked for)."""
-    if dest == "-":
-        yield sys.stdout.buffer
-        sys.stdout.buffer.flush()
-        return
-    path = Path(dest)
-    if path.is_dir():
-        raise GridError(f"{dest}: is a directory")
-    if path.exists() and not path.is_file():  # /dev/null, a FIFO: write to it as it is
-        with open(path, "wb") as f:
-            yield f
-        return
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-        if path.exists():
-            mode = stat_mod.S_IMODE(path.stat().st_mode)
-        else:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 @contextmanager
@@ -426,7 +326,7 @@ def store(config_path: str | None, key: str, file: str, block_id: str | None, of
             raise GridError(f"{file}: is a directory")
     cfg = load(config_path)
     source: Any = sys.stdin.buffer if file == "-" else file
-    with MeshClient(cfg) as client, Progress(f"store {key}", _input_size(file)) as bar:
+    with MeshClient(cfg) as client, Progress(f"store {key}", input_size(file)) as bar:
         try:
             with _capacity_hint():
                 info = client.put_file(key, source, node, block_id=block_id, offset=at,
@@ -499,7 +399,7 @@ def retrieve(config_path: str | None, name: str, output: str | None, size_: str 
         if output is None:
             _preview(name, key, block_id, total, read_range, as_json)
             return
-        with _output(output) as dest, Progress(f"retrieve {name}", total) as bar:
+        with output_file(output) as dest, Progress(f"retrieve {name}", total) as bar:
             if key is not None and not ranged:
                 client.get_file(key, dest, progress=bar)  # checksum verified
             else:
