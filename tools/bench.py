@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Benchmarks of the mesh, each against a baseline measured in the same run.
 
-    python tools/bench.py transfer [--size 1GiB] [--runs 5] [--chunk 2MiB] [--window 8] [--json]
+    python tools/bench.py transfer [--size 1GiB] [--runs 5] [--chunk 2MiB] [--window 8]
+                                   [--secure] [--replicas N] [--json]
     python tools/bench.py cli-memory [--size 2GiB] [--chunk 2MiB] [--window 8] [--json]
     python tools/bench.py move [--size 1GiB] [--runs 4] [--json]
     python tools/bench.py startup [--baseline-ref 65b4786] [--runs 15] [--json]
@@ -15,6 +16,15 @@ warm buffer (``read_into``). In the same process it measures the baseline: plain
 ``sendall`` of the same bytes in 4 MiB pieces over a loopback TCP socket to a second process that
 ``recv_into``s a warm buffer. Figures are medians over the runs, in GB/s (10**9 bytes/s), and
 ratios against that baseline. With ``--json`` the last line printed is one JSON object.
+
+``transfer --replicas N`` (N >= 2) starts N agents instead (127.0.0.1, .2, ...; all on this
+machine, so with ``mesh.replica_spread: node``) and, in the same runs, writes and reads a second
+block of the same size made with N copies (the primary, where the client writes and reads, on
+the same agent as the one-copy block: it forwards every write to the other copies and answers
+only once they have applied it). It adds ``replicated_write_gbps`` / ``replicated_read_gbps``
+and ``replicated_write_ratio`` / ``replicated_read_ratio`` (N copies over one copy, medians of
+the same runs), ``replica_nodes`` (the nodes ``stat`` says hold a current copy) and checks the
+last read of each block byte for byte.
 
 ``cli-memory`` measures the memory of the ``grid`` client process itself: it writes a file of
 ``--size`` random bytes, starts one real agent with room for it, then runs ``grid memory store``
@@ -163,7 +173,8 @@ class Agents:
     settings to the cluster file's ``mesh:`` section."""
 
     def __init__(self, size: int, chunk: int, window: int, tmp: Path, n: int = 1,
-                 root: Path = ROOT, mesh: dict | None = None, keyed: bool = False):
+                 root: Path = ROOT, mesh: dict | None = None, keyed: bool = False,
+                 room: int | None = None):
         hosts = [f"127.0.0.{i + 1}" for i in range(n)]
         ports = [_free_port(h) for h in hosts]
         self.port = ports[0]
@@ -171,7 +182,7 @@ class Agents:
         cfg = {
             "name": "bench",
             "nodes": [{"name": f"bench-{i + 1}", "host": h, "mesh_port": p,
-                       "memory_gb": size / 1024**3 + 0.25}
+                       "memory_gb": (room or size) / 1024**3 + 0.25}
                       for i, (h, p) in enumerate(zip(hosts, ports))],
             "mesh": {"chunk_bytes": chunk, "window": window, "host_reserve_bytes": "512MiB",
                      "request_timeout_s": 60, **(mesh or {})},
@@ -224,6 +235,22 @@ def _warm(n: int, fill: bool) -> bytearray:
     return buf
 
 
+def _allocate_copies(client: MeshClient, size: int, copies: int) -> str:
+    """A block of ``size`` with ``copies`` copies, the primary on bench-1. The agents have just
+    started: until bench-1 has heard the others' heartbeats it can place no copy there
+    (``PlacementShort``), so that is tried again for a few seconds."""
+    from mesh.errors import PlacementShort
+
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            return client.allocate(size, node="bench-1", replicas=copies, spread="node")
+        except PlacementShort:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def transfer(args: argparse.Namespace) -> dict:
     size = parse_size(args.size)
     chunk = parse_size(args.chunk)
@@ -232,17 +259,33 @@ def transfer(args: argparse.Namespace) -> dict:
     out = _warm(size, fill=False)
     dv = memoryview(data)
     secure = getattr(args, "secure", False)
+    replicas = getattr(args, "replicas", 1) or 1
+    if replicas < 1:
+        raise SystemExit("--replicas: expected 1 or more copies")
     with tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp, \
             tempfile.TemporaryDirectory(prefix="mesh-bench-keyed-") as ktmp:
-        agent = Agents(size, chunk, args.window, Path(tmp))
+        if replicas > 1:  # the one-copy block and the primary copy share the first agent
+            agent = Agents(size, chunk, args.window, Path(tmp), n=replicas,
+                           mesh={"replica_spread": "node"}, room=2 * size)
+        else:
+            agent = Agents(size, chunk, args.window, Path(tmp))
         keyed = Agents(size, chunk, args.window, Path(ktmp), keyed=True) if secure else None
         baseline = Baseline(size, runs)
         try:
             client = agent.client()
-            block = client.allocate(size)
+            block = client.allocate(size, node="bench-1" if replicas > 1 else None)
+            rblock = _allocate_copies(client, size, replicas) if replicas > 1 else None
+            replica_nodes = list(client.stat(rblock).nodes) if rblock is not None else []
             kclient = keyed.client() if keyed else None
             kblock = kclient.allocate(size) if kclient else None
-            w, r, b, sw, sr = [], [], [], [], []
+            w, r, b, sw, sr, rw, rr = [], [], [], [], [], [], []
+            checks: list[bool] = []
+
+            def check(last: bool) -> None:  # the last run's reads, each byte for byte
+                if last:
+                    checks.append(out == data)
+                    out[::4096] = b"\x02" * len(out[::4096])  # the next read must refill it
+
             for i in range(runs):
                 b.append(size / baseline.run_once(dv) / 1e9)
                 t0 = time.perf_counter()
@@ -251,7 +294,17 @@ def transfer(args: argparse.Namespace) -> dict:
                 t0 = time.perf_counter()
                 client.read_into(block, out)
                 r.append(size / (time.perf_counter() - t0) / 1e9)
+                check(i == runs - 1)
                 line = f"run {i + 1}: baseline {b[-1]:.2f}  write {w[-1]:.2f}  read {r[-1]:.2f}"
+                if rblock is not None:
+                    t0 = time.perf_counter()
+                    client.write(rblock, dv)
+                    rw.append(size / (time.perf_counter() - t0) / 1e9)
+                    t0 = time.perf_counter()
+                    client.read_into(rblock, out)
+                    rr.append(size / (time.perf_counter() - t0) / 1e9)
+                    check(i == runs - 1)
+                    line += f"  {replicas} copies: write {rw[-1]:.2f}  read {rr[-1]:.2f}"
                 if kclient is not None:
                     t0 = time.perf_counter()
                     kclient.write(kblock, dv)
@@ -259,11 +312,14 @@ def transfer(args: argparse.Namespace) -> dict:
                     t0 = time.perf_counter()
                     kclient.read_into(kblock, out)
                     sr.append(size / (time.perf_counter() - t0) / 1e9)
+                    check(i == runs - 1)
                     line += f"  secure write {sw[-1]:.2f}  secure read {sr[-1]:.2f}"
                 if not args.json:
                     print(line + " GB/s")
-            same = out == data
+            same = bool(checks) and all(checks)
             client.free(block)
+            if rblock is not None:
+                client.free(rblock)
             client.close()
             if kclient is not None:
                 kclient.free(kblock)
@@ -291,6 +347,15 @@ def transfer(args: argparse.Namespace) -> dict:
         result["secure_read_gbps"] = round(statistics.median(sr), 3)
         result["secure_write_ratio"] = round(result["secure_write_gbps"] / result["write_gbps"], 3)
         result["secure_read_ratio"] = round(result["secure_read_gbps"] / result["read_gbps"], 3)
+    if replicas > 1:  # N copies (the primary forwards each write) over one copy, same agents
+        result["replicas"] = replicas
+        result["replica_nodes"] = replica_nodes
+        result["replicated_write_gbps"] = round(statistics.median(rw), 3)
+        result["replicated_read_gbps"] = round(statistics.median(rr), 3)
+        result["replicated_write_ratio"] = round(
+            result["replicated_write_gbps"] / result["write_gbps"], 3)
+        result["replicated_read_ratio"] = round(
+            result["replicated_read_gbps"] / result["read_gbps"], 3)
     return result
 
 
@@ -841,6 +906,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--window", type=int, default=8)
     t.add_argument("--secure", action="store_true", help="also write and read the block on a "
                    "keyed agent (authenticated, sealed) in the same runs")
+    t.add_argument("--replicas", type=int, default=1, metavar="N",
+                   help="also write and read a block with N copies (N agents, spread node) in "
+                   "the same runs, against the one-copy block")
     t.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     c = sub.add_parser("cli-memory", help="peak RSS of `grid memory store/retrieve` moving a file")
     c.add_argument("--size", default="2GiB")
@@ -955,6 +1023,14 @@ def main(argv: list[str] | None = None) -> int:
             f"(ratio {result['write_ratio']:.2f}) | read {result['read_gbps']:.2f} GB/s "
             f"(ratio {result['read_ratio']:.2f}) | verified {result['verified']}"
         )
+        if "replicas" in result:
+            print(
+                f"{result['replicas']} copies on {', '.join(result['replica_nodes'])}: write "
+                f"{result['replicated_write_gbps']:.2f} GB/s (ratio to one copy "
+                f"{result['replicated_write_ratio']:.2f}) | read "
+                f"{result['replicated_read_gbps']:.2f} GB/s (ratio "
+                f"{result['replicated_read_ratio']:.2f})"
+            )
     return 0
 
 

@@ -2,21 +2,25 @@
 """Chaos: kill -9 and SIGSTOP real agents under load, then read back every acknowledged byte.
 A benchmark, not a test: it measures and reports; the exit code says whether anything was lost.
 
-    python tools/chaos.py [--agents 4] [--trials 200] [--replicas 2] [--writers 2]
-                          [--faults kill,pause] [--pause-s 2,10] [--restart-s 1,3] [--run-s 1,3]
+    python tools/chaos.py [--agents 4] [--trials 200] [--replicas 2] [--spread node]
+                          [--writers 2] [--faults kill,pause] [--fault-order random|cycle]
+                          [--pause-s 2,10] [--restart-s 1,3] [--run-s 1,3]
                           [--restore-timeout-s 20] [--op-timeout-s 2] [--max-seconds 3600]
-                          [--seed S] [--json]
+                          [--seed S] [--keep] [--json]
 
 It starts ``--agents`` agents on 127.0.0.1, .2, ... (``tests/support/mesh.py: LocalMesh``,
-random ports, ``--agent-mib`` each), then ``--writers`` writer processes (this file with
-``--writer``). Each writer loops over three kinds of operation and keeps a model of what was
-ACKNOWLEDGED (the call returned without error):
+random ports, ``--agent-mib`` each; the cluster file says ``mesh.replicas: --replicas`` and
+``mesh.replica_spread: --spread``, "node" by default since every agent here shares one
+machine), then ``--writers`` writer processes (this file with ``--writer``). Each writer loops
+over three kinds of operation and keeps a model of what was ACKNOWLEDGED (the call returned
+without error):
 
 - ``write``: a random range (1 B - 64 KiB) of one of its random-access blocks (1 MiB, four at a
-  time), made with ``allocate(size, replicas=N)`` when the client takes ``replicas``;
-- ``append``: the next range (1 - 16 KiB) of a growing log block (1 MiB; a full one is kept
-  and a new one begun);
-- ``put``: ``put_bytes(key, data, replace=True)`` of a small object (64 B - 16 KiB, eight keys).
+  time), made with ``allocate(size, replicas=N, spread=S)``;
+- ``append``: the next range (1 - 16 KiB) of a growing log block (1 MiB, made the same way; a
+  full one is kept and a new one begun);
+- ``put``: ``put_bytes(key, data, replace=True, replicas=N)`` of a small object (64 B - 16 KiB,
+  eight keys; its block's spread is the cluster file's).
 
 The model is a bytearray per block with a mask of the bytes whose content is known, and per key
 the last acknowledged value. A call that fails may or may not have taken effect (a timeout says
@@ -25,8 +29,10 @@ one), and the writer RETIRES the block or key: it never writes it again, so no l
 race the one whose fate is unknown. Retired blocks and keys are still checked; the oldest are
 freed beyond a cap. Errors are counted by type, never raised.
 
-A trial: writers run ``--run-s`` seconds; the driver asks them what they hold, chooses a victim
-among the agents holding acknowledged data, and injects ONE fault (``--faults``):
+A trial: writers run ``--run-s`` seconds; the driver asks them what they hold, lists where every
+block's copies are (``blocks()``: ``nodes`` and ``epoch`` of each), chooses a victim among the
+agents holding a copy of acknowledged data, and injects ONE fault (``--faults``, chosen at
+random, or in turn with ``--fault-order cycle``):
 
 - ``kill``: SIGKILL, then after ``--restart-s`` the agent starts again under the same node name;
 - ``pause``: SIGSTOP for ``--pause-s`` seconds, then SIGCONT.
@@ -36,9 +42,16 @@ Measured per trial:
   alive (or with a new incarnation: a quick restart can beat the suspect timeout); None when it
   never did (a short pause);
 - ``restore_s``: from the fault until every block and key acknowledged before it reads again
-  (and, once the client knows copies, ``copies_restored`` says every block has its copies), or
-  until ``--restore-timeout-s`` after the fault ended (``restored: false``);
-- ``repair_mbps``: acknowledged bytes per second (all writers) between fault and restore.
+  AND ``copies_restored`` says every block that matters (the acknowledged blocks, the blocks
+  of the acknowledged keys, and every block that had a copy on the victim) has ``--replicas``
+  current copies again (``stat().nodes``), the repair included; or until
+  ``--restore-timeout-s`` after the fault ended (``restored: false``). After a kill, a block
+  that had a copy on the victim counts only once its replica set has moved on (a higher epoch):
+  before that its ``nodes`` still name the dead copy;
+- ``repair_bytes``, ``repair_s``, ``repair_mbps``: the bytes of the victim's copies made again
+  elsewhere (sizes of the blocks it held whose set has moved on by the restore), the time from
+  detection (else the fault) to the restore, and their ratio; None when nothing was repaired;
+- ``load_mbps``: acknowledged bytes per second (all writers) between fault and restore.
 
 Then the writers pause (each finishes its current call and writes its model to a file), and
 the driver reads back every acknowledged byte and key with a fresh client, and again with a
@@ -47,12 +60,14 @@ read), ``diverging_reads`` (a read that differs from the model where the model k
 content, or from the other client's read). What is lost or diverging is counted once, then
 dropped from the model. Writers resume; the next trial begins.
 
-Without replicas a kill -9 loses the victim's blocks: that is the expected result today, and it
-is reported, not hidden (``docs/durability.md``). A pause should lose nothing.
+With ``--replicas 2`` (the default) neither a kill -9 nor a pause may lose an acknowledged
+byte or let two reads disagree (``docs/durability.md``). With ``--replicas 1`` a kill -9 loses
+the victim's blocks: the contrast, reported, not hidden.
 
 Output: one line per trial and a summary; with ``--json`` the last line is one JSON object
-(``trials``, ``lost_bytes``, ``diverging_reads``, ``restore_s_max``, ``detect_s_max``, ``ops``,
-``errors``, ``replicas_supported``, ``faults``, ``seconds`` and more, with every trial).
+(``trials``, ``lost_bytes``, ``diverging_reads``, ``restore_s_max``, ``detect_s_max``,
+``repair_mbps_min``/``_mean``, ``repair_bytes``, ``repair_s_max``, ``ops``, ``errors``,
+``replicas_supported``, ``faults``, ``seconds`` and more, with every trial).
 Exit code: 0 when nothing was lost and no read diverged, 1 when something was, 2 when the
 harness itself could not finish a check (a writer died or stopped answering, an agent would not
 restart), 130 on Ctrl-C or SIGTERM (the summary of the trials done is still printed).
@@ -60,7 +75,8 @@ restart), 130 on Ctrl-C or SIGTERM (the summary of the trials done is still prin
 Everything it starts (agents, writers) is stopped by pid at the end (SIGCONT for a paused one,
 SIGTERM, then SIGKILL), also on errors and interrupts. Loopback only. Memory is bounded: each
 writer holds at most ~33 MiB of model (16 blocks of 1 MiB with their masks, 48 small keys);
-at that cap it makes no new blocks until the next check frees retired ones.
+at that cap it makes no new blocks until the next check frees retired ones. ``--keep`` keeps
+the agents' logs (``node<i>.log``), the writers' logs and models in the temp dir it names.
 
 Not here: the replication itself (``docs/durability.md``), partitions (network namespaces; see
 ``tests/integration/test_replicas_partition.py`` once written), and client kills (``soak.py``).
@@ -85,7 +101,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +111,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from mesh.client import MeshClient
 from mesh.client.core import BlockInfo
-from mesh.errors import MeshError
+from mesh.errors import BlockNotFound, MeshError
 from mesh.units import format_bytes
 
 KEY_PREFIX = "chaos/"
@@ -143,7 +159,8 @@ class KeyModel:
 
 
 def supports_replicas(method: Any) -> bool:
-    """Whether a client method takes ``replicas`` (replication is being built)."""
+    """Whether a client method takes ``replicas`` (the driver refuses ``--replicas`` above 1
+    without it, rather than measure single copies under the name of replicas)."""
     try:
         return "replicas" in inspect.signature(method).parameters
     except (TypeError, ValueError):
@@ -154,12 +171,14 @@ class Writer:
     """One writer's operations and model. The loop (``writer_main``) calls ``step`` between
     commands from the driver."""
 
-    def __init__(self, client: MeshClient, wid: str, seed: int, replicas: int):
+    def __init__(self, client: MeshClient, wid: str, seed: int, replicas: int,
+                 spread: str = "node"):
         self.client = client
         self.wid = wid
         self.rng = random.Random(seed)
-        self.alloc_kw = {"replicas": replicas} if supports_replicas(client.allocate) else {}
-        self.put_kw = {"replicas": replicas} if supports_replicas(client.put_bytes) else {}
+        # put_bytes has no spread of its own: the cluster file's mesh.replica_spread is the same
+        self.alloc_kw = {"replicas": replicas, "spread": spread}
+        self.put_kw = {"replicas": replicas}
         self.blocks: dict[str, BlockModel] = {}
         self.keys: dict[str, KeyModel] = {}
         self.log: str | None = None
@@ -347,7 +366,8 @@ class LineReader:
         return line
 
 
-def writer_main(config: str, wid: str, seed: int, replicas: int, op_timeout_s: float) -> int:
+def writer_main(config: str, wid: str, seed: int, replicas: int, spread: str,
+                op_timeout_s: float) -> int:
     """Commands on stdin, one JSON line each, one JSON reply on stdout each: ``resume`` (with
     what to drop), ``manifest``, ``pause`` (with the model's path), ``stop``. Between commands,
     while running, one operation at a time. Exits when stdin closes (the driver is gone)."""
@@ -359,7 +379,7 @@ def writer_main(config: str, wid: str, seed: int, replicas: int, op_timeout_s: f
         sys.stdout.flush()
 
     with MeshClient(config, timeout_s=op_timeout_s) as client:
-        w = Writer(client, wid, seed, replicas)
+        w = Writer(client, wid, seed, replicas, spread)
         running = False
         while True:
             raw = stdin.line(0.0 if running else 1.0)
@@ -393,15 +413,15 @@ class HarnessError(Exception):
 
 
 class WriterProc:
-    def __init__(self, config: Path, wid: str, seed: int, replicas: int, op_timeout_s: float,
-                 tmp: Path):
+    def __init__(self, config: Path, wid: str, seed: int, replicas: int, spread: str,
+                 op_timeout_s: float, tmp: Path):
         self.wid = wid
         self.model_path = tmp / f"model-{wid}.pkl"
         self.log_path = tmp / f"writer-{wid}.log"
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, __file__, "--writer", wid, "--config", str(config),
-                 "--writer-seed", str(seed), "--replicas", str(replicas),
+                 "--writer-seed", str(seed), "--replicas", str(replicas), "--spread", spread,
                  "--op-timeout-s", str(op_timeout_s)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=ROOT,
                 env=dict(os.environ, PYTHONPATH=str(ROOT)),
@@ -453,24 +473,55 @@ def stop_pid(proc: subprocess.Popen) -> None:
 # --- checks -----------------------------------------------------------------------------------
 
 
-def copies_restored(client: MeshClient, blocks: Iterable[str], replicas: int = 2) -> bool | None:
-    """Whether every block in ``blocks`` has ``replicas`` current copies again, as ``stat()``
-    reports them (its ``nodes``, primary first: ``docs/durability.md``). None when the client
-    has no notion of copies (``stat()`` has no ``nodes`` field), as before replication exists;
-    False when a block has fewer copies or cannot be stat'ed."""
-    if "nodes" not in {f.name for f in fields(BlockInfo)}:
-        return None
-    for block_id in blocks:
+def copies_short(client: MeshClient, blocks: Iterable[str], replicas: int,
+                 before: dict[str, BlockInfo] | None = None, victim: str | None = None,
+                 killed: bool = False, gone_ok: Iterable[str] = (),
+                 first_only: bool = True) -> tuple[list[tuple[str, str]], dict[str, BlockInfo]]:
+    """The blocks of ``blocks`` without ``replicas`` current copies (``stat().nodes``, primary
+    first), each with why, and the ``stat`` of every block that answered.
+
+    ``before``: each block's ``stat`` just before the fault; with ``killed``, a block whose set
+    then named ``victim`` counts only under a later epoch: until its set moves on, ``nodes``
+    still names the dead copy. A block of ``gone_ok`` that is found nowhere is not short (it was
+    freed meanwhile: a replaced key's old block). ``first_only``: stop at the first short block
+    (a probe asks again anyway; a block that cannot be found costs a timeout)."""
+    before = before or {}
+    gone_ok = set(gone_ok)
+    short: list[tuple[str, str]] = []
+    infos: dict[str, BlockInfo] = {}
+    for block_id in dict.fromkeys(blocks):
         try:
             info = client.stat(block_id)
-        except MeshError:
-            return False
-        nodes = getattr(info, "nodes", None)
-        if nodes is None:
-            return None
-        if len(nodes) < replicas:
-            return False
-    return True
+        except BlockNotFound as exc:
+            if block_id not in gone_ok:
+                short.append((block_id, f"BlockNotFound: {exc}"))
+        except MeshError as exc:
+            short.append((block_id, f"{type(exc).__name__}: {exc}"))
+        else:
+            infos[block_id] = info
+            nodes = set(info.nodes)
+            prior = before.get(block_id)
+            if len(nodes) < replicas:
+                why = f"{len(nodes)} current copies {list(info.nodes)} (epoch {info.epoch})"
+                short.append((block_id, f"{why}, {replicas} wanted"))
+            elif killed and prior is not None and victim in prior.nodes and \
+                    info.epoch <= prior.epoch:
+                why = f"its set {list(info.nodes)} (epoch {info.epoch})"
+                short.append((block_id, f"{why} still names the killed copy on {victim}"))
+        if short and first_only:
+            break
+    return short, infos
+
+
+def copies_restored(client: MeshClient, blocks: Iterable[str], replicas: int = 2,
+                    before: dict[str, BlockInfo] | None = None, victim: str | None = None,
+                    killed: bool = False, gone_ok: Iterable[str] = ()) -> bool:
+    """Whether every block of ``blocks`` has ``replicas`` current copies again, as ``stat()``
+    reports them (its ``nodes``, primary first: ``docs/durability.md``), none of them a copy
+    killed since ``before`` (``copies_short``). False when a block has fewer copies or cannot be
+    stat'ed."""
+    short, _ = copies_short(client, blocks, replicas, before, victim, killed, gone_ok)
+    return not short
 
 
 def differing_bytes(read: bytes | bytearray, model: bytes | bytearray, mask: bytes | bytearray) -> int:
@@ -553,10 +604,17 @@ def verify(config: Path, models: dict[str, dict], op_timeout_s: float) -> dict:
 
 
 def probe_restored(config: Path, manifest: dict, replicas: int, op_timeout_s: float,
-                   deadline: float) -> float | None:
-    """Until every block and key of ``manifest`` reads again (and its copies are back, once
-    the client knows copies), or ``deadline``: the monotonic time it was so, else None."""
+                   deadline: float, before: dict[str, BlockInfo] | None = None,
+                   victim: str | None = None, killed: bool = False) -> tuple[float | None, dict]:
+    """Until every block and key of ``manifest`` reads again and every block that matters has
+    its copies back (``copies_short``: the acknowledged blocks, the blocks the acknowledged keys
+    name now, and every block of ``before`` with a copy on ``victim``), or ``deadline``: (the
+    monotonic time it was so, else None; what was repaired, or what was still short)."""
     blocks, keys = set(manifest["blocks"]), set(manifest["keys"])
+    wanted_keys = set(keys)
+    before = before or {}
+    held = [b for b, info in before.items() if victim in info.nodes]
+    short: list[tuple[str, str]] = []
     with MeshClient(config, timeout_s=op_timeout_s) as client:
         while True:
             for b in list(blocks):
@@ -571,15 +629,36 @@ def probe_restored(config: Path, manifest: dict, replicas: int, op_timeout_s: fl
                     keys.discard(k)
                 except MeshError:
                     pass
-            if not blocks and not keys:
+            if blocks or keys:
+                short = [(b, "does not read") for b in sorted(blocks)] + \
+                    [(k, "key does not read") for k in sorted(keys)]
+            else:
                 try:
-                    copies = copies_restored(client, manifest["blocks"], replicas)
-                except MeshError:
-                    copies = False
-                if copies is not False:
-                    return time.monotonic()
+                    listing = client.keys()
+                except MeshError as exc:
+                    listing = None
+                    short = [("keys()", f"{type(exc).__name__}: {exc}")]
+                if listing is not None:
+                    key_blocks = {i.key: i.block_id for i in listing
+                                  if i.key in wanted_keys and i.block_id}
+                    unlisted = sorted(wanted_keys - set(key_blocks))
+                    short = [(k, "key not listed") for k in unlisted[:1]]
+                    if not short:
+                        check = [*manifest["blocks"], *key_blocks.values(), *held]
+                        # a key's block may be replaced (and freed) by the next put any moment;
+                        # the victim's other blocks may be freed too; the key itself reads
+                        gone_ok = set(check) - set(manifest["blocks"])
+                        short, infos = copies_short(client, check, replicas, before, victim,
+                                                    killed, gone_ok)
+                    if not short:
+                        moved = [b for b in held if b in infos and
+                                 infos[b].epoch > before[b].epoch]
+                        return time.monotonic(), {
+                            "repaired_blocks": len(moved),
+                            "repair_bytes": sum(infos[b].size for b in moved),
+                        }
             if time.monotonic() >= deadline:
-                return None
+                return None, {"short": [f"{what}: {why}" for what, why in short[:EXAMPLES_KEPT]]}
             time.sleep(PROBE_EVERY_S)
 
 
@@ -626,30 +705,40 @@ def _pair(text: str) -> tuple[float, float]:
 
 
 def _victim(client: MeshClient, manifest: dict, names: list[str],
-            rng: random.Random) -> tuple[str, int]:
-    """An agent holding acknowledged data (so a fault there puts some at stake), and the bytes
-    of acknowledged blocks and keys it holds."""
+            rng: random.Random) -> tuple[str, int, dict[str, BlockInfo]]:
+    """An agent holding a copy of acknowledged data (so a fault there puts some at stake), the
+    bytes of acknowledged blocks and keys it holds a copy of, and where every block's copies
+    are (``blocks()``: the newest set of each)."""
     held: collections.Counter[str] = collections.Counter()
     wanted_blocks, wanted_keys = set(manifest["blocks"]), set(manifest["keys"])
+    before: dict[str, BlockInfo] = {}
     try:
-        for info in client.blocks():
-            if info.block_id in wanted_blocks:
-                held[info.node] += info.size
+        before = {info.block_id: info for info in client.blocks()}
         for info in client.keys():
             if info.key in wanted_keys:
-                held[info.node] += info.length
+                where = before.get(info.block_id) if info.block_id else None
+                for node in set(where.nodes if where is not None else
+                                info.nodes or (info.node,)):
+                    held[node] += info.length
     except MeshError:
         pass
+    for block_id in wanted_blocks:
+        info = before.get(block_id)
+        if info is not None:
+            for node in set(info.nodes):
+                held[node] += info.size
     candidates = sorted(n for n in held if n in names) or names
     victim = rng.choice(candidates)
-    return victim, held.get(victim, 0)
+    return victim, held.get(victim, 0), before
 
 
 class Chaos:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.rng = random.Random(args.seed)
-        self.replicas_supported = supports_replicas(MeshClient.allocate)
+        self.replicas_supported = (supports_replicas(MeshClient.allocate)
+                                   and supports_replicas(MeshClient.put_bytes)
+                                   and "nodes" in BlockInfo.__dataclass_fields__)
         self.trials: list[dict] = []
         self.ops: collections.Counter[str] = collections.Counter()
         self.errors: collections.Counter[str] = collections.Counter()
@@ -669,11 +758,12 @@ class Chaos:
         writers: list[WriterProc] = []
         self.paused: subprocess.Popen | None = None
         try:
-            mesh = LocalMesh.create(tmp, args.agents, memory_gb=args.agent_mib / 1024)
+            mesh = LocalMesh.create(tmp, args.agents, memory_gb=args.agent_mib / 1024,
+                                    replicas=args.replicas, replica_spread=args.spread)
             mesh.start_all()
             for i in range(args.writers):
                 writers.append(WriterProc(mesh.config_path, f"w{i}", self.rng.randrange(2**32),
-                                          args.replicas, args.op_timeout_s, tmp))
+                                          args.replicas, args.spread, args.op_timeout_s, tmp))
             drop: dict[str, dict] = {}
             for n in range(args.trials):
                 if time.monotonic() >= self.end:
@@ -722,9 +812,10 @@ class Chaos:
             m = w.ask({"cmd": "manifest"})
             manifest["blocks"] += m["blocks"]
             manifest["keys"] += m["keys"]
-        kind = rng.choice(args.faults)
+        kind = (args.faults[(n - 1) % len(args.faults)] if args.fault_order == "cycle"
+                else rng.choice(args.faults))
         with MeshClient(config, timeout_s=args.op_timeout_s) as client:
-            victim, at_stake = _victim(client, manifest, names, rng)
+            victim, at_stake, before = _victim(client, manifest, names, rng)
             try:
                 incarnation = next((x.incarnation for x in client.nodes() if x.name == victim),
                                    None)
@@ -751,8 +842,9 @@ class Chaos:
             agent.proc.send_signal(signal.SIGCONT)
             self.paused = None
         fault_end = time.monotonic()
-        restored_at = probe_restored(config, manifest, args.replicas, args.op_timeout_s,
-                                     min(fault_end + args.restore_timeout_s, self.end))
+        restored_at, repair = probe_restored(
+            config, manifest, args.replicas, args.op_timeout_s,
+            min(fault_end + args.restore_timeout_s, self.end), before, victim, kind == "kill")
         watch.stop.set()
         watch.join(timeout=5)
         window_end = restored_at if restored_at is not None else time.monotonic()
@@ -767,24 +859,34 @@ class Chaos:
         del models
         ops: collections.Counter[str] = collections.Counter()
         errors: collections.Counter[str] = collections.Counter()
-        repair_bytes = skipped = 0
+        load_bytes = skipped = 0
         lo, hi = int(fault_at / BUCKET_S), int(window_end / BUCKET_S)
         for r in reports.values():
             ops.update(r["ops"])
             errors.update(r["errors"])
             skipped += r["skipped"]
-            repair_bytes += sum(v for k, v in r["acked"].items() if lo <= int(k) <= hi)
+            load_bytes += sum(v for k, v in r["acked"].items() if lo <= int(k) <= hi)
         self.ops.update(ops)
         self.errors.update(errors)
         window_s = max(window_end - fault_at, BUCKET_S)
+        repair_s = repair_mbps = None
+        if restored_at is not None and repair.get("repair_bytes"):
+            repair_s = restored_at - (watch.detected_at or fault_at)
+            repair_mbps = round(repair["repair_bytes"] / max(repair_s, BUCKET_S) / 1e6, 3)
+            repair_s = round(repair_s, 3)
         return {
             "trial": n, "fault": kind, "victim": victim, "hold_s": round(hold_s, 2),
             "at_stake_bytes": at_stake,
+            "victim_blocks": sum(victim in i.nodes for i in before.values()),
             "detect_s": None if watch.detected_at is None else round(watch.detected_at - fault_at, 3),
             "detected_as": watch.seen,
             "restored": restored_at is not None,
             "restore_s": round(window_end - fault_at, 3),
-            "repair_mbps": round(repair_bytes / window_s / 1e6, 3),
+            "repaired_blocks": repair.get("repaired_blocks", 0),
+            "repair_bytes": repair.get("repair_bytes", 0),
+            "repair_s": repair_s, "repair_mbps": repair_mbps,
+            "short_at_deadline": repair.get("short", []),
+            "load_mbps": round(load_bytes / window_s / 1e6, 3),
             "ops": sum(ops.values()), "errors": sum(errors.values()), "skipped_full": skipped,
             **{k: v for k, v in check.items() if k != "drop"},
             "drop": check["drop"],
@@ -793,23 +895,32 @@ class Chaos:
     @staticmethod
     def line(t: dict) -> str:
         detect = "not seen" if t["detect_s"] is None else f"{t['detect_s']:.2f} s ({t['detected_as']})"
-        restore = f"{t['restore_s']:.2f} s" + ("" if t["restored"] else " (NOT restored by the deadline)")
+        restore = f"{t['restore_s']:.2f} s" + ("" if t["restored"] else
+                                               f" (NOT restored by the deadline: "
+                                               f"{'; '.join(t['short_at_deadline'][:2])})")
+        repair = ("nothing repaired" if not t["repair_bytes"] else
+                  f"repaired {t['repaired_blocks']} blocks, {format_bytes(t['repair_bytes'])}"
+                  + ("" if t["repair_mbps"] is None else
+                     f" in {t['repair_s']:.2f} s after detection ({t['repair_mbps']} MB/s)"))
         return (f"trial {t['trial']}: {t['fault']} {t['victim']} for {t['hold_s']} s "
-                f"(holding {format_bytes(t['at_stake_bytes'])} of blocks and keys with acknowledged data): detect {detect}, "
-                f"restore {restore}; lost {format_bytes(t['lost_bytes'])} "
+                f"(a copy of {format_bytes(t['at_stake_bytes'])} of acknowledged blocks and keys, "
+                f"{t['victim_blocks']} blocks in all): detect {detect}, restore {restore}, "
+                f"{repair}; lost {format_bytes(t['lost_bytes'])} "
                 f"({t['lost_blocks']} blocks, {t['lost_keys']} keys), "
                 f"diverging reads {t['diverging_reads']}; checked "
                 f"{format_bytes(t['checked_bytes'])}; ops {t['ops']}, errors {t['errors']}, "
-                f"{t['repair_mbps']} MB/s acknowledged during repair")
+                f"{t['load_mbps']} MB/s acknowledged from fault to restore")
 
     def summary(self, seconds: float) -> dict:
         t = self.trials
         detects = [x["detect_s"] for x in t if x["detect_s"] is not None]
-        repair = [x["repair_mbps"] for x in t]
+        repair = [x["repair_mbps"] for x in t if x["repair_mbps"] is not None]
+        repair_s = [x["repair_s"] for x in t if x["repair_s"] is not None]
         faults = collections.Counter(x["fault"] for x in t)
         return {
             "bench": "chaos", "trials": len(t), "agents": self.args.agents,
             "writers": self.args.writers, "replicas": self.args.replicas,
+            "spread": self.args.spread, "fault_order": self.args.fault_order,
             "replicas_supported": self.replicas_supported, "seed": self.args.seed,
             "faults": {k: faults.get(k, 0) for k in self.args.faults},
             "lost_bytes": sum(x["lost_bytes"] for x in t),
@@ -824,8 +935,18 @@ class Chaos:
             "undetected_trials": len(t) - len(detects),
             "restore_s_max": max((x["restore_s"] for x in t), default=None),
             "unrestored_trials": sum(not x["restored"] for x in t),
+            "restore_s_by_fault": {k: max((x["restore_s"] for x in t if x["fault"] == k),
+                                          default=None) for k in self.args.faults},
+            "repaired_trials": len(repair),
+            "repair_bytes": sum(x["repair_bytes"] for x in t),
+            "repair_s_max": max(repair_s) if repair_s else None,
             "repair_mbps_min": min(repair) if repair else None,
             "repair_mbps_mean": round(sum(repair) / len(repair), 3) if repair else None,
+            # bytes repaired over the seconds spent repairing, all trials together
+            "repair_mbps_overall": (round(sum(x["repair_bytes"] for x in t if x["repair_s"])
+                                          / max(sum(repair_s), BUCKET_S) / 1e6, 3)
+                                    if repair_s else None),
+            "load_mbps_mean": round(sum(x["load_mbps"] for x in t) / len(t), 3) if t else None,
             "ops": sum(self.ops.values()), "ops_by_kind": dict(self.ops),
             "errors": sum(self.errors.values()), "errors_by_type": dict(self.errors),
             "seconds": round(seconds, 1), "stopped_early": self.stopped_early,
@@ -850,10 +971,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--agents", type=int, default=4)
     p.add_argument("--agent-mib", type=int, default=256, help="memory of each agent")
     p.add_argument("--trials", type=int, default=200)
-    p.add_argument("--replicas", type=int, default=2,
-                   help="copies per block, when the client supports replicas")
+    p.add_argument("--replicas", type=int, default=2, help="copies per block (and key)")
+    p.add_argument("--spread", choices=("node", "host"), default="node",
+                   help="how far apart copies must be (every agent here is on one machine)")
     p.add_argument("--writers", type=int, default=2)
     p.add_argument("--faults", default="kill,pause", help="comma-separated: kill, pause")
+    p.add_argument("--fault-order", choices=("random", "cycle"), default="random",
+                   help="each trial's fault: chosen at random, or the --faults in turn")
     p.add_argument("--pause-s", type=_pair, default=(2.0, 10.0), help="MIN,MAX of a SIGSTOP")
     p.add_argument("--restart-s", type=_pair, default=(1.0, 3.0),
                    help="MIN,MAX from a kill -9 to the restart")
@@ -873,7 +997,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.writer:
         return writer_main(args.config, args.writer, args.writer_seed, args.replicas,
-                           args.op_timeout_s)
+                           args.spread, args.op_timeout_s)
     args.faults = [f.strip() for f in args.faults.split(",") if f.strip()]
     bad = [f for f in args.faults if f not in ("kill", "pause")]
     if bad or not args.faults:
@@ -882,6 +1006,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--agents: at least 4 (a victim, and room for two copies besides)")
     if args.writers < 1 or args.trials < 0:
         p.error("--writers at least 1, --trials at least 0")
+    if not 1 <= args.replicas < args.agents:
+        p.error("--replicas: at least 1, and fewer than --agents (room for a repair)")
+    if args.replicas > 1 and not (supports_replicas(MeshClient.allocate)
+                                  and supports_replicas(MeshClient.put_bytes)):
+        p.error("--replicas above 1: this client has no replicas (try --replicas 1)")
     if args.seed is None:
         args.seed = random.randrange(2**32)
 
@@ -893,10 +1022,12 @@ def main(argv: list[str] | None = None) -> int:
     r = result
     print(f"{r['trials']} trials ({', '.join(f'{k} {v}' for k, v in r['faults'].items())}) in "
           f"{r['seconds']} s, {r['agents']} agents, {r['writers']} writers, replicas "
-          f"{r['replicas'] if r['replicas_supported'] else '1 (the client has no replicas yet)'}: "
+          f"{r['replicas']} (spread {r['spread']}): "
           f"lost {format_bytes(r['lost_bytes'])} ({r['lost_blocks']} blocks, {r['lost_keys']} "
           f"keys), diverging reads {r['diverging_reads']}; detect max {r['detect_s_max']} s, "
           f"restore max {r['restore_s_max']} s ({r['unrestored_trials']} not restored); "
+          f"repaired {format_bytes(r['repair_bytes'])} in {r['repaired_trials']} trials, "
+          f"{r['repair_mbps_mean']} MB/s mean, {r['repair_mbps_min']} min; "
           f"{r['ops']} ops, {r['errors']} errors {r['errors_by_type']}")
     if r["harness_error"]:
         print(f"harness error: {r['harness_error']}")

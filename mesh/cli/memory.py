@@ -1,9 +1,11 @@
 """``grid memory``: blocks and named objects from the command line.
 
     grid memory allocate (--size GB | SIZE) [--node NAME] [--lazy] [--ttl DURATION]
+                         [--replicas N] [--spread host|node]
     grid memory deallocate BLOCK_ID
     grid memory list-blocks | stats | list-objects
     grid memory store KEY FILE|- [--block-id ID] [--offset N] [--node NAME] [--replace]
+                      [--replicas N] [--spread host|node]
     grid memory retrieve KEY|BLOCK_ID [--output FILE|-] [--size N] [--offset N]
     grid memory delete KEY
 
@@ -13,13 +15,20 @@ the mesh). Files move through the client's streaming calls (``put_file``, ``get_
 ``read_to_file``), so this process holds a few chunks at a time whatever the size; a progress bar
 goes to stderr when stderr is a terminal and the transfer is over 32 MiB.
 
+Replicas (``docs/durability.md``): ``--replicas N`` asks for N copies of a new block, on distinct
+machines, or only distinct nodes with ``--spread node`` (defaults: ``mesh.replicas`` and
+``mesh.replica_spread`` of the cluster file). ``list-blocks`` and ``list-objects`` say where every
+copy is: a "Nodes" column, primary first, and ``"nodes"`` in ``--json`` (the one node of a block
+without replicas).
+
 Errors follow ``mesh/cli/``: a ``MeshError`` or a ``GridError`` ends the command with one red
 line on stderr and exit code 1. Local file problems (a missing input, an unwritable output) are
-turned into ``GridError`` here.
+turned into ``GridError`` here, and so are bad ``--replicas``/``--spread`` values (before any
+agent is asked).
 
 Not here: the transfer logic and the object records (``mesh/client/core.py`` and the agents), the
 other commands (``mesh/cli/``), the shared helpers (``human``, ``ok``, ``line``, ``echo_json``:
-``mesh/cli/common.py``).
+``mesh/cli/common.py``), the progress bar and the output file (``mesh/cli/streams.py``).
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ import os
 import sys
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import click
 from rich.table import Table
@@ -60,8 +69,12 @@ from mesh.errors import (
     KeyNotFound,
     MeshError,
     OutOfRange,
+    PlacementShort,
 )
 from mesh.units import parse_size
+
+if TYPE_CHECKING:
+    from mesh.config import ClusterConfig
 
 
 @click.group(cls=InOrder)
@@ -89,7 +102,10 @@ def _offset(value: str) -> int:
 
 
 def _info_dict(info: Any) -> dict[str, Any]:
-    return dataclasses.asdict(info)
+    """An ``ObjectInfo`` for ``--json``: ``nodes`` names the node of an object without replicas."""
+    doc = dataclasses.asdict(info)
+    doc["nodes"] = _nodes(info.nodes, info.node)
+    return doc
 
 
 def _os_message(exc: OSError) -> str:
@@ -117,11 +133,62 @@ def _local_errors(f: Callable) -> Callable:
 
 @contextmanager
 def _capacity_hint() -> Iterator[None]:
-    """The seeds' troubleshooting step for a full mesh: look at what is free."""
+    """The seeds' troubleshooting step for a full mesh: look at what is free (and, for copies
+    that cannot be placed, which nodes are up)."""
     try:
         yield
     except CapacityError as exc:
         raise GridError(f"{exc} (check free memory with `grid memory stats`)") from None
+    except PlacementShort as exc:
+        raise GridError(f"{exc}; live nodes and their free memory: `grid memory stats`") from None
+
+
+# --- replicas -------------------------------------------------------------------------------------
+
+MAX_REPLICAS = 16  # what the client and the agents accept (mesh/client/core.py)
+SPREADS = ("host", "node")
+
+
+def replica_options(f: Callable) -> Callable:
+    """``--replicas N`` and ``--spread host|node``, read as text so that a bad value is one line
+    (``_replicas``), not click's usage error."""
+    f = click.option("--spread", metavar="host|node",
+                     help="where the copies go: distinct machines (host) or only distinct "
+                     "nodes, which may share a machine (node); default: mesh.replica_spread")(f)
+    return click.option("--replicas", metavar="N",
+                        help=f"copies of the block, 1 to {MAX_REPLICAS}, each on its own node "
+                        "(default: mesh.replicas of the cluster file, 1)")(f)
+
+
+def _replicas(replicas: str | None, spread: str | None) -> tuple[int | None, str | None]:
+    """The values of ``--replicas`` and ``--spread`` (``None`` when not given); ``GridError``
+    for anything else than a whole number 1..16 and host or node."""
+    count = None
+    if replicas is not None:
+        text = replicas.strip()
+        count = int(text) if text.isascii() and text.isdigit() else None
+        if count is None or not 1 <= count <= MAX_REPLICAS:
+            raise GridError(f"--replicas {replicas!r}: expected a whole number of copies from 1 "
+                            f"to {MAX_REPLICAS}")
+    if spread is not None:
+        spread = spread.strip().lower()
+        if spread not in SPREADS:
+            raise GridError(f"--spread {spread!r}: expected host (copies on distinct machines) "
+                            "or node (distinct nodes, which may share a machine)")
+    return count, spread
+
+
+def _with_spread(cfg: ClusterConfig, spread: str | None) -> ClusterConfig:
+    """``cfg`` with ``mesh.replica_spread`` set to ``spread`` (the puts take their spread from
+    there: ``put_file`` has no spread of its own)."""
+    if spread is None or spread == cfg.mesh.replica_spread:
+        return cfg
+    return dataclasses.replace(cfg, mesh=dataclasses.replace(cfg.mesh, replica_spread=spread))
+
+
+def _nodes(nodes: tuple[str, ...], node: str) -> list[str]:
+    """The nodes holding a copy, primary first: ``node`` alone for a block without replicas."""
+    return list(nodes) or [node]
 
 
 def _is_text(data: bytes, truncated: bool) -> str | None:
@@ -161,12 +228,15 @@ def _hex_dump(data: bytes) -> str:
 @click.option("--lazy", is_flag=True, help="do not back the pages now (they are backed when written)")
 @click.option("--ttl", metavar="DURATION",
               help="free the block after this long (90s, 30m, 1h, 2d); default: until deallocated")
+@replica_options
 @click.option("--json", "as_json", is_flag=True, help="one JSON document for scripts")
 @_local_errors
 def allocate(config_path: str | None, size_arg: str | None, size_gb: str | None,
-             node: str | None, lazy: bool, ttl: str | None, as_json: bool) -> None:
+             node: str | None, lazy: bool, ttl: str | None, replicas: str | None,
+             spread: str | None, as_json: bool) -> None:
     """Allocate a block: `--size 5.0` (GB) or SIZE in bytes (`10485760`, or `10MiB`). It lives
-    until `grid memory deallocate`, or for `--ttl`."""
+    until `grid memory deallocate`, or for `--ttl`; `--replicas N` keeps N copies (`--node` is
+    then the first)."""
     if (size_arg is None) == (size_gb is None):
         raise GridError(
             "give the size once: `grid memory allocate --size 5.0` (GB) or "
@@ -176,18 +246,26 @@ def allocate(config_path: str | None, size_arg: str | None, size_gb: str | None,
         )
     nbytes = parse_size(size_gb, default_unit="GB") if size_gb is not None else parse_size(size_arg)
     ttl_s = None if ttl is None else _duration(ttl)
-    with _client(config_path) as client, _capacity_hint():
-        block_id = client.allocate(nbytes, node=node, lazy=lazy, ttl_s=ttl_s)
-        info = client.stat(block_id) if ttl_s is not None else None
+    copies, spread = _replicas(replicas, spread)
+    cfg = load(config_path)
+    if copies is None:
+        copies = cfg.mesh.replicas
+    with MeshClient(cfg) as client, _capacity_hint():
+        block_id = client.allocate(nbytes, node=node, lazy=lazy, ttl_s=ttl_s, replicas=copies,
+                                   spread=spread)
+        info = client.stat(block_id) if ttl_s is not None or copies > 1 else None
         where = block_node_hint(block_id) or (info or client.stat(block_id)).node
     expires = info.expires if info is not None else None
+    nodes = _nodes(info.nodes, info.node) if info is not None else [where]
     if as_json:
-        echo_json({"block_id": block_id, "node": where, "size": nbytes, "lazy": lazy,
-                   "expires": expires})
+        echo_json({"block_id": block_id, "node": nodes[0], "nodes": nodes, "size": nbytes,
+                   "lazy": lazy, "expires": expires, "replicas": copies})
         return
-    ok(f"Allocated {human(nbytes)}")
+    ok(f"Allocated {human(nbytes)}" + (f" x {copies} copies" if copies > 1 else ""))
     line(f"Block ID: {block_id}")
-    line(f"Node: {where}")
+    line(f"Node: {nodes[0]}")
+    if len(nodes) > 1:
+        line(f"Nodes: {', '.join(nodes)}")
     if expires is not None:
         line(f"Expires: {_when(expires)}")
 
@@ -238,19 +316,21 @@ def list_blocks(config_path: str | None, as_json: bool) -> None:
             if info.block_id is not None:
                 keys.setdefault(info.block_id, []).append(info.key)
     failed = {**objects.failed_nodes, **blocks.failed_nodes}
-    rows = [{"block_id": b.block_id, "node": b.node, "size": b.size, "lazy": b.lazy,
-             "created": b.created, "expires": b.expires, "pending": b.pending,
-             "keys": keys.get(b.block_id, [])} for b in blocks]
+    rows = [{"block_id": b.block_id, "node": b.node, "nodes": _nodes(b.nodes, b.node),
+             "replicas": b.replicas, "size": b.size, "lazy": b.lazy, "created": b.created,
+             "expires": b.expires, "pending": b.pending, "keys": keys.get(b.block_id, [])}
+            for b in blocks]
     if as_json:
         echo_json({"blocks": rows, "failed_nodes": failed})
     else:
         table = Table(title="Allocated Memory Blocks")
-        for col, just in [("Block ID", "left"), ("Node", "left"), ("Size", "right"),
+        for col, just in [("Block ID", "left"), ("Nodes", "left"), ("Size", "right"),
                           ("Key", "left"), ("Created", "left"), ("Expires", "left")]:
             table.add_column(col, justify=just)
         for r in rows:
             key = ", ".join(r["keys"]) or ("(put in progress)" if r["pending"] else "-")
-            table.add_row(Text(r["block_id"]), Text(r["node"]), human(r["size"]), Text(key),
+            table.add_row(Text(r["block_id"]), Text(", ".join(r["nodes"])), human(r["size"]),
+                          Text(key),
                           _when(r["created"]), _when(r["expires"]) if r["expires"] else "-")
         out.print(table)
     _incomplete(failed)
@@ -309,11 +389,17 @@ def stats(config_path: str | None, as_json: bool) -> None:
               help="where in --block-id the bytes go (bytes, or with a unit: 4KiB)")
 @click.option("--node", "-n", help="the node for a new block (default: the live node with most room)")
 @click.option("--replace", is_flag=True, help="overwrite the key if it exists")
+@replica_options
 @click.option("--json", "as_json", is_flag=True, help="one JSON document for scripts")
 @_local_errors
 def store(config_path: str | None, key: str, file: str, block_id: str | None, offset: str,
-          node: str | None, replace: bool, as_json: bool) -> None:
-    """Store FILE (or standard input, `-`) under KEY."""
+          node: str | None, replace: bool, replicas: str | None, spread: str | None,
+          as_json: bool) -> None:
+    """Store FILE (or standard input, `-`) under KEY; `--replicas N` keeps N copies of its block."""
+    copies, spread = _replicas(replicas, spread)
+    if block_id is not None and (copies is not None or spread is not None):
+        raise GridError("give --replicas/--spread or --block-id, not both (an existing block "
+                        "keeps the copies it was allocated with)")
     at = _offset(offset)
     if at and block_id is None:
         raise GridError("--offset needs --block-id (a new block always starts at 0)")
@@ -324,21 +410,24 @@ def store(config_path: str | None, key: str, file: str, block_id: str | None, of
             raise GridError(f"{file}: no such file")
         if os.path.isdir(file):
             raise GridError(f"{file}: is a directory")
-    cfg = load(config_path)
+    cfg = _with_spread(load(config_path), spread)
     source: Any = sys.stdin.buffer if file == "-" else file
     with MeshClient(cfg) as client, Progress(f"store {key}", input_size(file)) as bar:
         try:
             with _capacity_hint():
                 info = client.put_file(key, source, node, block_id=block_id, offset=at,
-                                       replace=replace, progress=bar)
+                                       replace=replace, progress=bar, replicas=copies)
         except KeyExists as exc:
             raise GridError(f"{exc} (grid memory store --replace)") from None
+    nodes = _nodes(info.nodes, info.node)
     if as_json:
         echo_json(_info_dict(info))
         return
     ok(f"Stored {human(info.length)} as key: {info.key}")
     line(f"Block ID: {info.block_id or '- (empty object)'}")
     line(f"Node: {info.node}")
+    if len(nodes) > 1:
+        line(f"Nodes: {', '.join(nodes)}")
 
 
 def _not_found(name: str) -> GridError:
@@ -449,14 +538,14 @@ def list_objects(config_path: str | None, as_json: bool) -> None:
         _incomplete(infos.failed_nodes)
         return
     table = Table(title="Stored Objects")
-    for col, just in [("Key", "left"), ("Block", "left"), ("Size", "right"), ("Node", "left"),
+    for col, just in [("Key", "left"), ("Block", "left"), ("Size", "right"), ("Nodes", "left"),
                       ("Type", "left"), ("Created", "left")]:
         table.add_column(col, justify=just)
     for i in infos:
         block = "-" if i.block_id is None else (
             i.block_id if i.offset == 0 else f"{i.block_id} @{i.offset}")
-        table.add_row(Text(i.key), Text(block), human(i.length), Text(i.node), i.content_type,
-                      _when(i.created))
+        table.add_row(Text(i.key), Text(block), human(i.length),
+                      Text(", ".join(_nodes(i.nodes, i.node))), i.content_type, _when(i.created))
     out.print(table)
     _incomplete(infos.failed_nodes)
 

@@ -241,12 +241,16 @@ class Core:
         """Ask up to three agents for their membership tables and merge them."""
         if time.monotonic() - self._nodes_at <= max_age_s and self._nodes:
             return list(self._nodes.values())
-        candidates = self.known_addresses()
+        # three at a time until one answers; agents we hold a link to first, alone: a new link
+        # to a keyed agent that died costs a handshake's timeout, which the others must not wait
+        linked = [a for a in self.known_addresses() if a in self.links.live]
+        rest = [a for a in self.known_addresses() if a not in linked]
+        groups = [g[i : i + 3] for g in (linked, rest) for i in range(0, len(g), 3)]
         merged: dict[str, dict[str, Any]] = {}
         errors: list[MeshError] = []
-        for start in range(0, len(candidates), 3):  # three at a time until one answers
+        for group in groups:
             calls = yield from self.execute(Batch(
-                [Call(a, P.NODES, {}) for a in candidates[start : start + 3]],
+                [Call(a, P.NODES, {}) for a in group],
                 timeout_s=self.settings.connect_timeout_s,
                 fail_fast=False,
                 settle_s=0.2,

@@ -30,3 +30,13 @@ def test_replication_paths_reports_every_path_and_verifies():
     assert out["verified"] is True
     for mode in ("single", "client_fanout", "primary_forward"):
         assert out[f"{mode}_gbps"] > 0, mode
+
+
+def test_transfer_replicas_reports_two_copies_against_one_and_verifies():
+    out = run_json("tools/bench.py", "transfer", "--replicas", "2", "--size", "32MiB", "--runs",
+                   "1")
+    assert out["verified"] is True
+    assert out["replicas"] == 2 and len(set(out["replica_nodes"])) == 2
+    for field in ("write_gbps", "read_gbps", "replicated_write_gbps", "replicated_read_gbps",
+                  "replicated_write_ratio", "replicated_read_ratio"):
+        assert out[field] > 0, field

@@ -1,0 +1,201 @@
+"""Replicas with real agents (docs/durability.md): where copies go, writes acknowledged only once
+every live copy has them, a copy lost to kill -9 or a pause, repair, and fencing of a copy the
+mesh has moved on from. All agents run on this one machine, so copies are spread over nodes
+(``replica_spread: node``); a cluster asked to spread over machines refuses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from mesh import protocol as P
+from mesh.errors import BlockNotFound, NotCurrent, PlacementShort, StaleEpoch
+from support.mesh import running_mesh
+
+pytestmark = pytest.mark.xdist_group("replicas")
+
+FAST = dict(heartbeat_interval_s=0.25, suspect_after_s=0.75, dead_after_s=1.5,
+            replica_spread="node")
+MiB = 1 << 20
+
+
+def wait_for(what, timeout_s: float = 20.0, every_s: float = 0.1):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = what()
+        if got:
+            return got
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(every_s)
+
+
+def call(client, address: str, op: str, fields: dict, payload: bytes | None = None):
+    """One raw request (a payload for WRITE-like ops), as any process on the network could."""
+    from mesh.client.batch import Batch, Call
+
+    core = client._core
+    c = Call(address, op, fields, payload=memoryview(payload) if payload is not None else None)
+    calls = client._run(core.execute(Batch([c], 3.0, fail_fast=False)))
+    if calls[0].error is not None:
+        raise calls[0].error
+    return calls[0].result
+
+
+def holders(mesh, client, block_id: str) -> set[str]:
+    """The nodes whose agent holds any copy of the block (LIST on each)."""
+    found = set()
+    for a in mesh.nodes:
+        if a.proc is None or a.proc.poll() is not None:
+            continue
+        rows = call(client, a.address, P.LIST, {})["blocks"]
+        if any(r["block"] == block_id for r in rows):
+            found.add(a.name)
+    return found
+
+
+def full_copies(client, block_id: str, n: int = 2):
+    try:
+        info = client.stat(block_id)
+    except Exception:
+        return None
+    return info if len(info.nodes) == n and not getattr(info, "syncing", ()) else None
+
+
+def test_copies_go_to_distinct_nodes_and_every_one_has_each_acknowledged_write(tmp_path):
+    with running_mesh(tmp_path, n=3, **FAST) as mesh, mesh.client() as c:
+        b = c.allocate(3 * MiB + 5, replicas=2)
+        info = c.stat(b)
+        assert len(info.nodes) == 2 and len(set(info.nodes)) == 2 and info.replicas == 2
+        assert info.node == info.nodes[0] and info.epoch == 1
+        assert holders(mesh, c, b) == set(info.nodes)
+        data = os.urandom(3 * MiB + 5)
+        c.write(b, data)
+        # every copy has it: kill the primary and read what the backup serves
+        mesh.kill(info.nodes[0])
+        assert bytes(c.read(b)) == data
+        listed = {x.block_id: x for x in c.blocks()}
+        assert listed[b].nodes[0] == info.nodes[1]  # one row per block, the new primary first
+
+
+def test_a_cluster_on_one_machine_cannot_spread_copies_over_machines(tmp_path):
+    with running_mesh(tmp_path, n=3, **FAST) as mesh, mesh.client() as c:
+        with pytest.raises(PlacementShort, match="hosts"):
+            c.allocate(MiB, replicas=2, spread="host")
+        with pytest.raises(PlacementShort):
+            c.allocate(MiB, replicas=4)  # three nodes
+        assert c.blocks() == []  # nothing half-made is left behind
+
+
+def test_a_killed_backup_is_replaced_and_writes_go_on(tmp_path):
+    with running_mesh(tmp_path, n=3, **FAST) as mesh, mesh.client() as c:
+        b = c.allocate(2 * MiB, replicas=2)
+        first = c.stat(b)
+        backup = first.nodes[1]
+        c.write(b, b"a" * (2 * MiB))
+        mesh.kill(backup)
+        c.write(b, b"b" * MiB)  # acknowledged once the primary has moved on from the backup
+        repaired = wait_for(lambda: full_copies(c, b))
+        assert backup not in repaired.nodes and repaired.epoch > first.epoch
+        assert repaired.nodes[0] == first.nodes[0]
+        assert bytes(c.read(b)) == b"b" * MiB + b"a" * MiB
+        # the new copy is complete: with the primary gone it serves every byte
+        mesh.kill(first.nodes[0])
+        assert bytes(c.read(b)) == b"b" * MiB + b"a" * MiB
+
+
+def test_a_killed_primary_fails_over_and_a_restarted_one_holds_nothing(tmp_path):
+    with running_mesh(tmp_path, n=3, **FAST) as mesh, mesh.client() as c:
+        b = c.allocate(MiB, replicas=2)
+        first = c.stat(b)
+        c.write(b, b"x" * MiB)
+        mesh.kill(first.nodes[0])
+        c.write(b, b"y" * 10, 0)  # to the backup, once it has taken over
+        assert bytes(c.read(b, 11)) == b"y" * 10 + b"x"
+        mesh.start(first.nodes[0])  # same node name, new process: its memory is gone
+        repaired = wait_for(lambda: full_copies(c, b))
+        assert repaired.nodes[0] == first.nodes[1]
+        with mesh.client() as fresh:
+            assert bytes(fresh.read(b, 11)) == b"y" * 10 + b"x"
+            address = mesh.node(first.nodes[0]).address
+            if first.nodes[0] not in repaired.nodes:  # not chosen for the repair
+                with pytest.raises(BlockNotFound):
+                    call(fresh, address, P.STAT, {"block": b})
+
+
+def test_a_paused_primary_is_fenced_when_it_comes_back(tmp_path):
+    with running_mesh(tmp_path, n=3, **FAST) as mesh, mesh.client() as c:
+        b = c.allocate(MiB, replicas=2)
+        first = c.stat(b)
+        old = mesh.node(first.nodes[0])
+        c.write(b, b"1" * MiB)
+        old.proc.send_signal(signal.SIGSTOP)
+        try:
+            wait_for(lambda: (s := full_copies(c, b)) and first.nodes[0] not in s.nodes)
+            c.write(b, b"2" * MiB)  # acknowledged by the new set
+        finally:
+            old.proc.send_signal(signal.SIGCONT)
+        # the old primary's lease ran out while it was stopped: it never serves its copy again
+        with mesh.client() as other:
+            for _ in range(20):
+                try:
+                    got = bytes(call(other, old.address, P.STAT, {"block": b})["nodes"])
+                except (NotCurrent, BlockNotFound):
+                    got = None
+                assert got is None, "a fenced copy answered"
+                time.sleep(0.05)
+            wait_for(lambda: first.nodes[0] not in holders(mesh, other, b)
+                     or first.nodes[0] in other.stat(b).nodes)
+            assert bytes(other.read(b)) == b"2" * MiB
+
+
+def test_only_the_primary_takes_changes_and_only_from_its_own_epoch(tmp_path):
+    with running_mesh(tmp_path, n=3, **FAST) as mesh, mesh.client() as c:
+        b = c.allocate(MiB, replicas=2)
+        info = c.stat(b)
+        primary, backup = (mesh.node(n) for n in info.nodes)
+        with pytest.raises(NotCurrent, match="primary"):
+            call(c, backup.address, P.WRITE, {"block": b, "offset": 0}, b"z")
+        forged = {"block": b, "from": backup.name, "inc": 1, "epoch": info.epoch, "offset": 0}
+        with pytest.raises(StaleEpoch):  # not the set's primary
+            call(c, primary.address, P.RWRITE, forged, b"z")
+        stale = {**forged, "from": primary.name, "epoch": info.epoch - 1}
+        with pytest.raises(StaleEpoch):
+            call(c, backup.address, P.RWRITE, stale, b"z")
+        assert bytes(c.read(b, 1)) == b"\0"
+
+
+def test_named_objects_live_with_their_block_copies(tmp_path):
+    with running_mesh(tmp_path, n=3, **FAST) as mesh, mesh.client() as c:
+        c.put_bytes("k", b"hello" * 1000, replicas=2)
+        info = c.object_info("k")
+        assert len(info.nodes) == 2
+        c.put_object("obj", {"a": 1}, replicas=2)
+        mesh.kill(info.nodes[0])
+        assert bytes(c.get_bytes("k")) == b"hello" * 1000
+        c.put_bytes("k", b"new", replace=True, replicas=2)
+        assert bytes(c.get_bytes("k")) == b"new"
+        c.delete("k")
+        with pytest.raises(Exception):
+            c.get_bytes("k")
+
+
+def test_free_frees_every_copy(tmp_path):
+    with running_mesh(tmp_path, n=3, **FAST) as mesh, mesh.client() as c:
+        b = c.allocate(MiB, replicas=3)
+        assert len(holders(mesh, c, b)) == 3
+        c.free(b)
+        assert holders(mesh, c, b) == set()
+
+
+def test_replicas_on_a_keyed_cluster(tmp_path):
+    with running_mesh(tmp_path, n=3, keyed=True, **FAST) as mesh, \
+            mesh.client(key=mesh.admin_key) as c:
+        b = c.allocate(2 * MiB, replicas=2)
+        info = c.stat(b)
+        c.write(b, b"k" * (2 * MiB))
+        mesh.kill(info.nodes[0])
+        assert bytes(c.read(b)) == b"k" * (2 * MiB)
+        assert wait_for(lambda: full_copies(c, b))
