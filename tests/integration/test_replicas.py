@@ -199,3 +199,25 @@ def test_replicas_on_a_keyed_cluster(tmp_path):
         mesh.kill(info.nodes[0])
         assert bytes(c.read(b)) == b"k" * (2 * MiB)
         assert wait_for(lambda: full_copies(c, b))
+
+
+def test_the_readme_example_runs(tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    from support.mesh import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Replicas: surviving the loss of an agent", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    with running_mesh(tmp_path, n=3, **FAST) as mesh:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=60, cwd=tmp_path,
+                              env={**os.environ, "GRID_CONFIG": str(mesh.config_path),
+                                   "PYTHONPATH": str(ROOT)})
+        assert done.returncode == 0, done.stderr
+        nodes = eval(done.stdout.strip())  # the printed tuple of node names
+        assert len(nodes) == 2 and len(set(nodes)) == 2
+        with mesh.client() as c:
+            assert c.blocks() == []
