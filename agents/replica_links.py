@@ -50,8 +50,10 @@ class Peer:
 
 class PeerLinks:
     def __init__(self, members: MembershipTable, dial: Callable[[str, str], Any],
-                 lease_s: float, clock: Callable[[], float] = time.monotonic):
+                 lease_s: float, restarted: Callable[[str], None],
+                 clock: Callable[[], float] = time.monotonic):
         self.members = members
+        self._restarted = restarted  # told before a restarted peer's link is replaced
         self._dial = dial  # (node, address) -> a link (PlainLink or SealedLink); may block
         self.lease_s = lease_s
         self._clock = clock
@@ -75,6 +77,7 @@ class PeerLinks:
             return peer
         inc = member.info.incarnation if incarnation is None else incarnation
         if peer is not None and inc > peer.incarnation:
+            self._restarted(node)  # its copies died with the old process
             self.drop(node)  # a new link to the new process
             peer = None
         if peer is None:
@@ -97,7 +100,7 @@ class PeerLinks:
             cb(None)
 
     def send(self, peer: Peer, op: str, fields: dict, payload: Any, done: Done) -> None:
-        if len(peer.queue) >= QUEUE_MAX:
+        if len(peer.queue) + len(peer.waiting) >= QUEUE_MAX:  # it stopped answering
             done(None)
             return
         rid = next(self._ids)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agents.replicas import Candidate, place
 from mesh import protocol as P
@@ -34,6 +34,14 @@ LEASE_EVERY_S = 0.25  # how often a member renews its leases with its peers
 PUSH_WINDOW = 4  # chunks of a repair in flight to its target
 GAP_S = 1.0  # a loop turn this late means we were paused or starved
 REPAIR_RETRY_S = 1.0  # a set that could not be placed is tried again this often
+VOTE_S = 0.5  # a round of SUSPECT questions is asked again after this, until a majority agrees
+RESTARTED, SILENT = "restarted", "silent"
+
+
+@dataclass
+class Vote:
+    until: float
+    yes: set[str]
 
 
 @dataclass
@@ -56,8 +64,11 @@ class Upkeep:
         shared = {m for c in self.copies.values() for m in c.rset.members} - {self.node}
         if now >= self._quiet_until:
             for node in shared:
-                if self._gone(node, now):
-                    self.move_on(node)
+                why = self._gone(node, now)
+                if why == RESTARTED:
+                    self.move_on(node)  # the process that held its copies is gone: no vote
+                elif why == SILENT:
+                    self._confirm(node, now)
         if now >= self._next_lease:
             self._next_lease = now + LEASE_EVERY_S
             for node in shared:
@@ -66,12 +77,54 @@ class Upkeep:
                 if copy.rset.primary == self.node:
                     self._repair(block_id, copy, now)
 
-    def _gone(self, node: str, now: float) -> bool:
+    def _gone(self, node: str, now: float) -> str | None:
         member = self.members.get(node)
-        if member is None or self.members.state(member, now) == DEAD:
-            return True
         peer = self.links.peers.get(node)
-        return peer is not None and member.info.incarnation > peer.incarnation
+        if member is not None and peer is not None and member.info.incarnation > peer.incarnation:
+            return RESTARTED
+        if member is None or self.members.state(member, now) == DEAD:
+            return SILENT
+        return None
+
+    def _confirm(self, node: str, now: float) -> None:
+        """Move on from a silent ``node`` once a majority of the mesh's agents (us included,
+        ``node`` counted) have it dead: on the minority side of a partition no one can, so no
+        two sides of one set both go on (docs/durability.md: partitions)."""
+        vote = self._votes.get(node)
+        if vote is not None and now < vote.until:
+            return  # a round is out
+        member = self.members.get(node)
+        inc = member.info.incarnation if member is not None else 0
+        agents = [r["node"] for r in self.members.snapshot(now)
+                  if (m := self.members.get(r["node"])) is not None and m.vouched]
+        need = len(set(agents) | {self.node, node}) // 2 + 1
+        vote = Vote(now + VOTE_S, {self.node})
+        self._votes[node] = vote
+
+        def answered(voter: str, reply: P.Reply | None) -> None:
+            if reply is None or not reply.ok or reply.body.get("dead") is not True:
+                return
+            vote.yes.add(voter)
+            if len(vote.yes) >= need and self._votes.get(node) is vote:
+                del self._votes[node]
+                log.warning("%d of the mesh's agents have %s dead", len(vote.yes), node)
+                self.move_on(node)
+
+        if len(vote.yes) >= need:  # (never with two agents: one is not a majority of two)
+            del self._votes[node]
+            self.move_on(node)
+            return
+        for voter in agents:
+            if voter not in (self.node, node):
+                self._send(voter, P.SUSPECT, {"node": node, "inc": inc}, None,
+                           lambda reply, v=voter: answered(v, reply))
+
+    def _suspect(self, identity: Any, req: P.Request) -> None:
+        node, inc = req.fields["node"], req.fields["inc"]
+        member = self.members.get(node)
+        dead = member is None or member.info.incarnation > inc or \
+            self.members.state(member, self._clock()) == DEAD
+        self._reply(identity, req, {"node": node, "dead": dead})
 
     def _ask_lease(self, node: str, now: float) -> None:
         peer = self.links.get(node)

@@ -101,7 +101,7 @@ class Replication(Upkeep):
         self._drop = drop  # frees a copy of ours that the mesh has moved on from
         self._clock = clock
         self.copies: dict[str, Copy] = {}
-        self.links = PeerLinks(members, dial, self.lease_s, clock)
+        self.links = PeerLinks(members, dial, self.lease_s, self.move_on, clock)
         self.moved_on: dict[str, int] = {}  # node -> the incarnation we moved on from
         self._ctx: Ack | None = None
         self._dirty_keys: set[str] = set()
@@ -109,12 +109,13 @@ class Replication(Upkeep):
         self._last_tick = clock()
         self._quiet_until = float("-inf")
         self._next_lease = float("-inf")
+        self._votes: dict = {}  # node -> the round of SUSPECT questions about it
         self.repairs = 0
         self.moved_on_count = 0
 
     def handlers(self) -> dict[str, Callable[[Any, P.Request], None]]:
         return {P.RSET: self._rset, P.RFREE: self._rfree, P.RKEYS: self._rkeys,
-                P.LEASE: self._lease}
+                P.LEASE: self._lease, P.SUSPECT: self._suspect}
 
     def close(self) -> None:
         self.links.close()

@@ -75,6 +75,9 @@ Replicas (``agents/replication.py``, ``docs/durability.md``), agent to agent; ``
     LEASE  {from, inc}                     -> {node, ok}: ok false once this agent has moved
                                            on from that incarnation (it must drop every copy
                                            it shares with this agent)
+    SUSPECT {node, inc}                    -> {node, dead}: whether this agent, too, has that
+                                           incarnation of node dead (a majority must, before
+                                           any agent moves on from a silent node)
 
 A member refuses a change from an older epoch or from a sender that is not its set's primary
 with ``stale_epoch``; a copy that cannot serve answers ``not_current`` (the client retries at
@@ -161,6 +164,7 @@ RWRITE = "rwrite"
 RFREE = "rfree"
 RKEYS = "rkeys"
 LEASE = "lease"
+SUSPECT = "suspect"
 
 OK = 0
 ERROR = 1
@@ -213,6 +217,7 @@ _REQUEST_SCHEMA: dict[str, tuple[dict[str, tuple[type, ...]], int]] = {
     RFREE: ({"block": (str,), "from": (str,), "inc": _INT, "epoch": _INT}, 0),
     RKEYS: ({"block": (str,), "from": (str,), "inc": _INT, "epoch": _INT, "keys": (list,)}, 0),
     LEASE: ({"from": (str,), "inc": _INT}, 0),
+    SUSPECT: ({"node": (str,), "inc": _INT}, 0),
     SESSION: ({}, 0),
     TRUST: ({"entries": (list,)}, 0),
 }
