@@ -180,5 +180,7 @@ class PeerLinks:
                 done = peer.waiting.pop(reply.request_id, None)
                 if done is not None:
                     done(reply)
+                if self.peers.get(peer.node) is not peer:
+                    break  # the answer made us drop this peer (and close its socket)
             if self.peers.get(peer.node) is peer:
                 self._flush(peer)

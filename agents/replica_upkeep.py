@@ -17,16 +17,18 @@ each module readable.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agents.replicas import Candidate, place
 from mesh import protocol as P
-from mesh.errors import PlacementShort
+from mesh.errors import (
+    BlockMoving, InvalidRequest, MeshError, MoveFailed, NotCurrent, PlacementShort,
+)
 from mesh.membership import ALIVE, DEAD
 
 if TYPE_CHECKING:
-    from agents.replication import Ack, Copy
+    from agents.replication import Copy
 
 log = logging.getLogger("mesh.agent")
 
@@ -36,6 +38,32 @@ GAP_S = 1.0  # a loop turn this late means we were paused or starved
 REPAIR_RETRY_S = 1.0  # a set that could not be placed is tried again this often
 VOTE_S = 0.5  # a round of SUSPECT questions is asked again after this, until a majority agrees
 RESTARTED, SILENT = "restarted", "silent"
+
+
+@dataclass
+class Ack:
+    """A client's request held until every member has applied what it changed."""
+
+    identity: Any
+    req: P.Request
+    result: dict | None = None
+    waiting: dict[str, int] = field(default_factory=dict)  # node -> forwards outstanding
+    error: MeshError | None = None
+    strict: bool = False  # a member's failure fails the request (a new block's copies)
+    block: str = ""  # the new block whose copies a strict ack waits for
+    fenced: bool = False  # a member refused the change: the mesh moved on from our copy
+
+
+@dataclass
+class Moving:
+    """A client's MOVE of the copy on ``source`` to ``target``: a repair onto ``target``, then
+    the set without ``source``; answered when both are done."""
+
+    identity: Any
+    req: P.Request
+    source: str
+    target: str
+    started: float
 
 
 @dataclass
@@ -167,6 +195,8 @@ class Upkeep:
             copy.rset = new
             if copy.push is not None and copy.push.target == node:
                 copy.push = None
+            if copy.moving is not None and node in (copy.moving.target, copy.moving.source):
+                self._move_failed(block_id, copy, f"{node} was lost during the move")
             if new.primary == self.node:
                 self._promote(block_id, copy)
                 self._send_set(block_id, copy, None)
@@ -181,7 +211,8 @@ class Upkeep:
             self.store.set_lifetime(block, None, True)
         copy.push = None  # a fill another primary began starts again from us (_repair)
 
-    def _send_set(self, block_id: str, copy: Copy, ack: Ack | None) -> None:
+    def _send_set(self, block_id: str, copy: Copy, ack: Ack | None,
+                  to: tuple[str, ...] | None = None) -> None:
         block = self.store.get(block_id)
         fields = {"set": copy.rset.record(), "size": copy.size, "lazy": copy.lazy,
                   "created": copy.created, "want": copy.want, "spread": copy.spread,
@@ -189,7 +220,7 @@ class Upkeep:
         if block.expires is not None:
             fields["expires"] = block.expires
         # members left out (moved on from) get nothing: they drop their copies on their own
-        self._forward(copy, block_id, P.RSET, fields, ack=ack)
+        self._forward(copy, block_id, P.RSET, fields, ack=ack, to=to)
 
     def _candidates(self) -> list[Candidate]:
         now = self._clock()
@@ -264,6 +295,58 @@ class Upkeep:
             copy.rset = copy.rset.synced(push.target)
             log.info("repaired %s: %s holds a complete copy (epoch %d)", block_id, push.target,
                      copy.rset.epoch)
-            self._send_set(block_id, copy, None)
+            if copy.moving is not None and copy.moving.target == push.target:
+                self._move_done(block_id, copy)
+            else:
+                self._send_set(block_id, copy, None)
+
+    # --- moving one copy (MOVE of a replicated block; rebalancing and draining) ---------------
+
+    def move(self, identity: Any, req: P.Request, target: str) -> None:
+        """Move the copy on ``req.fields["source"]`` (default: ours) to ``target``: a copy is
+        made there first, so the block never has fewer copies than before."""
+        block_id = req.fields["block"]
+        copy = self.copies[block_id]
+        source = req.fields.get("source") or self.node
+        if copy.rset.primary != self.node:
+            raise NotCurrent(f"block {block_id} is moved by its primary {copy.rset.primary}",
+                             node=self.node)
+        if source not in copy.rset.current:
+            raise InvalidRequest(f"node {source} holds no current copy of {block_id}")
+        if target in copy.rset.members:
+            raise InvalidRequest(f"node {target} holds a copy of {block_id} already")
+        kept = {self._domain(m) for m in copy.rset.members if m != source}
+        if copy.spread == "host" and self._domain(target) in kept:
+            raise InvalidRequest(f"node {target} is on the same machine as another copy of "
+                                 f"{block_id} (spread 'host')")
+        if copy.push is not None or copy.moving is not None:
+            raise BlockMoving(f"a copy of {block_id} is being made; retry in a moment",
+                              node=self.node)
+        copy.moving = Moving(identity, req, source, target, self._clock())
+        copy.rset = copy.rset.with_member(target)
+        copy.push = Push(target, copy.rset.epoch)
+        self._send_set(block_id, copy, None)
+        self._push(block_id, copy)
+
+    def _move_done(self, block_id: str, copy: Copy) -> None:
+        m, copy.moving = copy.moving, None
+        copy.rset = copy.rset.without(m.source)
+        result = {"block": block_id, "from": m.source, "to": m.target, "size": copy.size,
+                  "nodes": list(copy.rset.current), "epoch": copy.rset.epoch,
+                  "seconds": self._clock() - m.started}
+        ack = Ack(m.identity, m.req, result)
+        to = copy.rset.members + ((m.source,) if m.source != self.node else ())
+        self._send_set(block_id, copy, ack, to=to)  # the source, left out, drops its copy
+        if m.source == self.node:  # handed over: the next member is primary
+            self.drop(block_id, "")
+        if not ack.waiting:
+            self._finish(ack)
+        log.info("moved the copy of %s on %s to %s", block_id, m.source, m.target)
+
+    def _move_failed(self, block_id: str, copy: Copy, why: str) -> None:
+        m, copy.moving = copy.moving, None
+        self._reply_error(m.identity, m.req, MoveFailed(
+            f"moving the copy of {block_id} on {m.source} to {m.target} failed, the copies "
+            f"are intact on {', '.join(copy.rset.current)}: {why}", node=self.node))
 
 

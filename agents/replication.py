@@ -34,14 +34,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import zmq
 
 from agents.lifecycle import Event, State
 from agents.replica_links import PeerLinks
-from agents.replica_upkeep import Push, Upkeep
+from agents.replica_upkeep import Ack, Moving, Push, Upkeep
 from agents.replicas import APPLY, ReplicaSet, lease_s, place, verdict
 from agents.store import Block, BlockStore
 from mesh import protocol as P
@@ -67,20 +67,7 @@ class Copy:
     pending: bool = False  # made for a put not published yet; only the primary's lease runs
     push: Push | None = None  # the repair this primary runs
     repair_after: float = 0.0
-
-
-@dataclass
-class Ack:
-    """A client's request held until every member has applied what it changed."""
-
-    identity: Any
-    req: P.Request
-    result: dict | None = None
-    waiting: dict[str, int] = field(default_factory=dict)  # node -> forwards outstanding
-    error: MeshError | None = None
-    strict: bool = False  # a member's failure fails the request (a new block's copies)
-    block: str = ""  # the new block whose copies a strict ack waits for
-    fenced: bool = False  # a member refused the change: the mesh moved on from our copy
+    moving: Moving | None = None  # a MOVE of one copy, done when its push is
 
 
 class Replication(Upkeep):
@@ -357,12 +344,13 @@ class Replication(Upkeep):
             new = ReplicaSet.from_record(f["set"])
         except ValueError as exc:
             raise InvalidRequest(f"RSET of {block_id}: {exc}") from None
-        if new.primary != sender:
+        copy = self.copies.get(block_id)
+        # a set comes from its primary, or from the primary handing its role over (a move)
+        if sender != new.primary and (copy is None or sender != copy.rset.primary):
             raise InvalidRequest(f"RSET of {block_id} from {sender}, not its primary")
         want, spread = f["want"], f["spread"]
         if not 1 <= want <= MAX_WANT or spread not in ("host", "node"):
             raise InvalidRequest(f"RSET of {block_id}: want 1..{MAX_WANT}, spread host|node")
-        copy = self.copies.get(block_id)
         if copy is not None and new.epoch < copy.rset.epoch:
             raise StaleEpoch(f"{self.node} has {block_id} in epoch {copy.rset.epoch}, past "
                              f"{new.epoch}", node=self.node)
@@ -381,8 +369,11 @@ class Replication(Upkeep):
         block = self.store.get(block_id)
         if self.node in copy.rset.syncing and self.node not in new.syncing:
             _serve(block)  # our copy is complete
+        was_primary = copy.rset.primary == self.node
         copy.rset, copy.want, copy.spread = new, want, spread
         copy.expires, copy.pending = f.get("expires"), bool(f.get("pending"))
+        if new.primary == self.node and not was_primary:
+            self._promote(block_id, copy)  # handed over to us (a move of the primary's copy)
         self._set_keys(block, f["keys"])
         self._reply(identity, req, {"block": block_id, "epoch": new.epoch})
 

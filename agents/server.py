@@ -545,11 +545,13 @@ class Agent(InfoOps, Dialing):
         })
 
     def _move(self, identity: Any, req: P.Request) -> None:
-        if req.fields["block"] in self.repl.copies:
-            raise InvalidRequest(
-                f"block {req.fields['block']} has replicas: its copies are moved by repair "
-                "(moving one copy with MOVE is not supported yet)")
-        self.moves.handlers()[P.MOVE](identity, req)
+        if req.fields["block"] not in self.repl.copies:
+            self.moves.handlers()[P.MOVE](identity, req)
+            return
+        target = self._member_node(req.fields["target"])  # one copy, through a repair
+        if target is None:
+            raise InvalidRequest(f"{req.fields['target']} is not another agent of this mesh")
+        self.repl.move(identity, req, target)
 
     def _kget(self, identity: Any, req: P.Request) -> None:
         rec = self.store.get_key(req.fields["key"])

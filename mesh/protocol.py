@@ -52,6 +52,8 @@ A key's home agent (rendezvous hashing over the live nodes, ``mesh/client/keycla
 Moving a block peer to peer (rebalancing, draining); the master sends only MOVE::
 
     MOVE   {block, target, timeout_s}  to the source  -> {block, from, to, size, checksum, seconds}
+           (a replicated block: to its primary, with [source], the node whose copy moves;
+           the target gets a copy first, then the set leaves the source out)
     PULL   {block, source, size, created, lazy[, pending, ttl_s]}  source -> target: the
                                       target makes an incoming block with the same id (still
                                       pending, and with the time to live it has left, if any),
@@ -226,6 +228,7 @@ OPS = frozenset(_REQUEST_SCHEMA)
 _OPTIONAL_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
     ALLOC: {"pending": (bool,), "ttl_s": (int, float), "replicas": _INT, "spread": (str,)},
     RSET: {"expires": (int, float), "pending": (bool,)},
+    MOVE: {"source": (str,)},
     LIST: {"after": _INT, "limit": _INT},
     KLIST: {"after": _INT, "limit": _INT},
 }

@@ -56,6 +56,11 @@ def plan_moves(
     can take a block under ``high``). ``targets`` limits where blocks may go.
     """
     nodes = {n.name: n for n in loads}
+    # a block listed on several nodes has copies there: never two on one node
+    holders: dict[str, set[str]] = {}
+    for node, listed in blocks.items():
+        for block, _ in listed:
+            holders.setdefault(block, set()).add(node)
     allowed = set(nodes) if targets is None else set(targets) & set(nodes)
     before = {name: n.pressure for name, n in nodes.items()}
     moves: list[Move] = []
@@ -72,7 +77,7 @@ def plan_moves(
             candidates = [
                 nodes[t] for t in allowed
                 if t != source and t not in sources and nodes[t].alive
-                and nodes[t].available >= size
+                and nodes[t].available >= size and t not in holders.get(block, ())
             ]
             fitting = [n for n in candidates if n.moved(size).pressure <= high]
             if not fitting and drain is not None:
@@ -82,6 +87,7 @@ def plan_moves(
                 continue
             best = min(fitting, key=lambda n: (n.moved(size).pressure, -n.available, n.name))
             moves.append(Move(block, size, source, best.name))
+            holders.setdefault(block, set()).add(best.name)
             nodes[best.name] = best.moved(size)
             nodes[source] = nodes[source].moved(-size)
     after = {name: n.pressure for name, n in nodes.items()}
@@ -142,16 +148,20 @@ class Rebalancer:
 
     # the pieces of a pass
 
-    def snapshot(self) -> tuple[list[NodeLoad], dict[str, list[tuple[str, int]]], dict[str, str]]:
+    def snapshot(self) -> tuple[list[NodeLoad], dict[str, list[tuple[str, int]]],
+                                dict[str, set[str]]]:
+        """Loads, the blocks on each node (a replicated block under each node with a copy),
+        and where each block has a copy."""
         loads = loads_from(self.client.stats())
-        where: dict[str, str] = {}
+        where: dict[str, set[str]] = {}
         by_node: dict[str, list[tuple[str, int]]] = {}
         for b in self.client.blocks():
-            where[b.block_id] = b.node
-            by_node.setdefault(b.node, []).append((b.block_id, b.size))
+            where[b.block_id] = set(b.nodes or (b.node,))
+            for node in where[b.block_id]:
+                by_node.setdefault(node, []).append((b.block_id, b.size))
         return loads, by_node, where
 
-    def release_stale(self, where: dict[str, str]) -> list[str]:
+    def release_stale(self, where: dict[str, set[str]]) -> list[str]:
         """Block reservations whose block was freed or left the reserved node; expired ones.
         Remembers the live block reservations, so a move can release the one it leaves."""
         self._held = {}
@@ -162,7 +172,7 @@ class Rebalancer:
             if r.kind != "block":
                 continue
             targets = {t for t, _ in r.targets}
-            if where.get(r.block) not in targets:
+            if not where.get(r.block, set()) & targets:
                 self.placement.release(r.id)
                 released.append(r.id)
             else:
@@ -186,7 +196,7 @@ class Rebalancer:
                     move.source, "memory", [(move.target, float(move.size))],
                     kind="block", block=move.block,
                 ).id
-            self.client.move(move.block, move.target)
+            self.client.move(move.block, move.target, source=move.source)
         except MeshError as exc:
             if reservation:
                 try:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import re
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Callable
 
 import zmq
@@ -30,7 +30,8 @@ import zmq
 from mesh import protocol as P
 from mesh._malloc import tune_for_transfers
 from mesh.client.batch import Batch, BatchRun, Call, Op, Wait, byte_view
-from mesh.client.locate import find_block, merge_copies, primary_address
+from mesh.client.locate import BlockInfo, block_info as _block_info, find_block, merge_copies, \
+    primary_address
 from mesh.client.transfer import chunk_calls, follow, found
 from mesh.config import ClusterConfig, MeshSettings
 from mesh.errors import (
@@ -50,21 +51,9 @@ from mesh.membership import ALIVE, DEAD, DOWN, SUSPECT, NodeInfo, state_for_sile
 from mesh.client.links import Links
 from mesh.units import format_bytes
 
+__all__ = ["BlockInfo", "Core", "Listing", "NodeInfo", "block_node_hint"]  # BlockInfo: re-exported
+
 _BLOCK_ID = re.compile(r"^block_\d+_(?P<node>.+)_[0-9a-z]+$")
-
-
-@dataclass(frozen=True)
-class BlockInfo:
-    block_id: str
-    node: str
-    size: int
-    lazy: bool
-    created: float
-    expires: float | None = None  # epoch seconds when a block made with a ttl is freed
-    pending: bool = False  # made for a put whose key is not published yet (a lease holds it)
-    nodes: tuple[str, ...] = ()  # with replicas: the nodes holding a current copy, primary first
-    epoch: int = 0  # with replicas: its replica set's epoch
-    replicas: int = 1  # the copies asked for
 
 
 class Listing(list):
@@ -466,22 +455,28 @@ class Core:
         self.forget_location(block_id)
         self.invalidate_nodes()
 
-    def move(self, block_id: str, target: str, timeout_s: float | None = None) -> Op:
+    def move(self, block_id: str, target: str, timeout_s: float | None = None,
+             source: str | None = None) -> Op:
         """Move a block to node ``target``, agent to agent; its id stays the same.
 
         The source copies it to the target (which verifies a crc32 of the copy), hands over the
         keys naming it, then frees its own copy. Returns the source's report (from, to, size,
-        checksum, seconds). On failure (``MoveFailed``) the original is intact at the source."""
+        checksum, seconds). On failure (``MoveFailed``) the original is intact at the source.
+        A replicated block moves the copy on ``source`` (default: its primary's); the target
+        gets a copy before the source lets go of its own (docs/durability.md)."""
         nodes = yield from self.refresh_nodes(max_age_s=self.settings.heartbeat_interval_s)
         dest = _alive_node(nodes, target)
+        info = yield from self.stat(block_id)
         address, size = yield from self.locate(block_id)
-        if address == dest.address:
+        if target in info.nodes:
             raise InvalidRequest(f"block {block_id} is already on node {target}")
         budget = timeout_s or (self.settings.request_timeout_s + size / MOVE_BYTES_PER_S)
-        result = yield from self.call(address, P.MOVE, {
-            "block": block_id, "target": dest.address, "timeout_s": float(budget),
-        }, timeout_s=budget + self.settings.request_timeout_s, wait_moving=False)
-        self._locations[block_id] = (dest.address, size)
+        fields = {"block": block_id, "target": dest.address, "timeout_s": float(budget)}
+        if len(info.nodes) > 1 or info.replicas > 1:
+            fields["source"] = source or info.nodes[0]
+        result = yield from self.call(address, P.MOVE, fields, wait_moving=False,
+                                      timeout_s=budget + self.settings.request_timeout_s)
+        self.forget_location(block_id)
         self.invalidate_nodes()
         return result
 
@@ -589,12 +584,3 @@ def _check_offset(offset: Any) -> None:
         raise InvalidRequest(f"offset must be a whole number of bytes, got {offset!r}")
     if offset < 0:
         raise OutOfRange(f"offset must be >= 0, got {offset}")
-
-
-def _block_info(rec: dict[str, Any]) -> BlockInfo:
-    expires = rec.get("expires")
-    nodes = tuple(rec.get("nodes") or (rec["node"],))
-    return BlockInfo(rec["block"], nodes[0], int(rec["size"]), bool(rec["lazy"]),
-                     float(rec["created"]), None if expires is None else float(expires),
-                     bool(rec.get("pending", False)), nodes, int(rec.get("epoch") or 0),
-                     int(rec.get("replicas") or 1))

@@ -149,10 +149,13 @@ class _ClientBase:
     def stat(self, block_id: str) -> BlockInfo:
         return self._run(self._core.stat(block_id))
 
-    def move(self, block_id: str, node: str, timeout_s: float | None = None) -> dict[str, Any]:
+    def move(self, block_id: str, node: str, timeout_s: float | None = None, *,
+             source: str | None = None) -> dict[str, Any]:
         """Move a block to ``node``, agent to agent, keeping its id (and the keys naming it).
-        Returns {from, to, size, checksum, seconds}; ``MoveFailed`` leaves it at the source."""
-        return self._run(self._core.move(block_id, node, timeout_s))
+        Returns {from, to, size, checksum, seconds}; ``MoveFailed`` leaves it at the source.
+        With replicas, the copy on ``source`` (default: the primary's) moves; the target holds
+        a complete copy before the source lets go."""
+        return self._run(self._core.move(block_id, node, timeout_s, source=source))
 
     def blocks(self, *, page: int | None = None) -> Listing:
         """Every block on the live nodes: a list with ``failed_nodes`` ({node: why} for each

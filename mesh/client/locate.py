@@ -1,4 +1,5 @@
-"""Where a block is: ``find_block`` (the agent to send a block's requests to) and ``merge_copies``
+"""Where a block is: ``BlockInfo`` (a block record as the client sees it, one row per block
+however many copies it has), ``find_block`` (the agent to send a block's requests to) and ``merge_copies``
 (one listing row per block, however many copies it has).
 
 A replicated block (``docs/durability.md``) answers STAT on every copy that may serve, with
@@ -15,6 +16,7 @@ moves (``mesh/client/transfer.py: follow``), who to blame when a block is found 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mesh import protocol as P
@@ -25,6 +27,29 @@ from mesh.membership import DEAD, DOWN
 
 if TYPE_CHECKING:
     from mesh.client.core import Core
+
+
+@dataclass(frozen=True)
+class BlockInfo:
+    block_id: str
+    node: str
+    size: int
+    lazy: bool
+    created: float
+    expires: float | None = None  # epoch seconds when a block made with a ttl is freed
+    pending: bool = False  # made for a put whose key is not published yet (a lease holds it)
+    nodes: tuple[str, ...] = ()  # with replicas: the nodes holding a current copy, primary first
+    epoch: int = 0  # with replicas: its replica set's epoch
+    replicas: int = 1  # the copies asked for
+
+
+def block_info(rec: dict[str, Any]) -> BlockInfo:
+    expires = rec.get("expires")
+    nodes = tuple(rec.get("nodes") or (rec["node"],))
+    return BlockInfo(rec["block"], nodes[0], int(rec["size"]), bool(rec["lazy"]),
+                     float(rec["created"]), None if expires is None else float(expires),
+                     bool(rec.get("pending", False)), nodes, int(rec.get("epoch") or 0),
+                     int(rec.get("replicas") or 1))
 
 
 def primary_address(core: Core, address: str, rec: dict[str, Any]) -> str:

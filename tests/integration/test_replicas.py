@@ -223,3 +223,44 @@ def test_the_readme_example_runs(tmp_path):
         assert len(nodes) == 2 and len(set(nodes)) == 2
         with mesh.client() as c:
             assert c.blocks() == []
+
+
+def test_moving_one_copy_makes_the_new_one_first_and_keeps_copies_apart(tmp_path):
+    from mesh.errors import InvalidRequest
+
+    with running_mesh(tmp_path, n=3, **FAST) as mesh, mesh.client() as c:
+        b = c.allocate(3 * MiB, replicas=2)
+        data = os.urandom(3 * MiB)
+        c.write(b, data)
+        first = c.stat(b)
+        third = next(a.name for a in mesh.nodes if a.name not in first.nodes)
+        with pytest.raises(InvalidRequest, match="already"):
+            c.move(b, first.nodes[1])  # never two copies on one node
+        report = c.move(b, third, source=first.nodes[1])  # a backup's copy
+        assert (report["from"], report["to"]) == (first.nodes[1], third)
+        moved = c.stat(b)
+        assert set(moved.nodes) == {first.nodes[0], third}
+        assert holders(mesh, c, b) == set(moved.nodes)
+        report = c.move(b, first.nodes[1])  # the primary's own copy: it hands over
+        now = c.stat(b)
+        assert set(now.nodes) == {third, first.nodes[1]} and now.nodes[0] == third
+        assert holders(mesh, c, b) == set(now.nodes)
+        assert bytes(c.read(b)) == data
+
+
+def test_draining_a_node_rebuilds_its_copies_elsewhere_first(tmp_path):
+    from mesh.balance.rebalance import Rebalancer
+    from mesh.config import load_cluster_config
+
+    with running_mesh(tmp_path, n=3, **FAST) as mesh, mesh.client() as c:
+        blocks = [c.allocate(MiB, "node1", replicas=2) for _ in range(3)]
+        for i, b in enumerate(blocks):
+            c.write(b, bytes([i + 1]) * MiB)
+        report = Rebalancer(c, load_cluster_config(mesh.config_path), None).run_once(
+            drain="node1")
+        assert not report.failed, report.failed
+        for i, b in enumerate(blocks):
+            info = c.stat(b)
+            assert "node1" not in info.nodes and len(info.nodes) == 2
+            assert bytes(c.read(b)) == bytes([i + 1]) * MiB
+        assert not any(holders(mesh, c, b) & {"node1"} for b in blocks)

@@ -72,3 +72,13 @@ def test_master_shortfall():
     hot = NodeLoad("m", 95, 100, 95, 100)
     assert master_shortfall(hot, 0.7, 0.3) == 25  # down to 70 % full (score 0.3)
     assert master_shortfall(NodeLoad("m", 80, 100, 80, 100), 0.7, 0.3) == 0
+
+
+def test_a_block_with_copies_never_moves_to_a_node_holding_one():
+    # b1 has copies on a and b; draining a must send a's copy to c, never to b
+    loads = [NodeLoad("a", 10 * MiB, 100 * MiB, 10 * MiB, 100 * MiB),
+             NodeLoad("b", 1 * MiB, 100 * MiB, 1 * MiB, 100 * MiB),
+             NodeLoad("c", 50 * MiB, 100 * MiB, 50 * MiB, 100 * MiB)]
+    plan = plan_moves(loads, {"a": [("b1", MiB)], "b": [("b1", MiB)]}, high=0.7, low=0.3,
+                      drain="a")
+    assert [(m.block, m.source, m.target) for m in plan.moves] == [("b1", "a", "c")]
