@@ -108,8 +108,11 @@ class Upkeep:
     def _gone(self, node: str, now: float) -> str | None:
         member = self.members.get(node)
         peer = self.links.peers.get(node)
-        if member is not None and peer is not None and member.info.incarnation > peer.incarnation:
-            return RESTARTED
+        known = [peer.incarnation] if peer is not None else []
+        known += [c.incs[node] for c in self.copies.values()
+                  if node in c.incs and node in c.rset.members]
+        if member is not None and known and member.info.incarnation > min(known):
+            return RESTARTED  # (the incarnations a set's primary told us of count too)
         if member is None or self.members.state(member, now) == DEAD:
             return SILENT
         return None
@@ -177,7 +180,9 @@ class Upkeep:
         """``node`` no longer holds any copy we share: every set goes on without it."""
         peer = self.links.peers.get(node)
         member = self.members.get(node)
-        inc = peer.incarnation if peer is not None else (
+        told = [c.incs[node] for c in self.copies.values()
+                if node in c.incs and node in c.rset.members]
+        inc = peer.incarnation if peer is not None else min(told) if told else (
             member.info.incarnation if member is not None else 0)
         if self.moved_on.get(node) == inc:
             return
@@ -216,7 +221,10 @@ class Upkeep:
         block = self.store.get(block_id)
         fields = {"set": copy.rset.record(), "size": copy.size, "lazy": copy.lazy,
                   "created": copy.created, "want": copy.want, "spread": copy.spread,
-                  "keys": self.store.key_records(block_id), "pending": copy.pending}
+                  "keys": self.store.key_records(block_id), "pending": copy.pending,
+                  "incs": {self.node: self.incarnation, **{
+                      m: p.incarnation for m in copy.rset.members
+                      if m != self.node and (p := self.links.get(m)) is not None}}}
         if block.expires is not None:
             fields["expires"] = block.expires
         # members left out (moved on from) get nothing: they drop their copies on their own

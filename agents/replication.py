@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import zmq
@@ -68,6 +68,7 @@ class Copy:
     push: Push | None = None  # the repair this primary runs
     repair_after: float = 0.0
     moving: Moving | None = None  # a MOVE of one copy, done when its push is
+    incs: dict[str, int] = field(default_factory=dict)  # members' incarnations (the primary's)
 
 
 class Replication(Upkeep):
@@ -372,6 +373,8 @@ class Replication(Upkeep):
         was_primary = copy.rset.primary == self.node
         copy.rset, copy.want, copy.spread = new, want, spread
         copy.expires, copy.pending = f.get("expires"), bool(f.get("pending"))
+        incs = f.get("incs") or {}
+        copy.incs = {m: i for m, i in incs.items() if isinstance(m, str) and type(i) is int}
         if new.primary == self.node and not was_primary:
             self._promote(block_id, copy)  # handed over to us (a move of the primary's copy)
         self._set_keys(block, f["keys"])

@@ -67,7 +67,7 @@ Replicas (``agents/replication.py``, ``docs/durability.md``), agent to agent; ``
 ``inc`` name the sender and its incarnation, ``epoch`` the replica set it writes in::
 
     RSET   {block, from, inc, set: {epoch, nodes, syncing}, size, lazy, created, want, spread,
-            keys[, expires, pending]}      the primary -> each member: install the set (making
+            keys[, expires, pending, incs: {member: its incarnation}]}      the primary -> each member: install the set (making
                                            the copy when this member is new to it); a member
                                            it leaves out drops its copy -> {block, epoch}
     RWRITE {block, from, inc, epoch, offset} + 1 payload   a forwarded write, or a chunk of a
@@ -227,7 +227,7 @@ OPS = frozenset(_REQUEST_SCHEMA)
 # op -> optional fields with their types (checked when present)
 _OPTIONAL_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
     ALLOC: {"pending": (bool,), "ttl_s": (int, float), "replicas": _INT, "spread": (str,)},
-    RSET: {"expires": (int, float), "pending": (bool,)},
+    RSET: {"expires": (int, float), "pending": (bool,), "incs": (dict,)},
     MOVE: {"source": (str,)},
     LIST: {"after": _INT, "limit": _INT},
     KLIST: {"after": _INT, "limit": _INT},
