@@ -53,6 +53,7 @@ from mesh.membership import MembershipTable
 log = logging.getLogger("mesh.agent")
 
 MAX_WANT = 16
+CURRENT = object()  # _forward's default: acknowledged as part of the request being dispatched
 
 
 @dataclass
@@ -91,7 +92,9 @@ class Replication(Upkeep):
         self.copies: dict[str, Copy] = {}
         self.links = PeerLinks(members, dial, self.lease_s, self.move_on, clock)
         self.moved_on: dict[str, int] = {}  # node -> the incarnation we moved on from
+        self._cur: tuple[Any, P.Request] | None = None  # the request being dispatched
         self._ctx: Ack | None = None
+        self._result: dict | None = None
         self._dirty_keys: set[str] = set()
         self._freeing: set[str] = set()  # copies being dropped by us: no RFREE for them
         self._last_tick = clock()
@@ -173,32 +176,42 @@ class Replication(Upkeep):
     # --- holding a client's reply until its forwards are applied ---------------------------------
 
     def begin(self, identity: Any, req: P.Request) -> None:
-        self._ctx = Ack(identity, req)
+        """A request is being dispatched: its reply waits for the changes it forwards. (The
+        ``Ack`` is made only when something is forwarded: most requests forward nothing.)"""
+        self._cur, self._ctx, self._result = (identity, req), None, None
 
     def hold(self, identity: Any, req: P.Request, result: dict) -> bool:
-        ctx = self._ctx
-        if ctx is None or ctx.req is not req:
+        if self._cur is None or self._cur[1] is not req:
             return False
-        ctx.result = result
+        self._result = result  # sent by ``end``, at once or once the forwards are applied
         return True
 
+    def _context(self) -> Ack | None:
+        if self._ctx is None and self._cur is not None:
+            self._ctx = Ack(*self._cur)
+        return self._ctx
+
     def end(self, failed: bool) -> None:
-        ctx, self._ctx = self._ctx, None
+        if not failed and self._dirty_keys:
+            self._flush_keys(self._context())
+        cur, ctx, result = self._cur, self._ctx, self._result
+        self._cur = self._ctx = self._result = None
+        if failed or result is None or cur is None:
+            return  # the server answered with the error, or answers later
         if ctx is None:
+            self._reply(cur[0], cur[1], result)
             return
-        if not failed:
-            self._flush_keys(ctx)
-        if failed or ctx.result is None:
-            return  # the server answered with the error
+        ctx.result = result
         if not ctx.waiting:
             self._finish(ctx)
 
     def _forward(self, copy: Copy, block_id: str, op: str, fields: dict, payload: Any = None,
-                 ack: Ack | None = None, to: tuple[str, ...] | None = None,
+                 ack: Any = CURRENT, to: tuple[str, ...] | None = None,
                  then: Callable[[P.Reply | None], None] | None = None) -> None:
         """Send ``op`` to every other member (or ``to``); the request being dispatched (or
         ``ack``) is answered once each has applied it; ``then`` runs on each answer."""
-        ack = ack or self._ctx
+        if ack is CURRENT:  # the request being dispatched, if any
+            ack = self._context()
         base = {"block": block_id, "from": self.node, "inc": self.incarnation, **fields}
         for m in to if to is not None else copy.rset.members:
             if m == self.node:
