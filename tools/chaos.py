@@ -41,17 +41,25 @@ Measured per trial:
 - ``detect_s``: from the fault until a client's view (``nodes()``) first shows the victim not
   alive (or with a new incarnation: a quick restart can beat the suspect timeout); None when it
   never did (a short pause);
+- ``moved_on_s``: from the fault until a listing (LIST of every agent but the victim, polled
+  every 0.05 s from the fault on) first shows a set that held a copy on the victim under a higher epoch: the agents'
+  own detection (``dead_after_s``, or the restart's new incarnation). None after a pause too
+  short to be moved on from;
 - ``restore_s``: from the fault until every block and key acknowledged before it reads again
   AND ``copies_restored`` says every block that matters (the acknowledged blocks, the blocks
   of the acknowledged keys, and every block that had a copy on the victim) has ``--replicas``
   current copies again (``stat().nodes``), the repair included; or until
-  ``--restore-timeout-s`` after the fault ended (``restored: false``). After a kill, a block
-  that had a copy on the victim counts only once its replica set has moved on (a higher epoch):
+  ``--restore-timeout-s`` after the fault ended (``restored: false``). The probe starts when
+  the fault ends (the restart, the SIGCONT), so ``restore_s >= hold_s``. After a kill, a block
+  that had a copy on the victim counts only once its set has moved on (a higher epoch):
   before that its ``nodes`` still name the dead copy;
-- ``repair_bytes``, ``repair_s``, ``repair_mbps``: the bytes of the victim's copies made again
-  elsewhere (sizes of the blocks it held whose set has moved on by the restore), the time from
-  detection (else the fault) to the restore, and their ratio; None when nothing was repaired;
-- ``load_mbps``: acknowledged bytes per second (all writers) between fault and restore.
+- ``copies_s``: from the fault until the same listing shows every block the victim held (and
+  not freed meanwhile) with ``--replicas`` current copies under a higher epoch: full
+  redundancy again, even while the victim is still down; ``repair_bytes`` those blocks'
+  sizes (the copies made again), ``repair_s`` from ``moved_on_s`` to ``copies_s`` and
+  ``repair_mbps`` their ratio: a LOWER BOUND, since a repair of a few MiB can take less than
+  one 0.05 s poll; ``unrepaired_blocks`` those still short at the end;
+- ``load_mbps``: acknowledged bytes per second (all writers) from the fault to the restore.
 
 Then the writers pause (each finishes its current call and writes its model to a file), and
 the driver reads back every acknowledged byte and key with a fresh client, and again with a
@@ -66,7 +74,8 @@ the victim's blocks: the contrast, reported, not hidden.
 
 Output: one line per trial and a summary; with ``--json`` the last line is one JSON object
 (``trials``, ``lost_bytes``, ``diverging_reads``, ``restore_s_max``, ``detect_s_max``,
-``repair_mbps_min``/``_mean``, ``repair_bytes``, ``repair_s_max``, ``ops``, ``errors``,
+``moved_on_s_max``, ``copies_s_max``, ``repair_mbps_min``/``_mean``/``_overall``,
+``repair_bytes``, ``repair_s_max``, ``ops``, ``errors``,
 ``replicas_supported``, ``faults``, ``seconds`` and more, with every trial).
 Exit code: 0 when nothing was lost and no read diverged, 1 when something was, 2 when the
 harness itself could not finish a check (a writer died or stopped answering, an agent would not
@@ -109,6 +118,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from mesh import protocol as P
 from mesh.client import MeshClient
 from mesh.client.core import BlockInfo
 from mesh.errors import BlockNotFound, MeshError
@@ -133,6 +143,8 @@ WRITER_REPLY_S = 60.0  # a writer finishes its current call (a few timeouts at m
 STOP_WAIT_S = 10.0
 PROBE_EVERY_S = 0.2
 WATCH_EVERY_S = 0.05
+REPAIR_EVERY_S = 0.05  # how often RepairWatch lists where the copies are
+REPAIR_POLL_TIMEOUT_S = 0.5
 KNOWN = 0xFF  # mask byte: the model knows this byte's content
 EXAMPLES_KEPT = 5  # per trial: which blocks and keys were lost or diverged, and why
 
@@ -148,6 +160,8 @@ class BlockModel:
     used: int = 0  # a log's next offset
     retired: bool = False
     seq: int = 0  # order of retirement (oldest freed first)
+    failed: str | None = None  # the call that retired it: when (wall clock), what, the error
+    made: str | None = None  # when it was allocated, and where its copies were then
 
 
 @dataclass
@@ -156,6 +170,19 @@ class KeyModel:
     maybe: list[bytes] = field(default_factory=list)  # values of puts that failed (fate unknown)
     retired: bool = False
     seq: int = 0
+    failed: str | None = None  # the put that retired it: when (wall clock), what, the error
+    acked_where: str | None = None  # when the acknowledged put returned, its block and copies
+
+
+def _stamp() -> str:
+    """The wall clock as the agents' logs print it (to match a report with their lines)."""
+    now = time.time()
+    return time.strftime("%H:%M:%S", time.localtime(now)) + f",{int(now * 1000) % 1000:03d}"
+
+
+def _failure(what: str, exc: BaseException) -> str:
+    """One failed call, to name in a report."""
+    return f"{_stamp()} {what}: {type(exc).__name__}: {str(exc)[:200]}"
 
 
 def supports_replicas(method: Any) -> bool:
@@ -214,7 +241,12 @@ class Writer:
             return None
         block_id = self.client.allocate(size, **self.alloc_kw)
         self.ops["alloc"] += 1
-        self.blocks[block_id] = BlockModel(kind, bytearray(size), bytearray(size))
+        made = _stamp()
+        try:
+            made += f" on {list(self.client.stat(block_id).nodes)}"
+        except MeshError:
+            pass
+        self.blocks[block_id] = BlockModel(kind, bytearray(size), bytearray(size), made=made)
         return block_id
 
     def _retire_block(self, block_id: str) -> None:
@@ -231,6 +263,7 @@ class Writer:
             self.client.write(block_id, data, offset)
         except Exception as exc:  # noqa: BLE001
             self._error(exc)
+            block.failed = _failure(f"{kind} [{offset}, {end})", exc)
             block.mask[offset:end] = bytes(len(data))  # it may or may not have landed
             self._retire_block(block_id)
             return False
@@ -280,14 +313,16 @@ class Writer:
         data = self.rng.randbytes(self.rng.randint(*KEY_BYTES))
         model = self.keys[key]
         try:
-            self.client.put_bytes(key, data, replace=True, **self.put_kw)
+            info = self.client.put_bytes(key, data, replace=True, **self.put_kw)
         except Exception as exc:  # noqa: BLE001
             self._error(exc)
+            model.failed = _failure(f"put_bytes replace of {len(data)} B", exc)
             model.maybe.append(data)
             self.retire_seq += 1
             model.retired, model.seq = True, self.retire_seq
             return True
         model.acked, model.maybe = data, []
+        model.acked_where = f"{_stamp()} {info.block_id} on {list(info.nodes) or [info.node]}"
         self._ack("put", len(data))
         return True
 
@@ -300,9 +335,11 @@ class Writer:
 
     def dump(self, path: str) -> dict:
         """Write the model to ``path`` and hand back this trial's counters (then reset)."""
-        model = {"blocks": {b: {"kind": m.kind, "data": m.data, "mask": m.mask}
+        model = {"blocks": {b: {"kind": m.kind, "data": m.data, "mask": m.mask,
+                                "failed": m.failed, "made": m.made}
                             for b, m in self.blocks.items()},
-                 "keys": {k: {"acked": m.acked, "maybe": m.maybe} for k, m in self.keys.items()}}
+                 "keys": {k: {"acked": m.acked, "maybe": m.maybe, "failed": m.failed,
+                              "acked_where": m.acked_where} for k, m in self.keys.items()}}
         tmp = f"{path}.tmp"
         with open(tmp, "wb") as f:
             pickle.dump(model, f, protocol=5)
@@ -541,9 +578,13 @@ def verify(config: Path, models: dict[str, dict], op_timeout_s: float) -> dict:
            "diverging_bytes": 0, "checked_bytes": 0, "checked_blocks": 0, "checked_keys": 0,
            "examples": [], "drop": {}}
 
-    def example(what: str, name: str, why: str) -> None:
+    def example(what: str, name: str, why: str, m: dict) -> None:
         if len(out["examples"]) < EXAMPLES_KEPT:
-            out["examples"].append({what: name, "why": why})
+            out["examples"].append({what: name, "why": why, "writer": wid,
+                                    "retired_by": m.get("failed"),
+                                    **({"acked": m["acked_where"]} if m.get("acked_where")
+                                       else {}),
+                                    **({"made": m["made"]} if m.get("made") else {})})
     with MeshClient(config, timeout_s=op_timeout_s) as first, \
             MeshClient(config, timeout_s=op_timeout_s) as second:
         for wid, model in models.items():
@@ -558,7 +599,7 @@ def verify(config: Path, models: dict[str, dict], op_timeout_s: float) -> dict:
                     if known:
                         out["lost_bytes"] += known
                         out["lost_blocks"] += 1
-                        example("lost_block", block_id, f"{type(exc).__name__}: {exc}")
+                        example("lost_block", block_id, f"{type(exc).__name__}: {exc}", m)
                     drop["blocks"].append(block_id)
                     continue
                 try:
@@ -570,7 +611,7 @@ def verify(config: Path, models: dict[str, dict], op_timeout_s: float) -> dict:
                     out["diverging_reads"] += 1
                     example("diverging_block", block_id,
                             f"{diff} bytes differ from the model" if diff else
-                            "the second read failed" if b is None else "two reads differ")
+                            "the second read failed" if b is None else "two reads differ", m)
                     out["diverging_bytes"] += diff or (len(a) if b is None else
                                                        sum(x != y for x, y in zip(a, b)))
                     drop["blocks"].append(block_id)
@@ -586,7 +627,8 @@ def verify(config: Path, models: dict[str, dict], op_timeout_s: float) -> dict:
                         out["lost_bytes"] += len(m["acked"])
                         out["lost_keys"] += 1
                         example("lost_key", key, f"{type(exc).__name__}: {exc}"
-                                + (f" (after {len(m['maybe'])} failed puts)" if m["maybe"] else ""))
+                                + (f" (after {len(m['maybe'])} failed puts)" if m["maybe"] else ""),
+                                m)
                     drop["keys"].append(key)
                     continue
                 try:
@@ -597,7 +639,7 @@ def verify(config: Path, models: dict[str, dict], op_timeout_s: float) -> dict:
                     out["diverging_reads"] += 1
                     example("diverging_key", key,
                             "two reads differ" if a in acceptable else
-                            f"{len(a)} bytes, neither the acknowledged value nor a failed put's")
+                            f"{len(a)} bytes, neither the acknowledged value nor a failed put's", m)
                     out["diverging_bytes"] += len(a)
                     drop["keys"].append(key)
     return out
@@ -605,11 +647,12 @@ def verify(config: Path, models: dict[str, dict], op_timeout_s: float) -> dict:
 
 def probe_restored(config: Path, manifest: dict, replicas: int, op_timeout_s: float,
                    deadline: float, before: dict[str, BlockInfo] | None = None,
-                   victim: str | None = None, killed: bool = False) -> tuple[float | None, dict]:
+                   victim: str | None = None,
+                   killed: bool = False) -> tuple[float | None, list[str]]:
     """Until every block and key of ``manifest`` reads again and every block that matters has
     its copies back (``copies_short``: the acknowledged blocks, the blocks the acknowledged keys
     name now, and every block of ``before`` with a copy on ``victim``), or ``deadline``: (the
-    monotonic time it was so, else None; what was repaired, or what was still short)."""
+    monotonic time it was so, else None; what was still short at the deadline)."""
     blocks, keys = set(manifest["blocks"]), set(manifest["keys"])
     wanted_keys = set(keys)
     before = before or {}
@@ -648,17 +691,12 @@ def probe_restored(config: Path, manifest: dict, replicas: int, op_timeout_s: fl
                         # a key's block may be replaced (and freed) by the next put any moment;
                         # the victim's other blocks may be freed too; the key itself reads
                         gone_ok = set(check) - set(manifest["blocks"])
-                        short, infos = copies_short(client, check, replicas, before, victim,
-                                                    killed, gone_ok)
+                        short, _ = copies_short(client, check, replicas, before, victim,
+                                                killed, gone_ok)
                     if not short:
-                        moved = [b for b in held if b in infos and
-                                 infos[b].epoch > before[b].epoch]
-                        return time.monotonic(), {
-                            "repaired_blocks": len(moved),
-                            "repair_bytes": sum(infos[b].size for b in moved),
-                        }
+                        return time.monotonic(), []
             if time.monotonic() >= deadline:
-                return None, {"short": [f"{what}: {why}" for what, why in short[:EXAMPLES_KEPT]]}
+                return None, [f"{what}: {why}" for what, why in short[:EXAMPLES_KEPT]]
             time.sleep(PROBE_EVERY_S)
 
 
@@ -692,6 +730,76 @@ class Watch(threading.Thread):
                 self.stop.wait(WATCH_EVERY_S)
 
 
+class RepairWatch(threading.Thread):
+    """From the fault on, where the copies of the blocks the victim held are: every
+    ``REPAIR_EVERY_S`` it lists the blocks of every other agent (LIST, asked of each directly
+    with a short timeout; the victim's own view is stale or gone) and keeps each block's newest
+    set. It notes when a set that named the victim first moved on (a higher epoch than
+    ``before``: the agents' detection) and when each of those blocks has ``replicas`` current
+    copies again under a higher epoch (repaired). Ends when every such block is repaired or
+    gone (freed), or at ``stop`` or ``deadline``."""
+
+    def __init__(self, config: Path, before: dict[str, BlockInfo], victim: str, replicas: int,
+                 survivors: dict[str, str], deadline: float):
+        super().__init__(daemon=True)
+        self.config, self.replicas, self.deadline = config, replicas, deadline
+        self.survivors = survivors  # name -> address, every agent but the victim
+        self.before = {b: i for b, i in before.items() if victim in i.nodes}
+        self.stop = threading.Event()
+        self.moved_on_at: float | None = None
+        self.moved: set[str] = set()  # blocks whose set moved on
+        self.repaired_at: dict[str, float] = {}
+        self.sizes: dict[str, int] = {}
+        self.gone: set[str] = set()
+
+    def newest(self, client: MeshClient) -> dict[str, dict] | None:
+        """block id -> the record of its newest set among the survivors; None when one of
+        them did not answer (a block missing from the others may then still be there)."""
+        best: dict[str, dict] = {}
+        for address in self.survivors.values():
+            after: int | None = 0
+            while after is not None:
+                try:
+                    page = client._run(client._core.call(address, P.LIST, {"after": after},
+                                                         timeout_s=REPAIR_POLL_TIMEOUT_S))
+                except MeshError:
+                    return None
+                for rec in page.get("blocks", []):
+                    held = best.get(rec["block"])
+                    if held is None or int(rec.get("epoch") or 0) > int(held.get("epoch") or 0):
+                        best[rec["block"]] = rec
+                after = page.get("next")
+        return best
+
+    def run(self) -> None:
+        waiting = set(self.before)
+        with MeshClient(self.config, timeout_s=REPAIR_POLL_TIMEOUT_S) as client:
+            while waiting and not self.stop.is_set() and time.monotonic() < self.deadline:
+                newest = self.newest(client)
+                now = time.monotonic()
+                for b in list(waiting) if newest is not None else ():
+                    rec = newest.get(b)
+                    if rec is None:
+                        self.gone.add(b)  # freed meanwhile (or lost: the read-back says)
+                        waiting.discard(b)
+                        continue
+                    if int(rec.get("epoch") or 0) > self.before[b].epoch:
+                        self.moved.add(b)
+                        if self.moved_on_at is None:
+                            self.moved_on_at = now
+                        if len(set(rec.get("nodes") or ())) >= self.replicas:
+                            self.repaired_at[b] = now
+                            self.sizes[b] = int(rec["size"])
+                            waiting.discard(b)
+                self.stop.wait(REPAIR_EVERY_S)
+
+    def unrepaired(self, killed: bool) -> int:
+        """Blocks that needed a new copy and have none yet: after a kill, every block the
+        victim held (not freed); after a pause, those whose set moved on from it."""
+        need = set(self.before) if killed else self.moved
+        return len(need - set(self.repaired_at) - self.gone)
+
+
 # --- the driver ---------------------------------------------------------------------------------
 
 
@@ -705,17 +813,19 @@ def _pair(text: str) -> tuple[float, float]:
 
 
 def _victim(client: MeshClient, manifest: dict, names: list[str],
-            rng: random.Random) -> tuple[str, int, dict[str, BlockInfo]]:
+            rng: random.Random) -> tuple[str, int, dict[str, BlockInfo], dict[str, str]]:
     """An agent holding a copy of acknowledged data (so a fault there puts some at stake), the
     bytes of acknowledged blocks and keys it holds a copy of, and where every block's copies
-    are (``blocks()``: the newest set of each)."""
+    are (``blocks()``: the newest set of each), and the block each acknowledged key names."""
     held: collections.Counter[str] = collections.Counter()
     wanted_blocks, wanted_keys = set(manifest["blocks"]), set(manifest["keys"])
     before: dict[str, BlockInfo] = {}
+    key_blocks: dict[str, str] = {}
     try:
         before = {info.block_id: info for info in client.blocks()}
         for info in client.keys():
             if info.key in wanted_keys:
+                key_blocks[info.key] = info.block_id or ""
                 where = before.get(info.block_id) if info.block_id else None
                 for node in set(where.nodes if where is not None else
                                 info.nodes or (info.node,)):
@@ -729,7 +839,7 @@ def _victim(client: MeshClient, manifest: dict, names: list[str],
                 held[node] += info.size
     candidates = sorted(n for n in held if n in names) or names
     victim = rng.choice(candidates)
-    return victim, held.get(victim, 0), before
+    return victim, held.get(victim, 0), before, key_blocks
 
 
 class Chaos:
@@ -815,7 +925,7 @@ class Chaos:
         kind = (args.faults[(n - 1) % len(args.faults)] if args.fault_order == "cycle"
                 else rng.choice(args.faults))
         with MeshClient(config, timeout_s=args.op_timeout_s) as client:
-            victim, at_stake, before = _victim(client, manifest, names, rng)
+            victim, at_stake, before, key_blocks = _victim(client, manifest, names, rng)
             try:
                 incarnation = next((x.incarnation for x in client.nodes() if x.name == victim),
                                    None)
@@ -823,12 +933,16 @@ class Chaos:
                 incarnation = None
         agent = mesh.node(victim)
         hold_s = rng.uniform(*(args.restart_s if kind == "kill" else args.pause_s))
-        fault_at = time.monotonic()
+        fault_at, fault_clock = time.monotonic(), _stamp()
         watch = Watch(config, victim, incarnation, fault_at + hold_s + args.restore_timeout_s)
+        repairs = RepairWatch(config, before, victim, args.replicas,
+                              {a.name: a.address for a in mesh.nodes if a.name != victim},
+                              fault_at + hold_s + args.restore_timeout_s)
         if kind == "kill":
             agent.proc.send_signal(signal.SIGKILL)
             agent.proc.wait(timeout=STOP_WAIT_S)
             watch.start()
+            repairs.start()
             time.sleep(hold_s)
             try:
                 mesh.start(victim)  # the same node name, a new incarnation, empty memory
@@ -838,15 +952,20 @@ class Chaos:
             self.paused = agent.proc
             agent.proc.send_signal(signal.SIGSTOP)
             watch.start()
+            repairs.start()
             time.sleep(hold_s)
             agent.proc.send_signal(signal.SIGCONT)
             self.paused = None
         fault_end = time.monotonic()
-        restored_at, repair = probe_restored(
+        restored_at, short = probe_restored(
             config, manifest, args.replicas, args.op_timeout_s,
             min(fault_end + args.restore_timeout_s, self.end), before, victim, kind == "kill")
         watch.stop.set()
         watch.join(timeout=5)
+        if restored_at is not None and (kind == "kill" or repairs.moved):
+            repairs.join(timeout=2.0)  # copies restored: its next poll sees the same
+        repairs.stop.set()
+        repairs.join(timeout=5)
         window_end = restored_at if restored_at is not None else time.monotonic()
         reports = {}
         for w in writers:
@@ -869,23 +988,37 @@ class Chaos:
         self.ops.update(ops)
         self.errors.update(errors)
         window_s = max(window_end - fault_at, BUCKET_S)
-        repair_s = repair_mbps = None
-        if restored_at is not None and repair.get("repair_bytes"):
-            repair_s = restored_at - (watch.detected_at or fault_at)
-            repair_mbps = round(repair["repair_bytes"] / max(repair_s, BUCKET_S) / 1e6, 3)
+        repair_bytes = sum(repairs.sizes.values())
+        last_repair = max(repairs.repaired_at.values(), default=None)
+        repair_s = repair_mbps = copies_s = None
+        if last_repair is not None and repairs.moved_on_at is not None:
+            copies_s = round(last_repair - fault_at, 3)
+            repair_s = last_repair - repairs.moved_on_at
+            repair_mbps = round(repair_bytes / max(repair_s, REPAIR_EVERY_S) / 1e6, 3)
             repair_s = round(repair_s, 3)
+        for ex in check["examples"]:  # where its copies were just before the fault
+            name = ex.get("lost_block") or ex.get("diverging_block")
+            name = name or key_blocks.get(ex.get("lost_key") or ex.get("diverging_key"))
+            if name in before:
+                ex["before_fault"] = {"block": name, "nodes": list(before[name].nodes),
+                                      "epoch": before[name].epoch}
         return {
             "trial": n, "fault": kind, "victim": victim, "hold_s": round(hold_s, 2),
+            "fault_clock": fault_clock,
             "at_stake_bytes": at_stake,
             "victim_blocks": sum(victim in i.nodes for i in before.values()),
             "detect_s": None if watch.detected_at is None else round(watch.detected_at - fault_at, 3),
             "detected_as": watch.seen,
+            "moved_on_s": (None if repairs.moved_on_at is None
+                           else round(repairs.moved_on_at - fault_at, 3)),
             "restored": restored_at is not None,
             "restore_s": round(window_end - fault_at, 3),
-            "repaired_blocks": repair.get("repaired_blocks", 0),
-            "repair_bytes": repair.get("repair_bytes", 0),
+            "copies_s": copies_s,
+            "repaired_blocks": len(repairs.repaired_at),
+            "unrepaired_blocks": repairs.unrepaired(kind == "kill"),
+            "repair_bytes": repair_bytes,
             "repair_s": repair_s, "repair_mbps": repair_mbps,
-            "short_at_deadline": repair.get("short", []),
+            "short_at_deadline": short,
             "load_mbps": round(load_bytes / window_s / 1e6, 3),
             "ops": sum(ops.values()), "errors": sum(errors.values()), "skipped_full": skipped,
             **{k: v for k, v in check.items() if k != "drop"},
@@ -898,13 +1031,18 @@ class Chaos:
         restore = f"{t['restore_s']:.2f} s" + ("" if t["restored"] else
                                                f" (NOT restored by the deadline: "
                                                f"{'; '.join(t['short_at_deadline'][:2])})")
-        repair = ("nothing repaired" if not t["repair_bytes"] else
+        moved = "" if t["moved_on_s"] is None else f", sets moved on at {t['moved_on_s']:.2f} s"
+        repair = ("nothing repaired" if not t["repaired_blocks"] else
                   f"repaired {t['repaired_blocks']} blocks, {format_bytes(t['repair_bytes'])}"
                   + ("" if t["repair_mbps"] is None else
-                     f" in {t['repair_s']:.2f} s after detection ({t['repair_mbps']} MB/s)"))
+                     f", all copies back at {t['copies_s']:.2f} s ({t['repair_s']:.2f} s "
+                     f"after the sets moved on, >= {t['repair_mbps']} MB/s)"))
+        if t["unrepaired_blocks"]:
+            repair += f", {t['unrepaired_blocks']} blocks NOT repaired"
         return (f"trial {t['trial']}: {t['fault']} {t['victim']} for {t['hold_s']} s "
                 f"(a copy of {format_bytes(t['at_stake_bytes'])} of acknowledged blocks and keys, "
-                f"{t['victim_blocks']} blocks in all): detect {detect}, restore {restore}, "
+                f"{t['victim_blocks']} blocks in all): detect {detect}{moved}, "
+                f"restore {restore}, "
                 f"{repair}; lost {format_bytes(t['lost_bytes'])} "
                 f"({t['lost_blocks']} blocks, {t['lost_keys']} keys), "
                 f"diverging reads {t['diverging_reads']}; checked "
@@ -916,6 +1054,8 @@ class Chaos:
         detects = [x["detect_s"] for x in t if x["detect_s"] is not None]
         repair = [x["repair_mbps"] for x in t if x["repair_mbps"] is not None]
         repair_s = [x["repair_s"] for x in t if x["repair_s"] is not None]
+        moved = [x["moved_on_s"] for x in t if x["moved_on_s"] is not None]
+        copies = [x["copies_s"] for x in t if x["copies_s"] is not None]
         faults = collections.Counter(x["fault"] for x in t)
         return {
             "bench": "chaos", "trials": len(t), "agents": self.args.agents,
@@ -933,18 +1073,23 @@ class Chaos:
             "checked_bytes": sum(x["checked_bytes"] for x in t),
             "detect_s_max": max(detects) if detects else None,
             "undetected_trials": len(t) - len(detects),
+            "moved_on_s_max": max(moved) if moved else None,
+            "copies_s_max": max(copies) if copies else None,
             "restore_s_max": max((x["restore_s"] for x in t), default=None),
             "unrestored_trials": sum(not x["restored"] for x in t),
             "restore_s_by_fault": {k: max((x["restore_s"] for x in t if x["fault"] == k),
                                           default=None) for k in self.args.faults},
             "repaired_trials": len(repair),
+            "repaired_blocks": sum(x["repaired_blocks"] for x in t),
+            "unrepaired_blocks": sum(x["unrepaired_blocks"] for x in t),
             "repair_bytes": sum(x["repair_bytes"] for x in t),
             "repair_s_max": max(repair_s) if repair_s else None,
             "repair_mbps_min": min(repair) if repair else None,
             "repair_mbps_mean": round(sum(repair) / len(repair), 3) if repair else None,
             # bytes repaired over the seconds spent repairing, all trials together
-            "repair_mbps_overall": (round(sum(x["repair_bytes"] for x in t if x["repair_s"])
-                                          / max(sum(repair_s), BUCKET_S) / 1e6, 3)
+            "repair_mbps_overall": (round(sum(x["repair_bytes"] for x in t
+                                              if x["repair_s"] is not None)
+                                          / max(sum(repair_s), REPAIR_EVERY_S) / 1e6, 3)
                                     if repair_s else None),
             "load_mbps_mean": round(sum(x["load_mbps"] for x in t) / len(t), 3) if t else None,
             "ops": sum(self.ops.values()), "ops_by_kind": dict(self.ops),
