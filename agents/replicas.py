@@ -41,11 +41,12 @@ class Placement:
 
 
 def place(copies: int, size: int, candidates: list[Candidate], spread: str = "host",
-          exclude: frozenset[str] = frozenset(), keep_apart: frozenset[str] = frozenset()
-          ) -> Placement:
+          exclude: frozenset[str] = frozenset(), keep_apart: frozenset[str] = frozenset(),
+          placed: int = 0) -> Placement:
     """``copies`` nodes with room for ``size``, most room first, each on a host of its own
     while there are hosts left. ``exclude``: nodes that may not be chosen (they hold a copy
-    already); ``keep_apart``: hosts already holding a copy (a repair adds to a set)."""
+    already); ``keep_apart``: hosts already holding a copy (a repair adds to a set);
+    ``placed``: copies placed already (the primary's own), counted in the message only."""
     if copies < 1:
         raise ValueError("copies must be at least 1")
     if spread not in SPREADS:
@@ -66,10 +67,11 @@ def place(copies: int, size: int, candidates: list[Candidate], spread: str = "ho
                 shared = True
     if len(chosen) < copies:
         domains = "hosts" if spread == "host" else "nodes"
+        total = copies + placed
         raise PlacementShort(
-            f"{copies} copies of {size} bytes need {copies} {domains} with room; "
-            f"{len(chosen)} found" + (" (spread='node' accepts copies on one machine)"
-                                      if spread == "host" else ""))
+            f"{total} copies of {size} bytes need {total} {domains} with room; "
+            f"{len(chosen) + placed} found" + (" (spread='node' accepts copies on one machine)"
+                                               if spread == "host" else ""))
     return Placement(tuple(c.node for c in chosen), shared)
 
 

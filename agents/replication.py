@@ -279,11 +279,12 @@ class Replication(Upkeep):
             placed = place(want - 1, block.size, self._candidates(), spread,
                            exclude=frozenset({self.node}),
                            keep_apart=frozenset({self.domain}) if spread == "host" else
-                           frozenset())
+                           frozenset(), placed=1)
         except PlacementShort as exc:
             self.store.free(block.block_id)
             self._reply_error(identity, req, PlacementShort(
-                f"{exc} (node {self.node} is the first copy)", node=self.node))
+                f"{exc}, counting node {self.node}, where the first copy was to be",
+                node=self.node))
             return
         rset = ReplicaSet(1, (self.node,) + placed.nodes)
         copy = Copy(rset, want, spread, block.size, block.lazy, block.created, block.expires,

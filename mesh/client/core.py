@@ -44,6 +44,7 @@ from mesh.errors import (
     MeshError,
     NodeUnavailable,
     OutOfRange,
+    PlacementShort,
     SealError,
     SessionLost,
 )
@@ -341,12 +342,23 @@ class Core:
                     f"{len(alive)} live node(s), the most room on one node is {format_bytes(most)}"
                 )
         last: MeshError | None = None
+        # an agent that has not heard every peer yet (just started) may place fewer copies than
+        # this client sees room for: it is asked again for up to a dead_after_s
+        alive = [n for n in nodes if n.state == ALIVE and n.room >= size]
+        fits = len({n.domain or n.name for n in alive} if spread == "host" else alive) >= replicas
+        patience = time.monotonic() + (self.settings.dead_after_s if fits else 0.0)
         for target in candidates:
             try:
                 result = yield from self.call(
                     target.address, P.ALLOC, fields,
                     timeout_s=self.settings.request_timeout_s + size / BACKING_BYTES_PER_S,
                 )
+            except PlacementShort:
+                if time.monotonic() > patience:
+                    raise
+                yield from self.pause(self.settings.heartbeat_interval_s)
+                candidates.append(target)
+                continue
             except CapacityError as exc:
                 last = exc
                 continue

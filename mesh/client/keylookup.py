@@ -46,11 +46,11 @@ class ObjectInfo:
 
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> ObjectInfo:
+        nodes = tuple(rec.get("nodes") or ())
         return cls(rec["key"], rec["block"] or None, int(rec["offset"]), int(rec["length"]),
-                   rec["node"], float(rec["created"]), rec["content_type"], rec["checksum"],
+                   nodes[0] if nodes else rec["node"], float(rec["created"]), rec["content_type"], rec["checksum"],
                    bool(rec["owns_block"]), dict(rec.get("meta") or {}),
-                   rec.get("writer") if isinstance(rec.get("writer"), str) else None,
-                   tuple(rec.get("nodes") or ()))
+                   rec.get("writer") if isinstance(rec.get("writer"), str) else None, nodes)
 
 
 
@@ -71,13 +71,14 @@ def holders(core: Core, key: str) -> Op:
         timeout_s=core.settings.connect_timeout_s,
         fail_fast=False,
     ))
-    found = [(c.address, ObjectInfo.from_record(c.result)) for c in calls if c.result is not None]
     one: dict[tuple, tuple[str, ObjectInfo]] = {}  # a replicated record once, the primary's
-    for address, info in found:
-        same = (info.block_id, info.created, info.checksum) if info.nodes else (address,)
-        held = one.get(same)
-        if held is None or (info.nodes and info.node == info.nodes[0]):
-            one[same] = (address, info)
+    for c in calls:
+        if c.result is None:
+            continue
+        info = ObjectInfo.from_record(c.result)
+        same = (info.block_id, info.created, info.checksum) if info.nodes else (c.address,)
+        if same not in one or c.result.get("node") == info.node:  # the primary answered
+            one[same] = (c.address, info)
     return sorted(one.values(), key=lambda f: f[1].created, reverse=True)
 
 
