@@ -282,9 +282,7 @@ class Replication(Upkeep):
                            frozenset(), placed=1)
         except PlacementShort as exc:
             self.store.free(block.block_id)
-            self._reply_error(identity, req, PlacementShort(
-                f"{exc}, counting node {self.node}, where the first copy was to be",
-                node=self.node))
+            self._reply_error(identity, req, PlacementShort(str(exc), node=self.node))
             return
         rset = ReplicaSet(1, (self.node,) + placed.nodes)
         copy = Copy(rset, want, spread, block.size, block.lazy, block.created, block.expires,
