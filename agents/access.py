@@ -46,7 +46,7 @@ OP_ROLE: dict[str, str] = {
     P.MOVE: "admin",
     P.TRUST: "admin",
     **{op: "agent" for op in (P.PULL, P.COMMIT, P.ABORT, P.RSET, P.RWRITE, P.RFREE, P.RKEYS,
-                              P.LEASE, P.SUSPECT)},
+                              P.LEASE, P.SUSPECT, P.FENCE)},
 }
 DATA_DOMAIN = "mesh"
 GOSSIP_DOMAIN = "gossip"

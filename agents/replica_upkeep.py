@@ -36,6 +36,7 @@ LEASE_EVERY_S = 0.25  # how often a member renews its leases with its peers
 PUSH_WINDOW = 4  # chunks of a repair in flight to its target
 GAP_S = 1.0  # a loop turn this late means we were paused or starved
 REPAIR_RETRY_S = 1.0  # a set that could not be placed is tried again this often
+FENCE_EVERY_S = 1.0  # how often a node we moved on from, alive again, is told to drop its copies
 VOTE_S = 0.5  # a round of SUSPECT questions is asked again after this, until a majority agrees
 RESTARTED, SILENT = "restarted", "silent"
 
@@ -52,6 +53,8 @@ class Ack:
     strict: bool = False  # a member's failure fails the request (a new block's copies)
     block: str = ""  # the new block whose copies a strict ack waits for
     fenced: bool = False  # a member refused the change: the mesh moved on from our copy
+    # (block id, Copy) freed by the request: their RFREEs go once the rest is acknowledged
+    then_free: list = field(default_factory=list)
 
 
 @dataclass
@@ -87,6 +90,9 @@ class Upkeep:
                         now - self._last_tick, self.dead_after_s)
             self._quiet_until = now + self.dead_after_s
         self._last_tick = now
+        if self.moved_on and now >= self._next_fence:
+            self._next_fence = now + FENCE_EVERY_S
+            self._readmit(now)
         if not self.copies:
             return
         shared = {m for c in self.copies.values() for m in c.rset.members} - {self.node}
@@ -104,6 +110,29 @@ class Upkeep:
             for block_id, copy in list(self.copies.items()):
                 if copy.rset.primary == self.node:
                     self._repair(block_id, copy, now)
+
+    def _readmit(self, now: float) -> None:
+        """A node we moved on from that is alive again as the same process (it was paused or
+        cut off) may hold copies of sets we left it out of: FENCE tells it to drop every copy
+        it shares with us, and once it has, it is a node like any other (a copy target again);
+        until then its changes and leases are refused."""
+        for node, inc in list(self.moved_on.items()):
+            member = self.members.get(node)
+            if member is None or member.info.incarnation != inc or \
+                    self.members.state(member, now) != ALIVE:
+                continue
+            peer = self.links.get(node)
+            if peer is None:
+                continue
+
+            def answered(reply: P.Reply | None, node: str = node, inc: int = inc) -> None:
+                if reply is not None and reply.ok and self.moved_on.get(node) == inc:
+                    del self.moved_on[node]
+                    log.info("%s dropped the copies it shared with us: a copy target again",
+                             node)
+
+            self.links.send(peer, P.FENCE, {"from": self.node, "inc": self.incarnation}, None,
+                            answered)
 
     def _gone(self, node: str, now: float) -> str | None:
         member = self.members.get(node)
@@ -190,6 +219,7 @@ class Upkeep:
         self.moved_on_count += 1
         log.warning("moving on from %s (incarnation %d)", node, inc)
         for block_id, copy in list(self.copies.items()):
+            copy.incs.pop(node, None)  # (a later copy on its next process has another)
             if node not in copy.rset.members:
                 continue
             try:
@@ -221,10 +251,13 @@ class Upkeep:
         block = self.store.get(block_id)
         fields = {"set": copy.rset.record(), "size": copy.size, "lazy": copy.lazy,
                   "created": copy.created, "want": copy.want, "spread": copy.spread,
-                  "keys": self.store.key_records(block_id), "pending": copy.pending,
+                  "keys": self.store.key_records(block_id),
+                  "pending": block.lease_until is not None if copy.rset.primary == self.node
+                  else copy.pending,
                   "incs": {self.node: self.incarnation, **{
                       m: p.incarnation for m in copy.rset.members
                       if m != self.node and (p := self.links.get(m)) is not None}}}
+        copy.incs = dict(fields["incs"])
         if block.expires is not None:
             fields["expires"] = block.expires
         # members left out (moved on from) get nothing: they drop their copies on their own

@@ -100,13 +100,14 @@ class Replication(Upkeep):
         self._last_tick = clock()
         self._quiet_until = float("-inf")
         self._next_lease = float("-inf")
+        self._next_fence = float("-inf")
         self._votes: dict = {}  # node -> the round of SUSPECT questions about it
         self.repairs = 0
         self.moved_on_count = 0
 
     def handlers(self) -> dict[str, Callable[[Any, P.Request], None]]:
         return {P.RSET: self._rset, P.RFREE: self._rfree, P.RKEYS: self._rkeys,
-                P.LEASE: self._lease, P.SUSPECT: self._suspect}
+                P.LEASE: self._lease, P.SUSPECT: self._suspect, P.FENCE: self._fence}
 
     def close(self) -> None:
         self.links.close()
@@ -249,6 +250,11 @@ class Replication(Upkeep):
             self._finish(ack)
 
     def _finish(self, ack: Ack) -> None:
+        frees, ack.then_free = ack.then_free, []
+        for block_id, copy in frees:  # (see ``freed``)
+            self._forward(copy, block_id, P.RFREE, {"epoch": copy.rset.epoch}, ack=ack)
+        if ack.waiting:
+            return  # answered when these are applied too
         if ack.error is None and ack.fenced:
             ack.error = NotCurrent(f"node {self.node} is no longer the primary of what this "
                                    "request changed; retry at the current one", node=self.node)
@@ -305,6 +311,10 @@ class Replication(Upkeep):
         self._dirty_keys.discard(block_id)
         if block_id in self._freeing or copy.rset.primary != self.node:
             return
+        ctx = self._context()
+        if ctx is not None:  # after the request's other changes are on every copy: a key
+            ctx.then_free.append((block_id, copy))  # replaced away from this block must be
+            return  # on its new block's copies before its old block goes from any
         self._forward(copy, block_id, P.RFREE, {"epoch": copy.rset.epoch})
 
     def keys_changed(self, block_id: str) -> None:
@@ -417,6 +427,8 @@ class Replication(Upkeep):
     def _rkeys(self, identity: Any, req: P.Request) -> None:
         block = self.accept(req)
         self._set_keys(block, req.fields["keys"])
+        if req.fields["keys"]:  # published: no longer a pending put's block
+            self.copies[block.block_id].pending = False
         self._reply(identity, req, {"block": block.block_id})
 
     def _set_keys(self, block: Block, records: list) -> None:
@@ -433,6 +445,15 @@ class Replication(Upkeep):
         if ok:
             self.links.get(f["from"], f["inc"])
         self._reply(identity, req, {"node": self.node, "ok": ok})
+
+    def _fence(self, identity: Any, req: P.Request) -> None:
+        """The sender moved on from us: drop every copy we share with it (see ``_readmit``)."""
+        sender = req.fields["from"]
+        if req.caller is not None and req.caller.name != sender:
+            raise Forbidden(f"{req.caller.name!r} cannot speak for node {sender!r}",
+                            node=self.node)
+        self._fenced_by(sender)
+        self._reply(identity, req, {"node": self.node})
 
     def drop(self, block_id: str, why: str) -> None:
         """Free our copy of ``block_id`` without telling the other members."""

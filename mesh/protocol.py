@@ -80,6 +80,9 @@ Replicas (``agents/replication.py``, ``docs/durability.md``), agent to agent; ``
     SUSPECT {node, inc}                    -> {node, dead}: whether this agent, too, has that
                                            incarnation of node dead (a majority must, before
                                            any agent moves on from a silent node)
+    FENCE   {from, inc}                    -> {node}: the sender moved on from this agent, which
+                                           drops every copy it shares with the sender (then
+                                           the sender takes it as a copy target again)
 
 A member refuses a change from an older epoch or from a sender that is not its set's primary
 with ``stale_epoch``; a copy that cannot serve answers ``not_current`` (the client retries at
@@ -167,6 +170,7 @@ RFREE = "rfree"
 RKEYS = "rkeys"
 LEASE = "lease"
 SUSPECT = "suspect"
+FENCE = "fence"
 
 OK = 0
 ERROR = 1
@@ -220,6 +224,7 @@ _REQUEST_SCHEMA: dict[str, tuple[dict[str, tuple[type, ...]], int]] = {
     RKEYS: ({"block": (str,), "from": (str,), "inc": _INT, "epoch": _INT, "keys": (list,)}, 0),
     LEASE: ({"from": (str,), "inc": _INT}, 0),
     SUSPECT: ({"node": (str,), "inc": _INT}, 0),
+    FENCE: ({"from": (str,), "inc": _INT}, 0),
     SESSION: ({}, 0),
     TRUST: ({"entries": (list,)}, 0),
 }

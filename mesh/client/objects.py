@@ -43,6 +43,7 @@ from mesh.client.transfer import (
     stream_write,
 )
 from mesh.errors import (
+    BlockMoving,
     IntegrityError,
     InvalidRequest,
     KeyExists,
@@ -155,8 +156,15 @@ def _put_claimed(core: Core, claim: keyclaims.Claim | None, key: str | None, len
                   "content_type": content_type, "checksum": checksum,
                   "owns_block": owns and bool(block_id), "meta": meta}
         name = key if key is not None else (block_id or f"empty_{time.time_ns()}")
-        rec = yield from core.call(address, P.KPUT,
-                                   {"key": name, "record": record, "replace": replace})
+        try:
+            rec = yield from core.call(address, P.KPUT,
+                                       {"key": name, "record": record, "replace": replace})
+        except (NodeUnavailable, BlockMoving):
+            # No answer (a timeout, a lost link, a primary waiting on a paused copy): the record
+            # may be out, and the block the key's value. Never freed here; if it was not
+            # published its agent reclaims it when its lease runs out.
+            published = True
+            raise
         published = True
         if claim is not None:
             try:

@@ -285,3 +285,62 @@ def test_three_copies_and_a_backup_restarted_before_it_was_missed(tmp_path):
             except Exception:
                 pass
             assert got in (None, b"3" * (2 * MiB))
+
+
+def test_a_replace_put_whose_publication_times_out_never_loses_the_key(tmp_path):
+    """Found by tools/chaos.py: the primary had installed the new record (and freed the old
+    value's block) but could not acknowledge it yet (its backups were paused); the client timed
+    out, took the put as unpublished and freed the new block: both values were gone."""
+    from mesh.errors import MeshError
+
+    with running_mesh(tmp_path, n=3, **FAST) as mesh, mesh.client(timeout_s=1.0) as c:
+        c.put_bytes("precious", b"v1", node="node1", replicas=2)
+        real_call = c._core.call
+        stopped = []
+
+        def call(address, op, *args, **kwargs):
+            if op == P.KPUT and not stopped:  # the block is written: silence its backups
+                for name in ("node2", "node3"):
+                    mesh.kill(name, signal.SIGSTOP)
+                    stopped.append(name)
+            return (yield from real_call(address, op, *args, **kwargs))
+
+        c._core.call = call
+        try:
+            with pytest.raises(MeshError):
+                c.put_bytes("precious", b"v2", node="node1", replace=True, replicas=2)
+        finally:
+            c._core.call = real_call
+            for name in stopped:
+                mesh.kill(name, signal.SIGCONT)
+        assert stopped
+        value = wait_for(lambda: _value(c, "precious"))
+        assert value in (b"v1", b"v2")  # old code: KeyNotFound
+
+
+def _value(c, key):
+    try:
+        return bytes(c.get_bytes(key))
+    except Exception:
+        return None
+
+
+def test_a_paused_node_that_was_moved_on_from_is_a_copy_target_again(tmp_path):
+    with running_mesh(tmp_path, n=3, **FAST) as mesh, mesh.client() as c:
+        b = c.allocate(MiB, "node1", replicas=2)
+        backup = c.stat(b).nodes[1]
+        mesh.kill(backup, signal.SIGSTOP)
+        try:
+            wait_for(lambda: (i := full_copies(c, b)) and backup not in i.nodes)
+        finally:
+            mesh.kill(backup, signal.SIGCONT)
+        # once it has dropped what it shared, it takes copies again: three need all three
+        made = wait_for(lambda: _try_allocate(c), timeout_s=20)
+        assert len(c.stat(made).nodes) == 3
+
+
+def _try_allocate(c):
+    try:
+        return c.allocate(MiB, replicas=3)
+    except PlacementShort:
+        return None
