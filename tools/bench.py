@@ -286,33 +286,25 @@ def transfer(args: argparse.Namespace) -> dict:
                     checks.append(out == data)
                     out[::4096] = b"\x02" * len(out[::4096])  # the next read must refill it
 
+            def timed(c: MeshClient, blk: str, into_w: list, into_r: list, last: bool) -> None:
+                """Write then read the block once, in GB/s, and check what came back."""
+                t0 = time.perf_counter()
+                c.write(blk, dv)
+                into_w.append(size / (time.perf_counter() - t0) / 1e9)
+                t0 = time.perf_counter()
+                c.read_into(blk, out)
+                into_r.append(size / (time.perf_counter() - t0) / 1e9)
+                check(last)
+
             for i in range(runs):
                 b.append(size / baseline.run_once(dv) / 1e9)
-                t0 = time.perf_counter()
-                client.write(block, dv)
-                w.append(size / (time.perf_counter() - t0) / 1e9)
-                t0 = time.perf_counter()
-                client.read_into(block, out)
-                r.append(size / (time.perf_counter() - t0) / 1e9)
-                check(i == runs - 1)
+                timed(client, block, w, r, i == runs - 1)
                 line = f"run {i + 1}: baseline {b[-1]:.2f}  write {w[-1]:.2f}  read {r[-1]:.2f}"
                 if rblock is not None:
-                    t0 = time.perf_counter()
-                    client.write(rblock, dv)
-                    rw.append(size / (time.perf_counter() - t0) / 1e9)
-                    t0 = time.perf_counter()
-                    client.read_into(rblock, out)
-                    rr.append(size / (time.perf_counter() - t0) / 1e9)
-                    check(i == runs - 1)
+                    timed(client, rblock, rw, rr, i == runs - 1)
                     line += f"  {replicas} copies: write {rw[-1]:.2f}  read {rr[-1]:.2f}"
                 if kclient is not None:
-                    t0 = time.perf_counter()
-                    kclient.write(kblock, dv)
-                    sw.append(size / (time.perf_counter() - t0) / 1e9)
-                    t0 = time.perf_counter()
-                    kclient.read_into(kblock, out)
-                    sr.append(size / (time.perf_counter() - t0) / 1e9)
-                    check(i == runs - 1)
+                    timed(kclient, kblock, sw, sr, i == runs - 1)
                     line += f"  secure write {sw[-1]:.2f}  secure read {sr[-1]:.2f}"
                 if not args.json:
                     print(line + " GB/s")
