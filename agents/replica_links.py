@@ -6,7 +6,7 @@ Every message to a peer goes through ``send`` with a callback that gets the peer
 None when there will be none (the peer is dropped, its queue is full, the link failed). One
 link per peer keeps messages in the order they were sent; what cannot be sent yet (no link
 yet, or the link's high-water mark) waits in a bounded queue, in order. An answer that took a
-change (any OK reply but LEASE's own) renews the peer's lease: it counted us in when it did.
+change (``RENEWING``) renews the peer's lease: it counted us in when it did.
 
 Not here: what the messages mean (``agents/replication.py``), the sockets' options
 (``mesh/sockets.py``), handshakes (``mesh/security/link.py``).
@@ -33,6 +33,9 @@ QUEUE_MAX = 4096  # messages waiting for a peer's link; past that, sends fail (N
 DRAIN_BATCH = 256  # replies read from one peer per loop turn
 
 Done = Callable[[P.Reply | None], None]
+# The answers that give the asker a lease: the peer took a change from it (and records when,
+# ``Replication.granted``, to fence writes after leaving it out: replica_upkeep.py)
+RENEWING = frozenset({P.RSET, P.RWRITE, P.RFREE, P.RKEYS})
 
 
 class Peer:
@@ -66,6 +69,7 @@ class PeerLinks:
         self._dialer.shutdown(wait=False, cancel_futures=True)
         for peer in self.peers.values():
             if peer.link is not None:
+                peer.link.unwatch(lambda sock: sock.close(0))
                 peer.link.sock.close(0)
 
     def get(self, node: str, incarnation: int | None = None) -> Peer | None:
@@ -94,6 +98,7 @@ class PeerLinks:
         peer.waiting.clear()
         peer.queue.clear()
         if peer.link is not None:
+            peer.link.unwatch(lambda sock: sock.close(0))
             peer.link.sock.close(0)
             self.version += 1
         for cb in callbacks:
@@ -109,7 +114,7 @@ class PeerLinks:
         sent = self._clock()
 
         def answered(reply: P.Reply | None) -> None:
-            if reply is not None and reply.ok and op != P.LEASE:
+            if reply is not None and reply.ok and op in RENEWING:
                 peer.lease_until = max(peer.lease_until, sent + self.lease_s)
             done(reply)
 
@@ -153,6 +158,7 @@ class PeerLinks:
                 self.drop(peer.node)
                 continue
             if self.peers.get(peer.node) is not peer:  # dropped meanwhile
+                link.unwatch(lambda sock: sock.close(0))
                 link.sock.close(0)
                 continue
             peer.link = link

@@ -55,6 +55,7 @@ class Ack:
     fenced: bool = False  # a member refused the change: the mesh moved on from our copy
     # (block id, Copy) freed by the request: their RFREEs go once the rest is acknowledged
     then_free: list = field(default_factory=list)
+    blocks: set = field(default_factory=set)  # the blocks it changed (see Copy.fence_until)
 
 
 @dataclass
@@ -90,6 +91,8 @@ class Upkeep:
                         now - self._last_tick, self.dead_after_s)
             self._quiet_until = now + self.dead_after_s
         self._last_tick = now
+        if self._held:
+            self._release_held(now)
         if self.moved_on and now >= self._next_fence:
             self._next_fence = now + FENCE_EVERY_S
             self._readmit(now)
@@ -222,6 +225,7 @@ class Upkeep:
             copy.incs.pop(node, None)  # (a later copy on its next process has another)
             if node not in copy.rset.members:
                 continue
+            self.fence_writes(copy, node)
             try:
                 new = copy.rset.without(node)
             except ValueError:  # it held the only complete copy: ours is not one
@@ -236,6 +240,19 @@ class Upkeep:
                 self._promote(block_id, copy)
                 self._send_set(block_id, copy, None)
         self.links.drop(node)
+
+    def fence_writes(self, copy: Copy, node: str) -> None:
+        """``node`` leaves the set while it may still hold a lease we granted (it answered, or
+        it failed a change, but was not silent): no change is acknowledged until that lease is
+        over, or it could serve a read older than an acknowledged write."""
+        copy.fence_until = max(copy.fence_until, self.granted.get(node, float("-inf"))
+                               + self.lease_s)
+
+    def _release_held(self, now: float) -> None:
+        """Acknowledgements held by a fence (``fence_writes``) whose time is up."""
+        held, self._held = self._held, []
+        for ack in held:
+            self._finish(ack)
 
     def _promote(self, block_id: str, copy: Copy) -> None:
         """We are the primary now: ours are the lifetimes (a ttl, a pending put's lease)."""
@@ -377,6 +394,8 @@ class Upkeep:
                   "seconds": self._clock() - m.started}
         ack = Ack(m.identity, m.req, result)
         to = copy.rset.members + ((m.source,) if m.source != self.node else ())
+        if m.source != self.node:
+            self.fence_writes(copy, m.source)  # it serves until it has our new set
         self._send_set(block_id, copy, ack, to=to)  # the source, left out, drops its copy
         if m.source == self.node:  # handed over: the next member is primary
             self.drop(block_id, "")

@@ -70,6 +70,7 @@ class Copy:
     repair_after: float = 0.0
     moving: Moving | None = None  # a MOVE of one copy, done when its push is
     incs: dict[str, int] = field(default_factory=dict)  # members' incarnations (the primary's)
+    fence_until: float = float("-inf")  # no change acknowledged before (Upkeep.fence_writes)
 
 
 class Replication(Upkeep):
@@ -102,6 +103,8 @@ class Replication(Upkeep):
         self._next_lease = float("-inf")
         self._next_fence = float("-inf")
         self._votes: dict = {}  # node -> the round of SUSPECT questions about it
+        self.granted: dict[str, float] = {}  # node -> when we last answered it (a lease)
+        self._held: list[Ack] = []  # acknowledgements waiting for a fence
         self.repairs = 0
         self.moved_on_count = 0
 
@@ -154,8 +157,11 @@ class Replication(Upkeep):
         if copy.rset.primary != self.node:
             raise NotCurrent(f"block {block_id} is changed through its primary "
                              f"{copy.rset.primary}, not {self.node}", node=self.node)
-        # No lease needed: every other member checks our epoch before it applies the change,
-        # and a change is acknowledged only once all of them have.
+        if self._clock() < copy.fence_until:
+            raise NotCurrent(f"block {block_id} waits for a former copy's lease to end; retry "
+                             "in a moment", node=self.node)
+        # No lease needed otherwise: every other member checks our epoch before it applies the
+        # change, and a change is acknowledged only once all of them have.
 
     def check_serving(self, block_id: str) -> None:
         """``NotCurrent`` unless this copy may serve now: complete, and holding a lease from
@@ -214,6 +220,8 @@ class Replication(Upkeep):
         if ack is CURRENT:  # the request being dispatched, if any
             ack = self._context()
         base = {"block": block_id, "from": self.node, "inc": self.incarnation, **fields}
+        if ack is not None:
+            ack.blocks.add(block_id)
         for m in to if to is not None else copy.rset.members:
             if m == self.node:
                 continue
@@ -250,6 +258,10 @@ class Replication(Upkeep):
             self._finish(ack)
 
     def _finish(self, ack: Ack) -> None:
+        now = self._clock()
+        if any(now < c.fence_until for b in ack.blocks if (c := self.copies.get(b))):
+            self._held.append(ack)  # a former copy may still serve the old bytes (tick)
+            return
         frees, ack.then_free = ack.then_free, []
         for block_id, copy in frees:  # (see ``freed``)
             self._forward(copy, block_id, P.RFREE, {"epoch": copy.rset.epoch}, ack=ack)
@@ -342,6 +354,7 @@ class Replication(Upkeep):
             raise StaleEpoch(f"{self.node} has moved on from {sender} (incarnation "
                              f"{f['inc']})", node=self.node)
         self.links.get(sender, f["inc"])
+        self.granted[sender] = self._clock()  # our answer gives it a lease (replica_links.py)
         return sender
 
     def accept(self, req: P.Request) -> Block:
@@ -444,6 +457,7 @@ class Replication(Upkeep):
         ok = self.moved_on.get(f["from"]) != f["inc"]
         if ok:
             self.links.get(f["from"], f["inc"])
+            self.granted[f["from"]] = self._clock()
         self._reply(identity, req, {"node": self.node, "ok": ok})
 
     def _fence(self, identity: Any, req: P.Request) -> None:

@@ -141,6 +141,8 @@ class Core:
                 for call, frames in run.ready(now, time.time(), self.settings.clock_skew_s):
                     try:
                         link = self.links.live.get(call.address)
+                        if link is not None and self.links.refused(call.address) is not None:
+                            link = None  # lost while idle (the agent restarted): a new one
                         if link is None or link.stale(now):
                             link = yield from self.link(call.address)
                         link.send(frames)
@@ -163,7 +165,7 @@ class Core:
                 now = time.monotonic()
                 for address in addresses:
                     refused = self.links.refused(address)
-                    if refused is not None:  # no key, and the agent has keys: fail at once
+                    if refused is not None:  # no key for a keyed agent, or the agent is gone
                         run.fail_address(address, refused)
                         continue
                     link = self.links.live.get(address)

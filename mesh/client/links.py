@@ -17,7 +17,7 @@ import zmq
 
 from mesh.client.batch import Op
 from mesh.config import MeshSettings
-from mesh.errors import AuthenticationError
+from mesh.errors import AuthenticationError, MeshError
 from mesh.security import link as links
 
 
@@ -74,14 +74,16 @@ class Links:
         sock.close(0)
 
     def monitors(self, addresses: list[str]) -> list[zmq.Socket]:
-        """Handshake monitors of plain links to ``addresses`` not yet known to work."""
+        """The monitors of the links to ``addresses`` (``mesh/security/link.py``)."""
         return [m for a in addresses
                 if (m := getattr(self.live.get(a), "monitor", None)) is not None]
 
-    def refused(self, address: str) -> AuthenticationError | None:
-        """The error if the plain link to ``address`` failed its handshake (and it is dropped)."""
+    def refused(self, address: str) -> MeshError | None:
+        """The error if the link to ``address`` failed its handshake (``AuthenticationError``)
+        or lost its connection (``NodeUnavailable``: the agent was killed or restarted); the
+        link is dropped then, and the next request makes a new one."""
         found = self.live.get(address)
-        if found is None or found.sealed:
+        if found is None:
             return None
         error = found.refused(address, self.close_socket)
         if error is not None:
@@ -91,8 +93,7 @@ class Links:
     def drop(self, address: str) -> None:
         found = self.live.pop(address, None)
         if found is not None:
-            if not found.sealed:
-                found.unwatch(self.close_socket)
+            found.unwatch(self.close_socket)
             self.close_socket(found.sock)
 
     def close(self) -> None:

@@ -31,7 +31,10 @@ import zmq
 from mesh import protocol as P
 from mesh import sockets
 from mesh.client.batch import Wait
-from mesh.errors import AuthenticationError, MeshTimeout, ProtocolError, SealError, SessionLost
+from mesh.errors import (
+    AuthenticationError, MeshError, MeshTimeout, NodeUnavailable, ProtocolError, SealError,
+    SessionLost,
+)
 
 # A client refreshes a session used less recently than this (agents drop them after an hour
 # idle: agents/access.py SESSION_IDLE_S).
@@ -44,27 +47,32 @@ SEALED_OVERHEAD_BYTES = 2 * 16 + 20  # two GCM tags and the envelope
 HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
                     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 CONTROL_BYTES = 64 * 1024  # the SESSION reply
+# A link keeps watching for this: the agent's end of the connection went away (it was killed or
+# restarted), so nothing in flight on it will be answered.
+LOST_EVENTS = zmq.EVENT_DISCONNECTED
 
 
-class PlainLink:
-    """A DEALER as it is. Until its ZMTP handshake is known to have succeeded, a monitor watches
-    it, so a client without a key that reaches a keyed agent (a mechanism mismatch) fails at
-    once (``refused``) instead of waiting out its requests."""
+def _lost(address: str) -> NodeUnavailable:
+    return NodeUnavailable(f"{address} closed the connection (its agent stopped or restarted); "
+                           "what was in flight to it may or may not have been applied")
 
-    sealed = False
 
-    def __init__(self, sock: zmq.Socket, monitor: zmq.Socket | None):
-        self.sock = sock
-        self.monitor = monitor  # attached before the connect: see ``plain``
+class _Watched:
+    """A link's socket monitor: handshake results until the first handshake succeeds, and the
+    connection's loss for as long as the link lives."""
 
-    def refused(self, address: str, close: "Close") -> AuthenticationError | None:
-        """Read the monitor: the error if the handshake failed; None otherwise (and once it
-        succeeded, the monitor is closed)."""
+    monitor: zmq.Socket | None
+    sock: zmq.Socket
+
+    def refused(self, address: str, close: "Close") -> MeshError | None:
+        """Read the monitor: ``AuthenticationError`` if the handshake failed, ``NodeUnavailable``
+        if the connection was lost, else None."""
         while self.monitor is not None and self.monitor.poll(0):
             event = _event(self.monitor)
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self.unwatch(close)
-                return None
+                continue
+            if event & LOST_EVENTS:
+                return _lost(address)
             self.unwatch(close)
             return AuthenticationError(
                 f"{address} refused the connection: it runs with keys and this client has "
@@ -80,6 +88,20 @@ class PlainLink:
             close(self.monitor)
             self.monitor = None
 
+
+class PlainLink(_Watched):
+    """A DEALER as it is. A monitor watches it: until its ZMTP handshake is known to have
+    succeeded, so a client without a key that reaches a keyed agent (a mechanism mismatch)
+    fails at once instead of waiting out its requests; and for as long as it lives, so requests
+    to an agent that was killed fail when its end of the connection goes, not at their
+    timeout."""
+
+    sealed = False
+
+    def __init__(self, sock: zmq.Socket, monitor: zmq.Socket | None):
+        self.sock = sock
+        self.monitor = monitor  # attached before the connect: see ``plain``
+
     def send(self, frames: list[Any]) -> None:
         self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
 
@@ -90,13 +112,15 @@ class PlainLink:
         return False
 
 
-class SealedLink:
+class SealedLink(_Watched):
     sealed = True
 
-    def __init__(self, sock: zmq.Socket, session_id: bytes, key: bytes):
+    def __init__(self, sock: zmq.Socket, session_id: bytes, key: bytes,
+                 monitor: zmq.Socket | None = None):
         from mesh.security import seal
 
         self.sock = sock
+        self.monitor = monitor  # the connection's loss (``_Watched``)
         self.sealer = seal.Sealer(session_id, key, seal.TO_AGENT)
         self.opener = seal.Opener(session_id, key, seal.TO_CLIENT)
         self.used_at = time.monotonic()
@@ -127,14 +151,14 @@ def _event(monitor: zmq.Socket) -> int:
     return struct.unpack_from("=H", frames[0])[0]
 
 
-def _watched_dealer(ctx: zmq.Context, address: str, **options: Any
-                    ) -> tuple[zmq.Socket, zmq.Socket]:
+def _watched_dealer(ctx: zmq.Context, address: str, events: int = HANDSHAKE_EVENTS | LOST_EVENTS,
+                    **options: Any) -> tuple[zmq.Socket, zmq.Socket]:
     """A DEALER (``sockets.dealer`` with ``options``) and its handshake monitor, attached before
     it connects: libzmq does not retry after a refused handshake, so a refusal that came before
     the monitor was there would never be seen."""
     watched: list[zmq.Socket] = []
     sock = sockets.dealer(ctx, address, **options, before_connect=lambda s: watched.append(
-        s.get_monitor_socket(HANDSHAKE_EVENTS)))
+        s.get_monitor_socket(events)))
     return sock, watched[0]
 
 
@@ -150,7 +174,8 @@ def handshake(ctx: zmq.Context, address: str, *, server_key: bytes, public: byte
               key_name: str, timeout_s: float, hwm: int, max_message_bytes: int,
               close: Close, node: str | None = None) -> Generator[Wait, Any, SealedLink]:
     """Shake hands with the agent at ``address``; see the module's docstring."""
-    curve, monitor = _watched_dealer(ctx, address, hwm=4, max_message_bytes=CONTROL_BYTES,
+    curve, monitor = _watched_dealer(ctx, address, HANDSHAKE_EVENTS, hwm=4,
+                                     max_message_bytes=CONTROL_BYTES,
                                      curve=(server_key, public, secret))
     where = f"node {node} ({address})" if node else address
     try:
@@ -179,9 +204,9 @@ def handshake(ctx: zmq.Context, address: str, *, server_key: bytes, public: byte
         close(curve)
     session, key, port = parse_session(body, where, node)
     endpoint = f"{address.rsplit(':', 1)[0]}:{port}"  # the host we reached it at
-    sealed = sockets.dealer(ctx, endpoint, hwm=hwm,
-                            max_message_bytes=max_message_bytes + SEALED_OVERHEAD_BYTES)
-    return SealedLink(sealed, session, key)
+    sealed, lost = _watched_dealer(ctx, endpoint, LOST_EVENTS, hwm=hwm,
+                                   max_message_bytes=max_message_bytes + SEALED_OVERHEAD_BYTES)
+    return SealedLink(sealed, session, key, lost)
 
 
 def parse_session(body: Any, where: str = "the agent",
@@ -252,4 +277,5 @@ class BlockingPeer:
                     raise MeshTimeout("only unreadable replies from the peer") from None
 
     def close(self, linger: int = 0) -> None:
+        self.link.unwatch(lambda sock: sock.close(0))
         self.link.sock.close(linger)

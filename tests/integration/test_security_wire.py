@@ -315,8 +315,8 @@ def _answer(link: links.SealedLink, timeout_s: float = 1.0) -> P.Reply | None:
 class _KeptKey(links.SealedLink):
     """A ``SealedLink`` that keeps its session key (for sealing a message under it by hand)."""
 
-    def __init__(self, sock: zmq.Socket, session_id: bytes, key: bytes):
-        super().__init__(sock, session_id, key)
+    def __init__(self, sock: zmq.Socket, session_id: bytes, key: bytes, monitor=None):
+        super().__init__(sock, session_id, key, monitor)
         self.key = key
 
 
@@ -409,6 +409,7 @@ def test_sealed_messages_replayed_reordered_tampered_or_spliced_are_refused(keye
     finally:
         for link in (first, second):
             if link is not None:
+                link.unwatch(lambda sock: sock.close(0))
                 link.sock.close(0)
         ctx.term()
 
