@@ -149,6 +149,11 @@ class Replication(Upkeep):
         return {"nodes": list(copy.rset.current), "epoch": copy.rset.epoch,
                 "replicas": copy.want, "syncing": list(copy.rset.syncing)}
 
+    def is_primary(self, block_id: str) -> bool:
+        """This agent changes ``block_id`` (its primary, or it has no replicas)."""
+        copy = self.copies.get(block_id)
+        return copy is None or copy.rset.primary == self.node
+
     def check_primary(self, block_id: str) -> None:
         """A client's change of ``block_id`` is taken here only by its serving primary."""
         copy = self.copies.get(block_id)
@@ -446,11 +451,11 @@ class Replication(Upkeep):
 
     def _set_keys(self, block: Block, records: list) -> None:
         """The block's key records become ``records`` (a backup keeps what its primary has)."""
-        self.store.adopt_keys(block, records, time.time())
-        names = {r["key"] for r in records}
+        names = {r.get("key") for r in records if isinstance(r, dict)}
         for rec in self.store.key_records(block.block_id):
             if rec["key"] not in names:
                 self.store.drop_key(rec["key"])
+        self.store.follow_keys(block, records, time.time())
 
     def _lease(self, identity: Any, req: P.Request) -> None:
         f = req.fields

@@ -562,20 +562,27 @@ class Agent(InfoOps, Dialing):
 
     def _key_change(self, handler: Callable[[Any, P.Request], None]
                     ) -> Callable[[Any, P.Request], None]:
-        """KPUT and KDEL, taken by the primary of the blocks they touch, which forwards the
-        blocks' new key records to the other copies (agents/replication.py)."""
+        """KPUT and KDEL, taken by the primary of the block they change, which forwards the
+        block's new key records to the other copies (agents/replication.py)."""
 
         def run(identity: Any, req: P.Request) -> None:
-            touched = {str((req.fields.get("record") or {}).get("block") or "")}
+            key = req.fields["key"]
+            new = str((req.fields.get("record") or {}).get("block") or "")
             try:
-                touched.add(self.store.get_key(req.fields["key"])["block"])
+                old = self.store.get_key(key)["block"]
             except MeshError:
-                pass
-            touched.discard("")
-            for block_id in touched:
-                self.repl.check_primary(block_id)
+                old = ""
+            if req.op == P.KDEL and old:
+                self.repl.check_primary(old)
+            if new:
+                self.repl.check_primary(new)
+            if old and old != new and req.op == P.KPUT and not self.repl.is_primary(old):
+                # our record of the old value is a backup's: the old block's primary changes
+                # it (the client's clean-up), and the newest record of a key wins meanwhile
+                self.store.drop_key(key)
+                old = ""
             handler(identity, req)
-            for block_id in touched:
+            for block_id in {new, old} - {""}:
                 self.repl.keys_changed(block_id)
 
         return run

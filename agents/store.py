@@ -42,8 +42,6 @@ ALLOC has neither and lives until it is freed.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import heapq
 import mmap
 import time
@@ -52,6 +50,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from agents import lifecycle
+from agents.backing import HUGE_PAGE, advise_huge, populate
 from agents.keyrecords import MAX_KEY_LENGTH, MAX_KEY_RECORD_BYTES, check_key_record, public
 from agents.ledger import Others, PromiseLedger
 from agents.lifecycle import Event, IllegalTransition, State
@@ -71,17 +70,8 @@ from mesh.errors import (
 
 __all__ = ["Block", "BlockStore", "MAX_KEY_LENGTH", "MAX_KEY_RECORD_BYTES", "host_room", "populate"]
 
-MADV_POPULATE_WRITE = 23  # Linux 5.14+
-MADV_HUGEPAGE = 14
-HUGE_PAGE = 2 * 1024 * 1024
-PAGE = mmap.PAGESIZE
 # How many block ids that moved away keep a note of where they went (a few hundred KiB at most).
 MOVED_NOTES = 10_000
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-_libc.madvise.restype = ctypes.c_int
-
 
 @dataclass(eq=False)
 class Block:
@@ -129,34 +119,6 @@ class Block:
         """When the sweep must look at this block next (None: it lives until freed)."""
         times = [t for t in (self.lease_until, self.expires_at) if t is not None]
         return min(times) if times else None
-
-
-def _advise_huge(buf: mmap.mmap) -> None:
-    """Ask for transparent huge pages: backing a new block runs about 8x faster with 2 MiB pages
-    than with 4 KiB ones on the VMs we measured (1.4 -> 12 GB/s). Only for allocations, whose
-    pages are backed in a worker thread: a copy arriving in a moved block ran 0.6-2.9 s per GiB
-    into huge pages (the kernel compacting memory as it faulted them in) against a steady
-    1.0-1.2 s into small ones. Where THP is off, the kernel ignores it; nothing depends on it."""
-    anchor = ctypes.c_char.from_buffer(buf)
-    try:
-        _libc.madvise(ctypes.addressof(anchor), len(buf), MADV_HUGEPAGE)
-    finally:
-        del anchor
-
-
-def populate(block: Block) -> None:
-    """Touch every page of ``block`` so the allocation is really backed (runs off the loop)."""
-    if block.size == 0:
-        return
-    anchor = ctypes.c_char.from_buffer(block.buf)
-    try:
-        rc = _libc.madvise(ctypes.addressof(anchor), block.size, MADV_POPULATE_WRITE)
-    finally:
-        del anchor
-    if rc != 0:  # older kernel: touch one byte a page (slow, but correct)
-        view = block.view
-        for off in range(0, block.size, PAGE):
-            view[off] = 0
 
 
 # States in which a block's pages are not all there yet (populating, or a copy being pulled).
@@ -302,8 +264,8 @@ class BlockStore:
             except (OSError, OverflowError, MemoryError) as exc:
                 raise CapacityError(f"node {self.node} could not map {size} bytes: {exc}") \
                     from None
-            if size >= HUGE_PAGE and block_id is None:  # not for a copy moving in (_advise_huge)
-                _advise_huge(buf)
+            if size >= HUGE_PAGE and block_id is None:  # not for a copy moving in (agents/backing.py)
+                advise_huge(buf)
             block = Block(block_id or self.new_id(), size, lazy,
                           time.time() if created is None else created, buf, memoryview(buf),
                           lifecycle.initial_state(lazy, incoming=block_id is not None))
@@ -451,6 +413,29 @@ class BlockStore:
             created = created if isinstance(created, (int, float)) else now
             checked.append(self._checked_key(rec["key"], rec, True, created, arriving=block))
         for record in checked:  # counted, not checked: the source had room for them
+            self._install_key(record)
+
+    def follow_keys(self, block: Block, records: list, now: float) -> None:
+        """A backup's copy of ``block`` takes the key records its primary sent: all of them,
+        or none if one is wrong. A key whose record here names another block and is newer stays
+        as it is (records of one key on two blocks: the newest put wins), and installing one
+        never frees another block: the copies of a block are its primary's to free."""
+        checked = []
+        for rec in records:
+            if not isinstance(rec, dict) or not isinstance(rec.get("key"), str) or \
+                    rec.get("block") != block.block_id:
+                raise InvalidRequest("key records of a copy must name its block")
+            created = rec.get("created")
+            created = created if isinstance(created, (int, float)) else now
+            held = self._keys.get(rec["key"])
+            if held is not None and held["block"] != block.block_id and \
+                    held["created"] > created:
+                continue
+            checked.append(check_key_record(rec["key"], rec, self.node, created))
+            self.check_range(block, checked[-1]["offset"], checked[-1]["length"])
+        for record in checked:
+            if record["key"] in self._keys:
+                self._drop_key(record["key"])  # not _install_key's replace: nothing is freed
             self._install_key(record)
 
     def _checked_key(self, key: str, rec: dict, replace: bool, now: float,

@@ -12,6 +12,7 @@ Not here: putting and reading objects (``mesh/client/objects.py``), a key's home
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,8 +20,8 @@ import mesh.client.keyclaims as keyclaims
 from mesh import protocol as P
 from mesh.client.batch import Batch, Call, Op
 from mesh.client.blame import unavailable
-from mesh.client.transfer import MOVING_RETRY_S
-from mesh.errors import BlockMoving, InvalidRequest, KeyNotFound, NodeUnavailable
+from mesh.client.transfer import MOVING_RETRY_S, NOT_CURRENT_RETRY_S
+from mesh.errors import BlockMoving, InvalidRequest, KeyNotFound, NodeUnavailable, NotCurrent
 from mesh.membership import ALIVE, DOWN
 
 if TYPE_CHECKING:
@@ -62,8 +63,11 @@ def _check_key(key: Any) -> None:
 # --- lookup -------------------------------------------------------------------------------------
 
 
-def holders(core: Core, key: str) -> Op:
-    """Every (address, ObjectInfo) for ``key`` on the live agents, newest first."""
+def holders(core: Core, key: str, certain: bool = False) -> Op:
+    """Every (address, ObjectInfo) for ``key`` on the live agents, newest first. ``certain``:
+    when a copy that cannot serve this instant answered (``NotCurrent``: a newer record may be
+    on it, a failover under way), raise that instead of answering with what the others
+    hold, which may be an older record of the key."""
     _check_key(key)
     nodes = yield from core.alive_nodes()
     calls = yield from core.execute(Batch(
@@ -73,6 +77,8 @@ def holders(core: Core, key: str) -> Op:
     ))
     one: dict[tuple, tuple[str, ObjectInfo]] = {}  # a replicated record once, the primary's
     for c in calls:
+        if certain and isinstance(c.error, NotCurrent):
+            raise c.error  # (``follow`` waits and looks again)
         if c.result is None:
             continue
         info = ObjectInfo.from_record(c.result)
@@ -83,19 +89,32 @@ def holders(core: Core, key: str) -> Op:
 
 
 def lookup(core: Core, key: str) -> Op:
-    found = yield from holders(core, key)
+    """The newest (address, ObjectInfo) of ``key``; while a copy that may hold a newer record
+    cannot serve (a failover), it waits for it, up to the request timeout."""
+    found = yield from _certain(core, key)
     if not found:
         # A key whose block is being handed over lives on the source until just after it is on
         # the target, but one broadcast may ask the target just before and the source just
         # after: look once more before saying it is not there.
         yield from core.pause(MOVING_RETRY_S)
-        found = yield from holders(core, key)
+        found = yield from _certain(core, key)
     if not found:
         yield from _blame_for_key(core, key)
         raise KeyNotFound(
             f"Key not found: {key!r} (list stored objects with `grid memory list-objects`)"
         )
     return found[0]
+
+
+def _certain(core: Core, key: str) -> Op:
+    deadline = time.monotonic() + core.settings.request_timeout_s
+    while True:
+        try:
+            return (yield from holders(core, key, certain=True))
+        except NotCurrent:
+            if time.monotonic() > deadline:
+                raise
+            yield from core.pause(NOT_CURRENT_RETRY_S)
 
 
 def _blame_for_key(core: Core, key: str) -> Op:

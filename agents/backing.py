@@ -1,0 +1,49 @@
+"""Backing a block's memory: ``populate`` touches every page of a new block (off the loop, so the
+allocation is really backed before it is acknowledged), ``advise_huge`` asks for transparent huge
+pages. Used by ``agents/store.py`` and the agent's populate thread (``agents/server.py``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import mmap
+from typing import Any
+
+MADV_POPULATE_WRITE = 23  # Linux 5.14+
+MADV_HUGEPAGE = 14
+HUGE_PAGE = 2 * 1024 * 1024
+PAGE = mmap.PAGESIZE
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc.madvise.restype = ctypes.c_int
+
+
+def advise_huge(buf: mmap.mmap) -> None:
+    """Ask for transparent huge pages: backing a new block runs about 8x faster with 2 MiB pages
+    than with 4 KiB ones on the VMs we measured (1.4 -> 12 GB/s). Only for allocations, whose
+    pages are backed in a worker thread: a copy arriving in a moved block ran 0.6-2.9 s per GiB
+    into huge pages (the kernel compacting memory as it faulted them in) against a steady
+    1.0-1.2 s into small ones. Where THP is off, the kernel ignores it; nothing depends on it."""
+    anchor = ctypes.c_char.from_buffer(buf)
+    try:
+        _libc.madvise(ctypes.addressof(anchor), len(buf), MADV_HUGEPAGE)
+    finally:
+        del anchor
+
+
+def populate(block: Any) -> None:
+    """Touch every page of ``block`` (a ``Block``: ``buf``, ``view``, ``size``) so the allocation
+    is really backed (runs off the loop)."""
+    if block.size == 0:
+        return
+    anchor = ctypes.c_char.from_buffer(block.buf)
+    try:
+        rc = _libc.madvise(ctypes.addressof(anchor), block.size, MADV_POPULATE_WRITE)
+    finally:
+        del anchor
+    if rc != 0:  # older kernel: touch one byte a page (slow, but correct)
+        view = block.view
+        for off in range(0, block.size, PAGE):
+            view[off] = 0
