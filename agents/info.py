@@ -36,6 +36,9 @@ class InfoOps:
         rec["connections"] = self.guard.connections
         rec["connection_unbinds"] = self.guard.unbinds
         rec["late_requests"] = self.late_requests
+        rec["reads_served"] = self.reads_served
+        rec["replicas"] = {"copies": len(self.repl.copies), "repairs": self.repl.repairs,
+                           "moved_on": self.repl.moved_on_count}
         a = self.access
         rec["sealed_port"] = self.sealed_port
         rec["auth"] = {"rejected_handshakes": a.rejected_handshakes,

@@ -32,6 +32,7 @@ from mesh import __version__
 from mesh._malloc import tune_for_transfers
 from mesh.config import ClusterConfig, NodeConfig, resolve_config
 from mesh.errors import ConfigError
+from mesh.machine import machine_id
 from mesh.security.keys import KeyDir, keys_dir
 
 
@@ -41,16 +42,6 @@ def resolve_ip(host: str) -> str:
     except socket.gaierror as exc:
         raise ConfigError(f"cannot resolve host {host!r}: {exc.strerror}") from None
     return infos[0][4][0]
-
-
-def machine_id() -> str:
-    """This machine's identity: two agents on it share one failure domain."""
-    try:
-        with open("/etc/machine-id") as f:
-            found = f.read().strip()
-    except OSError:
-        found = ""
-    return found[:32] or socket.gethostname()
 
 
 def is_loopback(ip: str) -> bool:
@@ -94,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--advertise", help="the host peers and clients are told to reach this "
                         "agent at (default: its mesh_host; for NAT, proxies)")
     parser.add_argument("--domain", help="this agent's failure domain, which replicas keep "
-                        "apart (default: the machine, /etc/machine-id or the host name)")
+                        "apart (default: $MESH_DOMAIN, else the machine: /etc/machine-id)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -145,6 +145,7 @@ class Agent(InfoOps, Dialing):
         self.dropped_replies = 0
         self.loop_errors = 0  # failures the loop survived (logged; see _guarded)
         self.late_requests = 0  # refused because their client had given up (deadline passed)
+        self.reads_served = 0  # READs answered (STATS)
         # moves and pulls run in threads with sockets of their own; the loop finishes them
         self.moves = PeerCopies(
             self.store, node=settings.node, address=self.address,
@@ -526,6 +527,7 @@ class Agent(InfoOps, Dialing):
             identity, [header, block.view[offset : offset + length]], copy=False, track=True
         )
         self.gate.sent(block.block_id, offset, offset + length, tracker)
+        self.reads_served += 1
         if block.state is State.MOVING and tracker is not None:
             self.moves.read_served(block.block_id, offset + length)  # the move progresses
 

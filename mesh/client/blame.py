@@ -6,6 +6,8 @@ down or did not answer, the data is not known to be gone: say ``NodeUnavailable`
 node and since when it has been silent (the membership view's age), never "deallocated or
 never existed".
 
+``down_reason``: why a node is not serving, for ``stats()``.
+
 Pure: takes the membership view (``NodeInfo``s) and the wall clock. Not here: the lookups
 (``Core.locate`` in ``mesh/client/core.py``, ``lookup`` in ``mesh/client/objects.py``).
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 import time
 
 from mesh.errors import NodeUnavailable
-from mesh.membership import ALIVE, DOWN, NodeInfo
+from mesh.membership import ALIVE, DEAD, DOWN, SUSPECT, NodeInfo
 
 
 def node_state(node: NodeInfo, answered: bool, wall_now: float | None = None) -> str:
@@ -42,3 +44,14 @@ def unavailable(nodes: list[NodeInfo], name: str | None, silent: set[str], what:
     return NodeUnavailable(
         f"{what} {where} node {node.name}, which {state}; it is not known to be freed "
         "(see `grid agents status`)", node=node.name)
+
+
+def down_reason(n: NodeInfo, answered: bool) -> str | None:
+    """Why a node is not serving, as far as heartbeats tell."""
+    if n.state == DOWN:
+        return "in the config, but no agent has heard from it"
+    if n.state in (DEAD, SUSPECT):
+        return f"no heartbeat for {n.age_s:.0f} s"
+    if not answered:
+        return "did not answer the stats request"
+    return None

@@ -30,6 +30,7 @@ import zmq
 from mesh import protocol as P
 from mesh._malloc import tune_for_transfers
 from mesh.client.batch import Batch, BatchRun, Call, Op, Wait, byte_view
+from mesh.client.blame import down_reason
 from mesh.client.locate import BlockInfo, block_info as _block_info, find_block, merge_copies, \
     primary_address
 from mesh.client.transfer import chunk_calls, follow, found
@@ -99,6 +100,7 @@ class Core:
         self._nodes_heard_at = 0.0
         self._locations: dict[str, tuple[str, int]] = {}  # block id -> (address, size)
         self.replicated: set[str] = set()  # block ids known to have copies on other nodes
+        self.near: dict[str, str] = {}  # block id -> a copy on this machine, for reads
         self.closed = False
         tune_for_transfers(settings.max_message_bytes, settings.window)
 
@@ -380,16 +382,19 @@ class Core:
         found = self._locations.get(block_id)
         if found is not None:
             return found
-        address, size, replicated = yield from find_block(self, block_id,
-                                                           block_node_hint(block_id))
+        address, size, replicated, near = yield from find_block(self, block_id,
+                                                                 block_node_hint(block_id))
         self._locations[block_id] = (address, size)
         if replicated:
             self.replicated.add(block_id)
+        if near:  # a copy on this machine: reads go there (docs/durability.md: reads)
+            self.near[block_id] = near
         return address, size
 
     def forget_location(self, block_id: str) -> None:
         """Drop the cached place of a block (it moved, or it is gone)."""
         self._locations.pop(block_id, None)
+        self.near.pop(block_id, None)
 
     def follow_block(self, block_id: str, body: Callable[[str, int], Op],
                      progress: Callable[[], int] | None = None) -> Op:
@@ -440,8 +445,8 @@ class Core:
                     f"read of {n} bytes at offset {offset} is past the end of block "
                     f"{block_id} ({block_size} bytes)"
                 )
-            calls = chunk_calls(P.READ, address, block_id, offset, [out[:n]],
-                                self.settings.chunk_bytes)
+            calls = chunk_calls(P.READ, self.near.get(block_id, address), block_id, offset,
+                                [out[:n]], self.settings.chunk_bytes)
             yield from self.execute(Batch(calls, self.settings.request_timeout_s,
                                           self.settings.window))
             return n
@@ -561,7 +566,7 @@ class Core:
             fresh = n if rec is None else NodeInfo.from_record(rec, n.state, n.age_s)
             state = n.state if rec is not None or n.state != ALIVE else SUSPECT
             per_node.append({**fresh.record(), "state": state,
-                             "reason": _down_reason(n, rec is not None)})
+                             "reason": down_reason(n, rec is not None)})
         return {
             "nodes": per_node,
             "live_nodes": sum(1 for p in per_node if p["state"] == ALIVE),
@@ -580,17 +585,6 @@ def _alive_node(nodes: list[NodeInfo], name: str) -> NodeInfo:
     if node.state != ALIVE:
         raise NodeUnavailable(f"node {name!r} is {node.state}", node=name)
     return node
-
-
-def _down_reason(n: NodeInfo, answered: bool) -> str | None:
-    """Why a node is not serving, as far as heartbeats tell."""
-    if n.state == DOWN:
-        return "in the config, but no agent has heard from it"
-    if n.state in (DEAD, SUSPECT):
-        return f"no heartbeat for {n.age_s:.0f} s"
-    if not answered:
-        return "did not answer the stats request"
-    return None
 
 
 def _check_offset(offset: Any) -> None:

@@ -23,7 +23,8 @@ from mesh import protocol as P
 from mesh.client.batch import Batch, Call, Op
 from mesh.client.blame import unavailable
 from mesh.errors import BlockNotFound, NotCurrent
-from mesh.membership import DEAD, DOWN
+from mesh.machine import machine_id
+from mesh.membership import ALIVE, DEAD, DOWN
 
 if TYPE_CHECKING:
     from mesh.client.core import Core
@@ -62,9 +63,21 @@ def primary_address(core: Core, address: str, rec: dict[str, Any]) -> str:
     return info.address if info is not None and info.state not in (DEAD, DOWN) else address
 
 
+def nearest(core: Core, rec: dict[str, Any]) -> str | None:
+    """The address of a current copy on this machine (``mesh/machine.py``), other than the
+    primary's, to read from; None when there is none."""
+    here = machine_id()
+    for name in (rec.get("nodes") or [])[1:]:
+        info = core.node_info(name)
+        if info is not None and info.domain == here and info.state == ALIVE:
+            return info.address
+    return None
+
+
 def find_block(core: Core, block_id: str, hint: str | None) -> Op:
-    """(address, size, replicated) of ``block_id``: asked first of the node that made it
-    (``hint``), then of every other live node at once."""
+    """(address, size, replicated, near) of ``block_id``: the primary's address, and a copy on
+    this machine to read from (or None). Asked first of the node that made it (``hint``),
+    then of every other live node at once."""
     nodes = yield from core.refresh_nodes(max_age_s=1.0)
     live = [n for n in nodes if n.state != DEAD and n.state != DOWN]
     live.sort(key=lambda n: n.name != hint)  # the node that made it first
@@ -82,8 +95,10 @@ def find_block(core: Core, block_id: str, hint: str | None) -> Op:
             if call.result is not None:
                 replicated = len(call.result.get("nodes") or []) > 1 or \
                     int(call.result.get("replicas") or 1) > 1
-                return (primary_address(core, call.address, call.result),
-                        int(call.result["size"]), replicated)
+                primary = primary_address(core, call.address, call.result)
+                near = nearest(core, call.result)
+                return (primary, int(call.result["size"]), replicated,
+                        None if near == primary else near)
             if isinstance(call.error, NotCurrent):
                 not_current = call.error  # a copy is there, not serving this instant
             elif not isinstance(call.error, BlockNotFound):

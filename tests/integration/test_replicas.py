@@ -344,3 +344,30 @@ def _try_allocate(c):
         return c.allocate(MiB, replicas=3)
     except PlacementShort:
         return None
+
+
+def test_copies_spread_over_machines_and_a_client_reads_the_copy_on_its_own(tmp_path,
+                                                                            monkeypatch):
+    mesh = __import__("support.mesh", fromlist=["LocalMesh"]).LocalMesh.create(
+        tmp_path, 3, **FAST)
+    mesh.domains = {a.name: f"machine-{a.name}" for a in mesh.nodes}
+    mesh.start_all()
+    try:
+        with mesh.client() as c:
+            b = c.allocate(MiB, "node1", replicas=2, spread="host")  # three machines now
+            data = os.urandom(MiB)
+            c.write(b, data)
+            backup = c.stat(b).nodes[1]
+        monkeypatch.setenv("MESH_DOMAIN", f"machine-{backup}")  # a client on the backup's
+        with mesh.client() as near:
+
+            def served(name):
+                return call(near, mesh.node(name).address, P.STATS, {})["reads_served"]
+
+            before = {n: served(n) for n in ("node1", backup)}
+            for _ in range(5):
+                assert bytes(near.read(b)) == data
+            assert served(backup) - before[backup] >= 5  # read where it is nearest
+            assert served("node1") == before["node1"]
+    finally:
+        assert not mesh.stop_all()

@@ -71,6 +71,7 @@ class LocalMesh:
     started: list[subprocess.Popen] = field(default_factory=list)
     admin_key: Path | None = None  # the cluster's admin key, when it has keys
     keys: dict = field(default_factory=dict)  # name -> secret key file of the client keys made
+    domains: dict = field(default_factory=dict)  # node -> the failure domain it claims
 
     @classmethod
     def create(cls, tmp: Path, n: int = 3, memory_gb: float = 1.0, extra: dict | None = None,
@@ -123,6 +124,8 @@ class LocalMesh:
         agent = self.node(name)
         log = open(agent.log, "ab")
         env = dict(os.environ, PYTHONPATH=str(ROOT))
+        if name in self.domains:  # its own machine, as far as replicas can tell (mesh/machine.py)
+            env["MESH_DOMAIN"] = self.domains[name]
         agent.proc = subprocess.Popen(
             agent_command(self.config_path, name), stdout=log, stderr=log, env=env, cwd=self.tmp
         )
