@@ -578,12 +578,20 @@ class Agent(InfoOps, Dialing):
                 self.repl.check_primary(old)
             if new:
                 self.repl.check_primary(new)
+            kept = None
             if old and old != new and req.op == P.KPUT and not self.repl.is_primary(old):
                 # our record of the old value is a backup's: the old block's primary changes
                 # it (the client's clean-up), and the newest record of a key wins meanwhile
+                kept = self.store.get_key(key)
                 self.store.drop_key(key)
+            try:
+                handler(identity, req)
+            except MeshError:
+                if kept is not None:  # the put failed: the backup's record stays as it was
+                    self.store.follow_keys(self.store.get(old), [kept], time.time())
+                raise
+            if kept is not None:
                 old = ""
-            handler(identity, req)
             for block_id in {new, old} - {""}:
                 self.repl.keys_changed(block_id)
 
