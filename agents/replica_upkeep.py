@@ -171,11 +171,11 @@ class Upkeep:
             if len(vote.yes) >= need and self._votes.get(node) is vote:
                 del self._votes[node]
                 log.warning("%d of the mesh's agents have %s dead", len(vote.yes), node)
-                self.move_on(node)
+                self.move_on(node, inc)  # that process, even if it has restarted since
 
         if len(vote.yes) >= need:  # (never with two agents: one is not a majority of two)
             del self._votes[node]
-            self.move_on(node)
+            self.move_on(node, inc)
             return
         for voter in agents:
             if voter not in (self.node, node):
@@ -208,21 +208,26 @@ class Upkeep:
 
         self._send(node, P.LEASE, {"from": self.node, "inc": self.incarnation}, None, answered)
 
-    def move_on(self, node: str) -> None:
-        """``node`` no longer holds any copy we share: every set goes on without it."""
+    def move_on(self, node: str, inc: int | None = None) -> None:
+        """``node`` (its incarnation ``inc``; default: the one we know it by) no longer holds
+        any copy we share: every set it was in as that process goes on without it. A set made
+        with a later process of the same node (it restarted meanwhile) keeps it."""
         peer = self.links.peers.get(node)
         member = self.members.get(node)
         told = [c.incs[node] for c in self.copies.values()
                 if node in c.incs and node in c.rset.members]
-        inc = peer.incarnation if peer is not None else min(told) if told else (
-            member.info.incarnation if member is not None else 0)
+        if inc is None:
+            inc = peer.incarnation if peer is not None else min(told) if told else (
+                member.info.incarnation if member is not None else 0)
         if self.moved_on.get(node) == inc:
             return
         self.moved_on[node] = inc
         self.moved_on_count += 1
         log.warning("moving on from %s (incarnation %d)", node, inc)
         for block_id, copy in list(self.copies.items()):
-            copy.incs.pop(node, None)  # (a later copy on its next process has another)
+            if copy.incs.get(node, inc) > inc:
+                continue  # a copy on its later process
+            copy.incs.pop(node, None)
             if node not in copy.rset.members:
                 continue
             self.fence_writes(copy, node)
@@ -239,7 +244,8 @@ class Upkeep:
             if new.primary == self.node:
                 self._promote(block_id, copy)
                 self._send_set(block_id, copy, None)
-        self.links.drop(node)
+        if peer is not None and peer.incarnation <= inc:
+            self.links.drop(node)
 
     def fence_writes(self, copy: Copy, node: str) -> None:
         """``node`` leaves the set while it may still hold a lease we granted (it answered, or
