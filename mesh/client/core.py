@@ -520,7 +520,7 @@ class Core:
         while cursors:
             calls = yield from self.execute(Batch(
                 [Call(a, op, {"after": c, **limit}) for a, c in cursors.items()],
-                timeout_s=self.settings.request_timeout_s,
+                timeout_s=self.settings.connect_timeout_s,  # a page is ms of work: silence is news
                 fail_fast=False,
             ))
             for call in calls:
