@@ -404,14 +404,8 @@ class BlockStore:
         their creation times (``now`` for a record without one) and replacing keys of the same
         names: all of them, or none if one is wrong (so no key is left pointing into a copy
         that is then dropped)."""
-        checked = []
-        for rec in records:
-            if not isinstance(rec, dict) or not isinstance(rec.get("key"), str) or \
-                    rec.get("block") != block.block_id:
-                raise InvalidRequest("COMMIT keys must be key records of the moved block")
-            created = rec.get("created")
-            created = created if isinstance(created, (int, float)) else now
-            checked.append(self._checked_key(rec["key"], rec, True, created, arriving=block))
+        checked = [self._checked_key(rec["key"], rec, True, created, arriving=block)
+                   for rec, created in _records_of(block, records, now)]
         for record in checked:  # counted, not checked: the source had room for them
             self._install_key(record)
 
@@ -421,12 +415,7 @@ class BlockStore:
         as it is (records of one key on two blocks: the newest put wins), and installing one
         never frees another block: the copies of a block are its primary's to free."""
         checked = []
-        for rec in records:
-            if not isinstance(rec, dict) or not isinstance(rec.get("key"), str) or \
-                    rec.get("block") != block.block_id:
-                raise InvalidRequest("key records of a copy must name its block")
-            created = rec.get("created")
-            created = created if isinstance(created, (int, float)) else now
+        for rec, created in _records_of(block, records, now):
             held = self._keys.get(rec["key"])
             if held is not None and held["block"] != block.block_id and \
                     held["created"] > created:
@@ -554,6 +543,17 @@ class BlockStore:
             self.free(block_id, Event.SHUTDOWN)
         if self._ledger is not None:
             self._ledger.close()  # promises nothing any more
+
+
+def _records_of(block: Block, records: list, now: float) -> Iterator[tuple[dict, float]]:
+    """(record, its creation time; ``now`` when it has none) of key records that must all name
+    ``block`` (a COMMIT's, or a copy's from its primary); ``InvalidRequest`` otherwise."""
+    for rec in records:
+        if not isinstance(rec, dict) or not isinstance(rec.get("key"), str) or \
+                rec.get("block") != block.block_id:
+            raise InvalidRequest(f"key records sent with block {block.block_id} must name it")
+        created = rec.get("created")
+        yield rec, created if isinstance(created, (int, float)) else now
 
 
 def _not_served(block: Block, node: str) -> BlockNotFound:
