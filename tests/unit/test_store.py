@@ -281,7 +281,7 @@ def test_adopt_keys_takes_all_of_a_commits_keys_or_none():
     with pytest.raises(OutOfRange):
         store.adopt_keys(copy, [good, bad], now=9.0)
     assert store.get_key("k1")["block"] == old.block_id  # nothing taken
-    with pytest.raises(InvalidRequest, match="key records of the moved block"):
+    with pytest.raises(InvalidRequest, match="key records sent with block .* must name it"):
         store.adopt_keys(copy, [{**good, "block": old.block_id}], now=9.0)
     with pytest.raises(InvalidRequest):
         store.adopt_keys(copy, ["not a record"], now=9.0)
