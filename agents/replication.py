@@ -146,8 +146,10 @@ class Replication(Upkeep):
         copy = self.copies.get(block_id)
         if copy is None:
             return {}
-        return {"nodes": list(copy.rset.current), "epoch": copy.rset.epoch,
-                "replicas": copy.want, "syncing": list(copy.rset.syncing)}
+        current = copy.rset.current
+        return {"nodes": list(current), "epoch": copy.rset.epoch, "replicas": copy.want,
+                "syncing": list(copy.rset.syncing),
+                "shared_hosts": len({self._domain(m) for m in current}) < len(current)}
 
     def is_primary(self, block_id: str) -> bool:
         """This agent changes ``block_id`` (its primary, or it has no replicas)."""

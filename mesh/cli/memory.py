@@ -257,15 +257,19 @@ def allocate(config_path: str | None, size_arg: str | None, size_gb: str | None,
         where = block_node_hint(block_id) or (info or client.stat(block_id)).node
     expires = info.expires if info is not None else None
     nodes = _nodes(info.nodes, info.node) if info is not None else [where]
+    shared = info is not None and info.shared_hosts
     if as_json:
         echo_json({"block_id": block_id, "node": nodes[0], "nodes": nodes, "size": nbytes,
-                   "lazy": lazy, "expires": expires, "replicas": copies})
+                   "lazy": lazy, "expires": expires, "replicas": copies,
+                   "shared_hosts": shared})
         return
     ok(f"Allocated {human(nbytes)}" + (f" x {copies} copies" if copies > 1 else ""))
     line(f"Block ID: {block_id}")
     line(f"Node: {nodes[0]}")
     if len(nodes) > 1:
         line(f"Nodes: {', '.join(nodes)}")
+    if shared:  # --spread node, and the cluster had no machine of its own for every copy
+        line("Note: some copies share a machine (one machine failing loses them together)")
     if expires is not None:
         line(f"Expires: {_when(expires)}")
 

@@ -42,6 +42,7 @@ class BlockInfo:
     nodes: tuple[str, ...] = ()  # with replicas: the nodes holding a current copy, primary first
     epoch: int = 0  # with replicas: its replica set's epoch
     replicas: int = 1  # the copies asked for
+    shared_hosts: bool = False  # some of its copies share a machine (only with spread "node")
 
 
 def block_info(rec: dict[str, Any]) -> BlockInfo:
@@ -50,7 +51,7 @@ def block_info(rec: dict[str, Any]) -> BlockInfo:
     return BlockInfo(rec["block"], nodes[0], int(rec["size"]), bool(rec["lazy"]),
                      float(rec["created"]), None if expires is None else float(expires),
                      bool(rec.get("pending", False)), nodes, int(rec.get("epoch") or 0),
-                     int(rec.get("replicas") or 1))
+                     int(rec.get("replicas") or 1), bool(rec.get("shared_hosts")))
 
 
 def primary_address(core: Core, address: str, rec: dict[str, Any]) -> str:

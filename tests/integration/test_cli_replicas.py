@@ -79,6 +79,8 @@ def test_allocate_two_copies_lists_both_nodes(mesh, tmp_path):
         other = lines[1].removeprefix("Block ID: ")
         nodes = lines[3].removeprefix("Nodes: ").split(", ")
         assert len(set(nodes)) == 2 and lines[2] == f"Node: {nodes[0]}", run.stdout
+        assert lines[4].startswith("Note: some copies share a machine"), run.stdout  # one here
+        assert doc["shared_hosts"] is True
         ok(memory(mesh, tmp_path, "deallocate", other))
     finally:
         ok(memory(mesh, tmp_path, "deallocate", block))

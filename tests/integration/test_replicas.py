@@ -70,6 +70,7 @@ def test_copies_go_to_distinct_nodes_and_every_one_has_each_acknowledged_write(t
         info = c.stat(b)
         assert len(info.nodes) == 2 and len(set(info.nodes)) == 2 and info.replicas == 2
         assert info.node == info.nodes[0] and info.epoch == 1
+        assert info.shared_hosts  # spread "node" on one machine: it says so
         assert holders(mesh, c, b) == set(info.nodes)
         data = os.urandom(3 * MiB + 5)
         c.write(b, data)
@@ -355,6 +356,7 @@ def test_copies_spread_over_machines_and_a_client_reads_the_copy_on_its_own(tmp_
     try:
         with mesh.client() as c:
             b = c.allocate(MiB, "node1", replicas=2, spread="host")  # three machines now
+            assert not c.stat(b).shared_hosts
             data = os.urandom(MiB)
             c.write(b, data)
             backup = c.stat(b).nodes[1]
