@@ -63,15 +63,18 @@ class _Watched:
 
     monitor: zmq.Socket | None
     sock: zmq.Socket
+    shaken = False  # a handshake has succeeded on this link
 
     def refused(self, address: str, close: "Close") -> MeshError | None:
-        """Read the monitor: ``AuthenticationError`` if the handshake failed, ``NodeUnavailable``
-        if the connection was lost, else None."""
+        """Read the monitor: ``AuthenticationError`` if the first handshake failed,
+        ``NodeUnavailable`` if the connection was lost (or a reconnection's handshake failed:
+        the agent went away mid-way), else None."""
         while self.monitor is not None and self.monitor.poll(0):
             event = _event(self.monitor)
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.shaken = True
                 continue
-            if event & LOST_EVENTS:
+            if event & LOST_EVENTS or self.shaken:
                 return _lost(address)
             self.unwatch(close)
             return AuthenticationError(
