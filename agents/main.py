@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", "-c", help="cluster file (default: $GRID_CONFIG, "
                         "config/my-cluster-enhanced.yaml, then the embedded local default)")
     parser.add_argument("--node", "-n", required=True, help="which node of the file this is")
+    parser.add_argument("--version", action="version", version=f"mesh-agent {__version__}")
     parser.add_argument("--insecure", action="store_true",
                         help="allow binding a non-loopback address without cluster keys")
     parser.add_argument("--keys", help="the cluster's keys directory (default: the one "

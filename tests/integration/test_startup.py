@@ -122,10 +122,20 @@ def test_each_lazy_command_is_listed_with_its_own_help(group_path):
                     == command.get_short_help_str(limit)), name
 
 
-def test_python_m_mesh_cli_runs_grid(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "mesh.cli", "--version"], capture_output=True,
+@pytest.mark.parametrize("module", ["mesh.cli", "mesh"])
+def test_python_m_mesh_runs_grid(tmp_path, module):
+    done = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True,
                           text=True, cwd=ROOT, timeout=60)
     assert done.returncode == 0 and done.stdout.startswith("grid, version "), done.stderr
+
+
+def test_mesh_agent_version_needs_no_node(tmp_path):
+    from mesh import __version__
+
+    done = subprocess.run([sys.executable, "-m", "agents.main", "--version"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"mesh-agent {__version__}"
 
 
 # --- without the cli extra ---------------------------------------------------------------------
