@@ -97,7 +97,10 @@ def output_file(dest: str) -> Iterator[BinaryIO]:
         with open(path, "wb") as f:
             yield f
         return
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except OSError as exc:  # name the user's path, not the hidden temporary one
+        raise GridError(f"{dest}: cannot write there ({exc.strerror})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             yield f

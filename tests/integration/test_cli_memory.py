@@ -391,8 +391,9 @@ def test_ranges_past_the_end_and_unwritable_outputs(mesh, tmp_path):
     try:
         one_error(grid(cfg, "retrieve", "ten", "--offset", "5", "--size", "6", "-o", "-"),
                   "past the end", "10 bytes")
-        one_error(grid(cfg, "retrieve", "ten", "-o", str(tmp_path / "no" / "dir" / "x")),
-                  "No such file or directory")
+        run = grid(cfg, "retrieve", "ten", "-o", str(tmp_path / "no" / "dir" / "x"))
+        one_error(run, "No such file or directory", str(tmp_path / "no" / "dir" / "x"))
+        assert ".part" not in run.err  # the user's path, not the hidden temporary one
         one_error(grid(cfg, "retrieve", "ten", "-o", str(tmp_path)), "is a directory")
         assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]  # no partial files left
     finally:
