@@ -272,8 +272,8 @@ class Upkeep:
     def _send_set(self, block_id: str, copy: Copy, ack: Ack | None,
                   to: tuple[str, ...] | None = None) -> None:
         block = self.store.get(block_id)
-        fields = {"set": copy.rset.record(), "size": copy.size, "lazy": copy.lazy,
-                  "created": copy.created, "want": copy.want, "spread": copy.spread,
+        fields = {"set": copy.rset.record(), "size": block.size, "lazy": block.lazy,
+                  "created": block.created, "want": copy.want, "spread": copy.spread,
                   "keys": self.store.key_records(block_id),
                   "pending": block.lease_until is not None if copy.rset.primary == self.node
                   else copy.pending,
@@ -311,7 +311,7 @@ class Upkeep:
             return
         domains = {self._domain(m) for m in copy.rset.members}
         try:
-            placed = place(1, copy.size, self._candidates(), copy.spread,
+            placed = place(1, self.store.get(block_id).size, self._candidates(), copy.spread,
                            exclude=frozenset(copy.rset.members),
                            keep_apart=frozenset(domains) if copy.spread == "host" else
                            frozenset())
@@ -345,16 +345,17 @@ class Upkeep:
             if copy.push is push and reply is not None and reply.ok:
                 self._push(block_id, copy)
 
-        while push.inflight < PUSH_WINDOW and push.next < copy.size:
-            offset, n = push.next, min(self.chunk_bytes, copy.size - push.next)
+        while push.inflight < PUSH_WINDOW and push.next < block.size:
+            offset, n = push.next, min(self.chunk_bytes, block.size - push.next)
             push.next += n
             push.inflight += 1
+            # a copy, not a view: the block may be freed (unmapped) before libzmq has sent it
             self._forward(copy, block_id, P.RWRITE, {"epoch": copy.rset.epoch, "offset": offset},
                           bytes(block.view[offset:offset + n]), ack=None, to=(push.target,),
                           then=pushed)
             if copy.push is not push:
                 return  # the target failed at once
-        if push.next >= copy.size and push.inflight == 0 and copy.push is push:
+        if push.next >= block.size and push.inflight == 0 and copy.push is push:
             copy.push = None
             copy.rset = copy.rset.synced(push.target)
             log.info("repaired %s: %s holds a complete copy (epoch %d)", block_id, push.target,
@@ -395,7 +396,7 @@ class Upkeep:
     def _move_done(self, block_id: str, copy: Copy) -> None:
         m, copy.moving = copy.moving, None
         copy.rset = copy.rset.without(m.source)
-        result = {"block": block_id, "from": m.source, "to": m.target, "size": copy.size,
+        result = {"block": block_id, "from": m.source, "to": m.target, "size": self.store.get(block_id).size,
                   "nodes": list(copy.rset.current), "epoch": copy.rset.epoch,
                   "seconds": self._clock() - m.started}
         ack = Ack(m.identity, m.req, result)

@@ -61,9 +61,6 @@ class Copy:
     rset: ReplicaSet
     want: int  # complete copies asked for
     spread: str  # "host" or "node" (agents/replicas.py: place)
-    size: int
-    lazy: bool
-    created: float
     expires: float | None = None  # epoch seconds (a ttl); only the primary sweeps
     pending: bool = False  # made for a put not published yet; only the primary's lease runs
     push: Push | None = None  # the repair this primary runs
@@ -310,7 +307,7 @@ class Replication(Upkeep):
             self._reply_error(identity, req, PlacementShort(str(exc), node=self.node))
             return
         rset = ReplicaSet(1, (self.node,) + placed.nodes)
-        copy = Copy(rset, want, spread, block.size, block.lazy, block.created, block.expires,
+        copy = Copy(rset, want, spread, block.expires,
                     block.lease_until is not None)
         self.copies[block.block_id] = copy
         ack = Ack(identity, req, {**result, **self.describe(block.block_id)}, strict=True,
@@ -407,7 +404,7 @@ class Replication(Upkeep):
                 raise BlockNotFound(f"{self.node} holds no copy of {block_id} (it restarted?)",
                                     node=self.node)
             self._make_copy(block_id, f)
-            copy = Copy(new, want, spread, f["size"], f["lazy"], float(f["created"]))
+            copy = Copy(new, want, spread)  # (its size and times are the block's own)
             self.copies[block_id] = copy
         block = self.store.get(block_id)
         if self.node in copy.rset.syncing and self.node not in new.syncing:

@@ -161,6 +161,7 @@ class Agent(InfoOps, Dialing):
             reply=self._send_reply, reply_error=self._reply_error, drop=self._drop_copy)
         keyops = KeyOps(self.store, self.homes, settings.node, self._reply,
                         self.repl.describe).handlers()
+        self._move_one_copy = self.moves.handlers()[P.MOVE]
         self._handlers: dict[str, Callable[[bytes, P.Request], None]] = {
             P.HELLO: self._hello,
             P.PING: self._ping,
@@ -548,7 +549,7 @@ class Agent(InfoOps, Dialing):
 
     def _move(self, identity: Any, req: P.Request) -> None:
         if req.fields["block"] not in self.repl.copies:
-            self.moves.handlers()[P.MOVE](identity, req)
+            self._move_one_copy(identity, req)
             return
         target = self._member_node(req.fields["target"])  # one copy, through a repair
         if target is None:

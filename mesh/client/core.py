@@ -137,14 +137,17 @@ class Core:
 
     def execute(self, batch: Batch) -> Op:
         run = BatchRun(batch, self._ids)
+        watched: set[str] = set()  # links checked for a loss while idle (once a batch)
         try:
             while True:
                 now = time.monotonic()
                 for call, frames in run.ready(now, time.time(), self.settings.clock_skew_s):
                     try:
                         link = self.links.live.get(call.address)
-                        if link is not None and self.links.refused(call.address) is not None:
-                            link = None  # lost while idle (the agent restarted): a new one
+                        if link is not None and call.address not in watched:
+                            watched.add(call.address)
+                            if self.links.refused(call.address) is not None:
+                                link = None  # lost while idle (the agent restarted): a new one
                         if link is None or link.stale(now):
                             link = yield from self.link(call.address)
                         link.send(frames)
