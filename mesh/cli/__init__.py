@@ -6,6 +6,7 @@
     grid memory ...                                           (mesh/cli/memory.py)
     grid resource-sharing request|status|release              (mesh/cli/sharing.py)
     grid rebalance                                            (mesh/cli/rebalance.py)
+    grid top [--once] [--json] [--interval S] [--count N]     (mesh/cli/top.py)
 
 The root group (``mesh/cli/app.py``) knows each command's module and one-line help, and imports
 a command's module only when that command runs: ``grid --help`` loads click and nothing of the

@@ -6,6 +6,7 @@
     grid memory ...                                           (mesh/cli/memory.py)
     grid resource-sharing request|status|release              (mesh/cli/sharing.py)
     grid rebalance                                            (mesh/cli/rebalance.py)
+    grid top [--once] [--json] [--interval S] [--count N]     (mesh/cli/top.py)
 
 ``grid --help`` imports this module, click and ``mesh.cli.common`` only: no command module, no
 rich, no client, no cluster file. Each help line below is the first sentence of the command's
@@ -36,6 +37,8 @@ COMMANDS = {
     "resource-sharing": ("mesh.cli.sharing:resource_sharing",
                          "Reserve worker resources with Ray placement groups, watch and release "
                          "them."),
+    "top": ("mesh.cli.top:top",
+            "A live view of every node: state, used memory, ops/s, GB/s in and out, errors."),
 }
 
 
