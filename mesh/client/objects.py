@@ -10,8 +10,9 @@ block operations of ``mesh/client/core.py``, which it builds on. The contract is
 
 Memory: files stream through a small ring of chunk buffers (a few windows' worth), whatever their
 size; arrays and pickle protocol 5 buffers are sent from their own memory and received straight
-into the memory they end up in. Integrity: a CRC-32 of the stored bytes is kept in the record and
-checked on every full read.
+into the memory they end up in. Integrity: a checksum of the stored bytes (``mesh/checksum.py``:
+xxh3 now, crc32 in records written before) is kept in the record and checked on every full read,
+with the algorithm the record names.
 
 Moves: every read here follows a block that moves meanwhile (``follow`` in
 ``mesh/client/transfer.py``). Reads into memory start again; file streams resume at the first
@@ -27,9 +28,9 @@ import pickle
 import stat as stat_mod
 import tempfile
 import time
-import zlib
 from typing import Any, BinaryIO, Callable
 
+from mesh import checksum as C
 from mesh import protocol as P
 import mesh.client.keyclaims as keyclaims
 from mesh.client.batch import Batch, Op, byte_view
@@ -44,7 +45,6 @@ from mesh.client.transfer import (
 )
 from mesh.errors import (
     BlockMoving,
-    IntegrityError,
     InvalidRequest,
     KeyExists,
     KeyNotFound,
@@ -59,19 +59,8 @@ from mesh.errors import (
 SPOOL_IN_MEMORY_BYTES = 64 * 1024 * 1024
 
 
-def _crc(views: list[memoryview]) -> str:
-    crc = 0
-    for v in views:
-        crc = zlib.crc32(v, crc)
-    return f"crc32:{crc:08x}"
-
-
 def _verify(info: ObjectInfo, actual: str) -> None:
-    if actual != info.checksum:
-        raise IntegrityError(
-            f"object {info.key!r} on {info.node} read back with checksum {actual}, "
-            f"stored {info.checksum}"
-        )
+    C.check(info.checksum, actual, f"object {info.key!r} on {info.node}")
 
 
 def object_info(core: Core, key: str) -> Op:
@@ -210,7 +199,7 @@ def _record_node(core: Core, node: str | None) -> Op:
 
 def _write_views(core: Core, views: list[memoryview]) -> Writer:
     """A writer sending ``views`` back to back, in chunks, in one window."""
-    checksum = _crc(views)
+    checksum = C.of(views)
 
     def writer(address: str, block_id: str, offset: int) -> Op:
         if block_id:
@@ -225,12 +214,15 @@ def _write_views(core: Core, views: list[memoryview]) -> Writer:
 
 def _read_views(core: Core, address: str, info: ObjectInfo, outs: list[memoryview]) -> Op:
     """Fill ``outs`` back to back from the object's range, then check the checksum."""
+    hasher = C.hasher_for(info.checksum)  # one this version cannot check: refused before reading
     if info.block_id and info.length:
         calls = chunk_calls(P.READ, address, info.block_id, info.offset, outs,
                             core.settings.chunk_bytes)
         yield from core.execute(Batch(calls, core.settings.request_timeout_s,
                                       core.settings.window))
-    _verify(info, _crc(outs))
+    for out in outs:
+        hasher.update(out)
+    _verify(info, hasher.text())
 
 
 # --- bytes ----------------------------------------------------------------------------------------
@@ -341,8 +333,9 @@ def get_file(core: Core, key: str, dest: Any, progress: Progress = None) -> Op:
     the key's record where it was last read."""
     first = yield from lookup(core, key)
     info = first[1]
+    hasher = C.hasher_for(info.checksum)  # before ``dest`` is made or truncated
     out, close_it = _open_dest(dest)
-    stream = StreamRead(info.length, out.write, progress)
+    stream = StreamRead(info.length, out.write, progress, hasher)
     pending = [first]
 
     def find() -> Op:

@@ -14,7 +14,8 @@ ring of chunk buffers that streams a range of any size in a few buffers' worth o
   wait while a block moves, and the key reads and streams of ``mesh/client/objects.py``.
 - ``ChunkRing``, ``StreamRead``, ``stream_write``: files go through a ring of chunk buffers.
   A ``StreamRead`` hands chunks to its sink in order and remembers how far it got, so after a
-  move it resumes at the first byte not yet delivered and its CRC-32 goes on.
+  move it resumes at the first byte not yet delivered and its running checksum goes on
+  (``mesh/checksum.py``: the algorithm of the record it is checked against, xxh3 by default).
 
 Pure apart from what the given ``core`` does: no sockets here. Not here: the batch window and
 reply matching (``mesh/client/batch.py``), sockets and block locations (``mesh/client/core.py``),
@@ -24,9 +25,9 @@ key records (``mesh/client/objects.py``), the agent's side of a move (``agents/m
 from __future__ import annotations
 
 import time
-import zlib
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator
 
+from mesh import checksum as C
 from mesh import protocol as P
 from mesh.client.batch import Batch, Call, Op, Wait
 from mesh.errors import BlockMoving, BlockNotFound, InvalidRequest, NodeUnavailable, NotCurrent
@@ -156,18 +157,20 @@ class StreamRead:
 
     ``run`` reads what is not delivered yet from one agent; when it fails because the block
     moved, ``follow`` finds the block again and calls ``run`` once more, which resumes at the
-    first byte not yet delivered (``delivered``) with the CRC-32 going on (``checksum``)."""
+    first byte not yet delivered (``delivered``) with the checksum going on (``checksum``, made
+    by ``hasher``: ``mesh.checksum.new()`` unless given, e.g. the algorithm a record names)."""
 
-    def __init__(self, length: int, sink: Callable[[memoryview], Any], progress: Progress = None):
+    def __init__(self, length: int, sink: Callable[[memoryview], Any], progress: Progress = None,
+                 hasher: C.Hasher | None = None):
         self.length = length
         self.sink = sink
         self.progress = progress
         self.delivered = 0
-        self._crc = 0
+        self._hasher = C.new() if hasher is None else hasher
 
     @property
     def checksum(self) -> str:
-        return f"crc32:{self._crc:08x}"
+        return self._hasher.text()
 
     def run(self, core: Core, address: str, block_id: str, offset: int) -> Op:
         """Read the rest of the range, which starts at ``offset`` in ``block_id``, from
@@ -188,7 +191,7 @@ class StreamRead:
             ahead[start + pos] = view
             while self.delivered in ahead:
                 turn = ahead.pop(self.delivered)
-                self._crc = zlib.crc32(turn, self._crc)
+                self._hasher.update(turn)
                 self.sink(turn)
                 self.delivered += turn.nbytes
                 if self.progress is not None:
@@ -218,21 +221,20 @@ def _readinto_full(src: BinaryIO, buf: memoryview) -> int:
 def stream_write(core: Core, address: str, block_id: str, offset: int, src: BinaryIO,
                  length: int, progress: Progress = None) -> Op:
     """Send ``length`` bytes of ``src`` to ``block_id`` at ``offset`` through a ring of chunk
-    buffers; returns their CRC-32 as ``crc32:xxxxxxxx``."""
+    buffers; returns their checksum (``mesh.checksum.new()``: ``xxh3:<16 hex>``)."""
     chunk, window = core.settings.chunk_bytes, core.settings.window
     # window + 2 buffers: at most `window` in flight plus one held back by the window; a buffer
     # goes back to the ring when the agent has acknowledged its chunk.
     ring = ChunkRing(window + 2, chunk)
-    crc = 0
+    hasher = C.new()
 
     def filled() -> Iterator[memoryview]:
-        nonlocal crc
         for pos in range(0, length, chunk):
             buf = ring.take(min(chunk, length - pos))
             got = _readinto_full(src, buf)
             if got != buf.nbytes:
                 raise InvalidRequest(f"the input ended after {pos + got} of {length} bytes")
-            crc = zlib.crc32(buf, crc)
+            hasher.update(buf)
             yield buf
 
     def done(call: Call, pos: int, view: memoryview) -> None:
@@ -245,4 +247,4 @@ def stream_write(core: Core, address: str, block_id: str, offset: int, src: Bina
             chunk_calls(P.WRITE, address, block_id, offset, filled(), chunk, done),
             core.settings.request_timeout_s, window,
         ))
-    return f"crc32:{crc:08x}"
+    return hasher.text()

@@ -11,7 +11,9 @@ import zlib
 from types import SimpleNamespace
 
 import pytest
+import xxhash
 
+from mesh import checksum
 from mesh import protocol as P
 from mesh.client.batch import Wait
 from mesh.client.transfer import (
@@ -210,19 +212,22 @@ class FakeAgent:
         return failed
 
 
-def test_a_stream_resumes_at_the_first_byte_not_delivered_and_its_crc_goes_on():
+@pytest.mark.parametrize("algorithm", ["xxh3", "crc32"])  # crc32: a record written before
+def test_a_stream_resumes_at_the_first_byte_not_delivered_and_its_checksum_goes_on(algorithm):
     data = bytes(range(256)) * 2
     agent = FakeAgent(data, moving_at={10 + 5 * 8})  # the sixth chunk of the range
     out = bytearray()
     progress = []
-    stream = StreamRead(300, out.extend, progress.append)
+    stream = StreamRead(300, out.extend, progress.append,
+                        None if algorithm == "xxh3" else checksum.new(algorithm))
     with pytest.raises(BlockMoving):
         drive(stream.run(agent, "A", "blk", 10))
     # chunks after the refused one may have arrived; only those before it are delivered
     assert stream.delivered == 5 * 8 and out == data[10:50]
     drive(stream.run(agent, "B", "blk", 10))
     assert out == data[10:310] and sum(progress) == 300
-    assert stream.checksum == f"crc32:{zlib.crc32(data[10:310]):08x}"
+    assert stream.checksum == (f"xxh3:{xxhash.xxh3_64_intdigest(data[10:310]):016x}"
+                               if algorithm == "xxh3" else f"crc32:{zlib.crc32(data[10:310]):08x}")
     assert drive(stream.run(agent, "B", "blk", 10)) == (None, [])  # nothing left to read
 
 
@@ -242,6 +247,6 @@ def test_stream_write_sends_the_input_through_the_ring():
     sent = []
     crc = drive(stream_write(agent, "A", "blk", 5, io.BytesIO(src), 90, sent.append))[0]
     assert agent.data[5:95] == src and sum(sent) == 90
-    assert crc == f"crc32:{zlib.crc32(src):08x}"
+    assert crc == f"xxh3:{xxhash.xxh3_64_intdigest(src):016x}"
     with pytest.raises(InvalidRequest, match="ended after 10 of 20 bytes"):
         drive(stream_write(agent, "A", "blk", 0, io.BytesIO(bytes(10)), 20))
