@@ -20,19 +20,19 @@ once and raises one ``ConfigError`` naming the file and the field, for example
 checks itself, so ``dataclasses.replace(settings, window=0)`` fails the same way.
 
 Keys this module does not know are kept, not refused: a node's in ``NodeConfig.extra``, the
-execution section's in ``ExecutionConfig.extra``, everything in ``ClusterConfig.raw``. The one
-exception is the ``mesh:`` section, which is new and ours, so a misspelt key there is an error.
+execution section's in ``ExecutionConfig.extra``, everything in ``ClusterConfig.raw``. The
+exceptions are the ``mesh:`` and ``logging:`` sections, which are ours, so a misspelt key there is
+an error. ``logging:`` is checked in ``mesh/logconfig.py`` (``ClusterConfig.logging``).
 
-Not here: sizes for humans (``mesh/units.py``), the errors themselves (``mesh/errors.py``), what
-the agent does with these values (``agents/main.py``), deployment over ssh and Ray placement
-(they read ``NodeConfig`` and ``ExecutionConfig`` but live in their own modules). Host names are
-compared as written; nothing here resolves DNS or opens a socket.
+Not here: sizes for humans (``mesh/units.py``), the small checks of single values
+(``mesh/configcheck.py``), the errors themselves (``mesh/errors.py``), what
+the agent does with these values (``agents/main.py``, ``agents/logs.py``), deployment over ssh and
+Ray placement (they read ``NodeConfig`` and ``ExecutionConfig`` but live in their own modules).
+Host names are compared as written; nothing here resolves DNS or opens a socket.
 """
 
 from __future__ import annotations
 
-import difflib
-import math
 import os
 import socket
 from dataclasses import dataclass, field, fields
@@ -41,7 +41,14 @@ from typing import Any
 
 import yaml
 
+from mesh.configcheck import Invalid as _Invalid  # the small checks, shared with logconfig
+from mesh.configcheck import check_int as _check_int, check_number as _check_number
+from mesh.configcheck import check_positive as _check_positive, check_string as _check_string
+from mesh.configcheck import check_tags as _check_tags, describe as _describe
+from mesh.configcheck import did_you_mean as _did_you_mean, is_number as _is_number
+from mesh.configcheck import mapping_or_empty as _mapping_or_empty
 from mesh.errors import ConfigError, InvalidSize
+from mesh.logconfig import LoggingConfig, parse_logging
 from mesh.units import GiB, KiB, MiB, parse_size
 
 ENV_VAR = "GRID_CONFIG"
@@ -240,7 +247,7 @@ class ClusterConfig:
     nodes: tuple[NodeConfig, ...]
     mesh: MeshSettings = field(default_factory=MeshSettings)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
-    logging: dict = field(default_factory=dict, hash=False)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)  # mesh/logconfig.py
     source: str = "<in memory>"  # the file it came from, or EMBEDDED_SOURCE; for messages
     raw: dict = field(default_factory=dict, hash=False, repr=False)  # the parsed YAML
 
@@ -332,15 +339,6 @@ def _parse_text(text: str, source: str) -> ClusterConfig:
 # --- checking ---------------------------------------------------------------------------------
 
 
-class _Invalid(Exception):
-    """One bad field, found somewhere below ``parse_config``; it adds the file name."""
-
-    def __init__(self, path: str, problem: str):
-        super().__init__(f"{path}: {problem}")
-        self.path = path
-        self.problem = problem
-
-
 def parse_config(data: Any, source: str) -> ClusterConfig:
     """Check parsed YAML (``data``) and build a ``ClusterConfig``; ``source`` names the file
     in error messages and is kept in ``ClusterConfig.source``."""
@@ -375,7 +373,7 @@ def _parse_cluster(data: Any, source: str) -> ClusterConfig:
     ray_section = _mapping_or_empty(data.get("ray"), "ray")
     if ray_section.get("address") is not None:
         _check_string(ray_section["address"], "ray.address")
-    logging_section = _mapping_or_empty(data.get("logging"), "logging")
+    logging_section = parse_logging(data.get("logging"))  # a ConfigError, as MeshSettings
 
     return ClusterConfig(
         name=name,
@@ -530,65 +528,3 @@ def _check_addresses(nodes: tuple[NodeConfig, ...]) -> None:
                            f"of node {nodes[j].name!r} (nodes[{j}]); agents on one host need mesh "
                            "ports at least 2 apart")
         data_ports[(host, port)] = i
-
-
-# --- small checks, each raising _Invalid with the field path ------------------------------------
-
-
-def _describe(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, (dict, list)):
-        return f"a {type(value).__name__}"
-    return repr(value)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_string(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise _Invalid(where, f"expected a non-empty string, got {_describe(value)}")
-    return value
-
-
-def _check_number(value: Any, where: str) -> float:
-    """A finite number >= 0; ints stay ints (``memory_gb: 16`` prints as 16)."""
-    if not _is_number(value) or not math.isfinite(value) or value < 0:
-        raise _Invalid(where, f"expected a number >= 0, got {_describe(value)}")
-    return value
-
-
-def _check_positive(value: Any, where: str) -> float:
-    if not _is_number(value) or not math.isfinite(value) or value <= 0:
-        raise _Invalid(where, f"expected a number of seconds > 0, got {_describe(value)}")
-    return value
-
-
-def _check_int(value: Any, where: str, low: int, high: int | None, shown: str | None = None) -> int:
-    in_range = isinstance(value, int) and not isinstance(value, bool) and value >= low and (
-        high is None or value <= high)
-    if not in_range:
-        wanted = f"an integer >= {low}" if high is None else f"an integer in {shown or f'{low}..{high}'}"
-        raise _Invalid(where, f"expected {wanted}, got {_describe(value)}")
-    return value
-
-
-def _check_tags(value: Any, where: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
-        raise _Invalid(where, f"expected a list of strings, got {_describe(value)}")
-    return tuple(value)
-
-
-def _mapping_or_empty(value: Any, where: str) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise _Invalid(where, f"expected a mapping, got {_describe(value)}")
-    return value
-
-
-def _did_you_mean(key: Any, known: tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(str(key), known, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -101,7 +101,7 @@ def test_seed_execution_and_logging(seed):
     assert ex.resource_sharing["mode"] == "dynamic_balancing"
     assert ex.resource_sharing["priorities"]["worker_nodes"]["gpu2"] == 0.9
     assert ex.extra["timeout_seconds"] == 3600
-    assert seed.logging == {"format": "json", "level": "INFO"}
+    assert (seed.logging.format, seed.logging.level) == ("json", "INFO")  # mesh/logconfig.py
     assert seed.raw["execution"]["default_nodes"] == 3
 
 
