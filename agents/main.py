@@ -1,7 +1,7 @@
 """``mesh-agent``: start one agent for one node of a cluster file.
 
     mesh-agent [--config FILE] --node NAME [--keys DIR] [--sealed-port PORT] [--advertise HOST]
-               [--insecure] [--log-level LEVEL]
+               [--insecure] [--log-level LEVEL] [--log-file PATH]
 
 The node's ``mesh_host`` (default its ``host``) and ``mesh_port`` say where it binds; its peers'
 gossip addresses come from the same file. With cluster keys (``--keys DIR``, default the
@@ -10,8 +10,15 @@ socket is authenticated and sessions are sealed (``agents/access.py``), loopback
 Without keys, binding anything but a loopback address is refused unless ``--insecure`` (or
 ``mesh.insecure: true``) says so, and then a warning is logged at start.
 
+The log follows the cluster file's ``logging:`` section (level, ``text`` or ``json``, rotation
+size: ``mesh/logconfig.py``, ``agents/logs.py``); ``--log-level`` overrides its level. It goes
+to ``--log-file`` (else ``logging.file``, else stderr), rotated by size. What happens before the
+log is set up (a bad cluster file, a crash at import) is only on stderr, so whoever starts the
+agent keeps stderr too (``grid agents start``: ``<node>.out`` beside ``<node>.log``).
+
 Exit codes: 0 after SIGTERM/SIGINT, 2 for a usage or config error, 1 when the sockets cannot be
-bound (address in use, address not on this host). Errors are one line on stderr.
+bound (address in use, address not on this host). Errors are one line on stderr (and in the log,
+once it is set up).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import sys
 
 import zmq
 
+from agents import logs
 from agents.ledger import default_path as ledger_path
 from agents.limits import raise_fd_limit
 from agents.server import Agent, AgentSettings
@@ -32,6 +40,7 @@ from mesh import __version__
 from mesh._malloc import tune_for_transfers
 from mesh.config import ClusterConfig, NodeConfig, resolve_config
 from mesh.errors import ConfigError
+from mesh.logconfig import LEVELS
 from mesh.machine import machine_id
 from mesh.security.keys import KeyDir, keys_dir
 
@@ -87,16 +96,29 @@ def main(argv: list[str] | None = None) -> int:
                         "agent at (default: its mesh_host; for NAT, proxies)")
     parser.add_argument("--domain", help="this agent's failure domain, which replicas keep "
                         "apart (default: $MESH_DOMAIN, else the machine: /etc/machine-id)")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", type=str.upper, choices=LEVELS, default=None,
+                        help="overrides the cluster file's logging.level")
+    parser.add_argument("--log-file", help="write the log there, rotated by size (default: "
+                        "the cluster file's logging.file, else stderr)")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     try:
         cfg = resolve_config(args.config)
         node = cfg.node(args.node)
+    except ConfigError as exc:
+        print(f"mesh-agent: {exc}", file=sys.stderr)
+        return 2
+    log_file = args.log_file or cfg.logging.file_for(node.name)
+    try:
+        logs.setup(cfg.logging, node.name, log_file, args.log_level)
+    except OSError as exc:
+        print(f"mesh-agent: cannot write the log file {log_file}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 2
+    log = logging.getLogger("mesh.agent")
+    log.debug("node %s of %s (%s), logging %s at %s to %s", node.name, cfg.name, cfg.source,
+              cfg.logging.format, args.log_level or cfg.logging.level, log_file or "stderr",
+              extra={"event": "config"})
+    try:
         settings = settings_for(cfg, node)
         keys = KeyDir(args.keys) if args.keys else KeyDir(keys_dir(cfg))
         if args.keys and not keys.exists():
@@ -110,43 +132,44 @@ def main(argv: list[str] | None = None) -> int:
         settings.domain = args.domain or machine_id()
         settings.insecure = bool(args.insecure or cfg.mesh.insecure) and settings.keys is None
     except ConfigError as exc:
-        print(f"mesh-agent: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc), 2)
     if settings.keys is None and not is_loopback(settings.bind_ip) and not settings.insecure:
-        print(
-            f"mesh-agent: refusing to bind {node.mesh_host} ({settings.bind_ip}): it is not a "
+        return _fail(
+            f"refusing to bind {node.mesh_host} ({settings.bind_ip}): it is not a "
             "loopback address and this cluster has no keys, so anyone on that network could "
             "read and write every block; run `grid keys init` (then deploy the keys), or "
-            "pass --insecure to do it anyway",
-            file=sys.stderr,
-        )
-        return 2
+            "pass --insecure to do it anyway", 2)
+    log.debug("settings: %s", settings, extra={"event": "config"})
     if settings.insecure:  # shown in `grid agents status` too (heartbeat field "security")
-        logging.getLogger("mesh.agent").warning(
+        log.warning(
             "INSECURE: serving %s on %s without keys (--insecure): anyone who reaches it can "
             "read, change and free every block and key. Run `grid keys init` to authenticate "
             "and encrypt.", node.name, settings.bind_ip)
     tune_for_transfers(settings.max_message_bytes, cfg.mesh.window)
     fd_limit = raise_fd_limit()  # the agent caps its connections below it (agents/limits.py)
-    logging.getLogger("mesh.agent").info("file descriptor limit %d", fd_limit)
+    log.info("file descriptor limit %d", fd_limit)
     agent = Agent(settings)
     try:
         agent.bind()
     except zmq.ZMQError as exc:
-        print(
-            f"mesh-agent: cannot bind {settings.bind_ip}:{settings.data_port}/"
-            f"{settings.gossip_port}: {exc}",
-            file=sys.stderr,
-        )
-        return 1
+        return _fail(f"cannot bind {settings.bind_ip}:{settings.data_port}/"
+                     f"{settings.gossip_port}: {exc}", 1)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
     try:
         agent.run()
     finally:
         agent.close()
-    logging.getLogger("mesh.agent").info("agent %s stopped", settings.node)
+    log.info("agent %s stopped", settings.node)
     return 0
+
+
+def _fail(message: str, code: int) -> int:
+    """A fatal error: one line on stderr, and in the log when that is a file."""
+    print(f"mesh-agent: {message}", file=sys.stderr)
+    if not logs.logs_to_stderr():
+        logging.getLogger("mesh.agent").error("%s", message, extra={"event": "exit"})
+    return code
 
 
 if __name__ == "__main__":
