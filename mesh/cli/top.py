@@ -30,9 +30,12 @@ Not here: the counters themselves (``agents/info.py``), the membership rules
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import click
 from rich.live import Live
@@ -110,7 +113,8 @@ def rates(prev: Reading | None, cur: Reading, elapsed_s: float) -> dict[str, Any
     for key, counter in (("ops_per_s", "requests"), ("in_bytes_per_s", "bytes_in"),
                          ("out_bytes_per_s", "bytes_out"), ("errors_per_s", "errors")):
         d = _delta(p["ops"], ops, counter)
-        row[key] = None if d is None else round(d / dt, 3)
+        # whole bytes per second; requests and errors to the thousandth
+        row[key] = None if d is None else round(d / dt, None if "bytes" in key else 3)
     return row
 
 
@@ -173,10 +177,10 @@ def _gb(v: float | None) -> str:
     return "-" if v is None else f"{v / GB:.3f}"
 
 
-def table(doc: dict[str, Any], title: str) -> Table:
+def table(doc: dict[str, Any], title: str, live: bool = True) -> Table:
     over = f"rates over {doc['interval_s']:.1f} s" if doc["interval_s"] else "rates next sample"
     t = Table(title=title, caption=time.strftime("%H:%M:%S", time.localtime(doc["time"]))
-              + f", {over}; Ctrl-C quits")
+              + f", {over}" + ("; Ctrl-C quits" if live else ""))
     for col in ("Node", "State", "Used/Capacity", "Used %", "Blocks", "ops/s", "GB/s in",
                 "GB/s out", "errors/s", "errors total"):
         t.add_column(col, justify="left" if col in ("Node", "State") else "right")
@@ -221,10 +225,24 @@ def top(config_path: str | None, interval_s: float, once: bool, as_json: bool,
         if once:  # Ctrl-C interrupts it like any command
             _run(client, cfg, interval_s, timeout_s, 1, as_json, only, once=True)
             return
-        try:
+        with _ctrl_c_ends():
             _run(client, cfg, interval_s, timeout_s, count, as_json, only, once=False)
-        except KeyboardInterrupt:  # the normal way out of a live view
-            pass
+
+
+@contextmanager
+def _ctrl_c_ends() -> Iterator[None]:
+    """Ctrl-C is the normal way out of a live view: it ends the block quietly (exit 0). SIGINT
+    raises ``KeyboardInterrupt`` inside, whatever handler ``mesh.cli.main`` set for other
+    commands (which end with 130 on Ctrl-C)."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler) if main_thread else None
+    try:
+        yield
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _run(client: MeshClient, cfg: ClusterConfig, interval_s: float, timeout_s: float,
@@ -254,7 +272,7 @@ def _run(client: MeshClient, cfg: ClusterConfig, interval_s: float, timeout_s: f
         return
     if once:
         for doc in samples():
-            out.print(table(doc, title))
+            out.print(table(doc, title, live=False))
         return
     first = document(prev, prev, cfg, only)
     with Live(table(first, title), console=out, auto_refresh=False,
