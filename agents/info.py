@@ -37,6 +37,9 @@ class InfoOps:
         rec["connection_unbinds"] = self.guard.unbinds
         rec["late_requests"] = self.late_requests
         rec["reads_served"] = self.reads_served
+        rec["ops"] = self.metrics.ops()  # cumulative: ``grid top`` makes rates of them
+        rec["uptime_s"] = self.metrics.uptime_s()
+        rec["metrics_url"] = self.metrics_endpoint.url
         rec["replicas"] = {"copies": len(self.repl.copies), "repairs": self.repl.repairs,
                            "moved_on": self.repl.moved_on_count}
         a = self.access

@@ -90,6 +90,7 @@ class PeerCopies:
         self._populate = populate
         self._reply = reply
         self._reply_error = reply_error
+        self.moved = 0  # blocks moved away (metrics)
         self._pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="move")
         self._jobs: dict[Future, tuple[Callable[..., None], tuple]] = {}
         self._dead: frozenset[str] = frozenset()  # read by the job threads
@@ -274,6 +275,7 @@ class PeerCopies:
             return
         result = future.result()
         self.store.free(block.block_id, Event.MOVED_AWAY, moved_to=result["to"] or target)
+        self.moved += 1
         log.info("moved %s (%d bytes) to %s in %.2f s", block.block_id, block.size, target,
                  result["seconds"])
         self._reply(identity, req, result)

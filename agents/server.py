@@ -1,11 +1,11 @@
 """The mesh-agent's event loop: one thread serving the ROUTER, the PUB and the SUB sockets.
 
 Covers: binding the sockets (made by ``mesh/sockets.py``), dispatching parsed requests to their
-handlers, the simple handlers (HELLO, PING, ALLOC, FREE, WRITE, READ, STAT, LIST, STATS, NODES
-and the key ops), heartbeats and gossip, and allocations whose pages are populated in a worker
-thread so heartbeats keep flowing while a large block is backed.
+handlers, heartbeats and gossip, and counting every request and reply for the metrics
+(``agents/metrics.py``, served over HTTP on the node's ``metrics_port``).
 
-Does not cover: frame formats (``mesh/protocol.py``), capacity, bounds and key rules
+Does not cover: the data-plane handlers (``agents/blockops.py``: ALLOC, FREE, WRITE, READ,
+STAT, LIST, MOVE, key changes), the answers about the agent (``agents/info.py``), frame formats (``mesh/protocol.py``), capacity, bounds and key rules
 (``agents/store.py``), a block's lifecycle (``agents/lifecycle.py``), writes waiting for
 zero-copy reads (``agents/writegate.py``), moving blocks peer to peer (``agents/moves.py``:
 MOVE, PULL, COMMIT, ABORT), keys, roles and sealed sessions (``agents/access.py``), the gossip
@@ -32,24 +32,26 @@ from typing import Any, Callable
 
 import zmq
 
-from agents import lifecycle
+from agents.blockops import BlockOps, _PendingAlloc
 from agents.access import DATA_DOMAIN, GOSSIP_DOMAIN, Access, Session
 from agents.gossip import Gossip
 from agents.ledger import PromiseLedger, default_path as ledger_default_path
 from agents.keyhome import KeyHomes
 from agents.info import InfoOps
 from agents.peering import Dialing
-from agents.keyops import KeyOps, page
+from agents.keyops import KeyOps
 from agents.lifecycle import Event, State
 from agents.limits import ConnectionGuard, connection_cap
+from agents import metrics
+from agents.metrics import Endpoint, Metrics
 from agents.moves import PeerCopies
 from agents.replication import Replication
-from agents.store import Block, BlockStore, populate
+from agents.store import BlockStore, populate
 from agents.writegate import WriteGate
 from mesh import protocol as P
 from mesh import sockets
 from mesh.errors import (
-    BlockMoving, DeadlineExceeded, InvalidRequest, MeshError, TooLarge,
+    DeadlineExceeded, MeshError,
 )
 from mesh.hostmem import host_memory
 from mesh.membership import DEAD, MembershipTable
@@ -65,7 +67,6 @@ _SENT = zmq.MessageTracker()  # what _send returns for a copied message: done, n
 # while writes wait for zero-copy reads to leave libzmq.
 JOBS_POLL_S = 0.005
 DEFERRED_POLL_S = 0.001
-MAX_REPLICAS = 16
 LOGGED_LOOP_ERRORS = 100  # with a traceback each; after that one in a thousand
 
 
@@ -95,6 +96,7 @@ class AgentSettings:
     sealed_port: int = 0  # where sealed sessions are served on a keyed agent (0: any free port)
     insecure: bool = False  # bound beyond loopback without keys, on purpose (shown in STATS)
     domain: str = ""  # the failure domain (machine) replicas keep apart; "" -> the node name
+    metrics_port: int = 0  # where /metrics is served (0: not served)
 
     def __post_init__(self) -> None:
         # a pull asks its source (same cluster file, same limit) for chunks of chunk_bytes
@@ -103,16 +105,7 @@ class AgentSettings:
                              f"max_message_bytes ({self.max_message_bytes})")
 
 
-@dataclass
-class _PendingAlloc:
-    identity: bytes
-    req: P.Request
-    block: Block
-    want: int = 1
-    spread: str = "host"
-
-
-class Agent(InfoOps, Dialing):
+class Agent(BlockOps, InfoOps, Dialing):
     def __init__(self, settings: AgentSettings, ctx: zmq.Context | None = None):
         self.s = settings
         self.incarnation = time.time_ns() // 1000
@@ -146,6 +139,9 @@ class Agent(InfoOps, Dialing):
         self.loop_errors = 0  # failures the loop survived (logged; see _guarded)
         self.late_requests = 0  # refused because their client had given up (deadline passed)
         self.reads_served = 0  # READs answered (STATS)
+        self.beats_sent = 0
+        self.metrics = Metrics(settings.node, settings.version)
+        self.metrics_endpoint = Endpoint(self.metrics)
         # moves and pulls run in threads with sockets of their own; the loop finishes them
         self.moves = PeerCopies(
             self.store, node=settings.node, address=self.address,
@@ -216,6 +212,8 @@ class Agent(InfoOps, Dialing):
         names = s.peer_nodes or {}
         for peer in s.peers:
             self.gossip.follow(peer, names.get(peer))
+        # bound like the data port; an agent that cannot serve it still serves data (logged)
+        self.metrics_endpoint.start(s.bind_ip, s.metrics_port, s.advertised_host)
 
     def close(self) -> None:
         self.stop()
@@ -228,6 +226,7 @@ class Agent(InfoOps, Dialing):
             if sock is not None:
                 sock.close(linger=0)
         self.access.close()
+        self.metrics_endpoint.close()
         self.store.close()
 
     def _freed(self, block_id: str) -> None:
@@ -327,8 +326,9 @@ class Agent(InfoOps, Dialing):
             try:
                 request = P.parse_request(frames[1:])
             except P.BadRequest as bad:
-                self._send(identity, [P.encode_error(bad.op, bad.request_id, bad.code, bad.message)])
+                self._refuse(identity, bad)
                 continue
+            self._arrived(request)
             if self.access.keyed:
                 request.caller = self.access.caller_of(frames[1])
             self._dispatch(identity, request)
@@ -350,10 +350,22 @@ class Agent(InfoOps, Dialing):
             try:
                 request = P.parse_request(inner)
             except P.BadRequest as bad:
-                self._send(session, [P.encode_error(bad.op, bad.request_id, bad.code, bad.message)])
+                self._refuse(session, bad)
                 continue
+            self._arrived(request)
             request.caller = caller
             self._dispatch(session, request)
+
+    def _arrived(self, request: P.Request) -> None:
+        request.arrived = time.perf_counter()
+        self.metrics.arrived(request.op, sum(len(f) for f in request.payload))
+
+    def _refuse(self, identity: bytes | Session, bad: P.BadRequest) -> None:
+        """Answer a request that did not parse (its op as well as it could be read)."""
+        op = metrics.unknown_op(bad.op)
+        self.metrics.arrived(op, 0)
+        self.metrics.replied(op, bad.code, 0.0)
+        self._send(identity, [P.encode_error(bad.op, bad.request_id, bad.code, bad.message)])
 
     def _dispatch(self, identity: bytes | Session, request: P.Request) -> None:
         try:
@@ -369,10 +381,11 @@ class Agent(InfoOps, Dialing):
             self.repl.end(failed=False)
         except MeshError as exc:
             self.repl.end(failed=True)
-            self._send(identity, [P.encode_exception(request.op, request.request_id, exc)])
+            self._reply_error(identity, request, exc)
         except Exception as exc:  # a bug must not take the agent down
             self.repl.end(failed=True)
             log.exception("internal error on %s", request.op)
+            self.metrics.replied(request.op, "internal", request.arrived)
             self._send(
                 identity, [P.encode_error(request.op, request.request_id, "internal", repr(exc))]
             )
@@ -420,9 +433,33 @@ class Agent(InfoOps, Dialing):
             frames = P.encode_heartbeat(rec)
         try:
             self.pub.send_multipart(frames, zmq.NOBLOCK)
+            self.beats_sent += 1
         except zmq.Again:
             pass
         self.gossip.relink(now)
+        self.metrics.snapshot(self._gauges(rec, now))
+
+    def _gauges(self, rec: dict[str, Any], now: float) -> dict[str, Any]:
+        """The figures a scrape reads (``agents/metrics.py``: ``GAUGES``), taken by the loop."""
+        members: dict[str, int] = {}
+        for m in self.members.snapshot(now):
+            members[m["state"]] = members.get(m["state"], 0) + 1
+        a, store = self.access, self.store
+        return {
+            "blocks": rec["blocks"], "used_bytes": rec["used"], "capacity_bytes": rec["capacity"],
+            "unbacked_bytes": store.unbacked, "host_promised_bytes": store.host_promised(),
+            "host_available_bytes": rec["host_available"], "host_total_bytes": rec["host_total"],
+            "connections": self.guard.connections, "sessions": len(a.sessions),
+            "replica_copies": len(self.repl.copies), "gossip_heard": self.gossip.heard,
+            "gossip_rejected": self.gossip.rejected, "gossip_sent": self.beats_sent,
+            "moves": self.moves.moved, "replica_repairs": self.repl.repairs,
+            "replica_moved_on": self.repl.moved_on_count, "dropped_replies": self.dropped_replies,
+            "rejected_handshakes": a.rejected_handshakes,
+            "connection_unbinds": self.guard.unbinds,
+            "refused_requests": a.refused_requests + a.refused_sealed,
+            "late_requests": self.late_requests, "loop_errors": self.loop_errors,
+            "reads_served": self.reads_served, "members": members,
+        }
 
     # --- handlers -----------------------------------------------------------------------------
 
@@ -431,169 +468,9 @@ class Agent(InfoOps, Dialing):
             self._send_reply(identity, req, result)
 
     def _send_reply(self, identity: bytes, req: P.Request, result: dict[str, Any]) -> None:
+        self.metrics.replied(req.op, "ok", req.arrived)
         self._send(identity, [P.encode_reply(req.op, req.request_id, result)])
 
     def _reply_error(self, identity: bytes, req: P.Request, exc: MeshError) -> None:
+        self.metrics.replied(req.op, exc.code, req.arrived)
         self._send(identity, [P.encode_exception(req.op, req.request_id, exc)])
-
-    def _alloc(self, identity: bytes, req: P.Request) -> None:
-        f = req.fields
-        want, spread = f.get("replicas", 1), f.get("spread", "host")
-        if not 1 <= want <= MAX_REPLICAS or spread not in ("host", "node"):
-            raise InvalidRequest(f"replicas must be 1 to {MAX_REPLICAS} and spread 'host' or "
-                                 f"'node', got {want!r} and {spread!r}")
-        block = self.store.allocate(f["size"], bool(f["lazy"]), pending=bool(f.get("pending")),
-                                    ttl_s=f.get("ttl_s"))
-        if block.lazy:
-            self._allocated(identity, req, block, want, spread)
-            return
-        future = self._populator.submit(populate, block)
-        self._pending[future] = _PendingAlloc(identity, req, block, want, spread)
-
-    def _allocated(self, identity: Any, req: P.Request, block: Block, want: int,
-                   spread: str) -> None:
-        if want > 1:  # its other copies first (agents/replication.py)
-            self.repl.created(identity, req, block, want, spread, block.record(self.s.node))
-        else:
-            self._send_reply(identity, req, block.record(self.s.node))
-
-    def _finish_allocations(self) -> None:
-        for future in [f for f in self._pending if f.done()]:
-            pending = self._pending.pop(future)
-            block = pending.block
-            exc = future.exception()
-            if exc is not None:
-                log.error("populating %s failed: %r", block.block_id, exc)
-                if block.state is State.ALLOCATING:
-                    self.store.free(block.block_id, Event.POPULATE_FAILED)
-                self._send(pending.identity, [P.encode_error(
-                    P.ALLOC, pending.req.request_id, "no_capacity",
-                    f"could not back the block: {exc}")])
-                continue
-            block.advance(Event.POPULATED)
-            self._allocated(pending.identity, pending.req, block, pending.want, pending.spread)
-
-    def _free(self, identity: bytes, req: P.Request) -> None:
-        block = self.store.served(req.fields["block"])
-        self.repl.check_primary(block.block_id)
-        self.store.free(block.block_id)
-        self._reply(identity, req, {"block": block.block_id, "size": block.size})
-
-    def _write(self, identity: bytes, req: P.Request) -> None:
-        """WRITE from a client, or RWRITE: a write (or a repair's chunk) forwarded by the
-        block's primary (agents/replication.py), applied only in the primary's epoch."""
-        forwarded = req.op == P.RWRITE
-        if forwarded:
-            block = self.repl.accept(req)
-        else:
-            block = self.store.served(req.fields["block"])
-            self.repl.check_primary(block.block_id)
-        frame = req.payload[0]
-        data = P.frame_view(frame)
-        offset = req.fields["offset"]
-        self.store.check_range(block, offset, data.nbytes)
-        if not forwarded:
-            self.store.check_still(block)
-        if self.gate.must_wait(block.block_id, offset, offset + data.nbytes):
-            # a forwarded write is never refused for being one too many: its primary holds it
-            self.gate.defer(block.block_id, (identity, req), force=forwarded)
-            return
-        block.view[offset : offset + data.nbytes] = data
-        if not forwarded:
-            self.repl.forward_write(block.block_id, offset, frame)
-        self._reply(identity, req, {
-            "block": block.block_id, "offset": offset, "length": data.nbytes,
-        })
-
-    def _read(self, identity: bytes, req: P.Request) -> None:
-        offset, length = req.fields["offset"], req.fields["length"]
-        if length > self.s.max_message_bytes:
-            raise TooLarge(
-                f"read of {length} bytes is over this agent's {self.s.max_message_bytes}-byte "
-                "message limit; split it into chunks"
-            )
-        block = self.store.served(req.fields["block"])
-        self.store.check_range(block, offset, length)
-        self.repl.check_serving(block.block_id)
-        if not lifecycle.serves_reads(block.state):  # HANDING_OVER: the new copy may change
-            raise BlockMoving(f"block {block.block_id} is being handed over to another node; "
-                              "retry in a moment", node=self.s.node)
-        header = P.encode_reply(req.op, req.request_id, {
-            "block": block.block_id, "offset": offset, "length": length,
-        })
-        # Zero-copy: libzmq sends straight from the block (a copy here cost a third of the read
-        # throughput). A write landing in this range mid-send would tear the read, so writes to
-        # it wait until libzmq is done with it (agents/writegate.py).
-        tracker = self._send(
-            identity, [header, block.view[offset : offset + length]], copy=False, track=True
-        )
-        self.gate.sent(block.block_id, offset, offset + length, tracker)
-        self.reads_served += 1
-        if block.state is State.MOVING and tracker is not None:
-            self.moves.read_served(block.block_id, offset + length)  # the move progresses
-
-    def _stat(self, identity: bytes, req: P.Request) -> None:
-        block = self.store.served(req.fields["block"])
-        self.repl.check_serving(block.block_id)
-        self._reply(identity, req, self._block_record(block))
-
-    def _block_record(self, block: Block) -> dict[str, Any]:
-        return {**block.record(self.s.node), **self.repl.describe(block.block_id)}
-
-    def _list(self, identity: bytes, req: P.Request) -> None:
-        blocks, cursor = self.store.list_blocks(*page(req))
-        self._reply(identity, req, {
-            "node": self.s.node, "blocks": [self._block_record(b) for b in blocks],
-            "next": cursor,
-        })
-
-    def _move(self, identity: Any, req: P.Request) -> None:
-        if req.fields["block"] not in self.repl.copies:
-            self._move_one_copy(identity, req)
-            return
-        target = self._member_node(req.fields["target"])  # one copy, through a repair
-        if target is None:
-            raise InvalidRequest(f"{req.fields['target']} is not another agent of this mesh")
-        self.repl.move(identity, req, target)
-
-    def _kget(self, identity: Any, req: P.Request) -> None:
-        rec = self.store.get_key(req.fields["key"])
-        if rec["block"]:  # a copy that may not serve sends its reader elsewhere
-            self.repl.check_serving(rec["block"])
-            rec.update(self.repl.describe(rec["block"]))
-        self._reply(identity, req, rec)
-
-    def _key_change(self, handler: Callable[[Any, P.Request], None]
-                    ) -> Callable[[Any, P.Request], None]:
-        """KPUT and KDEL, taken by the primary of the block they change, which forwards the
-        block's new key records to the other copies (agents/replication.py)."""
-
-        def run(identity: Any, req: P.Request) -> None:
-            key = req.fields["key"]
-            new = str((req.fields.get("record") or {}).get("block") or "")
-            try:
-                old = self.store.get_key(key)["block"]
-            except MeshError:
-                old = ""
-            if req.op == P.KDEL and old:
-                self.repl.check_primary(old)
-            if new:
-                self.repl.check_primary(new)
-            kept = None
-            if old and old != new and req.op == P.KPUT and not self.repl.is_primary(old):
-                # our record of the old value is a backup's: the old block's primary changes
-                # it (the client's clean-up), and the newest record of a key wins meanwhile
-                kept = self.store.get_key(key)
-                self.store.drop_key(key)
-            try:
-                handler(identity, req)
-            except MeshError:
-                if kept is not None:  # the put failed: the backup's record stays as it was
-                    self.store.follow_keys(self.store.get(old), [kept], time.time())
-                raise
-            if kept is not None:
-                old = ""
-            for block_id in {new, old} - {""}:
-                self.repl.keys_changed(block_id)
-
-        return run

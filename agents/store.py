@@ -230,6 +230,11 @@ class BlockStore:
             self._ledger.update(self.used, self.unbacked)
             self._ledger_stale = False
 
+    def host_promised(self) -> int:
+        """Bytes promised by every agent of the host, this one included (for the metrics)."""
+        others = self._ledger.others() if self._ledger is not None else Others()
+        return self.used + others.promised
+
     def __len__(self) -> int:
         return len(self._blocks)
 

@@ -168,6 +168,7 @@ class NodeConfig:
     resource_sharing: NodeSharing = field(default_factory=NodeSharing)
     mesh_host: str = ""  # "" means the same as host
     mesh_port: int = DEFAULT_PORT
+    metrics_port: int | None = None  # Prometheus /metrics; None: mesh_port + 2; 0: not served
     ssh_key: str | None = None
     # Deployment (``grid agents deploy``): where the node keeps its venv, config, pid and log
     # files (default: <execution.working_directory>/mesh/<node name>), its Python, and whether
@@ -182,6 +183,8 @@ class NodeConfig:
     def __post_init__(self) -> None:
         if not self.mesh_host:
             object.__setattr__(self, "mesh_host", self.host)
+        if self.metrics_port is None:
+            object.__setattr__(self, "metrics_port", self.mesh_port + 2)
 
     @property
     def data_address(self) -> str:
@@ -410,7 +413,7 @@ def _parse_mesh(section: Any) -> MeshSettings:
 
 _NODE_FIELDS = (
     "name", "host", "port", "user", "role", "memory_gb", "cpu_count", "gpu_count", "tags",
-    "resource_sharing", "mesh_host", "mesh_port", "ssh_key", "deploy_dir", "python",
+    "resource_sharing", "mesh_host", "mesh_port", "metrics_port", "ssh_key", "deploy_dir", "python",
     "managed_by", "ssh",
 )
 _MANAGED_BY = ("auto", "local", "ssh")
@@ -441,6 +444,7 @@ def _parse_node(item: Any, where: str, default_mesh_port: int) -> NodeConfig:
         resource_sharing=_parse_sharing(item.get("resource_sharing"), f"{where}.resource_sharing"),
         mesh_host=get("mesh_host", _check_string, default=host),
         mesh_port=get("mesh_port", _check_int, 1, MAX_MESH_PORT, default=default_mesh_port),
+        metrics_port=get("metrics_port", _check_int, 0, 65535),
         ssh_key=get("ssh_key", _check_string),
         deploy_dir=get("deploy_dir", _check_string),
         python=get("python", _check_string, default="python3"),
@@ -507,24 +511,30 @@ def _check_unique_names(nodes: tuple[NodeConfig, ...]) -> None:
 
 
 def _check_addresses(nodes: tuple[NodeConfig, ...]) -> None:
-    """No two agents may bind the same port: each uses mesh_port (data) and mesh_port + 1
-    (gossip) on mesh_host. Hosts are compared as written ("localhost" != "127.0.0.1")."""
-    data_ports: dict[tuple[str, int], int] = {}
+    """No two agents may bind the same port: each uses mesh_port (data), mesh_port + 1 (gossip)
+    and metrics_port (default mesh_port + 2) on mesh_host. Hosts are compared as written
+    ("localhost" != "127.0.0.1")."""
+    taken: dict[tuple[str, int], tuple[int, str]] = {}  # (host, port) -> (node index, use)
     for i, node in enumerate(nodes):
         host, port = node.mesh_host, node.mesh_port
-        where = f"nodes[{i}].mesh_port"
-        j = data_ports.get((host, port))
-        if j is not None:
-            raise _Invalid(where, f"data address {node.data_address} is already used by node "
-                           f"{nodes[j].name!r} (nodes[{j}])")
-        j = data_ports.get((host, port + 1))
-        if j is not None:
-            raise _Invalid(where, f"gossip port {port + 1} (mesh_port + 1) on {host} is the data "
-                           f"port of node {nodes[j].name!r} (nodes[{j}]); agents on one host "
-                           "need mesh ports at least 2 apart")
-        j = data_ports.get((host, port - 1))
-        if j is not None:
-            raise _Invalid(where, f"data port {port} on {host} is the gossip port (mesh_port + 1) "
-                           f"of node {nodes[j].name!r} (nodes[{j}]); agents on one host need mesh "
-                           "ports at least 2 apart")
-        data_ports[(host, port)] = i
+        uses = [("data port", port, "nodes[{}].mesh_port"), ("gossip port", port + 1,
+                "nodes[{}].mesh_port"), ("metrics port", node.metrics_port,
+                                         "nodes[{}].metrics_port")]
+        for use, p, where in uses:
+            if not p:
+                continue
+            j, other = taken.get((host, p), (None, ""))
+            if j is not None:
+                if use == other == "data port":
+                    raise _Invalid(where.format(i), f"data address {node.data_address} is "
+                                   f"already used by node {nodes[j].name!r} (nodes[{j}])")
+                raise _Invalid(where.format(i), f"{use} {p}{_EXPR.get(use, '')} on {host} is the "
+                               f"{other}{_EXPR.get(other, '')} of node {nodes[j].name!r} (nodes[{j}]); "
+                               "agents on one host need mesh ports at least 3 apart (data, "
+                               "gossip, metrics), or metrics_port set apart")
+        for use, p, _ in uses:
+            if p:
+                taken[(host, p)] = (i, use)
+
+
+_EXPR = {"gossip port": " (mesh_port + 1)", "metrics port": " (metrics_port)"}

@@ -26,6 +26,9 @@ ALIVE = "alive"
 SUSPECT = "suspect"
 DEAD = "dead"
 DOWN = "down"  # in the cluster file, but no agent has heard of it (the client's view only)
+# What an agent's STATS adds to its record, passed on by ``MeshClient.stats`` (counters for
+# ``grid top``; agents/metrics.py)
+LIVE_FIELDS = ("ops", "uptime_s", "metrics_url")
 
 # Nodes one agent's table holds, at most (MembershipTable says what happens at the bound), and
 # peers one heartbeat relays: 256 entries of a few hundred bytes stay far below the 1 MiB limit

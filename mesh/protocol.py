@@ -246,6 +246,7 @@ class Request:
     fields: dict[str, Any]
     payload: list[Any] = field(default_factory=list)  # zmq.Frame or bytes-like
     caller: Any = None  # who sent it, on a keyed agent (agents/access.py: Caller)
+    arrived: float = 0.0  # when the agent took it in (time.perf_counter; for its metrics)
 
 
 @dataclass(slots=True)

@@ -184,7 +184,7 @@ def show_status(cfg: ClusterConfig, as_json: bool = False) -> None:
     for col, just in [("Node", "left"), ("Address", "left"), ("State", "left"), ("PID", "right"),
                       ("Capacity", "right"), ("Used", "right"), ("Blocks", "right"),
                       ("Host free", "right"), ("Heard", "right"), ("Security", "left"),
-                      ("Note", "left")]:
+                      ("Metrics", "left"), ("Note", "left")]:
         table.add_column(col, justify=just)
     for r in rows:
         style = STATE_STYLE.get(r["state"], "")
@@ -193,9 +193,14 @@ def show_status(cfg: ClusterConfig, as_json: bool = False) -> None:
             str(r["pid"]) if r["pid"] else "-", _size(r["capacity"]), _size(r["used"]),
             "-" if r["blocks"] is None else str(r["blocks"]), _size(r["host_available"]),
             "-" if r["last_heard_s"] is None else f"{r['last_heard_s']:.1f}s ago",
-            _security(r["security"]), r["reason"] or "",
+            _security(r["security"]), _port(r["metrics_url"]), r["reason"] or "",
         )
     out.print(table)
+
+
+def _port(url: str | None) -> str:
+    """``:7702`` of a node's metrics URL (its host is the Address's; --json has the URL)."""
+    return "-" if not url else ":" + url.rsplit(":", 1)[1].split("/", 1)[0]
 
 
 def _security(security: str | None) -> str:

@@ -49,7 +49,7 @@ from mesh.errors import (
     SealError,
     SessionLost,
 )
-from mesh.membership import ALIVE, DEAD, DOWN, SUSPECT, NodeInfo, state_for_silence
+from mesh.membership import ALIVE, DEAD, DOWN, LIVE_FIELDS, SUSPECT, NodeInfo, state_for_silence
 from mesh.client.links import Links
 from mesh.units import format_bytes
 
@@ -568,7 +568,8 @@ class Core:
             # the agent's own answer is fresher than the heartbeat that told us of it
             fresh = n if rec is None else NodeInfo.from_record(rec, n.state, n.age_s)
             state = n.state if rec is not None or n.state != ALIVE else SUSPECT
-            per_node.append({**fresh.record(), "state": state,
+            live = {k: rec[k] for k in LIVE_FIELDS if k in (rec or ())}  # counters, uptime
+            per_node.append({**fresh.record(), **live, "state": state,
                              "reason": down_reason(n, rec is not None)})
         return {
             "nodes": per_node,

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from mesh.membership import ALIVE, DOWN, NodeInfo
 
 if TYPE_CHECKING:
-    from mesh.config import ClusterConfig
+    from mesh.config import ClusterConfig, NodeConfig
     from mesh.nodes.deploy import NodeResult
 
 
@@ -41,6 +41,7 @@ class NodeStatus:
     reason: str | None  # why the node is not alive, when we can tell
     heard: NodeInfo | None  # the heartbeat record; None when no agent answered at all
     version: str | None
+    metrics_url: str | None = None  # its Prometheus endpoint (from the cluster file)
 
     @property
     def state(self) -> str:
@@ -67,6 +68,7 @@ class NodeStatus:
             # keyed, loopback, or insecure (no keys, reachable beyond this machine)
             "security": (n.security or None) if up else None,
             "version": self.version,
+            "metrics_url": self.metrics_url,
         }
 
 
@@ -101,6 +103,7 @@ def merge(cfg: ClusterConfig, pids: dict[str, int | None], remote: dict[str, Nod
             reason=reason,
             heard=n,
             version=(n.version if n else None) or (r.detail.get("version") if r else None),
+            metrics_url=metrics_url(node),
         ))
     listed = {node.name for node in cfg.nodes}
     for name, n in seen.items():  # agents heard by gossip that the file does not list
@@ -110,6 +113,11 @@ def merge(cfg: ClusterConfig, pids: dict[str, int | None], remote: dict[str, Nod
                 uptime_s=None, reason=None, heard=n, version=n.version,
             ))
     return statuses
+
+
+def metrics_url(node: NodeConfig) -> str | None:
+    """Where the node's agent serves Prometheus metrics (None when ``metrics_port`` is 0)."""
+    return f"http://{node.mesh_host}:{node.metrics_port}/metrics" if node.metrics_port else None
 
 
 def node_statuses(cfg: ClusterConfig) -> list[NodeStatus]:

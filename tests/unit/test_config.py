@@ -341,6 +341,15 @@ BAD = [
      "nodes[1].mesh_port: data port 7701 on 127.0.0.1 is the gossip port (mesh_port + 1) of node 'a'"),
     (lambda d: _set("nodes[1].mesh_port", 7699)(_set("nodes[1].host", "127.0.0.1")(d)),
      "nodes[1].mesh_port: gossip port 7700 (mesh_port + 1) on 127.0.0.1 is the data port of node 'a'"),
+    (lambda d: _set("nodes[1].mesh_port", 7702)(_set("nodes[1].host", "127.0.0.1")(d)),
+     "nodes[1].mesh_port: data port 7702 on 127.0.0.1 is the metrics port (metrics_port) of "
+     "node 'a' (nodes[0]); agents on one host need mesh ports at least 3 apart"),
+    (lambda d: _set("nodes[1].metrics_port", 7701)(_set("nodes[1].mesh_port", 7800)(
+        _set("nodes[1].host", "127.0.0.1")(d))),
+     "nodes[1].metrics_port: metrics port 7701 (metrics_port) on 127.0.0.1 is the gossip port "
+     "(mesh_port + 1) of node 'a'"),
+    (_set("nodes[0].metrics_port", 70000), "nodes[0].metrics_port: expected an integer in "
+     "0..65535, got 70000"),
     (lambda d: _set("nodes[1].mesh_host", "127.0.0.1")(d),
      "nodes[1].mesh_port: data address tcp://127.0.0.1:7700 is already used"),
     (_set("mesh", [1]), "mesh: expected a mapping, got a list"),
@@ -384,13 +393,24 @@ def test_good_config_loads(tmp_path):
     assert [n.name for n in cfg.nodes] == ["a", "b"]
 
 
-def test_agents_on_one_host_two_ports_apart_are_fine(tmp_path):
+def test_agents_on_one_host_three_ports_apart_are_fine(tmp_path):
+    data = good()
+    for i, node in enumerate(data["nodes"]):
+        node["host"] = "127.0.0.1"
+        node["mesh_port"] = 7700 + 3 * i
+    cfg = load_cluster_config(write(tmp_path, data))
+    assert [n.data_address for n in cfg.nodes] == ["tcp://127.0.0.1:7700", "tcp://127.0.0.1:7703"]
+    assert [n.metrics_port for n in cfg.nodes] == [7702, 7705]
+
+
+def test_metrics_port_zero_turns_metrics_off_and_frees_the_port(tmp_path):
     data = good()
     for i, node in enumerate(data["nodes"]):
         node["host"] = "127.0.0.1"
         node["mesh_port"] = 7700 + 2 * i
+    data["nodes"][0]["metrics_port"] = 0
     cfg = load_cluster_config(write(tmp_path, data))
-    assert [n.data_address for n in cfg.nodes] == ["tcp://127.0.0.1:7700", "tcp://127.0.0.1:7702"]
+    assert [n.metrics_port for n in cfg.nodes] == [0, 7704]
 
 
 def test_parse_config_source_is_used_verbatim():
