@@ -14,6 +14,11 @@ pull under way (CANCELLED, then dropped) or drops an arrived copy; the target al
 whose COMMIT does not come within ``COMMIT_WAIT_S`` and stops pulling from a source whose
 heartbeat goes dead. The state names are ``agents/lifecycle.py``'s.
 
+Checksums (``mesh/checksum.py``): PULL names the algorithm the target checksums its copy with
+(``checksum_algorithm``, xxh3). A PULL without it comes from a source of the previous version and
+gets crc32; a crc32 answer comes from a target of the previous version, and the source checks it
+by checksumming its original again with crc32.
+
 Threads: MOVE and PULL run as jobs on a small pool, each with a DEALER of its own (made by the
 ``connect`` factory the server passes in, ``mesh.sockets.dealer``), so the loop keeps serving.
 The loop finishes jobs (``finish_jobs``) and is the only one to call the store. A job reads and
@@ -35,7 +40,6 @@ from __future__ import annotations
 
 import logging
 import time
-import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -43,6 +47,7 @@ import zmq
 
 from agents.lifecycle import Event, State
 from agents.store import Block, BlockStore
+from mesh import checksum as C
 from mesh import protocol as P
 from mesh.membership import is_agent_address
 from mesh.errors import (
@@ -218,9 +223,12 @@ class PeerCopies:
                 # has left: a move never makes a block permanent
                 "pending": block.lease_until is not None,
                 "ttl_s": None if block.expires is None else max(0.001, block.expires - time.time()),
+                # how the target checksums its copy; one of the previous version ignores the
+                # field and answers crc32, which ``C.agree`` checks all the same
+                "checksum_algorithm": C.DEFAULT,
             }))
-            # checksum our copy while the target pulls it (zlib releases the GIL)
-            checksum = f"crc32:{zlib.crc32(block.view):08x}"
+            # checksum our copy while the target pulls it (xxhash releases the GIL)
+            checksum = C.of([block.view])
             summed = time.monotonic()
             # timeout_s bounds the whole copy, but a target that stops reading the block (or
             # never starts) for STALL_S gives the block back, whatever timeout_s says
@@ -230,10 +238,11 @@ class PeerCopies:
             copied = time.monotonic()
             reply.raise_for_error(target)
             pulled = True
-            if reply.body.get("checksum") != checksum:
+            theirs = reply.body.get("checksum")
+            if not isinstance(theirs, str) or not C.agree(checksum, theirs, [block.view]):
                 raise MoveFailed(
-                    f"the copy of {block.block_id} on {target} has checksum "
-                    f"{reply.body.get('checksum')}, the original {checksum}", node=self.node)
+                    f"the copy of {block.block_id} on {target} has checksum {theirs!r}, the "
+                    f"original {checksum}", node=self.node)
             # From here the target may take writes: stop serving reads of our copy (they get
             # "moving" and follow the block) so nobody reads what the target has overwritten.
             block.advance(Event.HAND_OVER)
@@ -290,6 +299,11 @@ class PeerCopies:
         ttl_s = f.get("ttl_s")
         if ttl_s is not None and (isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float))):
             raise InvalidRequest(f"ttl_s must be a number of seconds, got {ttl_s!r}")
+        # absent: a source of the previous version, which checks crc32
+        algorithm = f.get("checksum_algorithm", C.LEGACY)
+        if not isinstance(algorithm, str) or algorithm not in C.ALGORITHMS:
+            raise InvalidRequest(f"unknown checksum algorithm {algorithm!r} (this agent knows "
+                                 f"{', '.join(sorted(C.ALGORITHMS))})")
         block = self.store.allocate(f["size"], bool(f["lazy"]), block_id=f["block"],
                                     created=float(f["created"]), pending=f.get("pending") is True,
                                     ttl_s=ttl_s)
@@ -298,17 +312,17 @@ class PeerCopies:
         # back the pages ahead of the copy on another thread (page faults, not the network,
         # bound a copy into fresh memory); populating never changes what is written
         self._populate(block)
-        future = self._pool.submit(self._pull_job, block, source, deadline)
+        future = self._pool.submit(self._pull_job, block, source, deadline, algorithm)
         self._jobs[future] = (self._pull_done, (identity, req, block))
 
-    def _pull_job(self, block: Block, source: str, deadline: float) -> str:
+    def _pull_job(self, block: Block, source: str, deadline: float, algorithm: str) -> str:
         chunk = self.chunk_bytes
         sock = self._connect(source, hwm=4 * PULL_WINDOW, max_message_bytes=chunk)
         try:
             inflight: dict[int, tuple[int, int]] = {}
             pieces = P.chunk_ranges(block.size, chunk)
             request_id, received = 0, 0
-            crc, checked = 0, 0  # crc32 of the copy's first ``checked`` bytes
+            hasher, checked = C.new(algorithm), 0  # of the copy's first ``checked`` bytes
             while received < block.size:
                 while len(inflight) < PULL_WINDOW:
                     piece = next(pieces, None)
@@ -331,11 +345,12 @@ class PeerCopies:
                 block.view[offset : offset + length] = P.frame_view(reply.payload[0])
                 received += length
                 if offset == checked:  # in order, as one connection delivers: checksum it warm
-                    crc = zlib.crc32(block.view[offset : offset + length], crc)
+                    hasher.update(block.view[offset : offset + length])
                     checked += length
             if checked != block.size:  # a chunk came out of order: checksum the whole copy
-                crc = zlib.crc32(block.view)
-            return f"crc32:{crc:08x}"
+                hasher = C.new(algorithm)
+                hasher.update(block.view)
+            return hasher.text()
         finally:
             sock.close(0)
 

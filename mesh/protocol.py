@@ -54,11 +54,13 @@ Moving a block peer to peer (rebalancing, draining); the master sends only MOVE:
     MOVE   {block, target, timeout_s}  to the source  -> {block, from, to, size, checksum, seconds}
            (a replicated block: to its primary, with [source], the node whose copy moves;
            the target gets a copy first, then the set leaves the source out)
-    PULL   {block, source, size, created, lazy[, pending, ttl_s]}  source -> target: the
-                                      target makes an incoming block with the same id (still
-                                      pending, and with the time to live it has left, if any),
-                                      READs it from the source in chunks and answers
-                                      {block, size, checksum} (crc32 of its copy)
+    PULL   {block, source, size, created, lazy[, pending, ttl_s, checksum_algorithm]}  source
+                                      -> target: the target makes an incoming block with the
+                                      same id (still pending, and with the time to live it has
+                                      left, if any), READs it from the source in chunks and
+                                      answers {block, size, checksum}: its copy's checksum by
+                                      checksum_algorithm ("xxh3"; absent: "crc32", a source of
+                                      the previous version), "xxh3:<16 hex>" (mesh/checksum.py)
     COMMIT {block, keys}               source -> target: the copy is verified; the target takes the
                                       key records and serves the block -> {block}
     ABORT  {block}                     source -> target: drop an incoming copy -> {block, dropped}

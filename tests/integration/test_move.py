@@ -10,6 +10,7 @@ import time
 
 import msgpack
 import pytest
+import xxhash
 import zmq
 
 from mesh import protocol as P
@@ -47,7 +48,8 @@ def test_a_moved_block_keeps_its_id_and_bytes(shared_mesh):
         used_before = {n["node"]: n["used"] for n in c.stats()["nodes"]}
         report = c.move(block, "node2")
         assert report["from"] == "node1" and report["to"] == "node2"
-        assert report["size"] == len(data) and report["checksum"].startswith("crc32:")
+        assert report["size"] == len(data)
+        assert report["checksum"] == f"xxh3:{xxhash.xxh3_64_intdigest(data):016x}"
         assert c.stat(block).node == "node2"
         assert block in _blocks_on(c, "node2") and block not in _blocks_on(c, "node1")
         used_after = {n["node"]: n["used"] for n in c.stats()["nodes"]}
