@@ -42,7 +42,7 @@ from agents.peering import Dialing
 from agents.keyops import KeyOps
 from agents.lifecycle import Event, State
 from agents.limits import ConnectionGuard, connection_cap
-from agents import metrics
+from agents import logs, metrics
 from agents.metrics import Endpoint, Metrics
 from agents.moves import PeerCopies
 from agents.replication import Replication
@@ -368,6 +368,7 @@ class Agent(BlockOps, InfoOps, Dialing):
         self._send(identity, [P.encode_error(bad.op, bad.request_id, bad.code, bad.message)])
 
     def _dispatch(self, identity: bytes | Session, request: P.Request) -> None:
+        logs.set_request(request.request_id, request.op)  # its lines carry its id
         try:
             self.access.check(request.op, request.caller, identity)
             if P.past_deadline(request.fields, time.time()):
@@ -381,14 +382,18 @@ class Agent(BlockOps, InfoOps, Dialing):
             self.repl.end(failed=False)
         except MeshError as exc:
             self.repl.end(failed=True)
+            log.debug("%s refused: %s", request.op, exc.message,
+                      extra={"event": "request_refused", "code": exc.code})
             self._reply_error(identity, request, exc)
         except Exception as exc:  # a bug must not take the agent down
             self.repl.end(failed=True)
-            log.exception("internal error on %s", request.op)
+            log.exception("internal error on %s", request.op, extra={"event": "internal_error"})
             self.metrics.replied(request.op, "internal", request.arrived)
             self._send(
                 identity, [P.encode_error(request.op, request.request_id, "internal", repr(exc))]
             )
+        finally:
+            logs.clear_request()
 
     def _send(self, identity: bytes | Session, frames: list[Any], copy: bool = True,
               track: bool = False, sealed: bool = False) -> zmq.MessageTracker | None:
