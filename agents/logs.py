@@ -16,7 +16,7 @@
   name; ``request_id`` is there while a request is handled; ``exc`` holds a traceback; every
   other ``extra=`` field is added as it is (``str()`` of what JSON cannot hold).
 
-The request loop says which request it handles with ``set_request(request_id)`` before and
+The request loop says which request it handles with ``set_request(request_id, op)`` before and
 ``clear_request()`` after (a context variable: each thread has its own, and a thread that never
 set one logs none). Uncaught exceptions (main thread and other threads) are logged with
 ``event: "crash"`` and still printed on stderr, where whoever started the agent sees them.
@@ -40,14 +40,19 @@ from typing import Any
 from mesh.logconfig import LoggingConfig
 
 _request_id: contextvars.ContextVar[Any] = contextvars.ContextVar("mesh_request_id", default=None)
+_request_log = logging.getLogger("mesh.agent.request")
 
 # Attributes every LogRecord has: anything else on a record came from ``extra=``.
 _RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
-def set_request(request_id: Any) -> None:
-    """Lines logged from now on (in this thread) carry ``request_id``."""
+def set_request(request_id: Any, op: str | None = None) -> None:
+    """Lines logged from now on (in this thread) carry ``request_id``. With ``op``, and at DEBUG,
+    one line says which request starts (``event: "request"``); below DEBUG that costs one
+    level check."""
     _request_id.set(request_id)
+    if op is not None and _request_log.isEnabledFor(logging.DEBUG):
+        _request_log.debug("handling %s", op, extra={"event": "request", "op": op})
 
 
 def clear_request() -> None:

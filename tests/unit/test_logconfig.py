@@ -145,3 +145,26 @@ def test_the_file_is_rotated_at_max_bytes(tmp_path, logger):
     assert files == ["agent.log", "agent.log.1", "agent.log.2"]
     assert all(p.stat().st_size <= 1 * KiB for p in tmp_path.iterdir())
     assert json.loads(_lines(path)[-1])["message"] == "line 199 of a log that grows"
+
+
+def test_a_request_says_it_starts_at_debug_only(tmp_path):
+    log = logging.getLogger("mesh.agent.request")
+    path = tmp_path / "agent.log"
+    handler = logs.make_handler(LoggingConfig(format="json"), "node1", str(path))
+    log.addHandler(handler)
+    old_level, old_propagate = log.level, log.propagate
+    log.propagate = False
+    try:
+        log.setLevel(logging.INFO)
+        logs.set_request(5, "alloc")
+        log.setLevel(logging.DEBUG)
+        logs.set_request(6, "write")
+    finally:
+        logs.clear_request()
+        log.removeHandler(handler)
+        handler.close()
+        log.setLevel(old_level)
+        log.propagate = old_propagate
+    (only,) = map(json.loads, _lines(path))
+    assert (only["event"], only["op"], only["request_id"]) == ("request", "write", 6)
+    assert only["message"] == "handling write" and only["level"] == "DEBUG"
