@@ -254,12 +254,13 @@ def _run(client: MeshClient, cfg: ClusterConfig, interval_s: float, timeout_s: f
     def samples():
         nonlocal prev
         n = 0
-        tick = prev.mono_s
+        due = prev.mono_s + interval_s
         while count is None or n < count:
-            tick += interval_s
-            time.sleep(max(0.0, tick - time.monotonic()))
-            tick = max(tick, time.monotonic() - interval_s)  # late: do not try to catch up
+            time.sleep(max(0.0, due - time.monotonic()))
             cur = take(client, cfg, timeout_s, prev)
+            # a sample that took longer than the interval (a silent agent's timeout) is
+            # followed by the next one at once, not by a burst that catches up
+            due = max(due + interval_s, time.monotonic())
             yield document(prev, cur, cfg, only)
             prev, n = cur, n + 1
 
