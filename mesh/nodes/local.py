@@ -2,7 +2,9 @@
 
 Covers: which nodes of a cluster file live on this machine (their host is a loopback address,
 one of this machine's interface addresses, or its hostname), the state directory (pid and log
-files), starting ``mesh-agent`` detached from the terminal, waiting until it answers, and a
+files: the agent writes ``<node>.log`` itself, rotated by size as ``logging:`` says, and its
+stdout/stderr go to ``<node>.out``, where a failure before its log is set up shows), starting
+``mesh-agent`` detached from the terminal, waiting until it answers, and a
 graceful stop (SIGTERM, then SIGKILL after a timeout) that only ever signals a process whose
 command line is that node's agent.
 
@@ -90,12 +92,44 @@ class LocalAgent:
         self.pid_file.unlink(missing_ok=True)
         return None
 
+    @property
+    def out_file(self) -> Path:
+        """The agent's stdout and stderr: start-up failures, crashes (its log is ``log_file``)."""
+        return self.log_file.with_suffix(".out")
+
     def log_tail(self, lines: int = 10) -> str:
+        """The last ``lines`` of the log, reaching into the newest rotated file when it is short."""
+        return _tail([Path(f"{self.log_file}.1"), self.log_file], lines)
+
+    def out_tail(self, lines: int = 10) -> str:
+        return _tail([self.out_file], lines)
+
+    def log_sizes(self) -> tuple[int, int]:
+        return tuple(p.stat().st_size if p.exists() else 0 for p in (self.log_file, self.out_file))
+
+    def said_since(self, sizes: tuple[int, int], lines: int = 10) -> str:
+        """What a starting agent wrote after ``sizes`` (from ``log_sizes``): its stderr if any (a
+        fatal error or traceback lands there), else its log."""
+        for path, size in ((self.out_file, sizes[1]), (self.log_file, sizes[0])):
+            try:
+                with open(path, "rb") as f:
+                    f.seek(size if size <= path.stat().st_size else 0)  # rotated: from the top
+                    text = f.read().decode(errors="replace")
+            except OSError:
+                continue
+            if text.strip():
+                return "\n".join(text.splitlines()[-lines:])
+        return ""
+
+
+def _tail(paths: list[Path], lines: int) -> str:
+    kept: list[str] = []
+    for path in paths:
         try:
-            text = self.log_file.read_text(errors="replace")
+            kept += path.read_text(errors="replace").splitlines()
         except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+            pass
+    return "\n".join(kept[-lines:]) if lines > 0 else ""
 
 
 def _is_our_agent(pid: int, node: str) -> bool:
@@ -148,32 +182,34 @@ def _ping(cfg: ClusterConfig, address: str, timeout_s: float) -> bool:
 def start(cfg: ClusterConfig, agents: list[LocalAgent], insecure: bool = False,
           timeout_s: float = 15.0, config_path: str | None = None) -> list[Outcome]:
     cfg_path = config_path or config_path_for_agents(cfg)
-    launched: list[tuple[LocalAgent, subprocess.Popen]] = []
+    launched: list[tuple[LocalAgent, subprocess.Popen, tuple[int, int]]] = []
     outcomes: dict[str, Outcome] = {}
     for agent in agents:
         pid = agent.pid()
         if pid is not None:
             outcomes[agent.node.name] = Outcome(agent.node.name, True, "already running", pid)
             continue
-        cmd = [sys.executable, "-m", "agents.main", "--config", cfg_path, "--node", agent.node.name]
+        cmd = [sys.executable, "-m", "agents.main", "--config", cfg_path, "--node", agent.node.name,
+               "--log-file", str(agent.log_file)]  # the agent rotates it (agents/logs.py)
         if insecure:
             cmd.append("--insecure")
-        with open(agent.log_file, "ab") as log:
+        sizes = agent.log_sizes()
+        with open(agent.out_file, "ab") as out:
             proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                 start_new_session=True, close_fds=True,
             )
         agent.pid_file.write_text(f"{proc.pid}\n")
-        launched.append((agent, proc))
+        launched.append((agent, proc, sizes))
     deadline = time.monotonic() + timeout_s
-    for agent, proc in launched:
+    for agent, proc, sizes in launched:
         name = agent.node.name
         while True:
             code = proc.poll()
             if code is not None:
                 agent.pid_file.unlink(missing_ok=True)
                 outcomes[name] = Outcome(
-                    name, False, f"agent exited at start (code {code}):\n{agent.log_tail()}"
+                    name, False, f"agent exited at start (code {code}):\n{agent.said_since(sizes)}"
                 )
                 break
             if _ping(cfg, agent.node.data_address, 0.3):
@@ -183,7 +219,8 @@ def start(cfg: ClusterConfig, agents: list[LocalAgent], insecure: bool = False,
                 _terminate(proc.pid, 3.0)
                 agent.pid_file.unlink(missing_ok=True)
                 outcomes[name] = Outcome(
-                    name, False, f"agent did not answer within {timeout_s:g} s:\n{agent.log_tail()}"
+                    name, False,
+                    f"agent did not answer within {timeout_s:g} s:\n{agent.said_since(sizes)}"
                 )
                 break
     return [outcomes[a.node.name] for a in agents]

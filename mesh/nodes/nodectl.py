@@ -80,7 +80,8 @@ def _start_systemd(base: Path, cfg: ClusterConfig, agent: local.LocalAgent, inse
     if not _has_systemd():
         return {"ok": False, "message": "this node has no running systemd; start without --systemd"}
     exe = [sys.executable, "-m", "agents.main", "--config", str(base / "cluster.yaml"),
-           "--node", node] + agent_args(base) + (["--insecure"] if insecure else [])
+           "--node", node, "--log-file", str(agent.log_file)] + agent_args(base) \
+        + (["--insecure"] if insecure else [])
     unit = (
         "[Unit]\nDescription=memory mesh agent " + node + "\nAfter=network-online.target\n\n"
         "[Service]\nExecStart=" + " ".join(exe) + "\nRestart=on-failure\n"
@@ -124,7 +125,9 @@ def status(base: Path, node: str) -> dict:
 
 def logs(base: Path, node: str, lines: int) -> dict:
     _, agent = _agent(base, node)
-    return {"ok": True, "message": agent.log_tail(lines), "log_file": str(agent.log_file)}
+    # the agent's own log, and its stdout/stderr (start-up failures, crashes) when not empty
+    return {"ok": True, "message": agent.log_tail(lines), "log_file": str(agent.log_file),
+            "out": agent.out_tail(lines), "out_file": str(agent.out_file)}
 
 
 def main(argv: list[str] | None = None) -> int:
