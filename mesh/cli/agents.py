@@ -151,7 +151,7 @@ def agents_restart(config_path: str | None, nodes: tuple[str, ...], insecure: bo
 @node_option
 @click.option("--lines", "-l", default=30, show_default=True, help="how many lines")
 def agents_logs(config_path: str | None, nodes: tuple[str, ...], lines: int) -> None:
-    """Show the tail of each node's agent log."""
+    """Show the tail of each node's agent log (and of its stdout/stderr, when not empty)."""
     cfg = load(config_path)
     remote = deploy.ssh_nodes(cfg, nodes)
     mine, _ = local.local_agents(cfg, nodes)
@@ -159,10 +159,16 @@ def agents_logs(config_path: str | None, nodes: tuple[str, ...], lines: int) -> 
     for agent in mine:
         out.rule(f"{agent.node.name} ({agent.log_file})")
         click.echo(agent.log_tail(lines))
+        if said := agent.out_tail(lines):
+            out.rule(f"{agent.node.name} ({agent.out_file})")
+            click.echo(said)
     for r in deploy.remote(cfg, remote, "logs", "--lines", str(lines)):
         out.rule(f"{r.node} ({r.detail.get('log_file', 'over ssh')})")
         if r.ok:
             click.echo(r.message)
+            if r.detail.get("out"):
+                out.rule(f"{r.node} ({r.detail.get('out_file')})")
+                click.echo(r.detail["out"])
         else:
             ok = False
             err.print(f"[red]✗[/red] {r.node}: {r.message}", highlight=False)

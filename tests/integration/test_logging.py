@@ -153,3 +153,6 @@ def test_an_agent_that_fails_before_its_log_is_set_up_is_reported_from_its_stder
     assert r.returncode == 1, r.stdout + r.stderr
     assert "n1: agent exited at start (code 2)" in r.stderr
     assert "cannot write the log file" in r.stderr and "Traceback" not in r.stderr
+    r = grid("agents", "logs", "-c", str(path), env=env, cwd=tmp_path)  # shows the .out too
+    assert r.returncode == 0 and "n1.out" in r.stdout, r.stdout + r.stderr
+    assert "mesh-agent: cannot write the log file" in r.stdout
