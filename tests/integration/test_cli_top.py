@@ -1,8 +1,8 @@
 """``grid top`` against real agents: every node listed, rates that move under load and rest when
-idle, stopped and never-started nodes, the live view ending by itself (``--count``) and on
-Ctrl-C (in a terminal and in JSON Lines mode), and the rate rule itself on crafted readings
-(an older agent without counters, a restarted agent), which a real process cannot give on
-demand.
+idle, stopped and never-started nodes, a paused agent (unreachable while the view goes on), the
+live view ending by itself (``--count``) and on Ctrl-C (in a terminal and in JSON Lines mode),
+and the rate rule itself on crafted readings (an older agent without counters, a restarted
+agent), which a real process cannot give on demand.
 
 Every ``grid`` call is a subprocess of this venv's console script.
 """
@@ -252,6 +252,40 @@ def test_stopped_and_never_started_nodes(tmp_path):
                 if line.startswith("│ node")}
         assert "dead" in rows["node2"] and "down" in rows["node3"]
     finally:
+        leaked = m.stop_all()
+        assert not leaked, f"agents ignored SIGTERM and had to be killed: {leaked}"
+
+
+def test_a_paused_agent_is_unreachable_and_the_view_goes_on(tmp_path):
+    m = LocalMesh.create(tmp_path, n=2, memory_gb=0.5)
+    m.start_all()
+    p = None
+    try:
+        p = subprocess.Popen([str(GRID), "top", "-c", str(m.config_path), "--json",
+                              "--interval", "1", "--count", "4"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=_env(),
+                             cwd=tmp_path)
+        assert p.stdout is not None
+        first = json.loads(p.stdout.readline())
+        before = {r["node"]: r for r in first["nodes"]}["node2"]
+        assert before["state"] == "alive" and before["used"] is not None
+        m.kill("node2", signal.SIGSTOP)  # there, but silent
+        rest, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        states = [{r["node"]: r for r in json.loads(line)["nodes"]} for line in rest.splitlines()]
+        assert len(states) == 3
+        after = states[0]["node2"]  # the sample right after the pause: its last figures
+        assert after["state"] == "unreachable", after
+        assert after["used"] == before["used"] and after["ops_per_s"] is None
+        assert all(s["node2"]["state"] in ("unreachable", "suspect", "dead") for s in states)
+        assert all(s["node1"]["state"] == "alive" and s["node1"]["ops_per_s"] is not None
+                   for s in states)
+    finally:
+        if p is not None and p.poll() is None:
+            p.kill()
+            p.communicate(timeout=10)
+        if m.node("node2").proc is not None:
+            m.kill("node2", signal.SIGCONT)
         leaked = m.stop_all()
         assert not leaked, f"agents ignored SIGTERM and had to be killed: {leaked}"
 
