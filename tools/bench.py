@@ -9,6 +9,7 @@
     python tools/bench.py key-race [--pairs 1000] [--json]
     python tools/bench.py listing [--blocks 100000] [--block-size 4KiB] [--json]
     python tools/bench.py read-rss [--reads 1000000] [--size 64KiB] [--window 64] [--json]
+    python tools/bench.py checksum [--size 1GiB] [--runs 5] [--chunk 2MiB] [--json]
 
 ``transfer`` starts one real ``mesh-agent`` on loopback, allocates one block of ``--size``, then
 for each run writes the whole block from a warm client buffer and reads it back into another
@@ -35,7 +36,7 @@ GB/s are over each command's whole wall time, start-up included (``startup_s``: 
 ``grid --version``). The retrieved file is compared with the original by a streaming SHA-256.
 
 ``move`` starts two real agents (127.0.0.1 and 127.0.0.2), writes one block of ``--size`` on the
-first, then moves it back and forth (``MeshClient.move``: agent to agent, crc32 on both sides,
+first, then moves it back and forth (``MeshClient.move``: agent to agent, xxh3 on both sides,
 keys handed over, the source freed) ``--runs`` times, and reads it back once at the end to check
 every byte. Baselines in the same run: the raw-socket ``sendall`` of ``transfer`` and the
 client's own write of the same block. Each move lands in fresh memory on the target (page
@@ -67,6 +68,13 @@ succeeded, and any other error.
 list-blocks --json`` and counts its rows, while it asks the second agent every 50 ms how long
 ago it heard the first (``max_heartbeat_age_s``: heartbeats must stay under the suspect
 threshold while agents page through their blocks).
+
+``checksum`` times the checksums of ``mesh/checksum.py`` over one warm buffer of ``--size``
+random bytes, in one process: zlib's CRC-32 (what records and moves used before: the baseline)
+and XXH3-64 (what they use now) over the whole buffer at once, and the running checksum as
+streams and moves make it (``mesh.checksum.new()`` updated with ``--chunk`` views of the buffer,
+no copies). Figures are medians over the runs in GB/s; ``ratio`` is xxh3 over crc32, and
+``seconds_per_gib`` what each spends per GiB (a move pays it on the source and on the target).
 
 A benchmark, not a test: it asserts nothing; it stops by itself (every wait has a timeout).
 """
@@ -402,6 +410,47 @@ def move(args: argparse.Namespace) -> dict:
     }
     result["ratio_to_baseline"] = round(result["move_gbps"] / result["baseline_gbps"], 3)
     result["ratio_to_client_write"] = round(result["move_gbps"] / result["client_write_gbps"], 3)
+    return result
+
+
+# --- checksum: xxh3 against crc32 over one warm buffer --------------------------------------
+
+
+def checksum(args: argparse.Namespace) -> dict:
+    import zlib
+
+    import xxhash
+
+    from mesh import checksum as C
+
+    size, chunk = parse_size(args.size), parse_size(args.chunk)
+    view = memoryview(_warm(size, fill=True))
+
+    def running() -> str:
+        h = C.new()
+        for pos in range(0, size, chunk):
+            h.update(view[pos : pos + chunk])
+        return h.text()
+
+    ways = {"crc32": lambda: zlib.crc32(view), "xxh3": lambda: xxhash.xxh3_64_intdigest(view),
+            "xxh3_running": running}
+    seconds: dict[str, list[float]] = {name: [] for name in ways}
+    results: dict[str, object] = {}
+    for _ in range(args.runs):
+        for name, way in ways.items():  # interleaved, so a noisy moment hits all three
+            t0 = time.perf_counter()
+            results[name] = way()
+            seconds[name].append(time.perf_counter() - t0)
+    gbps = {name: size / statistics.median(s) / 1e9 for name, s in seconds.items()}
+    result = {
+        "bench": "checksum", "size_bytes": size, "runs": args.runs, "chunk_bytes": chunk,
+        "crc32_gbps": round(gbps["crc32"], 2), "xxh3_gbps": round(gbps["xxh3"], 2),
+        "xxh3_running_gbps": round(gbps["xxh3_running"], 2),
+        "ratio": round(gbps["xxh3"] / gbps["crc32"], 2),
+        "seconds_per_gib": {name: round(2**30 / (g * 1e9), 3) for name, g in gbps.items()},
+        # the running checksum is the one-shot one, chunk by chunk
+        "running_matches": results["xxh3_running"] == f"xxh3:{results['xxh3']:016x}",
+    }
     return result
 
 
@@ -926,6 +975,11 @@ def main(argv: list[str] | None = None) -> int:
                         "how many keys end with two records")
     kr.add_argument("--pairs", type=int, default=1000)
     kr.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    ck = sub.add_parser("checksum", help="xxh3 against crc32 over one warm buffer (GB/s)")
+    ck.add_argument("--size", default="1GiB")
+    ck.add_argument("--runs", type=int, default=5)
+    ck.add_argument("--chunk", default="2MiB", help="the running checksum's update size")
+    ck.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     st = sub.add_parser("startup", help="start-up time of grid against a baseline commit")
     st.add_argument("--baseline-ref", default="65b4786",
                     help="the commit to compare with (default: before the restructuring)")
@@ -946,6 +1000,19 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {'':<18} heavy modules loaded: baseline "
                       f"{', '.join(r['baseline_heavy']) or '-'}; current "
                       f"{', '.join(r['current_heavy']) or '-'}")
+        return 0
+    if args.bench == "checksum":
+        result = checksum(args)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            per = result["seconds_per_gib"]
+            print(f"{format_bytes(result['size_bytes'])}, median of {result['runs']}: crc32 "
+                  f"{result['crc32_gbps']:.2f} GB/s ({per['crc32']:.3f} s/GiB) | xxh3 "
+                  f"{result['xxh3_gbps']:.2f} GB/s ({per['xxh3']:.3f} s/GiB), ratio "
+                  f"{result['ratio']:.2f} | running xxh3 in {format_bytes(result['chunk_bytes'])}"
+                  f" chunks {result['xxh3_running_gbps']:.2f} GB/s (matches one-shot: "
+                  f"{result['running_matches']})")
         return 0
     if args.bench == "listing":
         result = listing(args)

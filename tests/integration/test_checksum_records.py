@@ -2,14 +2,17 @@
 written before, with a crc32 checksum, still reads back (whole, streamed to a file, as an array),
 and a wrong checksum of either kind, or one naming an unknown algorithm, is an ``IntegrityError``.
 A move from an agent of the previous version (a PULL without ``checksum_algorithm``) is answered
-with crc32, the algorithm that source checks.
+with crc32, the algorithm that source checks. ``tools/bench.py checksum`` runs.
 
 Old records are made as an old client made them: the bytes written to a block, then a KPUT of a
 record with ``crc32:`` through the client's core (what any client can send)."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import zlib
 
 import msgpack
@@ -21,6 +24,7 @@ import zmq
 from mesh import protocol as P
 from mesh.client import MeshClient
 from mesh.errors import IntegrityError
+from support.mesh import ROOT
 
 MiB = 1 << 20
 
@@ -154,3 +158,15 @@ def test_a_pull_asking_for_an_unknown_algorithm_is_refused(c):
                                       "checksum_algorithm": "md5"})
     assert not reply.ok and "unknown checksum algorithm 'md5'" in reply.body["message"]
     assert block not in {b.block_id for b in c.blocks() if b.node == "node2"}
+
+
+def test_the_checksum_benchmark_runs_and_its_running_checksum_matches():
+    """``tools/bench.py checksum`` (the figures the docs quote are measured, never asserted)."""
+    done = subprocess.run([sys.executable, "tools/bench.py", "checksum", "--size", "8MiB",
+                           "--runs", "1", "--chunk", "1MiB", "--json"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["bench"] == "checksum" and out["size_bytes"] == 8 * MiB
+    assert out["running_matches"] is True
+    assert out["crc32_gbps"] > 0 and out["xxh3_gbps"] > 0 and out["ratio"] > 0
