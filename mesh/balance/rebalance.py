@@ -4,7 +4,7 @@ Covers: ``plan_moves`` (pure: from node loads and block sizes to a list of moves
 (turn ``MeshClient.stats()`` into ``NodeLoad``s), ``master_load`` (this machine, cgroup-aware),
 and ``Rebalancer``, which makes one pass: release reservations whose block is gone, plan, and for
 each move reserve the memory on the target through Ray, have the agents copy the block peer to
-peer (``MeshClient.move``: crc32-verified, same id, keys follow), and keep the reservation while
+peer (``MeshClient.move``: checksum-verified, same id, keys follow), and keep the reservation while
 the block lives there. A move that fails leaves the original at the source and releases its
 reservation. When this machine (the master) is over its threshold, it asks for memory on the
 workers as ``grid resource-sharing request`` does.
