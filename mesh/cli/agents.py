@@ -221,3 +221,19 @@ def _security(security: str | None) -> str:
 def agents_status(config_path: str | None, as_json: bool) -> None:
     """Each node's address, state from heartbeats, capacity, used, blocks and host free RAM."""
     show_status(load(config_path), as_json)
+
+
+@agents.command("scrape-config")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of YAML")
+def agents_scrape_config(config_path: str | None, as_json: bool) -> None:
+    """Print a Prometheus scrape config for every node's metrics endpoint."""
+    import yaml
+
+    from mesh.nodes.monitoring import scrape_config
+
+    doc = scrape_config(load(config_path))
+    if as_json:
+        echo_json(doc)
+    else:
+        click.echo(yaml.safe_dump(doc, sort_keys=False), nl=False)

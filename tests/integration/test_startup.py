@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -55,7 +56,7 @@ def test_grid_help_lists_every_command_and_imports_none(tmp_path):
     done, loaded = run_grid(tmp_path, "--help")
     assert done.returncode == 0, done.stderr
     listed = [line.split()[0] for line in done.stdout.split("Commands:")[1].strip().splitlines()]
-    assert listed == ["agents", "demo", "keys", "memory", "rebalance", "resource-sharing"]
+    assert listed == ["agents", "demo", "keys", "memory", "rebalance", "resource-sharing", "top"]
     assert "Move blocks off nodes over memory_pressure_high until" in done.stdout
     assert among(loaded, HEAVY) == []
     # no command module, no rich, no client, no cluster file (yaml)
@@ -66,7 +67,8 @@ def test_grid_help_lists_every_command_and_imports_none(tmp_path):
 def test_agents_help_lists_drain_without_importing_rebalancing(tmp_path):
     done, loaded = run_grid(tmp_path, "agents", "--help")
     assert done.returncode == 0, done.stderr
-    assert "drain    Move every block off NODE (for maintenance)" in done.stdout
+    assert re.search(r"\n  drain +Move every block off NODE \(for maintenance\)", done.stdout)
+    assert re.search(r"\n  scrape-config +Print a Prometheus scrape config", done.stdout)
     assert among(loaded, HEAVY) == []
 
 
