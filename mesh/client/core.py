@@ -11,7 +11,9 @@ receives), the membership view, block locations, placement, and the block operat
 cluster) a link is a sealed session made by a CURVE handshake the first time an address is
 used (``mesh/security/link.py``); without one it is a plain DEALER.
 
-Not here: the batch window and reply matching (``mesh/client/batch.py``, pure), how a range is
+Not here: the batch window and reply matching (``mesh/client/batch.py``, pure), how the
+membership view is merged and version skew noticed (``mesh/client/view.py``, pure), telling a
+port where nothing listens from a slow agent (``mesh/client/reach.py``), how a range is
 cut into chunks and how a moving block is followed (``mesh/client/transfer.py``), frame layouts
 (``mesh/protocol.py``), exceptions (``mesh/errors.py``), config files (``mesh/config.py``), and
 the CLI (``mesh/cli/``).
@@ -22,12 +24,11 @@ from __future__ import annotations
 import itertools
 import re
 import time
-from dataclasses import replace
 from typing import Any, Callable
 
 import zmq
 
-from mesh import protocol as P
+from mesh import __version__, protocol as P
 from mesh._malloc import tune_for_transfers
 from mesh.client.batch import Batch, BatchRun, Call, Op, Wait, byte_view
 from mesh.client.blame import down_reason
@@ -49,8 +50,9 @@ from mesh.errors import (
     SealError,
     SessionLost,
 )
-from mesh.membership import ALIVE, DEAD, DOWN, LIVE_FIELDS, SUSPECT, NodeInfo, state_for_silence
+from mesh.membership import ALIVE, DEAD, LIVE_FIELDS, SUSPECT, NodeInfo
 from mesh.client.links import Links
+from mesh.client.view import VersionWatch, build_view, newer, nobody_listens
 from mesh.units import format_bytes
 
 __all__ = ["BlockInfo", "Core", "Listing", "NodeInfo", "block_node_hint"]  # BlockInfo: re-exported
@@ -102,6 +104,7 @@ class Core:
         self.replicated: set[str] = set()  # block ids known to have copies on other nodes
         self.near: dict[str, str] = {}  # block id -> a copy on this machine, for reads
         self.closed = False
+        self.versions = VersionWatch(__version__)  # warns once per (node, other version)
         tune_for_transfers(settings.max_message_bytes, settings.window)
 
     # --- sockets ------------------------------------------------------------------------------
@@ -165,8 +168,10 @@ class Core:
                     continue
                 addresses = run.inflight_addresses()
                 live = self.links.live
+                probe_s = self.links.poll_s(addresses)  # links not known to reach an agent yet
                 ready = yield Wait(tuple(live[a].sock for a in addresses if a in live)
-                                   + tuple(self.links.monitors(addresses)), wait)
+                                   + tuple(self.links.monitors(addresses)),
+                                   wait if probe_s is None else min(wait, probe_s))
                 now = time.monotonic()
                 for address in addresses:
                     refused = self.links.refused(address)
@@ -244,7 +249,7 @@ class Core:
         rest = [a for a in self.known_addresses() if a not in linked]
         groups = [g[i : i + 3] for g in (linked, rest) for i in range(0, len(g), 3)]
         merged: dict[str, dict[str, Any]] = {}
-        errors: list[MeshError] = []
+        errors: list[tuple[str, MeshError]] = []
         for group in groups:
             calls = yield from self.execute(Batch(
                 [Call(a, P.NODES, {}) for a in group],
@@ -254,44 +259,32 @@ class Core:
             ))
             for call in calls:
                 if call.result is None:
-                    errors.append(call.error)
+                    errors.append((call.address, call.error))
                     continue
                 for rec in call.result.get("nodes", []):
                     self.links.learn(rec)
-                    prev = merged.get(rec["node"])
-                    if prev is None or (rec["incarnation"], -rec["age_s"]) > (
-                        prev["incarnation"], -prev["age_s"]
-                    ):
+                    self.versions.check(rec["node"], str(rec.get("version") or ""))
+                    if newer(rec, merged.get(rec["node"])):
                         merged[rec["node"]] = rec
             if merged:
                 break
         if not merged:
-            refused = [e for e in errors if isinstance(e, (AuthenticationError, Forbidden))]
+            refused = [e for _, e in errors if isinstance(e, (AuthenticationError, Forbidden))]
             if refused:  # the agents are there, and say no: that is the answer, not "not running"
                 raise refused[0]
-            detail = "; ".join(str(e) for e in errors[:3])
+            asked = [a for g in groups for a in g]
+            why = sorted(((a, self.node_name(a), self.links.unreached.get(a, ("", 0))[0])
+                          for a, _ in errors), key=lambda w: asked.index(w[0]))
+            if why and all(w for _, _, w in why):  # nothing listens anywhere: say so at once
+                raise nobody_listens(why)
+            detail = "; ".join(str(e) for _, e in errors[:3])
             raise NodeUnavailable(
                 "no mesh agent answered (are the agents running? try `grid agents start`)"
                 + (f": {detail}" if detail else "")
             )
-        nodes = {name: NodeInfo.from_record(r) for name, r in merged.items()}
         now = time.monotonic()
-        for name, old in self._nodes.items():
-            # A node this client has seen that no agent reports now (it died before its peers
-            # heard it) keeps ageing here, so it still turns suspect, then dead.
-            if name not in nodes and old.state != DOWN:
-                age = old.age_s + (now - self._nodes_heard_at)
-                state = state_for_silence(age, self.settings.suspect_after_s,
-                                          self.settings.dead_after_s)
-                nodes[name] = replace(old, state=state, age_s=age)
-        if self.config is not None:
-            for node in self.config.nodes:
-                if node.name not in nodes:
-                    nodes[node.name] = NodeInfo(
-                        node.name, node.data_address, DOWN, 0, node.share_bytes or 0, 0, 0, 0, 0,
-                        float("inf"), "",
-                    )
-        self._nodes = dict(sorted(nodes.items()))
+        self._nodes = build_view(merged, self._nodes, now - self._nodes_heard_at, self.settings,
+                                 self.config, self.links.unreached, now)
         self._nodes_at = self._nodes_heard_at = now
         return list(self._nodes.values())
 
@@ -481,7 +474,7 @@ class Core:
              source: str | None = None) -> Op:
         """Move a block to node ``target``, agent to agent; its id stays the same.
 
-        The source copies it to the target (which verifies a crc32 of the copy), hands over the
+        The source copies it to the target (which verifies a checksum of the copy), hands over the
         keys naming it, then frees its own copy. Returns the source's report (from, to, size,
         checksum, seconds). On failure (``MoveFailed``) the original is intact at the source.
         A replicated block moves the copy on ``source`` (default: its primary's); the target

@@ -7,7 +7,9 @@ A replicated block (``docs/durability.md``) answers STAT on every copy that may 
 do reads (its copy is never behind an acknowledged write; nor is any other current copy). A
 copy that cannot serve now (its lease lapsed, it is being filled, or it is a backup asked to
 change the block) answers ``NotCurrent``, which the callers' ``follow`` treats like a block
-being handed over: wait a moment and find it again.
+being handed over: wait a moment and find it again. So is a copy's answer that names a primary
+which has just failed to answer this lookup (killed: its port refuses at once): the copies take
+over once the mesh declares it dead.
 
 Not here: the sockets and the location cache (``mesh/client/core.py``), following a block that
 moves (``mesh/client/transfer.py: follow``), who to blame when a block is found nowhere
@@ -93,17 +95,23 @@ def find_block(core: Core, block_id: str, hint: str | None) -> Op:
             fail_fast=False,
         ))
         for call in calls:
+            if isinstance(call.error, NotCurrent):
+                not_current = call.error  # a copy is there, not serving this instant
+            elif call.error is not None and not isinstance(call.error, BlockNotFound):
+                silent.add(call.address)
+        for call in calls:
             if call.result is not None:
                 replicated = len(call.result.get("nodes") or []) > 1 or \
                     int(call.result.get("replicas") or 1) > 1
                 primary = primary_address(core, call.address, call.result)
+                if primary in silent:  # a copy names a primary that just failed to answer us
+                    not_current = NotCurrent(
+                        f"block {block_id}: its primary {core.node_name(primary) or primary} "
+                        "does not answer; another copy takes over once it is declared dead")
+                    continue
                 near = nearest(core, call.result)
                 return (primary, int(call.result["size"]), replicated,
                         None if near == primary else near)
-            if isinstance(call.error, NotCurrent):
-                not_current = call.error  # a copy is there, not serving this instant
-            elif not isinstance(call.error, BlockNotFound):
-                silent.add(call.address)
     if not_current is not None:
         raise not_current  # the caller waits and looks again
     # its node dead, paused or silent: the block is not known to be gone (issue 10, #7)
