@@ -37,7 +37,7 @@ class NodeStatus:
     local: bool  # an agent of this machine (its pid file is here)
     managed_by: str | None  # "local", "ssh"; None for a node heard by gossip only
     pid: int | None
-    uptime_s: float | None  # from the node over SSH
+    uptime_s: float | None  # the agent's own (STATS), else SSH's, else the local pid's
     reason: str | None  # why the node is not alive, when we can tell
     heard: NodeInfo | None  # the heartbeat record; None when no agent answered at all
     version: str | None
@@ -73,13 +73,15 @@ class NodeStatus:
 
 
 def merge(cfg: ClusterConfig, pids: dict[str, int | None], remote: dict[str, NodeResult],
-          heard: list[NodeInfo]) -> list[NodeStatus]:
+          heard: list[NodeInfo], uptimes: dict[str, float] | None = None) -> list[NodeStatus]:
     """One status per node from the three sources.
 
     ``pids``: the local agents' pids by node (None: not running); ``remote``: the SSH status of
-    each SSH-managed node; ``heard``: the membership view (empty when no agent answered).
+    each SSH-managed node; ``heard``: the membership view (empty when no agent answered);
+    ``uptimes``: seconds each agent has run, as it says (STATS) or as its local pid says.
     """
     seen = {n.name: n for n in heard}
+    uptimes = uptimes or {}
     statuses = []
     for node in cfg.nodes:
         n = seen.get(node.name)
@@ -99,7 +101,8 @@ def merge(cfg: ClusterConfig, pids: dict[str, int | None], remote: dict[str, Nod
             local=node.name in pids,
             managed_by="local" if node.name in pids or r is None else "ssh",
             pid=pid,
-            uptime_s=r.detail.get("uptime_s") if r is not None else None,
+            uptime_s=uptimes.get(node.name,
+                                 r.detail.get("uptime_s") if r is not None else None),
             reason=reason,
             heard=n,
             version=(n.version if n else None) or (r.detail.get("version") if r else None),
@@ -110,7 +113,7 @@ def merge(cfg: ClusterConfig, pids: dict[str, int | None], remote: dict[str, Nod
         if name not in listed:
             statuses.append(NodeStatus(
                 name=name, address=n.address, local=False, managed_by=None, pid=None,
-                uptime_s=None, reason=None, heard=n, version=n.version,
+                uptime_s=uptimes.get(name), reason=None, heard=n, version=n.version,
             ))
     return statuses
 
@@ -125,16 +128,37 @@ def node_statuses(cfg: ClusterConfig) -> list[NodeStatus]:
     ``merge``. Raises ``MissingExtra`` when some node is managed over SSH and Fabric is not
     installed."""
     from mesh.client import MeshClient
-    from mesh.errors import NodeUnavailable
+    from mesh.errors import MeshError, NodeUnavailable
     from mesh.nodes import deploy, local
 
     targets = deploy.ssh_nodes(cfg)
     mine, _ = local.local_agents(cfg)
     pids = {a.node.name: a.pid() for a in mine}
     remote = {r.node: r for r in deploy.remote(cfg, targets, "status")}
+    uptimes = {name: up for name, pid in pids.items() if (up := pid_uptime_s(pid)) is not None}
     try:
         with MeshClient(cfg) as client:
             heard = client.nodes()
+            try:  # each agent's own uptime; the figures above when it does not say
+                uptimes.update({p["node"]: round(float(p["uptime_s"]), 1)
+                                for p in client.stats()["nodes"]
+                                if isinstance(p.get("uptime_s"), (int, float))})
+            except MeshError:
+                pass
     except NodeUnavailable:
         heard = []
-    return merge(cfg, pids, remote, heard)
+    return merge(cfg, pids, remote, heard, uptimes)
+
+
+def pid_uptime_s(pid: int | None) -> float | None:
+    """Seconds since the local process ``pid`` started (None: no such process)."""
+    import time
+
+    import psutil
+
+    if not pid:
+        return None
+    try:
+        return round(time.time() - psutil.Process(pid).create_time(), 1)
+    except (psutil.Error, OSError):
+        return None
