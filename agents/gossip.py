@@ -10,6 +10,9 @@ speak on it, and a node without an agent key in the allow-list is not followed a
 What a heartbeat says about other nodes (its ``peers``) is hearsay: it introduces nodes, and the
 membership rules (``mesh/membership.py``) decide what it may change.
 
+A peer whose own heartbeat says it runs another version of the mesh than this agent is logged
+once per (peer, version) as a WARNING ("version skew"), as a client warns (``mesh/client/view.py``).
+
 A link silent for ``dead_after_s`` is made again (libzmq drops a link for good when a peer sends
 a message over the SUB's size limit, and reconnects by itself only after connection errors), at
 most ``RELINKS_PER_BEAT`` per heartbeat.
@@ -24,7 +27,7 @@ from typing import Any, Callable
 
 import zmq
 
-from mesh import protocol as P
+from mesh import __version__, protocol as P
 from mesh import sockets
 from mesh.errors import MeshError
 from mesh.membership import MembershipTable, is_agent_address
@@ -67,6 +70,7 @@ class Gossip:
         self.heard = 0
         self.rejected = 0  # heartbeats naming another node than their link's, or non-members
         self._hearsay_budget = HEARSAY_LINKS_PER_BEAT
+        self.skewed: set[tuple[str, str]] = set()  # (peer, its version) warned about
 
     def follow(self, gossip: str, node: str | None, hearsay: bool = False) -> None:
         if gossip == self.gossip_address or node == self.node:
@@ -138,6 +142,11 @@ class Gossip:
             return
         self.heard += 1
         link.heard_at = now
+        version = str(rec.get("version") or "")
+        if version and version != __version__ and (rec["node"], version) not in self.skewed:
+            self.skewed.add((rec["node"], version))
+            log.warning("version skew: peer %s runs mesh %s, this agent runs %s; upgrade them "
+                        "to one version", rec["node"], version, __version__)
         if self.members.observe(rec, now):  # its own record: it vouches for it
             self.follow(rec["gossip"], rec["node"])
         for peer in rec["peers"]:  # hearsay: introduces nodes, changes none

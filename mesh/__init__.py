@@ -22,6 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"  # the one place the version is written (pyproject.toml reads it)
 
+# A testing hook, not a setting: MESH_VERSION_OVERRIDE makes this process claim another version,
+# so that a test can run an agent "of another version" and watch the version-skew warnings
+# (tests/integration/test_version_skew.py). Never set it in production.
+if __import__("os").environ.get("MESH_VERSION_OVERRIDE", "").strip():
+    __version__ = __import__("os").environ["MESH_VERSION_OVERRIDE"].strip()
+
 # name -> module that defines it, imported on first access (PEP 562)
 _LAZY = {
     "MeshClient": "mesh.client",

@@ -1,0 +1,53 @@
+"""Issue 13: a client or agent that meets an agent of another version warns once (version skew).
+
+One real agent runs with ``MESH_VERSION_OVERRIDE`` (the testing hook in ``mesh/__init__.py``)
+and so claims another version in its HELLO and heartbeats. The client warns with
+``MeshVersionWarning`` once for that node however often it asks; the other agent logs one
+warning about that peer, and the odd one logs one about it.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import mesh
+from mesh.client.view import MeshVersionWarning
+from support.mesh import LocalMesh
+
+OTHER = "0.0.0+skew"
+
+
+def _skew_lines(log_text: str, peer: str) -> list[str]:
+    return [line for line in log_text.splitlines()
+            if "version skew" in line and f"peer {peer} " in line]
+
+
+def test_client_and_agents_warn_once_per_node_and_version(tmp_path, monkeypatch):
+    assert mesh.__version__ != OTHER
+    cluster = LocalMesh.create(tmp_path, n=2)
+    try:
+        cluster.start("node1")
+        monkeypatch.setenv("MESH_VERSION_OVERRIDE", OTHER)
+        cluster.start("node2")
+        monkeypatch.delenv("MESH_VERSION_OVERRIDE")
+        cluster.wait_converged()
+        with cluster.client() as client:
+            assert client.ping(cluster.node("node2").address)["node"] == "node2"
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")  # the client's own "once", not Python's
+                for _ in range(3):
+                    nodes = {n.name: n for n in client.nodes()}
+                client.stats()
+        skew = [w for w in caught if issubclass(w.category, MeshVersionWarning)]
+        assert len(skew) == 1, [str(w.message) for w in caught]
+        message = str(skew[0].message)
+        assert "node2" in message and OTHER in message and mesh.__version__ in message
+        assert nodes["node2"].version == OTHER and nodes["node1"].version == mesh.__version__
+        time.sleep(4 * 0.5)  # several heartbeats each way (heartbeat_interval_s 0.5)
+    finally:
+        assert not cluster.stop_all()
+    first = _skew_lines(cluster.node("node1").log.read_text(), "node2")
+    assert len(first) == 1 and OTHER in first[0], first
+    second = _skew_lines(cluster.node("node2").log.read_text(), "node1")
+    assert len(second) == 1 and mesh.__version__ in second[0], second
