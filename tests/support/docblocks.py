@@ -23,7 +23,8 @@ Conventions the docs follow (docs/DESIGN.md, "Docs that run"):
 
 Comparing by shape: ``normalise_line`` replaces what differs from run to run with placeholders
 (block and reservation ids, checksums and other hex, absolute paths, hex dump lines, every number,
-so pids, sizes, times, ports, dates) and reduces a rich table to its cells (box characters, column
+so pids, sizes, times, ports, dates; a number after a hyphen only from three digits on, so node
+names such as ``local-1`` stay while ``example-shared-10617`` does not) and reduces a rich table to its cells (box characters, column
 widths and alignment gone; a header row keeps its own marker). Words, units, column names, the
 number of columns and of lines stay, so a changed message, a missing column, ``MB`` become
 ``MiB``, or a row more or less is a difference, and a new pid or timing is not. One tolerance: a
@@ -161,6 +162,7 @@ _SUBS: list[tuple[re.Pattern, str]] = [
     (re.compile(r"\b\d{1,2}:\d{2}:\d{2}(?:[.,]\d+)?\b"), "<time>"),
     (re.compile(r"(?<![\w:/.])~?/(?=[\w.~-])[^\s'\"`(),;:]+"), "<path>"),
     (re.compile(r"(?<![\w-])\d+(?:,\d{3})*(?:\.\d+)?(?:e[-+]?\d+)?"), "N"),
+    (re.compile(r"(?<=[A-Za-z]-)\d{3,}\b"), "N"),  # a pid in a name; local-1 stays a name
     (re.compile(r"\bN (?:[KMGTP]B)\b"), "<size>"),
     (re.compile(r"\bN (?:[KMGTP]iB)\b"), "<isize>"),
     (re.compile(r"\bN B\b"), "<bytes>"),

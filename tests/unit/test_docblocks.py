@@ -83,6 +83,7 @@ def test_output_before_a_command_is_refused():
     ("00000000  1b 8f 66 d0 bf 44 ea fa 47 fe dd 98 a1 2c b4 fd  |..f..D..G....,..|",
      "00000000  00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f  |................|"),
     ("Used: 0 B of 12.00 GB", "Used: 1.50 GB of 12.00 GB"),
+    ("parent pid 10617: stored 'example-shared-10617'", "parent pid 9: stored 'example-shared-27176'"),
     ("moved block_0_node1_hoi96aphbc in 0.04 s, reserved as alloc_1795656430_node1_1248",
      "moved block_3_node1_hp11 in 1.5 s, reserved as alloc_1795699999_node1_ab12"),
 ])
@@ -96,6 +97,7 @@ def test_what_varies_between_runs_is_not_a_difference(doc, actual):
     ("┃ Node ┃ State ┃", "┃ Node ┃ Status ┃"),                                  # a renamed one
     ("✓ Allocated 1.50 GB", "✓ Allocated 1.50 GiB"),                           # another unit
     ("Node: local-1", "Node: local-2"),                                        # another node
+    ("stored 'example-1'", "stored 'example-2'"),                             # a name's number
     ("│ local-1 │ 1.50 GB │", "┃ local-1 ┃ 1.50 GB ┃"),                        # a row become a header
 ])
 def test_a_changed_word_column_or_unit_is_a_difference(doc, actual):
