@@ -10,7 +10,7 @@ cannot make it talk to an impostor.
 A link whose agent has not completed a handshake soon after it was made is probed
 (``mesh/client/reach.py``): when nothing listens at its address, ``refused`` says so at once
 (``NodeUnavailable``) instead of letting its requests wait their timeout, and ``unreached``
-keeps why and when, for the caller's summary ("no agent is reachable: ...") and its membership
+keeps why and when, for the caller's summary ("no mesh agent answered: ...") and its membership
 view (a node found not listening is suspect until it is heard again).
 """
 

@@ -72,7 +72,7 @@ def nobody_listens(tried: list[tuple[str, str | None, str]]) -> NodeUnavailable:
     for address, node, why in tried:
         by_why.setdefault(why, []).append(f"{node} ({address})" if node else address)
     parts = "; ".join(f"{', '.join(where)} {why}" for why, where in by_why.items())
-    return NodeUnavailable(f"no agent is reachable: {parts}; start them with "
+    return NodeUnavailable(f"no mesh agent answered: {parts}; start them with "
                            "`grid agents start`")
 
 

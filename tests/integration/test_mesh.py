@@ -407,5 +407,5 @@ def test_no_agent_at_all_is_one_clear_error(tmp_path):
 
     mesh = LocalMesh.create(tmp_path, n=2, connect_timeout_s=0.3)
     with mesh.client() as c:
-        with pytest.raises(NodeUnavailable, match="no agent is reachable"):
+        with pytest.raises(NodeUnavailable, match="no mesh agent answered"):
             c.allocate(10)
