@@ -4,7 +4,8 @@ Covers: which nodes of a cluster file live on this machine (their host is a loop
 one of this machine's interface addresses, or its hostname), the state directory (pid and log
 files: the agent writes ``<node>.log`` itself, rotated by size as ``logging:`` says, and its
 stdout/stderr go to ``<node>.out``, where a failure before its log is set up shows), starting
-``mesh-agent`` detached from the terminal, waiting until it answers, and a
+``mesh-agent`` detached from the terminal (or, with ``systemd``, as a systemd unit:
+``mesh/nodes/systemd.py``), waiting until it answers, and a
 graceful stop (SIGTERM, then SIGKILL after a timeout) that only ever signals a process whose
 command line is that node's agent.
 
@@ -179,9 +180,23 @@ def _ping(cfg: ClusterConfig, address: str, timeout_s: float) -> bool:
         return False
 
 
+def agent_command(cfg_path: str, agent: LocalAgent, insecure: bool = False,
+                  extra: list[str] | None = None) -> list[str]:
+    """The command line of ``agent``'s process (a detached process or a systemd unit's)."""
+    cmd = [sys.executable, "-m", "agents.main", "--config", cfg_path, "--node", agent.node.name,
+           "--log-file", str(agent.log_file)]  # the agent rotates it (agents/logs.py)
+    return cmd + list(extra or ()) + (["--insecure"] if insecure else [])
+
+
 def start(cfg: ClusterConfig, agents: list[LocalAgent], insecure: bool = False,
-          timeout_s: float = 15.0, config_path: str | None = None) -> list[Outcome]:
+          timeout_s: float = 15.0, config_path: str | None = None,
+          systemd: bool = False, extra: list[str] | None = None) -> list[Outcome]:
+    """Start ``agents`` as detached processes, or with ``systemd`` as systemd units
+    (``start_units``, which add ``extra`` to the agent's arguments), and wait until each
+    answers."""
     cfg_path = config_path or config_path_for_agents(cfg)
+    if systemd:
+        return start_units(cfg, agents, insecure, timeout_s, cfg_path, extra)
     launched: list[tuple[LocalAgent, subprocess.Popen, tuple[int, int]]] = []
     outcomes: dict[str, Outcome] = {}
     for agent in agents:
@@ -189,10 +204,7 @@ def start(cfg: ClusterConfig, agents: list[LocalAgent], insecure: bool = False,
         if pid is not None:
             outcomes[agent.node.name] = Outcome(agent.node.name, True, "already running", pid)
             continue
-        cmd = [sys.executable, "-m", "agents.main", "--config", cfg_path, "--node", agent.node.name,
-               "--log-file", str(agent.log_file)]  # the agent rotates it (agents/logs.py)
-        if insecure:
-            cmd.append("--insecure")
+        cmd = agent_command(cfg_path, agent, insecure)
         sizes = agent.log_sizes()
         with open(agent.out_file, "ab") as out:
             proc = subprocess.Popen(
@@ -226,6 +238,64 @@ def start(cfg: ClusterConfig, agents: list[LocalAgent], insecure: bool = False,
     return [outcomes[a.node.name] for a in agents]
 
 
+def start_units(cfg: ClusterConfig, agents: list[LocalAgent], insecure: bool, timeout_s: float,
+                cfg_path: str, extra: list[str] | None = None) -> list[Outcome]:
+    """Each agent as a systemd unit (``mesh/nodes/systemd.py``: a system unit as root, else
+    a user unit), its pid file written from the unit's main pid so that ``status`` and
+    ``stop`` find it. Where systemd does not run, every agent fails with that reason."""
+    from mesh.nodes import systemd as units
+
+    system = units.is_system_manager()
+    why = units.unavailable(system)
+    if why is not None:
+        return [Outcome(a.node.name, False, f"{why}; start without --systemd") for a in agents]
+    outcomes = []
+    for agent in agents:
+        name = agent.node.name
+        pid = agent.pid()
+        if pid is not None and not units.active(name, system):
+            outcomes.append(Outcome(name, False, f"already running as a process (pid {pid}); "
+                                    "stop it first (`grid agents stop`)", pid))
+            continue
+        sizes = agent.log_sizes()
+        text = units.render_unit(name, agent_command(cfg_path, agent, insecure, extra),
+                                 system=system, working_dir=str(agent.log_file.parent))
+        failed = units.install(name, text, system)
+        if failed is not None:
+            outcomes.append(Outcome(name, False, failed))
+            continue
+        deadline = time.monotonic() + timeout_s
+        while not _ping(cfg, agent.node.data_address, 0.3):
+            if time.monotonic() > deadline or not units.active(name, system):
+                outcomes.append(Outcome(name, False, f"unit {units.unit_name(name)} did not "
+                                        f"answer within {timeout_s:g} s:\n"
+                                        f"{agent.said_since(sizes)}"))
+                break
+        else:
+            pid = units.main_pid(name, system)
+            if pid is not None:
+                agent.pid_file.write_text(f"{pid}\n")
+            kind = "system" if system else "user"
+            note = "" if system or units.lingers() else \
+                " (it stops when you log out: `loginctl enable-linger` keeps it)"
+            outcomes.append(Outcome(name, True, f"started as systemd {kind} unit "
+                                    f"{units.unit_name(name)}{note}", pid))
+    return outcomes
+
+
+def _stop_unit(agent: LocalAgent) -> Outcome | None:
+    """Stop ``agent``'s systemd unit when it has one (else None: it is a plain process)."""
+    from mesh.nodes import systemd as units
+
+    name = agent.node.name
+    if not units.installed(name) or units.unavailable() is not None:
+        return None
+    pid = agent.pid()
+    failed = units.stop(name)
+    return Outcome(name, failed is None, failed or f"stopped systemd unit {units.unit_name(name)}",
+                   pid)
+
+
 def _terminate(pid: int, timeout_s: float) -> str:
     try:
         proc = psutil.Process(pid)
@@ -247,6 +317,10 @@ def stop(agents: list[LocalAgent], timeout_s: float = 10.0) -> list[Outcome]:
     outcomes: dict[str, Outcome] = {}
     running: dict[psutil.Process, LocalAgent] = {}
     for agent in agents:
+        unit = _stop_unit(agent)  # systemd would start a failed agent again: ask it first
+        if unit is not None and (not unit.ok or agent.pid() is None):
+            outcomes[agent.node.name] = unit
+            continue
         pid = agent.pid()
         if pid is None:
             outcomes[agent.node.name] = Outcome(agent.node.name, True, "not running")
