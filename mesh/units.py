@@ -6,6 +6,16 @@ back into "4.00 MiB". Every multiple is binary: k, K, KB and KiB all mean 1024 (
 documents and users write "GB" for what the machine reports in GiB, so we read it that way and
 never guess between 1000 and 1024).
 
+One convention for printing: every size a person reads goes through ``format_bytes``, so a byte
+count reads the same wherever it appears: "512.00 MiB" in ``grid agents status``,
+``grid memory stats``, ``grid memory list-blocks``, ``grid resource-sharing`` and
+``grid rebalance`` alike, and in the errors the client raises. Output labels are the binary
+ones (KiB, MiB, GiB, TiB), also in the commands the seed documents describe: they printed
+"5.00 GB" for what was 5 GiB, and a label that says what it means is worth the change. Input
+keeps the seeds' spellings ("--size 5.0" is 5 GiB, "512MB" is 512 MiB). Only numbers in Python
+dictionaries of the seeds' API keep their names (``size_mb``, ``total_mb``: MiB as floats,
+``distributed_grid/``).
+
 Not here: durations (config fields are float seconds named ``*_s``), and checking that a size
 fits a block or an agent (``mesh/client/core.py`` and the agent do that and raise their own errors).
 """

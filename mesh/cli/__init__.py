@@ -14,10 +14,22 @@ client, rich, Fabric, Ray or ``mesh.balance``, and ``grid memory ...`` nothing o
 ``mesh.balance`` (``tests/integration/test_startup.py``).
 
 ``main`` is the console script. It turns every error a user can cause into one line on stderr
-and an exit code: 1 for a ``MeshError`` or a ``GridError`` (bad config, unknown node,
-unreachable agents, a missing optional dependency: ``MissingExtra`` names the extra), 2 for
-click's usage errors, 130 on Ctrl-C, 141 when the reader of our output went away. No user
-mistake prints a traceback.
+and an exit code, the same for every command (the table is in docs/memory-cli.md, "Exit codes"):
+
+    0    done
+    1    a ``MeshError`` or a ``GridError`` (bad config or value, unknown node, block or key,
+         unreachable agents, no room, a local file we could not read or write, a node that
+         failed to start, a listing that misses a node, a move that failed; a missing optional
+         dependency: ``MissingExtra`` names the extra)
+    2    click's usage errors (unknown command or option, a missing argument)
+    130  Ctrl-C
+    141  the reader of our output went away (``| head``)
+
+No user mistake prints a traceback. With ``--json`` anywhere on the command line (before a lone
+``--``) that line is one JSON object instead of red text, whatever failed, usage errors
+included: ``{"error": {"type": "BlockNotFound", "message": "...", "node": null}}``, where
+``type`` is the exception's class name (``usage`` for click's usage errors) and ``node`` the
+node the error is about when the error knows it (``json_error``). The exit code is the same.
 
 This module imports nothing heavy itself, so ``grid`` fails with one line, not a traceback,
 when the ``cli`` extra (click, rich) is not installed.
@@ -25,6 +37,8 @@ when the ``cli`` extra (click, rich) is not installed.
 
 from __future__ import annotations
 
+import json
+import signal
 import sys
 
 INSTALL_HINT = "pip install 'memory-mesh[cli]'"
@@ -36,9 +50,37 @@ def _missing_cli(exc: ModuleNotFoundError) -> None:
     name = (exc.name or "").partition(".")[0]
     if name not in CLI_MODULES:
         raise exc
-    print(f"grid: the command line needs {name}, which comes with the cli extra: "
-          f"{INSTALL_HINT}", file=sys.stderr)
+    message = f"the command line needs {name}, which comes with the cli extra: {INSTALL_HINT}"
+    if json_mode():
+        print(json_error("MissingExtra", message), file=sys.stderr)
+    else:
+        print(f"grid: {message}", file=sys.stderr)
     sys.exit(1)
+
+
+def json_mode(argv: list[str] | None = None) -> bool:
+    """``--json`` is on the command line (``argv``, default ``sys.argv[1:]``) before any lone
+    ``--``: errors are then JSON objects (``json_error``)."""
+    for arg in sys.argv[1:] if argv is None else argv:
+        if arg == "--":
+            return False
+        if arg == "--json":
+            return True
+    return False
+
+
+def json_error(error_type: str, message: str, node: str | None = None) -> str:
+    """The one line an error is in ``--json`` mode."""
+    return json.dumps({"error": {"type": error_type, "message": message, "node": node}})
+
+
+class _Interrupted(BaseException):
+    """Ctrl-C in ``--json`` mode. Not a ``KeyboardInterrupt``, which click would answer with a
+    blank line on stderr before ours."""
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise _Interrupted()
 
 
 def main() -> None:
@@ -51,23 +93,46 @@ def main() -> None:
     from mesh.cli import common
     from mesh.errors import MeshError
 
+    as_json = json_mode()
+    if as_json and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupted)
     try:
-        cli.main(prog_name="grid", standalone_mode=False)
-    except click.exceptions.Abort:
-        common.err.print("aborted")
+        code = cli.main(prog_name="grid", standalone_mode=False)
+    except (click.exceptions.Abort, _Interrupted, KeyboardInterrupt):
+        if as_json:
+            common.fail("aborted", error_type="KeyboardInterrupt")
+        else:
+            common.err.print("aborted")
         sys.exit(130)
-    except click.ClickException as exc:
+    except click.UsageError as exc:
+        if as_json:
+            common.fail(exc.format_message(), error_type="usage")
+        else:
+            exc.show()
+        sys.exit(exc.exit_code)
+    except common.GridError as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    except click.ClickException as exc:  # click's own, such as a file it could not open
+        if as_json:
+            common.fail(exc.format_message(), error_type=type(exc).__name__)
+        else:
+            exc.show()
+        sys.exit(exc.exit_code)
     except MeshError as exc:
-        common.fail(str(exc))
+        common.fail(str(exc), node=exc.node, error_type=type(exc).__name__)
         sys.exit(1)
     except ModuleNotFoundError as exc:  # rich, imported with the first command that prints
         _missing_cli(exc)
     except BrokenPipeError:
         common.quiet_broken_pipe()
+    except SystemExit as exc:  # rich's consoles and click exit 1 when stdout's reader went away
+        if isinstance(exc.__context__, BrokenPipeError):
+            common.quiet_broken_pipe()
+        raise
     except OSError as exc:  # a file we were told to read or write
-        common.fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+        common.fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+                    error_type=type(exc).__name__)
         sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    if isinstance(code, int) and code:  # click's ctx.exit(n) without standalone mode
+        sys.exit(code)

@@ -1,16 +1,18 @@
 """``grid agents``: deploy, start, watch and stop the mesh agents (rendering only).
 
-    grid agents deploy [--node NAME]... [--wheelhouse DIR] [-c FILE]
-    grid agents start|restart [--node NAME]... [--insecure] [--systemd] [-c FILE]
-    grid agents stop [--node NAME]... [-c FILE]
+    grid agents deploy [--node NAME]... [--wheelhouse DIR] [--json] [-c FILE]
+    grid agents start|restart [--node NAME]... [--insecure] [--systemd] [--json] [-c FILE]
+    grid agents stop [--node NAME]... [--json] [-c FILE]
     grid agents logs [--node NAME]... [--lines N] [-c FILE]
     grid agents status [--json] [-c FILE]
-    grid agents drain NODE                     (mesh/cli/rebalance.py, imported when it runs)
+    grid agents drain NODE [--json]            (mesh/cli/rebalance.py, imported when it runs)
 
 Nodes of this machine are local processes (``mesh/nodes/local.py``); the others are driven over
 SSH (``mesh/nodes/deploy.py``, the ``deploy`` extra: without Fabric, a command that would reach
 such a node stops with one line naming the extra). One line per node says how it went; any
-failed node makes the exit code 1.
+failed node makes the exit code 1. With ``--json``: one document, ``{"action", "nodes": [{"node",
+"ok", "message", "pid"}], "ok"}`` (``restart`` adds ``"stopped"``, the rows of its stop), and
+when a node failed, the one JSON error line naming the failures on stderr (``_finish``).
 
 Not here: the work (``mesh/nodes/``: ``local``, ``deploy``, ``status``), ``grid demo``
 (``mesh/cli/demo.py``), the shared helpers (``mesh/cli/common.py``).
@@ -31,6 +33,7 @@ from mesh.cli.common import (
     config_option,
     echo_json,
     err,
+    human,
     load,
     out,
 )
@@ -38,7 +41,6 @@ from mesh.config import ClusterConfig
 from mesh.nodes import deploy, local
 from mesh.nodes.deploy import NodeResult
 from mesh.nodes.status import node_statuses
-from mesh.units import format_bytes
 
 
 @click.group(cls=LazyGroup, lazy={
@@ -53,11 +55,16 @@ node_option = click.option("--node", "-n", "nodes", multiple=True,
                            help="only these nodes (repeatable)")
 
 
-def _report(results: Iterable[NodeResult]) -> bool:
-    """Print one line per node; True when every node succeeded."""
+def _report(results: Iterable[NodeResult], rows: list[dict] | None = None) -> bool:
+    """Print one line per node, or with ``rows`` (``--json``) add one row per node to it; True
+    when every node succeeded."""
     all_ok = True
     for r in results:
-        if r.ok:
+        if rows is not None:
+            all_ok = all_ok and r.ok
+            rows.append({"node": r.node, "ok": r.ok, "message": r.message,
+                         "pid": r.detail.get("pid")})
+        elif r.ok:
             out.print(f"[green]✓[/green] {r.node}: {r.message}", highlight=False)
         else:
             all_ok = False
@@ -66,8 +73,30 @@ def _report(results: Iterable[NodeResult]) -> bool:
 
 
 def _local_results(outcomes: list[local.Outcome]) -> list[NodeResult]:
-    return [NodeResult(o.node, o.ok, o.message + (f" (pid {o.pid})" if o.pid else ""))
+    return [NodeResult(o.node, o.ok, o.message + (f" (pid {o.pid})" if o.pid else ""),
+                       {"pid": o.pid})
             for o in outcomes]
+
+
+def _finish(action: str, rows: list[dict] | None, all_ok: bool,
+            stopped: list[dict] | None = None, **doc: object) -> None:
+    """The end of a command that reports per node: with ``--json`` (``rows``) the document,
+    then, if a node failed, one error naming the failures; exit 1 when a node failed."""
+    if rows is None:
+        if not all_ok:
+            sys.exit(1)
+        return
+    if stopped is not None:
+        doc["stopped"] = stopped
+    echo_json({"action": action, **doc, "nodes": rows, "ok": all_ok})
+    failed = [r for r in (stopped or []) + rows if not r["ok"]]
+    if failed:
+        raise GridError(f"{action} failed on {len(failed)} node(s): "
+                        + "; ".join(f"{r['node']}: {r['message']}" for r in failed),
+                        node=failed[0]["node"] if len(failed) == 1 else None)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="one JSON document for scripts")
 
 
 @agents.command("deploy")
@@ -75,33 +104,36 @@ def _local_results(outcomes: list[local.Outcome]) -> list[NodeResult]:
 @node_option
 @click.option("--wheelhouse", type=click.Path(file_okay=False),
               help="install from these wheels only, without any package index")
-def agents_deploy(config_path: str | None, nodes: tuple[str, ...], wheelhouse: str | None) -> None:
+@json_option
+def agents_deploy(config_path: str | None, nodes: tuple[str, ...], wheelhouse: str | None,
+                  as_json: bool) -> None:
     """Install this version on the nodes over SSH and write their agent config."""
     cfg = load(config_path)
     targets = deploy.ssh_nodes(cfg, nodes)
     if not targets:
         raise GridError("no node of this cluster file is managed over SSH (managed_by: ssh, or "
                         "a host that is not this machine)")
-    if not _report(deploy.deploy(cfg, targets, wheelhouse)):
-        sys.exit(1)
+    rows: list[dict] | None = [] if as_json else None
+    _finish("deploy", rows, _report(deploy.deploy(cfg, targets, wheelhouse), rows))
 
 
-def _start(cfg: ClusterConfig, nodes: tuple[str, ...], insecure: bool, systemd: bool) -> bool:
+def _start(cfg: ClusterConfig, nodes: tuple[str, ...], insecure: bool, systemd: bool,
+           rows: list[dict] | None = None) -> bool:
     remote = deploy.ssh_nodes(cfg, nodes)  # first: without Fabric, stop before starting any
     mine, _ = local.local_agents(cfg, nodes)
-    ok = _report(_local_results(local.start(cfg, mine, insecure=insecure)))
+    ok = _report(_local_results(local.start(cfg, mine, insecure=insecure)), rows)
     args = (["--insecure"] if insecure else []) + (["--systemd"] if systemd else [])
-    ok = _report(deploy.remote(cfg, remote, "start", *args)) and ok
-    if mine:
+    ok = _report(deploy.remote(cfg, remote, "start", *args), rows) and ok
+    if mine and rows is None:
         out.print(f"state and logs of local agents: {local.state_dir(cfg)}", highlight=False)
     return ok
 
 
-def _stop(cfg: ClusterConfig, nodes: tuple[str, ...]) -> bool:
+def _stop(cfg: ClusterConfig, nodes: tuple[str, ...], rows: list[dict] | None = None) -> bool:
     remote = deploy.ssh_nodes(cfg, nodes)
     mine, _ = local.local_agents(cfg, nodes)
-    ok = _report(_local_results(local.stop(mine)))
-    return _report(deploy.remote(cfg, remote, "stop")) and ok
+    ok = _report(_local_results(local.stop(mine)), rows)
+    return _report(deploy.remote(cfg, remote, "stop"), rows) and ok
 
 
 def start_options(f):
@@ -112,6 +144,7 @@ def start_options(f):
         click.option("--insecure", is_flag=True,
                      help="allow non-loopback binds without cluster keys"),
         click.option("--systemd", is_flag=True, help="run remote agents as systemd units"),
+        json_option,
     ]):
         f = option(f)
     return f
@@ -120,30 +153,35 @@ def start_options(f):
 @agents.command("start")
 @start_options
 def agents_start(config_path: str | None, nodes: tuple[str, ...], insecure: bool,
-                 systemd: bool) -> None:
+                 systemd: bool, as_json: bool) -> None:
     """Start the agents: local processes here, over SSH on the other nodes."""
-    if not _start(load(config_path), nodes, insecure, systemd):
-        sys.exit(1)
+    cfg = load(config_path)
+    rows: list[dict] | None = [] if as_json else None
+    _finish("start", rows, _start(cfg, nodes, insecure, systemd, rows),
+            state_dir=str(local.state_dir(cfg)))
 
 
 @agents.command("stop")
 @config_option
 @node_option
-def agents_stop(config_path: str | None, nodes: tuple[str, ...]) -> None:
+@json_option
+def agents_stop(config_path: str | None, nodes: tuple[str, ...], as_json: bool) -> None:
     """Stop the agents (SIGTERM, then SIGKILL after 10 s)."""
-    if not _stop(load(config_path), nodes):
-        sys.exit(1)
+    rows: list[dict] | None = [] if as_json else None
+    _finish("stop", rows, _stop(load(config_path), nodes, rows))
 
 
 @agents.command("restart")
 @start_options
 def agents_restart(config_path: str | None, nodes: tuple[str, ...], insecure: bool,
-                   systemd: bool) -> None:
+                   systemd: bool, as_json: bool) -> None:
     """Stop, then start the agents (their blocks are lost: memory is not persisted)."""
     cfg = load(config_path)
-    ok = _stop(cfg, nodes)
-    if not (_start(cfg, nodes, insecure, systemd) and ok):
-        sys.exit(1)
+    stopped: list[dict] | None = [] if as_json else None
+    rows: list[dict] | None = [] if as_json else None
+    ok = _stop(cfg, nodes, stopped)
+    ok = _start(cfg, nodes, insecure, systemd, rows) and ok
+    _finish("restart", rows, ok, stopped, state_dir=str(local.state_dir(cfg)))
 
 
 @agents.command("logs")
@@ -176,10 +214,6 @@ def agents_logs(config_path: str | None, nodes: tuple[str, ...], lines: int) -> 
         sys.exit(1)
 
 
-def _size(v: int | None) -> str:
-    return "-" if v is None else format_bytes(v)
-
-
 def show_status(cfg: ClusterConfig, as_json: bool = False) -> None:
     """Each node's row (``mesh/nodes/status.py``), as one JSON document or as a table."""
     rows = [s.row() for s in node_statuses(cfg)]
@@ -196,8 +230,8 @@ def show_status(cfg: ClusterConfig, as_json: bool = False) -> None:
         style = STATE_STYLE.get(r["state"], "")
         table.add_row(
             r["node"], r["address"], f"[{style}]{r['state']}[/{style}]",
-            str(r["pid"]) if r["pid"] else "-", _size(r["capacity"]), _size(r["used"]),
-            "-" if r["blocks"] is None else str(r["blocks"]), _size(r["host_available"]),
+            str(r["pid"]) if r["pid"] else "-", human(r["capacity"]), human(r["used"]),
+            "-" if r["blocks"] is None else str(r["blocks"]), human(r["host_available"]),
             "-" if r["last_heard_s"] is None else f"{r['last_heard_s']:.1f}s ago",
             _security(r["security"]), _port(r["metrics_url"]), r["reason"] or "",
         )

@@ -2,7 +2,11 @@
 that print through them, the one-line error, ``--config``.
 
 A ``MeshError`` or a ``GridError`` ends a command with one red line on stderr and exit code 1
-(``mesh/cli/__init__.py`` turns them into that line); click's usage errors exit 2.
+(``mesh/cli/__init__.py`` turns them into that line); click's usage errors exit 2. With
+``--json`` on the command line, ``fail`` writes that line as one JSON object instead
+(``{"error": {"type", "message", "node"}}``), and so does every error of ``main``.
+
+Sizes print through ``human``: ``mesh.units.format_bytes`` ("512.00 MiB"), in every command.
 
 This module is imported by ``grid --help``, so it imports only click: the rich consoles ``out``
 and ``err`` are made on first use (``from mesh.cli.common import out`` makes it), and the
@@ -63,14 +67,29 @@ def __getattr__(name: str) -> Any:
 
 
 class GridError(click.ClickException):
-    """One red line, exit 1."""
+    """One red line, exit 1. ``node``: the node it is about; ``error_type``: the ``type`` of
+    its ``--json`` object, when it rewords a mesh error (a ``CapacityError`` with a hint keeps
+    that name)."""
+
+    def __init__(self, message: str, *, node: str | None = None,
+                 error_type: str = "GridError") -> None:
+        super().__init__(message)
+        self.node = node
+        self.error_type = error_type
 
     def show(self, file: Any = None) -> None:
-        fail(self.message)
+        fail(self.message, node=self.node, error_type=self.error_type)
 
 
-def fail(message: str) -> None:
-    """One red line on stderr: the message as written (no markup, never wrapped)."""
+def fail(message: str, *, node: str | None = None, error_type: str = "GridError") -> None:
+    """One red line on stderr: the message as written (no markup, never wrapped); with
+    ``--json`` on the command line, one JSON object on one line instead."""
+    from mesh.cli import json_error, json_mode
+
+    if json_mode():
+        sys.stderr.write(json_error(error_type, message, node) + "\n")
+        sys.stderr.flush()
+        return
     from rich.markup import escape
 
     _console("err").print(f"[red]✗[/red] {escape(message)}", highlight=False, soft_wrap=True)
@@ -103,17 +122,18 @@ def line(message: str) -> None:
     _console("out").print(message, highlight=False, markup=False, soft_wrap=True)
 
 
-def echo_json(doc: Any) -> None:
-    """One JSON document for scripts (``--json``)."""
-    click.echo(json.dumps(doc, indent=2))
+def echo_json(doc: Any, *, lines: bool = False) -> None:
+    """One JSON document for scripts (``--json``); ``lines``: on one line, for a stream of
+    documents (JSON Lines, as ``grid rebalance --watch --json`` prints its passes)."""
+    click.echo(json.dumps(doc) if lines else json.dumps(doc, indent=2))
 
 
 def human(n: float | None) -> str:
-    """Bytes the way the seed documents print them: "5.00 GB", "10.00 MB", "512 B" (binary
-    multiples: GB means GiB, as everywhere in the mesh); "-" for no value."""
+    """Bytes for people, as every command prints them: "512 B", "4.77 MiB", "1.50 GiB"
+    (``mesh.units.format_bytes``); "-" for no value."""
     from mesh.units import format_bytes
 
-    return "-" if n is None else format_bytes(int(round(n))).replace("iB", "B")
+    return "-" if n is None else format_bytes(int(round(n)))
 
 
 # How each membership state is coloured in every table.

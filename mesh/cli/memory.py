@@ -9,9 +9,9 @@
     grid memory retrieve KEY|BLOCK_ID [--output FILE|-] [--size N] [--offset N]
     grid memory delete KEY
 
-Every command takes ``--config/-c``, and those that print data take ``--json``. Sizes printed for
-people read "5.00 GB" as the seed documents do (binary multiples: GB means GiB, as everywhere in
-the mesh). Files move through the client's streaming calls (``put_file``, ``get_file``,
+Every command takes ``--config/-c`` and ``--json``. Sizes printed for people read "4.77 MiB", as
+in every command (``mesh/units.py``); ``--size 5.0`` is still GB as the seeds wrote it (GiB).
+Files move through the client's streaming calls (``put_file``, ``get_file``,
 ``read_to_file``), so this process holds a few chunks at a time whatever the size; a progress bar
 goes to stderr when stderr is a terminal and the transfer is over 32 MiB.
 
@@ -22,7 +22,7 @@ copy is: a "Nodes" column, primary first, and ``"nodes"`` in ``--json`` (the one
 without replicas).
 
 Errors follow ``mesh/cli/``: a ``MeshError`` or a ``GridError`` ends the command with one red
-line on stderr and exit code 1. Local file problems (a missing input, an unwritable output) are
+line on stderr (a JSON object with ``--json``) and exit code 1. Local file problems (a missing input, an unwritable output) are
 turned into ``GridError`` here, and so are bad ``--replicas``/``--spread`` values (before any
 agent is asked).
 
@@ -126,7 +126,7 @@ def _local_errors(f: Callable) -> Callable:
         except BrokenPipeError:  # click would exit 1 for it: do as shell tools do
             quiet_broken_pipe()
         except OSError as exc:
-            raise GridError(_os_message(exc)) from None
+            raise GridError(_os_message(exc), error_type=type(exc).__name__) from None
 
     return wrapper
 
@@ -138,9 +138,11 @@ def _capacity_hint() -> Iterator[None]:
     try:
         yield
     except CapacityError as exc:
-        raise GridError(f"{exc} (check free memory with `grid memory stats`)") from None
+        raise GridError(f"{exc} (check free memory with `grid memory stats`)", node=exc.node,
+                        error_type=type(exc).__name__) from None
     except PlacementShort as exc:
-        raise GridError(f"{exc}; live nodes and their free memory: `grid memory stats`") from None
+        raise GridError(f"{exc}; live nodes and their free memory: `grid memory stats`",
+                        node=exc.node, error_type=type(exc).__name__) from None
 
 
 # --- replicas -------------------------------------------------------------------------------------
@@ -344,7 +346,8 @@ def _incomplete(failed: dict[str, str]) -> None:
     """A listing that misses nodes says so: one line on stderr and exit 1 (after the rows)."""
     if failed:
         raise GridError("listing incomplete, no answer from " + "; ".join(
-            f"{node} ({why})" for node, why in sorted(failed.items())))
+            f"{node} ({why})" for node, why in sorted(failed.items())),
+            node=next(iter(failed)) if len(failed) == 1 else None)
 
 
 @memory.command("stats")
@@ -422,7 +425,8 @@ def store(config_path: str | None, key: str, file: str, block_id: str | None, of
                 info = client.put_file(key, source, node, block_id=block_id, offset=at,
                                        replace=replace, progress=bar, replicas=copies)
         except KeyExists as exc:
-            raise GridError(f"{exc} (grid memory store --replace)") from None
+            raise GridError(f"{exc} (grid memory store --replace)", node=exc.node,
+                            error_type=type(exc).__name__) from None
     nodes = _nodes(info.nodes, info.node)
     if as_json:
         echo_json(_info_dict(info))

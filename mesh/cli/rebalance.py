@@ -1,8 +1,15 @@
-"""``grid rebalance [--watch]`` and ``grid agents drain NODE``: rendering only.
+"""``grid rebalance [--watch] [--json]`` and ``grid agents drain NODE [--json]``: rendering only.
 
 The work is in ``mesh/balance/rebalance.py`` (planning, moves, reservations) and ``mesh/balance/placement.py``
 (Ray). Both commands reserve the target's memory through Ray before each move unless told
 ``--no-ray``; without Ray running they stop with one line saying so.
+
+With ``--json`` a pass is one JSON document (``pass_doc``: ``pressure`` before and after per
+node, the ``moves`` carried out, the ``planned`` ones of a dry run, ``unplaced`` blocks,
+``released`` reservations, ``master``); ``drain`` adds ``node`` and ``moved``. ``--watch
+--json`` prints one document per pass, each on one line (JSON Lines), and a pass that failed as
+``{"pass": N, "error": {...}}``. What still fails at the end (moves, blocks left on a drained
+node) is the one error line of ``mesh/cli/``, after the document.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from mesh.cli.common import GridError, config_option, err, load, out
+from mesh.cli.common import GridError, config_option, echo_json, err, load, out
 from mesh.client import MeshClient
 from mesh.config import ClusterConfig
 from mesh.errors import MeshError
@@ -76,10 +83,36 @@ def _print_plan(report: PassReport, dry_run: bool) -> None:
                   else "nothing could be moved", highlight=False)
 
 
-def _one_pass(rebalancer: Rebalancer, drain: str | None, dry_run: bool) -> PassReport:
+def _one_pass(rebalancer: Rebalancer, drain: str | None, dry_run: bool,
+              as_json: bool = False) -> PassReport:
     report = rebalancer.run_once(drain=drain, dry_run=dry_run)
-    _print_plan(report, dry_run)
+    if not as_json:
+        _print_plan(report, dry_run)
     return report
+
+
+def pass_doc(report: PassReport, dry_run: bool) -> dict[str, Any]:
+    """A pass for ``--json``: sizes in bytes, times in seconds."""
+    plan = report.plan
+    return {
+        "dry_run": dry_run,
+        "pressure": {node: {"before": round(plan.before[node], 3),
+                            "after": round(plan.after[node], 3)} for node in sorted(plan.before)},
+        "moves": [{"block": r.move.block, "size": r.move.size, "source": r.move.source,
+                   "target": r.move.target, "ok": r.ok, "seconds": round(r.seconds, 3),
+                   "reservation": r.reservation or None, "error": r.error or None}
+                  for r in report.results],
+        "planned": [{"block": m.block, "size": m.size, "source": m.source, "target": m.target}
+                    for m in plan.moves] if dry_run else [],
+        "unplaced": [{"block": block, "size": size, "source": source}
+                     for block, size, source in plan.unplaced],
+        "released": list(report.released),
+        "master": report.master or None,
+    }
+
+
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="one JSON document for scripts (with --watch: one line a pass)")
 
 
 @click.command()
@@ -93,8 +126,9 @@ def _one_pass(rebalancer: Rebalancer, drain: str | None, dry_run: bool) -> PassR
 @click.option("--dry-run", is_flag=True, help="show what would move, move nothing")
 @click.option("--no-ray", "no_ray", is_flag=True,
               help="move without reserving the memory through Ray")
+@json_option
 def rebalance(config_path: str | None, watch: bool, interval: float | None,
-              passes: int | None, dry_run: bool, no_ray: bool) -> None:
+              passes: int | None, dry_run: bool, no_ray: bool, as_json: bool) -> None:
     """Move blocks off nodes over memory_pressure_high until they are under
     memory_pressure_low; reserve room on the master's behalf when the master is over."""
     config = load(config_path)
@@ -107,18 +141,27 @@ def rebalance(config_path: str | None, watch: bool, interval: float | None,
             signal.signal(sig, lambda *_: stop.set())
     failed = 0
     with MeshClient(config) as client, _placement(config, not (no_ray or dry_run)) as placement:
-        rebalancer = Rebalancer(client, config, placement, on_move=_print_move)
+        rebalancer = Rebalancer(client, config, placement,
+                                on_move=None if as_json else _print_move)
         done = 0
         while True:
             try:
-                report = _one_pass(rebalancer, None, dry_run)
+                report = _one_pass(rebalancer, None, dry_run, as_json)
                 failed += len(report.failed)
+                if as_json:
+                    doc = pass_doc(report, dry_run)
+                    echo_json({"pass": done + 1, **doc} if watch else doc, lines=watch)
             except MeshError as exc:
                 if not watch:
                     raise
                 # a watch outlives a bad moment (agents restarting, Ray busy): say so, go on
-                err.print(f"[yellow]![/yellow] pass {done + 1} stopped: {escape(str(exc))}",
-                          highlight=False, soft_wrap=True)
+                if as_json:
+                    echo_json({"pass": done + 1, "error": {
+                        "type": type(exc).__name__, "message": str(exc), "node": exc.node}},
+                        lines=True)
+                else:
+                    err.print(f"[yellow]![/yellow] pass {done + 1} stopped: {escape(str(exc))}",
+                              highlight=False, soft_wrap=True)
             done += 1
             if not watch or (passes is not None and done >= passes) or stop.wait(every):
                 break
@@ -131,13 +174,20 @@ def rebalance(config_path: str | None, watch: bool, interval: float | None,
 @click.argument("node")
 @click.option("--no-ray", "no_ray", is_flag=True,
               help="move without reserving the memory through Ray")
-def drain(config_path: str | None, node: str, no_ray: bool) -> None:
+@json_option
+def drain(config_path: str | None, node: str, no_ray: bool, as_json: bool) -> None:
     """Move every block off NODE (for maintenance), keeping block ids and keys."""
     config = load(config_path)
     with MeshClient(config) as client, _placement(config, not no_ray) as placement:
-        rebalancer = Rebalancer(client, config, placement, on_move=_print_move)
-        report = _one_pass(rebalancer, node, False)
+        rebalancer = Rebalancer(client, config, placement,
+                                on_move=None if as_json else _print_move)
+        report = _one_pass(rebalancer, node, False, as_json)
     left = len(report.failed) + len(report.plan.unplaced)
+    if as_json:
+        echo_json({"node": node, "moved": len(report.results) - len(report.failed),
+                   **pass_doc(report, False)})
     if left:
-        raise GridError(f"{left} block(s) are still on {node}")
+        raise GridError(f"{left} block(s) are still on {node}", node=node)
+    if as_json:
+        return
     out.print(f"{node} holds no blocks now ({len(report.results)} moved)", highlight=False)

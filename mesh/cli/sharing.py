@@ -11,7 +11,8 @@ nodes with the most room (memory: what the live agents report, within each node'
 that stand for mesh nodes), never on NODE itself, and the reservation expires after
 ``execution.resource_sharing.allocation_timeout_minutes``. ``status`` first releases expired
 reservations, then lists the others and each node's utilisation. Memory amounts are GB when
-plain numbers ("10.0" = 10 GiB), or sizes ("512MiB").
+plain numbers ("10.0" = 10 GiB), or sizes ("512MiB"); they print as every command prints sizes,
+"512.00 MiB" (``mesh/units.py``).
 
 Errors follow ``mesh/cli/``: one red line on stderr and exit code 1, no traceback; without
 Ray running that line says so.
@@ -30,7 +31,13 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from mesh.balance.reservations import PRIORITIES, RAY_RESOURCE, RESOURCES, reserved_on
+from mesh.balance.reservations import (
+    PRIORITIES,
+    RESOURCES,
+    describe,
+    reserved_on,
+    show_amount,
+)
 from mesh.cli.common import (
     STATE_STYLE,
     GridError,
@@ -60,18 +67,8 @@ TYPES = RESOURCES  # what --type takes
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def show(resource: str, amount: float) -> str:
-    if resource == "memory":
-        return human(amount)
-    return str(int(amount)) if float(amount).is_integer() else f"{amount:.4f}".rstrip("0")
-
-
-def what(resource: str, amount: float) -> str:
-    """"1.50 GB of memory", "1 CPU", "2.5 CPUs"."""
-    if resource == "memory":
-        return f"{human(amount)} of memory"
-    unit = RAY_RESOURCE[resource]
-    return f"{show(resource, amount)} {unit}{'' if amount == 1 else 's'}"
+show = show_amount  # "1.50 GiB", "2"
+what = describe  # "1.50 GiB of memory", "1 CPU", "2.5 CPUs"
 
 
 def duration(seconds: float) -> str:
@@ -91,7 +88,8 @@ def _check_node(cfg: ClusterConfig, node: str) -> None:
     names = [n.name for n in cfg.nodes]
     if node in names or node == cfg.master_name():
         return
-    raise GridError(f"unknown node {node!r} (known: {', '.join(names)}; see {cfg.source})")
+    raise GridError(f"unknown node {node!r} (known: {', '.join(names)}; see {cfg.source})",
+                    node=node)
 
 
 def _parse_amount(resource: str, value: str) -> float:

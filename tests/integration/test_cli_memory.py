@@ -78,9 +78,13 @@ def one_error(run: Run, *needles: str) -> None:
     assert run.code == 1, f"exit {run.code}\nstdout: {run.out}\nstderr: {run.err}"
     assert "Traceback" not in run.err
     assert len(run.err.strip().splitlines()) == 1, run.err
-    assert run.err.startswith("✗ "), run.err
+    if run.err.startswith("{"):  # --json: one JSON object (tests/integration/test_cli_json.py)
+        message = json.loads(run.err)["error"]["message"]
+    else:
+        assert run.err.startswith("✗ "), run.err
+        message = run.err
     for needle in needles:
-        assert needle in run.err, run.err
+        assert needle in message, run.err
     assert run.raw == b"", run.out
 
 
@@ -117,17 +121,17 @@ def sha256_of(path: Path) -> str:
 def test_allocate_in_both_seed_forms_list_and_deallocate(mesh):
     cfg = mesh.config_path
     r = ok(grid(cfg, "allocate", "--size", "0.01"))  # GB
-    assert r.out.splitlines()[0] == "✓ Allocated 10.24 MB"
+    assert r.out.splitlines()[0] == "✓ Allocated 10.24 MiB"
     a = field(r, "Block ID")
     assert field(r, "Node") in {"node1", "node2", "node3"}
 
     r = ok(grid(cfg, "allocate", "10485760", "--node", "node2"))  # bytes
-    assert r.out.splitlines() == ["✓ Allocated 10.00 MB", f"Block ID: {field(r, 'Block ID')}",
+    assert r.out.splitlines() == ["✓ Allocated 10.00 MiB", f"Block ID: {field(r, 'Block ID')}",
                                   "Node: node2"]
     b = field(r, "Block ID")
 
     r = ok(grid(cfg, "allocate", "-s", "1MiB", "-n", "node3", "--lazy"))
-    assert r.out.splitlines()[0] == "✓ Allocated 1.00 MB" and field(r, "Node") == "node3"
+    assert r.out.splitlines()[0] == "✓ Allocated 1.00 MiB" and field(r, "Node") == "node3"
     c = field(r, "Block ID")
 
     doc = json.loads(ok(grid(cfg, "allocate", "3KiB", "--json")).out)
@@ -140,7 +144,7 @@ def test_allocate_in_both_seed_forms_list_and_deallocate(mesh):
         assert header in table
     for block in (a, b, c, d):
         assert block in table
-    assert re.search(rf"{b}\s+│ node2\s+│\s+10.00 MB │ -\s+│ \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d", table), table
+    assert re.search(rf"{b}\s+│ node2\s+│\s+10.00 MiB │ -\s+│ \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d", table), table
 
     rows = {x["block_id"]: x for x in json.loads(ok(grid(cfg, "list-blocks", "--json")).out)["blocks"]}
     assert rows[a]["size"] == 10737418 and rows[b] == {**rows[b], "node": "node2", "size": 10 * MiB}
@@ -165,7 +169,7 @@ def test_stats_table_and_json(mesh):
         assert "Node Memory Usage" in r.out
         for header in ("Node", "State", "Blocks", "Used", "Capacity", "Host free"):
             assert header in r.out
-        assert re.search(r"│ node3 │ alive │\s+\d+ │\s+[\d.]+ MB │\s+1.00 GB │", r.out), r.out
+        assert re.search(r"│ node3 │ alive │\s+\d+ │\s+[\d.]+ MiB │\s+1.00 GiB │", r.out), r.out
 
         doc = json.loads(ok(grid(cfg, "stats", "--json")).out)
         nodes = {n["node"]: n for n in doc["nodes"]}
@@ -187,7 +191,7 @@ def test_store_and_retrieve_files_byte_for_byte(mesh, tmp_path, size):
     write_random(src, size)
     key = f"file-{size}"
     r = ok(grid(cfg, "store", key, str(src)))
-    want = {0: "0 B", 1: "1 B", 5_000_003: "4.77 MB"}[size]
+    want = {0: "0 B", 1: "1 B", 5_000_003: "4.77 MiB"}[size]
     assert r.out.splitlines()[0] == f"✓ Stored {want} as key: {key}"
     field(r, "Block ID"), field(r, "Node")
     assert r.err == ""
@@ -232,7 +236,7 @@ def test_store_into_a_block_at_an_offset_and_retrieve_ranges(mesh, tmp_path):
         assert field(r, "Block ID") == block and field(r, "Node") == "node1"
         r = ok(grid(cfg, "store", "part2", str(tmp_path / "two"), "--block-id", block,
                     "--offset", "4KiB"))
-        assert r.out.startswith("✓ Stored 19.53 KB as key: part2")
+        assert r.out.startswith("✓ Stored 19.53 KiB as key: part2")
 
         rows = json.loads(ok(grid(cfg, "list-blocks", "--json")).out)["blocks"]
         assert sorted(next(x for x in rows if x["block_id"] == block)["keys"]) == ["part1", "part2"]
@@ -251,7 +255,7 @@ def test_store_into_a_block_at_an_offset_and_retrieve_ranges(mesh, tmp_path):
         r = ok(grid(cfg, "retrieve", block, "--size", "1000", "-o", "-"))
         assert r.raw == one and r.err == ""
         r = ok(grid(cfg, "retrieve", block, "-o", str(tmp_path / "all")))
-        assert (tmp_path / "all").stat().st_size == MiB and r.out.startswith("✓ Retrieved 1.00 MB")
+        assert (tmp_path / "all").stat().st_size == MiB and r.out.startswith("✓ Retrieved 1.00 MiB")
 
         # the keys did not own the block: deleting them leaves it
         ok(grid(cfg, "delete", "part1"))
@@ -265,7 +269,7 @@ def test_stdin_store_and_stdout_retrieve(mesh, tmp_path):
     cfg = mesh.config_path
     data = os.urandom(3_000_001)
     r = ok(grid(cfg, "store", "piped", "-", stdin=data))
-    assert r.out.startswith("✓ Stored 2.86 MB as key: piped")
+    assert r.out.startswith("✓ Stored 2.86 MiB as key: piped")
     try:
         r = ok(grid(cfg, "retrieve", "piped", "-o", "-"))
         assert r.raw == data and r.err == ""
@@ -284,7 +288,7 @@ def test_a_pipe_larger_than_the_spool_threshold(mesh, tmp_path):
         env=_env(), timeout=120,
     )
     assert p.returncode == 0, p.stderr.decode()
-    assert p.stdout.decode().startswith("✓ Stored 80.00 MB as key: pipe80")
+    assert p.stdout.decode().startswith("✓ Stored 80.00 MiB as key: pipe80")
     try:
         back = tmp_path / "pipe.out"
         with open(back, "wb") as f:
@@ -317,7 +321,7 @@ def test_preview_of_text_binary_and_blocks(mesh, tmp_path):
         r = ok(grid(cfg, "retrieve", "bin"))
         assert r.out.splitlines()[0].startswith("00000000  00 01 02 03 04 05 06 07 08 09")
         assert len([x for x in r.out.splitlines() if re.match(r"[0-9a-f]{8}  ", x)]) == 16
-        assert "1,024 bytes in all (1.00 KB), showing the first 256" in r.out
+        assert "1,024 bytes in all (1.00 KiB), showing the first 256" in r.out
         assert "use --output FILE for everything" in r.out
 
         r = ok(grid(cfg, "retrieve", block))  # a fresh block: zeros
@@ -443,7 +447,7 @@ def test_progress_bar_only_on_a_terminal(mesh, tmp_path):
         os.close(slave)
     try:
         assert p.returncode == 0
-        assert p.stdout.decode().startswith("✓ Stored 40.00 MB as key: bar")
+        assert p.stdout.decode().startswith("✓ Stored 40.00 MiB as key: bar")
         reader.join(timeout=5)
         os.close(master)
         shown = b"".join(chunks).decode("utf-8", errors="replace")
@@ -459,12 +463,12 @@ def test_progress_bar_only_on_a_terminal(mesh, tmp_path):
 # --- pure helpers -------------------------------------------------------------------------------
 
 
-def test_sizes_print_as_the_seeds_do():
+def test_sizes_print_in_binary_units_as_every_command_does():
     from mesh.cli.memory import _hex_dump, _is_text, human
 
-    assert human(5 * 1024**3) == "5.00 GB"
-    assert human(10 * MiB) == "10.00 MB"
-    assert human(1536) == "1.50 KB"
+    assert human(5 * 1024**3) == "5.00 GiB"
+    assert human(10 * MiB) == "10.00 MiB"
+    assert human(1536) == "1.50 KiB"
     assert human(7) == "7 B"
     assert _is_text(b"caf\xc3", truncated=True) == "caf"
     assert _is_text(b"caf\xc3", truncated=False) is None

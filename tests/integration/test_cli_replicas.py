@@ -75,7 +75,7 @@ def test_allocate_two_copies_lists_both_nodes(mesh, tmp_path):
 
         run = ok(memory(mesh, tmp_path, "allocate", "1MiB", "--replicas", "2"))
         lines = run.stdout.splitlines()
-        assert lines[0] == "✓ Allocated 1.00 MB x 2 copies", run.stdout
+        assert lines[0] == "✓ Allocated 1.00 MiB x 2 copies", run.stdout
         other = lines[1].removeprefix("Block ID: ")
         nodes = lines[3].removeprefix("Nodes: ").split(", ")
         assert len(set(nodes)) == 2 and lines[2] == f"Node: {nodes[0]}", run.stdout

@@ -182,7 +182,7 @@ def test_request_status_release_memory(mesh, table):
     cfg = mesh.config_path
     run = ok(grid(cfg, "request", "--node", "node1", "--type", "memory", "--amount", "0.5",
                   "--priority", "high"))
-    assert run.out.splitlines()[0] == "✓ Reserved 512.00 MB of memory for node1 (priority high)"
+    assert run.out.splitlines()[0] == "✓ Reserved 512.00 MiB of memory for node1 (priority high)"
     rid = field(run, "Allocation ID")
     assert re.fullmatch(r"alloc_\d{10}_node1_[0-9a-f]{4}", rid)
     assert re.search(r"^Expires: in (9m 5\ds|10m 0s) \(", run.out, re.M), run.out
@@ -197,12 +197,12 @@ def test_request_status_release_memory(mesh, table):
     assert target in ("node2", "node3")
     assert entry["bundles"][0] == {f"mesh_node:{target}": 0.001, "memory": float(512 * MiB)}
     assert meta["targets"] == [[target, 512 * MiB]]
-    assert f"Target: {target}  512.00 MB  (Ray node {entry['bundles_to_node_id'][0][:8]})" in run.out
+    assert f"Target: {target}  512.00 MiB  (Ray node {entry['bundles_to_node_id'][0][:8]})" in run.out
 
     status = ok(grid(cfg, "status"))
     row = next(line for line in status.out.splitlines() if rid in line)
     cells = [c.strip() for c in row.strip("│ ").split("│")]
-    assert cells[:6] == [rid, "node1", target, "MEMORY", "512.00 MB", "high"]
+    assert cells[:6] == [rid, "node1", target, "MEMORY", "512.00 MiB", "high"]
     assert re.fullmatch(r"\d+s", cells[6]) and re.fullmatch(r"9m \d+s|10m 0s", cells[7]), cells
     assert "Sharing Enabled: Yes" in status.out and "3 of 3 mesh nodes have a Ray node" in status.out
     assert "Released" not in status.out
@@ -211,9 +211,9 @@ def test_request_status_release_memory(mesh, table):
         if re.match(r"│ node\d ", line))}
     assert set(nodes) == {"node1", "node2", "node3"}
     for name, c in nodes.items():
-        assert c[1] == "alive" and c[2] == "0 B / 1.00 GB" and c[7] == "yes", c
+        assert c[1] == "alive" and c[2] == "0 B / 1.00 GiB" and c[7] == "yes", c
         assert 0.1 <= float(c[3]) <= 1.0
-        assert c[6] == ("512.00 MB" if name == target else "-"), c
+        assert c[6] == ("512.00 MiB" if name == target else "-"), c
 
     doc = json.loads(ok(grid(cfg, "status", "--json")).out)
     [res] = doc["reservations"]
@@ -222,7 +222,7 @@ def test_request_status_release_memory(mesh, table):
     assert {n["node"] for n in doc["nodes"]} == {"node1", "node2", "node3"}
 
     rel = ok(grid(cfg, "release", rid))
-    assert rel.out.strip() == f"✓ Released {rid}: 512.00 MB of memory on {target}"
+    assert rel.out.strip() == f"✓ Released {rid}: 512.00 MiB of memory on {target}"
     from ray.util.placement_group import placement_group_table
 
     assert placement_group_table()[pg_id]["state"] == "REMOVED"
