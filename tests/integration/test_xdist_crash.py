@@ -7,7 +7,8 @@ Each session uses the repository's configuration: ``-c pyproject.toml`` for its 
 (``--dist loadgroup --max-worker-restart=0``) and ``-p conftest`` for ``tests/conftest.py``'s
 hooks (the "@group" suffix, the crashed-worker report, SIGTERM handling). The test files are
 written to ``tmp_path``. Every subprocess runs in its own session and is killed as a group if it
-outlives its bound.
+outlives its bound. The last test checks that the README's test command carries the time limit
+and that ``.ci/run`` runs that command verbatim.
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ def run_session(tmp_path: Path, *args: str, prefix: tuple[str, ...] = ()) -> tup
 
 
 def test_a_worker_killed_in_the_last_test_of_its_group_fails_the_run(tmp_path):
-    # The hang of pytest-xdist#1323: the replacement worker gets only the crashed test back and
-    # waits for a second one for ever. With --max-worker-restart=0 there is no replacement.
+    # The hang of pytest-xdist#1323 (3.5 to 3.8): the replacement worker gets only the crashed
+    # test back and waits for a second one for ever; with "--max-worker-restart=4" added to the
+    # command below this test fails ("hung"). With --max-worker-restart=0 there is no replacement.
     (tmp_path / "test_group.py").write_text(textwrap.dedent("""
         import os, signal
         import pytest
@@ -60,8 +62,12 @@ def test_a_worker_killed_in_the_last_test_of_its_group_fails_the_run(tmp_path):
         def test_second(): pass
 
         @pytest.mark.xdist_group("ray")
-        def test_killed():
-            os.kill(os.getpid(), signal.SIGKILL)  # as when the worker is killed from outside
+        def test_killed(request):
+            # Once, as when the worker is killed from outside (a replacement would pass it).
+            flag = request.path.with_name("killed-once")
+            if not flag.exists():
+                flag.touch()
+                os.kill(os.getpid(), signal.SIGKILL)
 
         @pytest.mark.parametrize("i", range(4))
         def test_free(i): pass
@@ -140,6 +146,14 @@ def test_the_time_limit_stops_the_run_and_fixtures_tear_down(tmp_path):
             pid = int(marker.read_text())
             if alive(pid) and b"sleep" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_the_readme_test_command_has_the_time_limit_and_ci_runs_it_verbatim():
+    root = TESTS_DIR.parent
+    readme = (root / "README.md").read_text()
+    command = next(line for line in readme.splitlines() if "-m pytest" in line)
+    assert " && timeout -v --kill-after=30 20m .venv/bin/python -m pytest -n 2" in command
+    assert command in (root / ".ci" / "run").read_text().splitlines()
 
 
 def alive(pid: int) -> bool:
