@@ -158,6 +158,7 @@ _SUBS: list[tuple[re.Pattern, str]] = [
     (re.compile(r"\balloc_\d+_\S+?_[0-9a-f]{4}\b"), "<alloc-id>"),
     (re.compile(r"\bempty_\d+\b"), "<empty-id>"),
     (re.compile(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{8,}\b"), "<hex>"),
+    (re.compile(r"<embedded default>"), "<path>"),  # where a cluster file came from
     (re.compile(r"\b\d{4}-\d{2}-\d{2}\b"), "<date>"),
     (re.compile(r"\b\d{1,2}:\d{2}:\d{2}(?:[.,]\d+)?\b"), "<time>"),
     (re.compile(r"(?<![\w:/.])~?/(?=[\w.~-])[^\s'\"`(),;:]+"), "<path>"),
