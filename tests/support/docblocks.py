@@ -19,7 +19,8 @@ Conventions the docs follow (docs/DESIGN.md, "Docs that run"):
   ``skip (why)`` (not run; the test lists it with its reason), ``continue`` (a python block that
   goes on in the namespace of the page's previous python block), ``own-agents`` (the block starts
   and stops agents itself: it gets a cluster file of its own, nodes named as the local mesh's,
-  no agent running), ``fresh`` (the mesh holds no block and no key when the block starts).
+  no agent running), ``fresh`` (the mesh holds no block and no key when the block starts),
+  ``fields-of module.Class`` (a class shown in the doc has the named dataclass's fields).
 
 Comparing by shape: ``normalise_line`` replaces what differs from run to run with placeholders
 (block and reservation ids, checksums and other hex, absolute paths, hex dump lines, every number,

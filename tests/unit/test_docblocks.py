@@ -132,3 +132,16 @@ def test_table_rows_compare_by_cells_not_by_width():
     assert normalise_line("┃ Node    ┃ State ┃") == "H| Node | State"
     assert normalise_line("└─────────┴───────┘") == "<table-bottom>"
     assert normalise_line("───── m1 (/tmp/ms/d1/state/m1.log) ─────") == "── m1 (<path>) ──"
+
+
+def test_a_doc_id_stands_for_the_real_one_once_an_output_showed_it():
+    from support.docblocks import learn_ids, with_ids
+
+    ids: dict[str, str] = {}
+    learn_ids(["✓ Allocated 10.00 MiB", "Block ID: block_0_local-2_hoftrzctiv", "Node: local-2"],
+              ["✓ Allocated 10.00 MiB", "Block ID: block_3_local-2_hp99zz", "Node: local-2"], ids)
+    assert with_ids("grid memory deallocate block_0_local-2_hoftrzctiv", ids) == \
+        "grid memory deallocate block_3_local-2_hp99zz"
+    learn_ids(["Block ID: block_1_local-1_aaaa11", "Node: local-1"],
+              ["Block ID: block_1_local-3_bbbb22", "Node: local-3"], ids)  # did not match
+    assert with_ids("block_1_local-1_aaaa11", ids) == "block_1_local-1_aaaa11"
