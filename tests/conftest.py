@@ -108,6 +108,14 @@ def pytest_configure(config):
     _catch_sigterm()
 
 
+def pytest_unconfigure(config):
+    # After the session (a worker then idles in execnet until the controller lets it go), SIGTERM
+    # has nothing left to tear down: the default ends the process quietly.
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) in (_stop_on_sigterm, signal.SIG_IGN)):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item):
     try:
