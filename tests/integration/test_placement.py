@@ -89,9 +89,14 @@ def one_error(run: Run, *needles: str) -> str:
     """Exit 1, exactly one red line on stderr containing every needle, nothing on stdout."""
     assert run.code == 1, f"exit {run.code}\nstdout: {run.out}\nstderr: {run.err}"
     lines = run.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("✗ "), run.err
+    assert len(lines) == 1, run.err
+    if lines[0].startswith("{"):  # --json: one JSON object (tests/integration/test_cli_json.py)
+        message = json.loads(lines[0])["error"]["message"]
+    else:
+        assert lines[0].startswith("✗ "), run.err
+        message = lines[0]
     for needle in needles:
-        assert needle in lines[0], lines[0]
+        assert needle in message, lines[0]
     assert run.out == "", run.out
     return lines[0]
 
