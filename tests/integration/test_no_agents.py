@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
 import time
 
 import pytest
 
 from mesh.client import AsyncMeshClient, MeshClient
+from mesh.client.reach import Reach
 from mesh.errors import MeshTimeout, NodeUnavailable
 from support.cli import GRID, cli_env, grid
 from support.mesh import LocalMesh, running_mesh
@@ -115,3 +117,31 @@ def test_a_paused_agent_is_not_reported_as_not_running(tmp_path):
     message = str(err.value)
     assert "refused" not in message, message
     assert "no reply from" in message and "within 1 s" in message, message
+
+
+def test_the_probe_tells_a_closed_port_from_a_listening_one():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        open_port = listener.getsockname()[1]
+        with socket.socket() as spare:  # a port that was free a moment ago: nothing listens
+            spare.bind(("127.0.0.1", 0))
+            closed_port = spare.getsockname()[1]
+        reach = Reach()
+        assert reach.look(f"tcp://127.0.0.1:{closed_port}", 0.0) is None  # too early to probe
+        deadline = time.monotonic() + 5.0
+        verdicts: dict[int, str | None] = {}
+        while len(verdicts) < 2 and time.monotonic() < deadline:
+            for port in (open_port, closed_port):
+                why = reach.look(f"tcp://127.0.0.1:{port}", 1.0)
+                if why is not None or reach.poll_s(f"tcp://127.0.0.1:{port}", 1.0) is None:
+                    verdicts[port] = why  # settled
+            time.sleep(0.01)
+        reach.close()
+    assert verdicts == {open_port: None, closed_port: "refused the connection"}
+
+
+@pytest.mark.parametrize("address", ["tcp://some-host.example:7700", "ipc:///tmp/x", "tcp://h"])
+def test_a_name_is_not_resolved_by_the_probe(address):
+    reach = Reach()
+    assert reach.look(address, 10.0) is None and reach.poll_s(address, 10.0) is None
