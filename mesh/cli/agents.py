@@ -121,7 +121,8 @@ def _start(cfg: ClusterConfig, nodes: tuple[str, ...], insecure: bool, systemd: 
            rows: list[dict] | None = None) -> bool:
     remote = deploy.ssh_nodes(cfg, nodes)  # first: without Fabric, stop before starting any
     mine, _ = local.local_agents(cfg, nodes)
-    ok = _report(_local_results(local.start(cfg, mine, insecure=insecure)), rows)
+    ok = _report(_local_results(local.start(cfg, mine, insecure=insecure, systemd=systemd)),
+                 rows)
     args = (["--insecure"] if insecure else []) + (["--systemd"] if systemd else [])
     ok = _report(deploy.remote(cfg, remote, "start", *args), rows) and ok
     if mine and rows is None:
@@ -143,7 +144,7 @@ def start_options(f):
         node_option,
         click.option("--insecure", is_flag=True,
                      help="allow non-loopback binds without cluster keys"),
-        click.option("--systemd", is_flag=True, help="run remote agents as systemd units"),
+        click.option("--systemd", is_flag=True, help="run the agents as systemd units"),
         json_option,
     ]):
         f = option(f)
