@@ -237,7 +237,7 @@ class Rebalancer:
         released = [] if dry_run else self.release_stale(where)
         if drain is not None and drain not in {n.name for n in loads}:
             known = ", ".join(n.name for n in loads)
-            raise MeshError(f"unknown node {drain!r} (known: {known})")
+            raise MeshError(f"unknown node {drain!r} (known: {known})", node=drain)
         plan = plan_moves(loads, by_node, self.high, self.low, drain=drain)
         report = PassReport(plan, released=released)
         if not dry_run:

@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import warnings
 
 INSTALL_HINT = "pip install 'memory-mesh[cli]'"
 CLI_MODULES = ("click", "rich")  # what the cli extra brings
@@ -74,6 +75,17 @@ def json_error(error_type: str, message: str, node: str | None = None) -> str:
     return json.dumps({"error": {"type": error_type, "message": message, "node": node}})
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str,
+                      lineno: int, file: object = None, line: str | None = None) -> None:
+    """A warning (such as ``MeshVersionWarning``) as one line on stderr, JSON in ``--json``
+    mode, instead of Python's two lines with a source path."""
+    if json_mode():
+        print(json.dumps({"warning": {"type": category.__name__, "message": str(message)}}),
+              file=sys.stderr)
+    else:
+        print(f"grid: warning: {message}", file=sys.stderr)
+
+
 class _Interrupted(BaseException):
     """Ctrl-C in ``--json`` mode. Not a ``KeyboardInterrupt``, which click would answer with a
     blank line on stderr before ours."""
@@ -93,6 +105,7 @@ def main() -> None:
     from mesh.cli import common
     from mesh.errors import MeshError
 
+    warnings.showwarning = _one_line_warning
     as_json = json_mode()
     if as_json and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _interrupted)

@@ -189,29 +189,35 @@ def agents_restart(config_path: str | None, nodes: tuple[str, ...], insecure: bo
 @config_option
 @node_option
 @click.option("--lines", "-l", default=30, show_default=True, help="how many lines")
-def agents_logs(config_path: str | None, nodes: tuple[str, ...], lines: int) -> None:
+@json_option
+def agents_logs(config_path: str | None, nodes: tuple[str, ...], lines: int,
+                as_json: bool) -> None:
     """Show the tail of each node's agent log (and of its stdout/stderr, when not empty)."""
     cfg = load(config_path)
     remote = deploy.ssh_nodes(cfg, nodes)
     mine, _ = local.local_agents(cfg, nodes)
-    ok = True
+    rows: list[dict] = []  # node, ok, message, log_file, log, out_file, out
     for agent in mine:
-        out.rule(f"{agent.node.name} ({agent.log_file})")
-        click.echo(agent.log_tail(lines))
-        if said := agent.out_tail(lines):
-            out.rule(f"{agent.node.name} ({agent.out_file})")
-            click.echo(said)
+        rows.append({"node": agent.node.name, "ok": True, "message": "",
+                     "log_file": str(agent.log_file), "log": agent.log_tail(lines),
+                     "out_file": str(agent.out_file), "out": agent.out_tail(lines)})
     for r in deploy.remote(cfg, remote, "logs", "--lines", str(lines)):
-        out.rule(f"{r.node} ({r.detail.get('log_file', 'over ssh')})")
-        if r.ok:
-            click.echo(r.message)
-            if r.detail.get("out"):
-                out.rule(f"{r.node} ({r.detail.get('out_file')})")
-                click.echo(r.detail["out"])
-        else:
-            ok = False
-            err.print(f"[red]✗[/red] {r.node}: {r.message}", highlight=False)
-    if not ok:
+        rows.append({"node": r.node, "ok": r.ok, "message": "" if r.ok else r.message,
+                     "log_file": r.detail.get("log_file"), "log": r.message if r.ok else "",
+                     "out_file": r.detail.get("out_file"), "out": r.detail.get("out") or ""})
+    if as_json:
+        _finish("logs", rows, all(r["ok"] for r in rows))
+        return
+    for row in rows:
+        if not row["ok"]:
+            err.print(f"[red]✗[/red] {row['node']}: {row['message']}", highlight=False)
+            continue
+        out.rule(f"{row['node']} ({row['log_file'] or 'over ssh'})")
+        click.echo(row["log"])
+        if row["out"]:
+            out.rule(f"{row['node']} ({row['out_file']})")
+            click.echo(row["out"])
+    if not all(r["ok"] for r in rows):
         sys.exit(1)
 
 

@@ -578,7 +578,7 @@ def _alive_node(nodes: list[NodeInfo], name: str) -> NodeInfo:
     node = next((n for n in nodes if n.name == name), None)
     if node is None:
         known = ", ".join(n.name for n in nodes) or "none"
-        raise NodeUnavailable(f"unknown node {name!r} (known: {known})")
+        raise NodeUnavailable(f"unknown node {name!r} (known: {known})", node=name)
     if node.state != ALIVE:
         raise NodeUnavailable(f"node {name!r} is {node.state}", node=name)
     return node

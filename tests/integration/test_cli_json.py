@@ -236,7 +236,7 @@ def test_rebalance_and_drain_print_json(tmp_path):
         assert [p["pass"] for p in passes] == [1, 2] and all("pressure" in p for p in passes)
 
         json_error(grid("agents", "drain", "nope", "--no-ray", "--json", config=cfg,
-                        cwd=tmp_path), 1, "MeshError", "unknown node 'nope'")
+                        cwd=tmp_path), 1, "MeshError", "unknown node 'nope'", node="nope")
 
 
 # --- one size convention ------------------------------------------------------------------------
@@ -303,7 +303,7 @@ def test_an_unknown_node_is_an_error_in_json(mesh, tmp_path):
     assert run.returncode == 1 and run.stdout == ""
     error = json.loads(run.stderr)["error"]
     assert len(run.stderr.splitlines()) == 1 and "unknown node 'nope'" in error["message"]
-    assert error["node"] in (None, "nope")
+    assert error["node"] == "nope"
 
 
 def test_a_listing_that_misses_a_node_prints_its_document_then_the_error(tmp_path):

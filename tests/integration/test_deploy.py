@@ -305,9 +305,14 @@ def test_without_fabric_ssh_commands_say_how_to_install_it(tmp_path, command):
     r = grid_without_fabric(tmp_path, "agents", *command, "-c", str(cfg))
     assert r.returncode == 1, r.stdout + r.stderr
     assert r.stdout == ""  # stopped before anything was done, the local node included
-    assert r.stderr.splitlines() == [
-        "✗ managing node far over SSH needs fabric, which comes with the deploy extra: "
-        "pip install 'memory-mesh[deploy]'"]
+    message = ("managing node far over SSH needs fabric, which comes with the deploy extra: "
+               "pip install 'memory-mesh[deploy]'")
+    if "--json" in command:  # one JSON error line (docs/memory-cli.md, "Exit codes")
+        (line,) = r.stderr.splitlines()
+        assert json.loads(line)["error"] == {"type": "MissingExtra", "message": message,
+                                             "node": None}
+    else:
+        assert r.stderr.splitlines() == [f"✗ {message}"]
     assert list((tmp_path / "state").glob("*.pid")) == []
 
 

@@ -128,6 +128,13 @@ def test_grid_agents_start_keeps_the_log_and_the_agents_stderr_apart(tmp_path):
         assert r.returncode == 0, r.stdout + r.stderr
         r = grid("agents", "logs", "-c", str(path), env=env, cwd=tmp_path)
         assert r.returncode == 0 and "agent n1 serving" in r.stdout, r.stdout + r.stderr
+        r = grid("agents", "logs", "--json", "-c", str(path), env=env, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(r.stdout)
+        (node,) = doc["nodes"]
+        assert doc["action"] == "logs" and doc["ok"] and node["node"] == "n1"
+        assert "agent n1 serving" in node["log"] and node["out"] == ""
+        assert node["log_file"].endswith("n1.log") and node["out_file"].endswith("n1.out")
     finally:
         stop = grid("agents", "stop", "-c", str(path), env=env, cwd=tmp_path)
         assert stop.returncode == 0, stop.stdout + stop.stderr

@@ -8,11 +8,13 @@ warning about that peer, and the odd one logs one about it.
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 
 import mesh
 from mesh.client.view import MeshVersionWarning
+from support.cli import cli_env, grid
 from support.mesh import LocalMesh
 
 OTHER = "0.0.0+skew"
@@ -44,6 +46,19 @@ def test_client_and_agents_warn_once_per_node_and_version(tmp_path, monkeypatch)
         message = str(skew[0].message)
         assert "node2" in message and OTHER in message and mesh.__version__ in message
         assert nodes["node2"].version == OTHER and nodes["node1"].version == mesh.__version__
+        # grid says it in one line on stderr (JSON with --json), and the command still works
+        env = cli_env(tmp_path)
+        text = grid("memory", "stats", "-c", str(cluster.config_path), env=env, cwd=tmp_path)
+        assert text.returncode == 0, text.stderr
+        (line,) = text.stderr.splitlines()
+        assert line.startswith("grid: warning: version skew: node node2 runs mesh " + OTHER)
+        as_json = grid("memory", "stats", "--json", "-c", str(cluster.config_path), env=env,
+                       cwd=tmp_path)
+        assert as_json.returncode == 0, as_json.stderr
+        (line,) = as_json.stderr.splitlines()
+        warning = json.loads(line)["warning"]
+        assert warning["type"] == "MeshVersionWarning" and OTHER in warning["message"]
+        json.loads(as_json.stdout)  # stdout stays one JSON document
         time.sleep(4 * 0.5)  # several heartbeats each way (heartbeat_interval_s 0.5)
     finally:
         assert not cluster.stop_all()
