@@ -11,23 +11,14 @@ import json
 import os
 import time
 
-import yaml
 
 from mesh.nodes.status import pid_uptime_s
 from support.cli import cli_env, grid
-from support.mesh import free_port_pair
+from support.mesh import cluster_file
 
 
 def _config(tmp_path):
-    nodes = []
-    for i in range(2):
-        host = f"127.0.0.{i + 1}"
-        nodes.append({"name": f"n{i + 1}", "host": host, "memory_gb": 0.5,
-                      "mesh_port": free_port_pair(host)})
-    path = tmp_path / "cluster.yaml"
-    path.write_text(yaml.safe_dump({"name": "uptime", "nodes": nodes,
-                                    "mesh": {"host_reserve_bytes": "256MiB"}}))
-    return str(path)
+    return str(cluster_file(tmp_path, 2, "uptime"))
 
 
 def test_local_agents_report_their_uptime(tmp_path):

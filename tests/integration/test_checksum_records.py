@@ -15,16 +15,15 @@ import subprocess
 import sys
 import zlib
 
-import msgpack
 import numpy as np
 import pytest
 import xxhash
-import zmq
 
 from mesh import protocol as P
 from mesh.client import MeshClient
 from mesh.errors import IntegrityError
-from support.mesh import ROOT
+from support.mesh import ROOT, clean_client
+from support.wire import raw_call
 
 MiB = 1 << 20
 
@@ -52,12 +51,8 @@ def _put_record(c: MeshClient, key: str, data: bytes, checksum: str,
 
 @pytest.fixture
 def c(shared_mesh):
-    with shared_mesh.client() as client:
+    with clean_client(shared_mesh) as client:
         yield client
-        for info in client.keys():
-            client.delete(info.key)
-        for block in client.blocks():
-            client.free(block.block_id)
 
 
 def test_new_objects_carry_xxh3(c, tmp_path):
@@ -115,18 +110,6 @@ def test_a_record_naming_an_unknown_algorithm_is_refused_before_reading(c, tmp_p
     assert not out.exists()
 
 
-def _raw_call(address: str, op: str, fields: dict, timeout_ms: int = 10_000) -> P.Reply:
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
-    sock.connect(address)
-    try:
-        sock.send_multipart([msgpack.packb([P.VERSION, op, 7, fields])])
-        return P.parse_reply(sock.recv_multipart())
-    finally:
-        sock.close()
-
-
 @pytest.mark.parametrize("algorithm", [None, "crc32", "xxh3"])
 def test_a_pull_is_checksummed_with_the_algorithm_its_source_asks_for(c, algorithm):
     """None: a source of the previous version, which sends no ``checksum_algorithm`` and
@@ -139,13 +122,13 @@ def test_a_pull_is_checksummed_with_the_algorithm_its_source_asks_for(c, algorit
     fields = {"block": block, "source": node1, "size": len(data), "created": 0.0, "lazy": False}
     if algorithm is not None:
         fields["checksum_algorithm"] = algorithm
-    reply = _raw_call(node2, P.PULL, fields)
+    reply = raw_call(node2, P.PULL, fields)
     try:
         assert reply.ok, reply.body
         want = _xxh3(data) if algorithm == "xxh3" else _crc32(data)
         assert reply.body["checksum"] == want
     finally:
-        assert _raw_call(node2, P.ABORT, {"block": block}).ok
+        assert raw_call(node2, P.ABORT, {"block": block}).ok
     assert c.stat(block).node == "node1" and c.read(block) == data
 
 
@@ -153,7 +136,7 @@ def test_a_pull_asking_for_an_unknown_algorithm_is_refused(c):
     block = c.allocate(1000, node="node1")
     node1, node2 = (next(n.address for n in c.nodes() if n.name == name)
                     for name in ("node1", "node2"))
-    reply = _raw_call(node2, P.PULL, {"block": block, "source": node1, "size": 1000,
+    reply = raw_call(node2, P.PULL, {"block": block, "source": node1, "size": 1000,
                                       "created": 0.0, "lazy": False,
                                       "checksum_algorithm": "md5"})
     assert not reply.ok and "unknown checksum algorithm 'md5'" in reply.body["message"]

@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from support.cli import cli_env
-from support.mesh import LocalMesh, free_port_pair, running_mesh
+from support.mesh import LocalMesh, cluster_file, running_mesh
 
 from mesh.units import format_bytes
 
@@ -38,13 +37,8 @@ MiB = 1 << 20
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
-    m = LocalMesh.create(tmp_path_factory.mktemp("json-cli"), n=3, memory_gb=1.0)
-    m.start_all()
-    try:
+    with running_mesh(tmp_path_factory.mktemp("json-cli")) as m:
         yield m
-    finally:
-        leaked = m.stop_all()
-        assert not leaked, f"agents ignored SIGTERM and had to be killed: {leaked}"
 
 
 def grid(*args: str, config: Path | str | None, cwd: Path, env: dict | None = None,
@@ -120,12 +114,7 @@ def test_memory_commands_print_json(mesh, tmp_path):
 
 
 def write_config(tmp_path: Path, n: int, extra_nodes: list | None = None) -> Path:
-    nodes = [{"name": f"n{i + 1}", "host": f"127.0.0.{i + 1}", "memory_gb": 0.5,
-              "mesh_port": free_port_pair(f"127.0.0.{i + 1}")} for i in range(n)]
-    path = tmp_path / "cluster.yaml"
-    path.write_text(yaml.safe_dump({"name": "json-cli", "nodes": nodes + (extra_nodes or []),
-                                    "mesh": {"host_reserve_bytes": "256MiB"}}))
-    return path
+    return cluster_file(tmp_path, n, "json-cli", extra_nodes)
 
 
 def test_agents_start_restart_stop_and_status_print_json(tmp_path):

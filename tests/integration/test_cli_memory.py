@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support.mesh import LocalMesh, free_port_pair
+from support.mesh import free_port_pair, running_mesh
 
 GRID = Path(sys.executable).parent / "grid"
 MiB = 1024**2
@@ -41,13 +41,8 @@ class Run:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
-    m = LocalMesh.create(tmp_path_factory.mktemp("memory-cli"), n=3, memory_gb=1.0)
-    m.start_all()
-    try:
+    with running_mesh(tmp_path_factory.mktemp("memory-cli")) as m:
         yield m
-    finally:
-        leaked = m.stop_all()
-        assert not leaked, f"agents ignored SIGTERM and had to be killed: {leaked}"
 
 
 def _env() -> dict:

@@ -24,7 +24,7 @@ import pytest
 
 from mesh.cli.top import UNREACHABLE, Reading, rates
 from mesh.membership import DOWN
-from support.mesh import LocalMesh
+from support.mesh import LocalMesh, running_mesh
 
 GRID = Path(sys.executable).parent / "grid"
 MiB = 1024**2
@@ -34,13 +34,8 @@ BUSY_BYTES_PER_S = 1024**2  # 16 times that; a 64 MiB write loop on loopback doe
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
-    m = LocalMesh.create(tmp_path_factory.mktemp("top-cli"), n=3, memory_gb=1.0)
-    m.start_all()
-    try:
+    with running_mesh(tmp_path_factory.mktemp("top-cli")) as m:
         yield m
-    finally:
-        leaked = m.stop_all()
-        assert not leaked, f"agents ignored SIGTERM and had to be killed: {leaked}"
 
 
 def _env() -> dict:

@@ -8,32 +8,19 @@ import os
 import threading
 import time
 
-import msgpack
 import pytest
 import xxhash
-import zmq
 
 from mesh import protocol as P
 from mesh.client import MeshClient
 from mesh.errors import InvalidRequest, MoveFailed, NodeUnavailable
+from support.wire import raw_call
 
 MiB = 1 << 20
 
 
 def _pattern(n: int) -> bytes:
     return os.urandom(MiB) * (n // MiB) + os.urandom(n % MiB)
-
-
-def _raw_call(address: str, op: str, fields: dict) -> P.Reply:
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVTIMEO, 5000)
-    sock.connect(address)
-    try:
-        sock.send_multipart([msgpack.packb([P.VERSION, op, 7, fields])])
-        return P.parse_reply(sock.recv_multipart())
-    finally:
-        sock.close()
 
 
 def _blocks_on(client: MeshClient, node: str) -> set[str]:
@@ -157,9 +144,9 @@ def test_move_refusals(shared_mesh):
             (node2, P.MOVE, {"block": block, "target": node1}),  # missing field
         ]
         for address, op, fields in bad:
-            reply = _raw_call(address, op, fields)
+            reply = raw_call(address, op, fields)
             assert not reply.ok, (op, fields)
-        assert _raw_call(node2, P.ABORT, {"block": block}).body == {"block": block,
+        assert raw_call(node2, P.ABORT, {"block": block}).body == {"block": block,
                                                                    "dropped": False}
         assert c.read(block, 3) == b"\0\0\0" and c.stat(block).node == "node1"
         assert c.ping(node1)["node"] == "node1" and c.ping(node2)["node"] == "node2"

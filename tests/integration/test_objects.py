@@ -21,6 +21,7 @@ from mesh.errors import (
     MeshError,
     OutOfRange,
 )
+from support.mesh import clean_client
 
 np = pytest.importorskip("numpy")
 MiB = 1024 * 1024
@@ -28,12 +29,8 @@ MiB = 1024 * 1024
 
 @pytest.fixture
 def c(shared_mesh):
-    with shared_mesh.client() as client:
+    with clean_client(shared_mesh) as client:
         yield client
-        for info in client.keys():
-            client.delete(info.key)
-        for block in client.blocks():
-            client.free(block.block_id)
 
 
 def test_bytes_round_trip_and_lookup_from_another_client(shared_mesh, c):

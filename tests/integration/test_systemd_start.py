@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from support.cli import cli_env, grid
-from support.mesh import free_port_pair
+from support.mesh import cluster_file
 
 pytestmark = pytest.mark.skipif(
     Path("/run/systemd/system").is_dir(),
@@ -24,14 +24,8 @@ pytestmark = pytest.mark.skipif(
 
 
 def _config(tmp_path: Path) -> tuple[str, list[tuple[str, int]]]:
-    nodes = []
-    for i in range(2):
-        host = f"127.0.0.{i + 1}"
-        nodes.append({"name": f"n{i + 1}", "host": host, "memory_gb": 0.5,
-                      "mesh_port": free_port_pair(host)})
-    path = tmp_path / "cluster.yaml"
-    path.write_text(yaml.safe_dump({"name": "units", "nodes": nodes,
-                                    "mesh": {"host_reserve_bytes": "256MiB"}}))
+    path = cluster_file(tmp_path, 2, "units")
+    nodes = yaml.safe_load(path.read_text())["nodes"]
     return str(path), [(n["host"], n["mesh_port"]) for n in nodes]
 
 

@@ -46,6 +46,18 @@ def free_port_pair(host: str) -> int:
     raise RuntimeError("no free port pair found")
 
 
+def cluster_file(tmp: Path, n: int, name: str = "test-mesh", extra_nodes: list | None = None,
+                 memory_gb: float = 0.5) -> Path:
+    """``tmp/cluster.yaml`` with nodes n1..n``n`` on 127.0.0.1.. (free ports), for tests that
+    start agents through ``grid agents start``; ``extra_nodes`` are appended as given."""
+    nodes = [{"name": f"n{i + 1}", "host": f"127.0.0.{i + 1}", "memory_gb": memory_gb,
+              "mesh_port": free_port_pair(f"127.0.0.{i + 1}")} for i in range(n)]
+    path = tmp / "cluster.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "nodes": nodes + (extra_nodes or []),
+                                    "mesh": {"host_reserve_bytes": "256MiB"}}))
+    return path
+
+
 def agent_command(config: Path, node: str) -> list[str]:
     return [sys.executable, "-m", "agents.main", "--config", str(config), "--node", node]
 
@@ -193,6 +205,18 @@ class LocalMesh:
                 proc.wait(timeout=10)
                 leaked.append(proc.pid)
         return leaked
+
+
+@contextlib.contextmanager
+def clean_client(mesh: LocalMesh) -> Iterator[MeshClient]:
+    """A client of ``mesh`` that deletes every key and frees every block when the test is done
+    (for module-scoped meshes shared by many tests)."""
+    with mesh.client() as client:
+        yield client
+        for info in client.keys():
+            client.delete(info.key)
+        for block in client.blocks():
+            client.free(block.block_id)
 
 
 @contextlib.contextmanager
