@@ -17,14 +17,34 @@ block and no key, and its blocks may build on the ones before them, as a reader 
 - ``yaml``: a file with ``nodes`` must load with ``load_cluster_config``; a fragment must load
   once merged into the test mesh's cluster file.
 
-Directives (``<!-- doc-test: ... -->``) are described in ``support/docblocks.py``. A drifted
-block fails with each doc line and the actual line that replaced it.
+Directives (``<!-- doc-test: ... -->``) are described in ``support/docblocks.py``. Three of them
+bring in more real parts:
+
+- ``ray``: the block runs against the suite's Ray cluster (``ray_cluster``, tests/support/
+  raycluster.py: a raylet per node, ``mesh_node:node1..3``) and a second mesh named as the Ray
+  pages name theirs, ``node1..3`` (1 GiB each, ``ray.address`` set), in ``$GRID_CONFIG`` and as
+  ``cluster.yaml`` in the page's directory. Its blocks and reservations last to the end of the
+  page (or a ``fresh`` block), then every "mesh:" placement group is removed, as
+  test_placement.py's ``table`` fixture does. The blocks of a page with a ``ray`` block run in
+  the xdist group "ray" with the other Ray tests, so ``-n 2`` starts one Ray cluster.
+- ``ssh``: the block runs in a directory of its own (the same for the page's ``ssh`` blocks)
+  whose ``cluster.yaml`` has one node, ``m1``, behind a real OpenSSH server on loopback
+  (tests/support/sshd.py), and whose ``bad.yaml`` adds ``wrongkey`` (a key the server refuses),
+  ``gone`` (nobody listening) and ``nopy`` (no such Python), as the README's deployment steps
+  describe them; at the end of the page its agents are stopped and the server too. Needs root
+  and sshd; skipped without.
+- ``file NAME``: the block is written to ``NAME`` in the page's directory instead of running (a
+  ``yaml`` fragment merged into the cluster file the block would use, and checked to load).
+
+A drifted block fails with each doc line and the actual line that replaced it.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -37,6 +57,7 @@ import yaml
 from support.docblocks import (LANGUAGES, Block, compare, console_steps, learn_ids, parse_page,
                                with_ids)
 from support.mesh import ROOT, AgentProc, LocalMesh, free_port_pair
+from support.sshd import SSHD, SshHosts
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCKS = [b for page in PAGES for b in parse_page(page, ROOT)]
@@ -44,8 +65,14 @@ RUN = {"python", "console", "bash", "shell", "sh", "yaml"}
 NODES = ("local-1", "local-2", "local-3")
 BIN = Path(sys.executable).parent
 COMMAND_TIMEOUT_S = 60
+RAY_PAGES = {b.page for b in BLOCKS if "ray" in b.directives}
+BASE_PYTHON = getattr(sys, "_base_executable", sys.executable)
+docs_group = pytest.mark.xdist_group("docs")
 
-pytestmark = pytest.mark.xdist_group("docs")
+
+def xdist_group(block: Block) -> str:
+    """A page with Ray blocks runs on the worker of the other Ray tests (one Ray cluster)."""
+    return "ray" if block.page in RAY_PAGES else "docs"
 
 
 def docs_cluster(path: Path, memory_gb: float = 4.0) -> list[AgentProc]:
@@ -92,6 +119,15 @@ class PageRunner:
         self.mesh, self.tmp = mesh, tmp
         self.outcomes: dict[str, Outcome] = {}
         self.ids: dict[str, str] = {}  # the page's block ids in the doc -> the real ones
+        self.ray_address = ""  # the Ray cluster's, set by the test before a Ray page runs
+        self.ray_mesh: LocalMesh | None = None
+        self.ssh: SshHosts | None = None
+        self.ssh_dir: Path | None = None
+
+    def close(self) -> None:
+        if self.ray_mesh is not None:
+            leaked = self.ray_mesh.stop_all()
+            assert not leaked, f"Ray mesh agents ignored SIGTERM and had to be killed: {leaked}"
 
     def outcome(self, block: Block) -> Outcome:
         if block.id not in self.outcomes:
@@ -108,7 +144,15 @@ class PageRunner:
             (cwd / name).symlink_to(ROOT / name)
         self.empty_mesh()
         self.ids = {}
-        env = self.env(self.mesh.config_path, cwd / ".state")
+        try:
+            self.run_blocks(blocks, cwd)
+        finally:
+            if page in RAY_PAGES:
+                self.clear_ray()
+            if self.ssh is not None:
+                self.stop_ssh(cwd)
+
+    def run_blocks(self, blocks: list[Block], cwd: Path) -> None:
         python_groups = self.python_groups(blocks)
         for b in blocks:
             if b.lang not in RUN:
@@ -119,16 +163,27 @@ class PageRunner:
                 continue
             if b.id in self.outcomes:  # ran with its python group
                 continue
-            if "fresh" in b.directives:
+            if "ssh" in b.directives and (why := ssh_missing()):
+                self.outcomes[b.id] = Outcome(skip=why)
+                continue
+            config = self.mesh.config_path
+            if "ray" in b.directives:
+                config = self.ray_config(cwd, fresh="fresh" in b.directives)
+            elif "fresh" in b.directives:
                 self.empty_mesh()
+            env = self.env(config, cwd / ".state")
             try:
-                if b.lang == "python":
+                if "file" in b.directives:
+                    failure = self.write_file(b, cwd, config)
+                elif b.lang == "python":
                     self.run_python_group(python_groups[b.id], cwd, env)
                     continue
-                if b.lang == "yaml":
-                    failure = self.check_yaml(b)
+                elif b.lang == "yaml":
+                    failure = self.check_yaml(b, config)
                 elif "own-agents" in b.directives:
                     failure = self.run_with_own_agents(b, cwd)
+                elif "ssh" in b.directives:
+                    failure = self.run_over_ssh(b, cwd)
                 elif b.lang == "console":
                     failure = self.run_console(b, cwd, env)
                 else:
@@ -138,27 +193,113 @@ class PageRunner:
             self.outcomes[b.id] = Outcome(failure=failure)
 
     def env(self, config: Path, state: Path) -> dict:
-        env = {k: v for k, v in os.environ.items() if k not in ("GRID_KEY", "GRID_CONFIG")}
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("GRID_KEY", "GRID_CONFIG", "RAY_ADDRESS")}
         env.update(GRID_CONFIG=str(config), GRID_STATE_DIR=str(state), COLUMNS="200",
                    PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=str(ROOT),
                    NO_COLOR="1", PYTHONUNBUFFERED="1")
         return env
 
-    def empty_mesh(self) -> None:
-        with self.mesh.client() as c:
+    def empty_mesh(self, mesh: LocalMesh | None = None) -> None:
+        with (mesh or self.mesh).client() as c:
             for info in c.keys():
                 c.delete(info.key)
             for b in c.blocks():
                 c.free(b.block_id)
 
+    # --- ray ---------------------------------------------------------------------------------
+
+    def ray_config(self, cwd: Path, fresh: bool) -> Path:
+        """The Ray mesh's cluster file (the mesh started the first time), also as
+        ``cluster.yaml`` in ``cwd``; with ``fresh``, its blocks and reservations gone first."""
+        from support.raycluster import mesh_groups
+
+        if not self.ray_address:
+            raise AssertionError("a `ray` block on a page outside RAY_PAGES: the test did not "
+                                 "start the Ray cluster")
+        if self.ray_mesh is None:
+            tmp = self.tmp / "ray-mesh"
+            tmp.mkdir()
+            self.ray_mesh = LocalMesh.create(tmp, 3, 1.0, extra={
+                "ray": {"address": self.ray_address},
+                "execution": {"working_directory": str(tmp / "work")}})
+            self.ray_mesh.start_all()
+            left = mesh_groups()
+            assert not left, f"reservations from an earlier test are still there: {left}"
+        elif fresh:
+            self.clear_ray()
+        link = cwd / "cluster.yaml"
+        if not link.exists():
+            link.symlink_to(self.ray_mesh.config_path)
+        return self.ray_mesh.config_path
+
+    def clear_ray(self) -> None:
+        """What a page's Ray blocks leave behind: placement groups and the Ray mesh's blocks."""
+        from support.raycluster import remove_mesh_groups
+
+        if self.ray_mesh is not None:
+            remove_mesh_groups()
+            self.empty_mesh(self.ray_mesh)
+
+    # --- ssh ---------------------------------------------------------------------------------
+
+    def ssh_files(self, cwd: Path) -> Path:
+        """A directory with ``cluster.yaml`` (node m1 behind a real sshd) and ``bad.yaml``
+        (m1, wrongkey, gone, nopy); the server starts the first time."""
+        if self.ssh_dir is not None:
+            return self.ssh_dir
+        self.ssh_dir = cwd / "ssh-deploy"
+        self.ssh_dir.mkdir()
+        self.ssh = SshHosts(self.ssh_dir / "sshd", n=1)
+        self.ssh.start()
+        h = self.ssh.hosts[0]
+
+        def node(name: str, deploy_dir: str, **over) -> dict:
+            entry = {"name": name, "host": h.address, "port": h.port, "user": h.user,
+                     "ssh_key": str(h.key_path), "managed_by": "ssh", "python": BASE_PYTHON,
+                     "deploy_dir": str(self.ssh_dir / deploy_dir), "memory_gb": 0.5,
+                     "mesh_port": free_port_pair(h.address), "ssh": {"timeout": 5}}
+            return {**entry, **over}
+
+        m1 = node("m1", "d1")
+        bad = [m1, node("wrongkey", "d2", ssh_key=str(self.ssh.wrong_key_path)),
+               node("gone", "d3", host="127.0.0.9", port=free_port_pair("127.0.0.9")),
+               node("nopy", "d4", python="/usr/bin/python3.99")]
+        for name, nodes in (("cluster.yaml", [m1]), ("bad.yaml", bad)):
+            (self.ssh_dir / name).write_text(yaml.safe_dump({
+                "name": "ssh-docs", "nodes": nodes,
+                "mesh": {"host_reserve_bytes": "256MiB", "connect_timeout_s": 1.0}},
+                sort_keys=False))
+        return self.ssh_dir
+
+    def run_over_ssh(self, block: Block, cwd: Path) -> str:
+        where = self.ssh_files(cwd)
+        env = self.env(where / "cluster.yaml", where / "state")
+        if block.lang == "console":
+            return self.run_console(block, where, env, timeout_s=300)
+        return self.run_script(block, where, env)
+
+    def stop_ssh(self, cwd: Path) -> None:
+        """Stops what the page's ``ssh`` blocks left running: m1's agent, then the server."""
+        assert self.ssh is not None and self.ssh_dir is not None
+        try:
+            env = self.env(self.ssh_dir / "cluster.yaml", self.ssh_dir / "state")
+            subprocess.run([str(BIN / "grid"), "agents", "stop", "-c", "cluster.yaml"],
+                           cwd=self.ssh_dir, env=env, capture_output=True, text=True,
+                           timeout=COMMAND_TIMEOUT_S)
+        finally:
+            self.ssh.stop()
+            self.ssh = None
+
     # --- console and shell -------------------------------------------------------------------
 
-    def run_console(self, block: Block, cwd: Path, env: dict) -> str:
+    def run_console(self, block: Block, cwd: Path, env: dict,
+                    timeout_s: float = COMMAND_TIMEOUT_S) -> str:
         problems = []
         for step in console_steps(block):
             done = subprocess.run(["bash", "-c", with_ids(step.command, self.ids)], cwd=cwd, env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, text=True, timeout=COMMAND_TIMEOUT_S)
+                                  stdin=subprocess.DEVNULL, text=True, timeout=timeout_s)
             actual = done.stdout.splitlines()
             learn_ids(step.expected, actual, self.ids)
             diff = compare(step.expected, actual, step.line + 1)
@@ -200,7 +341,9 @@ class PageRunner:
 
     # --- yaml --------------------------------------------------------------------------------
 
-    def check_yaml(self, block: Block) -> str:
+    def check_yaml(self, block: Block, base_config: Path, path: Path | None = None) -> str:
+        """A cluster file, or a fragment merged into ``base_config``, must load; it is written
+        to ``path`` (else a scratch file)."""
         from mesh.config import load_cluster_config
         from mesh.errors import ConfigError
 
@@ -208,14 +351,22 @@ class PageRunner:
         if not isinstance(doc, dict):
             return f"{block.id}: not a YAML mapping"
         if "nodes" not in doc:  # a fragment: it must fit in a cluster file
-            base = yaml.safe_load(self.mesh.config_path.read_text())
+            base = yaml.safe_load(base_config.read_text())
             doc = merge(base, doc)
-        path = self.tmp / f"yaml-{block.page.replace('/', '_')}-{block.line}.yaml"
+        path = path or self.tmp / f"yaml-{block.page.replace('/', '_')}-{block.line}.yaml"
         path.write_text(yaml.safe_dump(doc))
         try:
             load_cluster_config(path)
         except ConfigError as exc:
             return f"{block.id}: the cluster file does not load: {exc}"
+        return ""
+
+    def write_file(self, block: Block, cwd: Path, config: Path) -> str:
+        """``file NAME``: the block becomes ``cwd/NAME`` (a yaml fragment merged into ``config``)."""
+        path = cwd / block.directives["file"]
+        if block.lang == "yaml":
+            return self.check_yaml(block, config, path)
+        path.write_text(block.text)
         return ""
 
     # --- python ------------------------------------------------------------------------------
@@ -324,13 +475,30 @@ out.write("\n" + json.dumps(results) + "\n")
 '''
 
 
+def ssh_missing() -> str:
+    """Why the ``ssh`` blocks cannot run here, or ""."""
+    if not os.access(SSHD, os.X_OK) or not shutil.which("ssh-keygen"):
+        return "needs OpenSSH's sshd and ssh-keygen (apt-get install openssh-server)"
+    if os.geteuid() != 0:
+        return f"needs root to run sshd (running as {getpass.getuser()})"
+    return ""
+
+
 @pytest.fixture(scope="module")
 def pages(docs_mesh, tmp_path_factory):
-    return PageRunner(docs_mesh, tmp_path_factory.mktemp("docs-pages"))
+    runner = PageRunner(docs_mesh, tmp_path_factory.mktemp("docs-pages"))
+    try:
+        yield runner
+    finally:
+        runner.close()
 
 
-@pytest.mark.parametrize("block", [b for b in BLOCKS if b.lang in RUN], ids=lambda b: b.id)
-def test_doc_example(block, pages):
+@pytest.mark.parametrize("block", [
+    pytest.param(b, id=b.id, marks=pytest.mark.xdist_group(xdist_group(b)))
+    for b in BLOCKS if b.lang in RUN])
+def test_doc_example(block, pages, request):
+    if block.page in RAY_PAGES and not pages.ray_address:
+        pages.ray_address = request.getfixturevalue("ray_cluster")
     outcome = pages.outcome(block)
     if outcome.skip:
         pytest.skip(f"{block.id}: {outcome.skip}")
@@ -338,12 +506,14 @@ def test_doc_example(block, pages):
         pytest.fail(outcome.failure, pytrace=False)
 
 
+@docs_group
 def test_every_fence_names_a_known_language():
     unnamed = [f"{b.id} ({b.lang or 'none'})" for b in BLOCKS if b.lang not in LANGUAGES]
     assert not unnamed, ("fences must name their language (python, console, bash, yaml, text, "
                          f"...) so the doc test knows what to run: {unnamed}")
 
 
+@docs_group
 def test_skips_are_few_and_give_a_reason():
     skipped = [b for b in BLOCKS if "skip" in b.directives]
     assert all(b.directives["skip"] for b in skipped), "every skip says why"
@@ -352,6 +522,7 @@ def test_skips_are_few_and_give_a_reason():
     assert len(skipped) <= 0.4 * len(runnable), [f"{b.id}: {b.directives['skip']}" for b in skipped]
 
 
+@docs_group
 def test_the_page_runner_catches_a_drifted_block(docs_mesh, tmp_path):
     """A doc whose output changed fails with the doc line and the actual one; the same output
     with another pid and block id passes."""

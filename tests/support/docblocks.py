@@ -19,11 +19,17 @@ Conventions the docs follow (docs/DESIGN.md, "Docs that run"):
   ``skip (why)`` (not run; the test lists it with its reason), ``continue`` (a python block that
   goes on in the namespace of the page's previous python block), ``own-agents`` (the block starts
   and stops agents itself: it gets a cluster file of its own, nodes named as the local mesh's,
-  no agent running), ``fresh`` (the mesh holds no block and no key when the block starts),
-  ``fields-of module.Class`` (a class shown in the doc has the named dataclass's fields).
+  no agent running), ``fresh`` (the mesh holds no block and no key when the block starts;
+  with ``ray``, no reservation either), ``fields-of module.Class`` (a class shown in the doc has
+  the named dataclass's fields), ``ray`` (the block runs against a real Ray cluster and a mesh
+  named ``node1..3``), ``ssh`` (against a real sshd, with the cluster files the README's
+  deployment steps name), ``file NAME`` (the block is written to ``NAME`` instead of running).
+  What the last three give a block is in ``tests/integration/test_docs.py``.
 
 Comparing by shape: ``normalise_line`` replaces what differs from run to run with placeholders
-(block and reservation ids, checksums and other hex, absolute paths, hex dump lines, every number,
+(block and reservation ids, checksums and other hex, Ray node ids (their short form may be all
+digits), the master's name in ``master NAME: pressure`` (this machine's host name), absolute
+paths, hex dump lines, every number,
 so pids, sizes, times, ports, dates; a number after a hyphen only from three digits on, so node
 names such as ``local-1`` stay while ``example-shared-10617`` does not) and reduces a rich table to its cells (box characters, column
 widths and alignment gone; a header row keeps its own marker). Words, units, column names, the
@@ -158,6 +164,8 @@ _SUBS: list[tuple[re.Pattern, str]] = [
     (re.compile(r"\bblock_\d+_\S+?_[0-9a-z]{4,}\b"), "<block-id>"),
     (re.compile(r"\balloc_\d+_\S+?_[0-9a-f]{4}\b"), "<alloc-id>"),
     (re.compile(r"\bempty_\d+\b"), "<empty-id>"),
+    (re.compile(r"(?<=Ray node )[0-9a-f]{8,}\b"), "<hex>"),  # may be all digits
+    (re.compile(r"^master \S+: pressure\b"), "master <host>: pressure"),  # this machine's name
     (re.compile(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{8,}\b"), "<hex>"),
     (re.compile(r"<embedded default>"), "<path>"),  # where a cluster file came from
     (re.compile(r"\b\d{4}-\d{2}-\d{2}\b"), "<date>"),

@@ -53,6 +53,12 @@ def test_blocks_come_with_language_line_directives_and_output():
     assert blocks[4].text.startswith("$ echo a")  # the list's indentation is taken off
 
 
+def test_directives_stack_and_take_a_file_name():
+    page = ("<!-- doc-test: ray -->\n<!-- doc-test: file short.yaml -->\n<!-- example: x -->\n"
+            "```yaml\nray: {}\n```\n")
+    assert parse_markdown(page, "p.md")[0].directives == {"ray": "", "file": "short.yaml"}
+
+
 def test_a_directive_belongs_only_to_the_block_right_after_it():
     blocks = parse_markdown("<!-- doc-test: fresh -->\nSome text.\n```bash\ntrue\n```\n", "p.md")
     assert blocks[0].directives == {}
@@ -86,6 +92,8 @@ def test_output_before_a_command_is_refused():
     ("parent pid 10617: stored 'example-shared-10617'", "parent pid 9: stored 'example-shared-27176'"),
     ("moved block_0_node1_hoi96aphbc in 0.04 s, reserved as alloc_1795656430_node1_1248",
      "moved block_3_node1_hp11 in 1.5 s, reserved as alloc_1795699999_node1_ab12"),
+    ("Target: node2  1.00 GiB  (Ray node 69572939)", "Target: node2  1.00 GiB  (Ray node 08363d1d)"),
+    ("master vm: pressure 0.10", "master ci-runner-7: pressure 0.55"),
 ])
 def test_what_varies_between_runs_is_not_a_difference(doc, actual):
     assert compare([doc], [actual]) == []
@@ -99,6 +107,8 @@ def test_what_varies_between_runs_is_not_a_difference(doc, actual):
     ("Node: local-1", "Node: local-2"),                                        # another node
     ("stored 'example-1'", "stored 'example-2'"),                             # a name's number
     ("│ local-1 │ 1.50 GB │", "┃ local-1 ┃ 1.50 GB ┃"),                        # a row become a header
+    ("Target: node2  1  (Ray node 69572939)", "Target: node3  1  (Ray node 08363d1d)"),  # a node
+    ("master vm: pressure 0.10", "node vm: pressure 0.10"),                     # not the master
 ])
 def test_a_changed_word_column_or_unit_is_a_difference(doc, actual):
     diff = compare([doc], [actual], first_line=40)
