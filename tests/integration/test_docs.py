@@ -267,7 +267,7 @@ class PageRunner:
                node("nopy", "d4", python="/usr/bin/python3.99")]
         for name, nodes in (("cluster.yaml", [m1]), ("bad.yaml", bad)):
             (self.ssh_dir / name).write_text(yaml.safe_dump({
-                "name": "ssh-docs", "nodes": nodes,
+                "name": "my-cluster", "nodes": nodes,
                 "mesh": {"host_reserve_bytes": "256MiB", "connect_timeout_s": 1.0}},
                 sort_keys=False))
         return self.ssh_dir
@@ -518,8 +518,10 @@ def test_skips_are_few_and_give_a_reason():
     skipped = [b for b in BLOCKS if "skip" in b.directives]
     assert all(b.directives["skip"] for b in skipped), "every skip says why"
     runnable = [b for b in BLOCKS if b.lang in RUN]
-    # Today 23 of 61: Ray (11), measurements (6), SSH deployment (3), pip, a terminal, ray start.
-    assert len(skipped) <= 0.4 * len(runnable), [f"{b.id}: {b.directives['skip']}" for b in skipped]
+    # Today 12 of 64: measurements (6), machines set up by hand (ray start on gpu-master and
+    # gpu1, twice), pip, a terminal, another program on an agent's port.
+    assert len(skipped) <= 0.25 * len(runnable), [f"{b.id}: {b.directives['skip']}"
+                                                  for b in skipped]
 
 
 @docs_group
