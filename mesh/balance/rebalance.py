@@ -37,8 +37,10 @@ class Move:
 class Plan:
     moves: list[Move]
     unplaced: list[tuple[str, int, str]]  # (block, size, source) with no target that fits
-    before: dict[str, float]  # node -> pressure now
-    after: dict[str, float]  # node -> pressure once the moves are done
+    # node -> pressure now, and once the moves are done; None for a node that is not alive (no
+    # agent answers for it: its figures are not known, and it takes no block)
+    before: dict[str, float | None]
+    after: dict[str, float | None]
 
 
 def plan_moves(
@@ -62,7 +64,7 @@ def plan_moves(
         for block, _ in listed:
             holders.setdefault(block, set()).add(node)
     allowed = set(nodes) if targets is None else set(targets) & set(nodes)
-    before = {name: n.pressure for name, n in nodes.items()}
+    before = _pressures(nodes)
     moves: list[Move] = []
     unplaced: list[tuple[str, int, str]] = []
     if drain is not None:
@@ -90,8 +92,11 @@ def plan_moves(
             holders.setdefault(block, set()).add(best.name)
             nodes[best.name] = best.moved(size)
             nodes[source] = nodes[source].moved(-size)
-    after = {name: n.pressure for name, n in nodes.items()}
-    return Plan(moves, unplaced, before, after)
+    return Plan(moves, unplaced, before, _pressures(nodes))
+
+
+def _pressures(nodes: dict[str, NodeLoad]) -> dict[str, float | None]:
+    return {name: n.pressure if n.alive else None for name, n in nodes.items()}
 
 
 def loads_from(stats: dict[str, Any]) -> list[NodeLoad]:

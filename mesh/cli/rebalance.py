@@ -54,13 +54,21 @@ def _print_move(result: MoveResult) -> None:
                   soft_wrap=True)
 
 
+def _pressure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"  # "-": not alive, no figures
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
 def _print_plan(report: PassReport, dry_run: bool) -> None:
     plan = report.plan
     table = Table(title="Memory pressure" + (" (planned)" if dry_run else ""))
     for col in ("Node", "Before", "After"):
         table.add_column(col, justify="left" if col == "Node" else "right")
     for node in sorted(plan.before):
-        table.add_row(node, f"{plan.before[node]:.2f}", f"{plan.after[node]:.2f}")
+        table.add_row(node, _pressure(plan.before[node]), _pressure(plan.after[node]))
     out.print(table)
     if dry_run:
         for m in plan.moves:
@@ -96,8 +104,8 @@ def pass_doc(report: PassReport, dry_run: bool) -> dict[str, Any]:
     plan = report.plan
     return {
         "dry_run": dry_run,
-        "pressure": {node: {"before": round(plan.before[node], 3),
-                            "after": round(plan.after[node], 3)} for node in sorted(plan.before)},
+        "pressure": {node: {"before": _rounded(plan.before[node]),
+                            "after": _rounded(plan.after[node])} for node in sorted(plan.before)},
         "moves": [{"block": r.move.block, "size": r.move.size, "source": r.move.source,
                    "target": r.move.target, "ok": r.ok, "seconds": round(r.seconds, 3),
                    "reservation": r.reservation or None, "error": r.error or None}

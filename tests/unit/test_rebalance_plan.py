@@ -82,3 +82,13 @@ def test_a_block_with_copies_never_moves_to_a_node_holding_one():
     plan = plan_moves(loads, {"a": [("b1", MiB)], "b": [("b1", MiB)]}, high=0.7, low=0.3,
                       drain="a")
     assert [(m.block, m.source, m.target) for m in plan.moves] == [("b1", "a", "c")]
+
+
+def test_a_node_without_an_agent_has_no_pressure_figure_and_takes_nothing():
+    """A node of the cluster file no agent answers for (a master without an agent, say) has
+    unknown figures: no pressure is made up for it, and no block goes there."""
+    loads = [_node("a", 95, 100), _node("b", 10, 100), _node("master", 0, 0, alive=False)]
+    plan = plan_moves(loads, {"a": [("a1", 40 * MiB)]}, high=0.7, low=0.3)
+    assert plan.before["master"] is None and plan.after["master"] is None
+    assert [(m.block, m.target) for m in plan.moves] == [("a1", "b")]
+    assert plan.before["a"] == 1.0
