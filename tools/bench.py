@@ -10,6 +10,7 @@
     python tools/bench.py listing [--blocks 100000] [--block-size 4KiB] [--json]
     python tools/bench.py read-rss [--reads 1000000] [--size 64KiB] [--window 64] [--json]
     python tools/bench.py checksum [--size 1GiB] [--runs 5] [--chunk 2MiB] [--json]
+    python tools/bench.py report [--out docs/performance] [--quick] [--only NAME]... [--json]
 
 ``transfer`` starts one real ``mesh-agent`` on loopback, allocates one block of ``--size``, then
 for each run writes the whole block from a warm client buffer and reads it back into another
@@ -99,6 +100,8 @@ import yaml  # noqa: E402
 
 from mesh.client import MeshClient  # noqa: E402
 from mesh.units import format_bytes, parse_size  # noqa: E402
+
+import bench_report  # noqa: E402  (tools/bench_report.py: the report mode)
 
 SEND_BYTES = 4 * 1024 * 1024
 
@@ -985,7 +988,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="the commit to compare with (default: before the restructuring)")
     st.add_argument("--runs", type=int, default=15)
     st.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    bench_report.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.bench == "report":
+        result = bench_report.report(args)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print(Path(result["markdown"]).read_text(), end="")
+        return 0
     if args.bench == "startup":
         result = startup(args)
         if args.json:

@@ -40,3 +40,14 @@ def test_transfer_replicas_reports_two_copies_against_one_and_verifies():
     for field in ("write_gbps", "read_gbps", "replicated_write_gbps", "replicated_read_gbps",
                   "replicated_write_ratio", "replicated_read_ratio"):
         assert out[field] > 0, field
+
+
+def test_report_writes_a_table_and_a_chart_of_the_benchmarks_it_runs(tmp_path):
+    out = run_json("tools/bench.py", "report", "--quick", "--only", "checksum", "--out",
+                   str(tmp_path))
+    (row,) = out["rows"]
+    assert row["bench"] == "checksum" and row["ratio"] > 0 and row["problem"] is None
+    table = (tmp_path / "performance.md").read_text()
+    assert "| checksum | xxh3 against crc32 |" in table and "GB/s" in table
+    assert "![ratios against their baselines](performance.png)" in table
+    assert (tmp_path / "performance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
