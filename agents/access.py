@@ -44,6 +44,7 @@ OP_ROLE: dict[str, str] = {
     **{op: "writer" for op in (P.ALLOC, P.FREE, P.WRITE, P.KPUT, P.KDEL, P.KCLAIM, P.KRELEASE,
                                P.KHOME, P.RENEW)},
     P.MOVE: "admin",
+    P.MANY: "reader",  # and each of its sub-ops what that op needs (agents/many.py)
     P.TRUST: "admin",
     **{op: "agent" for op in (P.PULL, P.COMMIT, P.ABORT, P.RSET, P.RWRITE, P.RFREE, P.RKEYS,
                               P.LEASE, P.SUSPECT, P.FENCE)},

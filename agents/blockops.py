@@ -1,6 +1,7 @@
 """The agent's data-plane handlers (``BlockOps``, a base class of ``Agent``): ALLOC (with pages
 populated in a worker thread, so heartbeats keep flowing while a large block is backed), FREE,
-WRITE and RWRITE, READ (zero-copy from the block), STAT, LIST, MOVE of a replicated block, KGET
+WRITE and RWRITE, READ (zero-copy from the block; copied when it is a sub-op of MANY,
+``agents/many.py``), STAT, LIST, MOVE of a replicated block, KGET
 and the key changes that a block's primary forwards to its copies.
 
 Each handler checks what it is given (``agents/store.py``: bounds, states) before touching
@@ -22,6 +23,7 @@ from typing import Any, Callable
 from agents import lifecycle
 from agents.lifecycle import Event, State
 from agents.keyops import page
+from agents.many import Slot
 from agents.store import Block, populate
 from mesh import protocol as P
 from mesh.errors import BlockMoving, InvalidRequest, MeshError, TooLarge
@@ -128,9 +130,15 @@ class BlockOps:
         if not lifecycle.serves_reads(block.state):  # HANDING_OVER: the new copy may change
             raise BlockMoving(f"block {block.block_id} is being handed over to another node; "
                               "retry in a moment", node=self.s.node)
-        header = P.encode_reply(req.op, req.request_id, {
-            "block": block.block_id, "offset": offset, "length": length,
-        })
+        result = {"block": block.block_id, "offset": offset, "length": length}
+        if type(identity) is Slot:  # a sub-op of MANY: its bytes copied into the batch's reply
+            identity.answer(True, result, bytes(block.view[offset : offset + length]))
+            self.metrics.replied(req.op, "ok", req.arrived, length)
+            self.reads_served += 1
+            if block.state is State.MOVING:
+                self.moves.read_served(block.block_id, offset + length)
+            return
+        header = P.encode_reply(req.op, req.request_id, result)
         # Zero-copy: libzmq sends straight from the block (a copy here cost a third of the read
         # throughput). A write landing in this range mid-send would tear the read, so writes to
         # it wait until libzmq is done with it (agents/writegate.py).

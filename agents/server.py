@@ -4,7 +4,8 @@ Covers: binding the sockets (made by ``mesh/sockets.py``), dispatching parsed re
 handlers, heartbeats and gossip, and counting every request and reply for the metrics
 (``agents/metrics.py``, served over HTTP on the node's ``metrics_port``).
 
-Does not cover: the data-plane handlers (``agents/blockops.py``: ALLOC, FREE, WRITE, READ,
+Does not cover: MANY, many sub-ops in one message (``agents/many.py``), the data-plane
+handlers (``agents/blockops.py``: ALLOC, FREE, WRITE, READ,
 STAT, LIST, MOVE, key changes), the answers about the agent (``agents/info.py``), frame formats (``mesh/protocol.py``), capacity, bounds and key rules
 (``agents/store.py``), a block's lifecycle (``agents/lifecycle.py``), writes waiting for
 zero-copy reads (``agents/writegate.py``), moving blocks peer to peer (``agents/moves.py``:
@@ -40,6 +41,7 @@ from agents.keyhome import KeyHomes
 from agents.info import InfoOps
 from agents.peering import Dialing
 from agents.keyops import KeyOps
+from agents.many import ManyOps, Slot
 from agents.lifecycle import Event, State
 from agents.limits import ConnectionGuard, connection_cap
 from agents import logs, metrics
@@ -105,7 +107,7 @@ class AgentSettings:
                              f"max_message_bytes ({self.max_message_bytes})")
 
 
-class Agent(BlockOps, InfoOps, Dialing):
+class Agent(BlockOps, InfoOps, Dialing, ManyOps):
     def __init__(self, settings: AgentSettings, ctx: zmq.Context | None = None):
         self.s = settings
         self.incarnation = time.time_ns() // 1000
@@ -180,6 +182,7 @@ class Agent(BlockOps, InfoOps, Dialing):
             P.TRUST: self._trust,
             **self.moves.handlers(),
             P.MOVE: self._move,
+            P.MANY: self._many,
         }
 
     # --- sockets ------------------------------------------------------------------------------
@@ -397,6 +400,9 @@ class Agent(BlockOps, InfoOps, Dialing):
 
     def _send(self, identity: bytes | Session, frames: list[Any], copy: bool = True,
               track: bool = False, sealed: bool = False) -> zmq.MessageTracker | None:
+        if type(identity) is Slot:  # a sub-op of a MANY request (agents/many.py)
+            identity.take(frames)
+            return _SENT
         sock = self.sealed if sealed else self.router
         if isinstance(identity, Session):  # sealed: ciphertext, nothing for a write to wait on
             sock, copy, track = self.sealed, False, False  # fresh ciphertext: no copy needed
@@ -474,8 +480,14 @@ class Agent(BlockOps, InfoOps, Dialing):
 
     def _send_reply(self, identity: bytes, req: P.Request, result: dict[str, Any]) -> None:
         self.metrics.replied(req.op, "ok", req.arrived)
+        if type(identity) is Slot:
+            identity.answer(True, result)
+            return
         self._send(identity, [P.encode_reply(req.op, req.request_id, result)])
 
     def _reply_error(self, identity: bytes, req: P.Request, exc: MeshError) -> None:
         self.metrics.replied(req.op, exc.code, req.arrived)
+        if type(identity) is Slot:
+            identity.answer(False, {"code": exc.code, "message": exc.message})
+            return
         self._send(identity, [P.encode_exception(req.op, req.request_id, exc)])

@@ -28,6 +28,19 @@ Ops and their fields (all sizes and offsets are byte counts, ints >= 0)::
     KDEL   {key}                              -> {key, freed_block}
     KLIST  {[after], [limit]}                 -> {node, keys: [key record, ...], next}
     RENEW  {blocks: [block id, ...]}          -> {renewed: [block id, ...]}
+    MANY   {ops: [[op, fields], ...]}  + 1 payload  -> {results: [[OK, result] |
+           [ERROR, {code, message}], ...]}  + 1 payload
+
+MANY carries up to ``MAX_MANY_OPS`` small operations (``MANY_OPS``: READ, WRITE, STAT, ALLOC,
+FREE and the key ops; not MANY) in one message, answered by one message. Each WRITE sub-op
+names its ``length``; the one request payload is the WRITEs' bytes back to back, in order, at
+most ``MAX_MANY_BYTES`` (so are the READs' lengths, together). The agent applies each sub-op
+as it would the single op (role, deadline: the batch's unless its own, bounds, replicas) and
+answers each in ``results``, in order; the reply's payload is the bytes of each READ that
+succeeded, back to back. (One payload frame, not one per sub-op: a sealed message carries at
+most one, ``mesh/security/seal.py``; an empty frame when there are no bytes.) A sub-op that is not a [op, fields] pair of a known
+op with well-typed fields gets its own error; a batch whose list, count, sizes or payload do
+not add up is refused whole (``bad_request``/``bad_frame``), having applied nothing.
 
 A keyed cluster (``agents/access.py``, ``mesh/security/``): a client shakes hands over CURVE on
 the data port and then sends everything, sealed, to the session's endpoint::
@@ -173,6 +186,7 @@ RKEYS = "rkeys"
 LEASE = "lease"
 SUSPECT = "suspect"
 FENCE = "fence"
+MANY = "many"
 
 OK = 0
 ERROR = 1
@@ -189,6 +203,10 @@ MAX_HEARTBEAT_BYTES = 1024 * 1024
 # One page of a listing (LIST, KLIST): at most this many records, KLIST at most ~this many bytes.
 LIST_PAGE_RECORDS = 1000
 LIST_PAGE_BYTES = 1024 * 1024
+# A MANY request: at most this many sub-ops (its header, like every one, at most
+# MAX_HEADER_BYTES), and this many payload bytes each way.
+MAX_MANY_OPS = 256
+MAX_MANY_BYTES = 1024 * 1024
 
 _INT = (int,)
 
@@ -229,8 +247,11 @@ _REQUEST_SCHEMA: dict[str, tuple[dict[str, tuple[type, ...]], int]] = {
     FENCE: ({"from": (str,), "inc": _INT}, 0),
     SESSION: ({}, 0),
     TRUST: ({"entries": (list,)}, 0),
+    MANY: ({"ops": (list,)}, 1),
 }
 OPS = frozenset(_REQUEST_SCHEMA)
+MANY_OPS = frozenset({READ, WRITE, STAT, ALLOC, FREE, KPUT, KGET, KDEL, KCLAIM, KRELEASE,
+                      KHOME, KWHERE})
 # op -> optional fields with their types (checked when present)
 _OPTIONAL_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
     ALLOC: {"pending": (bool,), "ttl_s": (int, float), "replicas": _INT, "spread": (str,)},
@@ -353,6 +374,22 @@ def parse_request(frames: Sequence[Any]) -> Request:
     if not isinstance(fields, dict):
         raise BadRequest("bad_frame", "fields must be a map", op, request_id)
     required, n_payload = schema
+    _check_fields(op, fields, required, request_id)
+    payload = list(frames[1:])
+    if len(payload) != n_payload:
+        raise BadRequest(
+            "bad_frame",
+            f"{op}: expected {n_payload} payload frame(s), got {len(payload)}",
+            op,
+            request_id,
+        )
+    return Request(op, request_id, fields, payload)
+
+
+def _check_fields(op: str, fields: dict[str, Any], required: dict[str, tuple[type, ...]],
+                  request_id: int) -> None:
+    """``BadRequest`` unless ``fields`` has every required field, and every optional one
+    present, of its type (a bool is never taken for a number)."""
     for name, types in required.items():
         value = fields.get(name)
         if value is None:
@@ -375,15 +412,55 @@ def parse_request(frames: Sequence[Any]) -> Request:
                                   (bool not in types and isinstance(value, bool))):
             raise BadRequest("bad_request", f"{op}: field {name!r} has the wrong type "
                              f"({type(value).__name__})", op, request_id)
-    payload = list(frames[1:])
-    if len(payload) != n_payload:
-        raise BadRequest(
-            "bad_frame",
-            f"{op}: expected {n_payload} payload frame(s), got {len(payload)}",
-            op,
-            request_id,
-        )
-    return Request(op, request_id, fields, payload)
+
+
+def parse_many(request: Request) -> list[Request | BadRequest]:
+    """The sub-ops of a parsed MANY request, in order: a ``Request`` each (a WRITE's payload is
+    a zero-copy view of its piece of the batch's payload), or the ``BadRequest`` that sub-op
+    alone is answered with. Raises ``BadRequest`` for a batch refused whole (see the
+    docstring: list, count, sizes, payload)."""
+    ops, rid = request.fields["ops"], request.request_id
+
+    def refuse(message: str, code: str = "bad_request") -> BadRequest:
+        return BadRequest(code, f"{MANY}: {message}", MANY, rid)
+
+    if not ops or len(ops) > MAX_MANY_OPS:
+        raise refuse(f"must carry 1 to {MAX_MANY_OPS} sub-ops, not {len(ops)}")
+    data = frame_view(request.payload[0])
+    pos = read_bytes = 0
+    out: list[Request | BadRequest] = []
+    for i, sub in enumerate(ops):
+        if not (isinstance(sub, list) and len(sub) == 2 and isinstance(sub[0], str)
+                and isinstance(sub[1], dict)):
+            raise refuse(f"sub-op {i} must be a pair [op, fields]")
+        op, fields = sub
+        length = fields.get("length")
+        if op in (READ, WRITE) and (type(length) is not int or length < 0):
+            raise refuse(f"sub-op {i} ({op}) must name its length, a whole number >= 0")
+        if op == WRITE:
+            if pos + length > data.nbytes:
+                raise refuse(f"the WRITE sub-ops name more bytes than the payload's "
+                             f"{data.nbytes}", "bad_frame")
+            payload, pos = [data[pos : pos + length]], pos + length
+        else:
+            payload = []
+            read_bytes += length if op == READ else 0
+        if op not in MANY_OPS:
+            out.append(BadRequest("bad_request", f"{op!r} cannot be a sub-op of {MANY}", op, rid))
+            continue
+        try:
+            _check_fields(op, fields, _REQUEST_SCHEMA[op][0], rid)
+        except BadRequest as bad:
+            out.append(bad)
+            continue
+        out.append(Request(op, rid, fields, payload))
+    if pos != data.nbytes:
+        raise refuse(f"the payload has {data.nbytes} bytes; the WRITE sub-ops name {pos}",
+                     "bad_frame")
+    if max(pos, read_bytes) > MAX_MANY_BYTES:
+        raise refuse(f"over {MAX_MANY_BYTES} bytes each way ({pos} written, {read_bytes} read): "
+                     "split the batch", "too_large")
+    return out
 
 
 def deadline_for(wall_now: float, timeout_s: float, clock_skew_s: float) -> float:

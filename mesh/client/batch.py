@@ -45,6 +45,7 @@ class Call:
     fields: dict[str, Any]
     payload: Any = None  # one bytes-like frame, for WRITE
     sink: memoryview | None = None  # where a READ reply's payload is copied
+    reply_payload: Any = None  # without a sink: the reply's payload frame, as it came (MANY)
     result: dict[str, Any] | None = None
     error: MeshError | None = None
     request_id: int = 0
@@ -163,6 +164,8 @@ class BatchRun:
                         call.error = exc
                 else:
                     call.sink[:] = P.frame_view(payload)
+            elif reply.payload:
+                call.reply_payload = reply.payload[0]
             if self.first_success_at is None:
                 self.first_success_at = now
         self._complete(call)

@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import zmq
 
+import mesh.client.many as many
 import mesh.client.objects as objects
 from mesh.client.batch import Op, Wait
 from mesh.client.core import BlockInfo, Core, Listing, NodeInfo
@@ -141,6 +142,29 @@ class _ClientBase:
     def read_into(self, block_id: str, buffer: Any, offset: int = 0) -> int:
         """Fill the writable ``buffer`` from the block at ``offset``; returns the bytes read."""
         return self._run(self._core.read_into(block_id, buffer, offset))
+
+    # many small operations per message (docs/python-api.md: batches)
+
+    def read_many(self, items: Any, *, return_exceptions: bool = False) -> list[Any]:
+        """Read many ranges, ``(block_id, size)`` or ``(block_id, size, offset)`` each, sent
+        many per message: a bytearray each, in order. The first item's error is raised once
+        all ran, unless ``return_exceptions`` (then it takes the item's place in the list)."""
+        return self._run(many.read_many(self._core, items, return_exceptions))
+
+    def write_many(self, items: Any, *, return_exceptions: bool = False) -> list[Any]:
+        """Write many ranges, ``(block_id, data)`` or ``(block_id, data, offset)`` each, sent
+        many per message: the bytes written each, in order (errors as ``read_many``)."""
+        return self._run(many.write_many(self._core, items, return_exceptions))
+
+    def get_many(self, keys: Any, *, return_exceptions: bool = False) -> list[Any]:
+        """The bytes of each key (as ``get_bytes``), looked up and read many per message."""
+        return self._run(many.get_many(self._core, keys, return_exceptions))
+
+    def put_many(self, items: Any, node: str | None = None, *, replace: bool = False,
+                 return_exceptions: bool = False) -> list[Any]:
+        """Store many small values (a mapping, or ``(key, data)`` pairs) as ``put_bytes``
+        would, each step many per message: an ``ObjectInfo`` each, in order."""
+        return self._run(many.put_many(self._core, items, node, replace, return_exceptions))
 
     def free(self, block_id: str) -> None:
         """Free a block (and forget the keys that point into it)."""

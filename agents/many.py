@@ -1,0 +1,105 @@
+"""MANY on the agent: many small operations in one message, answered by one message
+(``mesh/protocol.py``: MANY, ``parse_many``).
+
+``ManyOps._many`` (a handler of ``Agent``, ``agents/server.py``) cuts a MANY request into its
+sub-ops and dispatches each through ``Agent._dispatch``, the path a single request takes: the
+role check, the deadline, the handler, replication's hold of a reply until the copies applied a
+forwarded write, deferred writes. Each sub-op is given a ``Slot`` as its identity instead of the
+client's; whatever answers the sub-op (``_send_reply``, ``_reply_error``, the READ handler, or
+``_send`` for anything else) lands in its slot, and once every slot of the batch has its answer
+the ``Gather`` sends the one reply. The metrics count each sub-op as its op, and the batch as
+MANY. A READ's bytes are copied into the reply (a few KiB each: cheaper than tracking a
+zero-copy send per sub-op, and a later sub-op or a held reply cannot tear them).
+
+Not here: the frame layout and the checks of the batch (``mesh/protocol.py``), the handlers
+themselves (``agents/blockops.py``, ``agents/keyops.py``), roles (``agents/access.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import msgpack
+
+from mesh import protocol as P
+from mesh.errors import error_from_wire
+
+
+class Gather:
+    """The answers of one MANY request's sub-ops; sends the reply when the last one is in."""
+
+    __slots__ = ("results", "pieces", "left", "send")
+
+    def __init__(self, n: int, send: Callable[["Gather"], None]):
+        self.results: list[Any] = [None] * n
+        self.pieces: list[Any] = [None] * n  # each READ's bytes, by position
+        self.left = n
+        self.send = send
+
+    def answer(self, index: int, ok: bool, body: dict[str, Any], payload: Any = None) -> None:
+        if self.results[index] is not None:
+            return  # answered already (a sub-op answers once; this guards the count)
+        self.results[index] = [P.OK if ok else P.ERROR, body]
+        if ok and payload is not None:
+            self.pieces[index] = payload
+        self.left -= 1
+        if self.left == 0:
+            self.send(self)
+
+    def payload(self) -> bytes:
+        return b"".join(p for p in self.pieces if p is not None)
+
+
+class Slot:
+    """The identity a sub-op is dispatched with: where its answer goes."""
+
+    __slots__ = ("gather", "index")
+
+    def __init__(self, gather: Gather, index: int):
+        self.gather = gather
+        self.index = index
+
+    def answer(self, ok: bool, body: dict[str, Any], payload: Any = None) -> None:
+        self.gather.answer(self.index, ok, body, payload)
+
+    def take(self, frames: list[Any]) -> None:
+        """An answer sent as frames (an encoded reply header, and a READ's payload)."""
+        try:
+            header = msgpack.unpackb(frames[0], raw=False)
+            ok, body = header[3] == P.OK, header[4]
+        except Exception:  # our own encoding: never expected
+            ok, body = False, {"code": "internal", "message": "unreadable sub-reply"}
+        payload = bytes(P.frame_view(frames[1])) if len(frames) > 1 else None
+        self.answer(ok, body, payload)
+
+
+class ManyOps:
+    """The MANY handler of ``Agent`` (``agents/server.py``), which provides ``s``,
+    ``metrics``, ``_dispatch`` and ``_send``."""
+
+    def _many(self, identity: Any, req: P.Request) -> None:
+        try:
+            subs = P.parse_many(req)
+        except P.BadRequest as bad:  # refused whole, nothing applied: an error reply
+            raise error_from_wire(bad.code, bad.message, self.s.node) from None
+
+        def send(gather: Gather) -> None:
+            payload = gather.payload()
+            self.metrics.replied(P.MANY, "ok", req.arrived, len(payload))
+            self._send(identity, [P.encode_reply(P.MANY, req.request_id,
+                                                 {"results": gather.results}), payload])
+
+        gather = Gather(len(subs), send)
+        deadline = req.fields.get(P.DEADLINE)
+        for i, sub in enumerate(subs):
+            slot = Slot(gather, i)
+            if isinstance(sub, P.BadRequest):
+                self.metrics.arrived(sub.op, 0)
+                self.metrics.replied(sub.op, sub.code, 0.0)
+                slot.answer(False, {"code": sub.code, "message": sub.message})
+                continue
+            if deadline is not None and P.DEADLINE not in sub.fields:
+                sub.fields[P.DEADLINE] = deadline
+            sub.caller, sub.arrived = req.caller, req.arrived
+            self.metrics.arrived(sub.op, sub.payload[0].nbytes if sub.payload else 0)
+            self._dispatch(slot, sub)

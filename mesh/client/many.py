@@ -1,0 +1,542 @@
+"""Many small operations per message: ``read_many``, ``write_many``, ``get_many``, ``put_many``.
+
+Each is an operation generator (like those of ``mesh/client/core.py``) that groups its items by
+agent and sends them as MANY requests (``mesh/protocol.py``): up to ``MAX_MANY_OPS`` sub-ops
+and ``MAX_MANY_BYTES`` each way per message, ``mesh.window`` messages in flight per agent. The
+agent applies each sub-op as the single op and answers each, so one item's failure is that
+item's alone: the result list holds, in the items' order, each value or (with
+``return_exceptions``) its exception; without it, the first item's error is raised once every
+item has run.
+
+An item refused with an answer that means "look again" (its block moved, a copy that cannot
+serve, a key put that met another put) and an item too large for a batch take the single
+operation's path (``Core.read_into``, ``Core.write``, ``objects.get_bytes``, ``put_bytes``),
+which follows blocks, blames nodes and waits as it does for one item.
+
+- ``run``: the sub-ops (``Sub``) to their agents, results and errors back into each ``Sub``.
+- ``read_many``, ``write_many``: block ranges (``Core.locate`` finds each block once).
+- ``get_many``: one MANY of KGETs to every live agent, then the READs, each value checked
+  against its record's checksum.
+- ``put_many``: the steps of a named put (``mesh/client/objects.py``: ``_put``), each step one
+  MANY per agent: KCLAIM at each key's home, KGET everywhere (the key must not exist, unless
+  ``replace``: a key that exists then takes the single path), ALLOC of a pending block per
+  value, WRITE, KPUT, KHOME. An item that fails after its claim gives the claim back and frees
+  its block.
+
+Not here: the batch window and reply matching (``mesh/client/batch.py``), the frames
+(``mesh/protocol.py``), the agent's side (``agents/many.py``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable
+
+from mesh import checksum as C
+from mesh import protocol as P
+import mesh.client.keyclaims as keyclaims
+from mesh.client.batch import Batch, Call, Op, byte_view
+from mesh.client.keylookup import ObjectInfo, _check_key
+from mesh.errors import (
+    BlockMoving, BlockNotFound, CapacityError, InvalidRequest, InvalidSize, KeyExists,
+    KeyNotFound, MeshError, NodeUnavailable, OutOfRange, ProtocolError, error_from_wire,
+)
+
+if TYPE_CHECKING:
+    from mesh.client.core import Core
+
+# An item larger than this takes the single op's path (chunked, windowed): batching helps
+# small items, and a batch's message stays well under the agent's limit.
+MANY_ITEM_BYTES = 256 * 1024
+_HEADER_BUDGET = P.MAX_HEADER_BYTES // 2  # a MANY header's estimated size, at most
+# "look again": the single op's path follows the block (transfer.follow)
+_AGAIN = (BlockMoving, BlockNotFound)
+
+
+@dataclass(eq=False)
+class Sub:
+    """One sub-op of a MANY request, and its outcome."""
+
+    op: str
+    fields: dict[str, Any]
+    payload: memoryview | None = None  # a WRITE's bytes
+    sink: memoryview | None = None  # where a READ's bytes land
+    result: dict[str, Any] | None = None
+    error: MeshError | None = None
+    item: int = 0  # the caller's item it belongs to
+    extra: Any = field(default=None, compare=False)
+
+
+def _size(sub: Sub) -> int:
+    if sub.op == P.WRITE:
+        return sub.payload.nbytes
+    return sub.fields["length"] if sub.op == P.READ else 0
+
+
+def _messages(address: str, subs: list[Sub]) -> Iterable[Call]:
+    """The MANY calls carrying ``subs`` to ``address``, each within the protocol's limits."""
+    group: list[Sub] = []
+    sent = got = header = 0
+    for sub in subs + [None]:
+        if sub is not None:
+            n = _size(sub)
+            est = 48 + (len(sub.fields.get("block") or "") if sub.op in (P.READ, P.WRITE)
+                        else len(P.encode_request(sub.op, 0, sub.fields)))
+            fits = (len(group) < P.MAX_MANY_OPS and header + est <= _HEADER_BUDGET and
+                    (sent if sub.op == P.WRITE else got) + n <= P.MAX_MANY_BYTES)
+            if fits or not group:
+                group.append(sub)
+                header += est
+                sent += n if sub.op == P.WRITE else 0
+                got += n if sub.op == P.READ else 0
+                continue
+        if not group:
+            break
+        yield _call(address, group)
+        if sub is None:
+            break
+        group, header = [sub], 48
+        sent, got = (_size(sub), 0) if sub.op == P.WRITE else (0, _size(sub))
+
+
+def _call(address: str, group: list[Sub]) -> Call:
+    writes = [s.payload for s in group if s.op == P.WRITE and s.payload.nbytes]
+    payload: Any = b""  # MANY always carries one payload frame
+    if len(writes) == 1:
+        payload = writes[0]
+    elif writes:
+        payload = b"".join(writes)
+    call = Call(address, P.MANY, {"ops": [[s.op, s.fields] for s in group]}, payload=payload)
+    call.on_done = lambda c: _spread(c, group)
+    return call
+
+
+def _spread(call: Call, group: list[Sub]) -> None:
+    """A MANY reply's results and bytes into its sub-ops (or the call's error into each)."""
+    error = call.error
+    results = (call.result or {}).get("results") if error is None else None
+    if error is None and (not isinstance(results, list) or len(results) != len(group)):
+        error = ProtocolError(f"a MANY reply from {call.address} does not answer each sub-op")
+    data = memoryview(b"")
+    if error is None and call.reply_payload is not None:
+        payload = call.reply_payload
+        if hasattr(payload, "open_into"):  # still sealed: opened once, then spread
+            buf = bytearray(payload.nbytes)
+            try:
+                payload.open_into(buf)
+                data = memoryview(buf)
+            except MeshError as exc:
+                error = exc
+        else:
+            data = P.frame_view(payload)
+    if error is not None:
+        for sub in group:
+            sub.error = error
+        return
+    pos = 0
+    for sub, answer in zip(group, results):
+        ok = isinstance(answer, list) and len(answer) == 2 and isinstance(answer[1], dict)
+        if ok and answer[0] == P.OK:
+            sub.result = answer[1]
+            if sub.sink is not None:
+                n = sub.sink.nbytes
+                if pos + n > data.nbytes:
+                    sub.error = ProtocolError(f"a MANY reply from {call.address} is short of "
+                                              "a read's bytes")
+                    continue
+                sub.sink[:] = data[pos : pos + n]
+                pos += n
+        elif ok:
+            body = answer[1]
+            sub.error = error_from_wire(str(body.get("code", "internal")),
+                                        str(body.get("message", "")))
+        else:
+            sub.error = ProtocolError(f"a MANY reply from {call.address} has a malformed "
+                                      "result")
+
+
+def run(core: Core, by_address: dict[str, list[Sub]], timeout_s: float | None = None) -> Op:
+    """Send every sub-op to its address in MANY requests; fills each ``Sub``."""
+    calls = [c for address, subs in by_address.items() if subs
+             for c in _messages(address, subs)]
+    if calls:
+        yield from core.execute(Batch(calls, timeout_s or core.settings.request_timeout_s,
+                                      core.settings.window, fail_fast=False))
+
+
+def _outcome(values: list[Any], return_exceptions: bool) -> list[Any]:
+    if not return_exceptions:
+        for v in values:
+            if isinstance(v, MeshError):
+                raise v
+    return values
+
+
+def _group(subs: Iterable[tuple[str, Sub]]) -> dict[str, list[Sub]]:
+    out: dict[str, list[Sub]] = {}
+    for address, sub in subs:
+        out.setdefault(address, []).append(sub)
+    return out
+
+
+def _single(values: list[Any], i: int, op: Op) -> Op:
+    """Run item ``i`` through the single op's path; its value or its error into ``values``."""
+    try:
+        values[i] = yield from op
+    except MeshError as exc:
+        values[i] = exc
+
+
+# --- block ranges ---------------------------------------------------------------------------
+
+
+def _place(core: Core, block_id: Any, offset: Any, n: int) -> Op:
+    """(address, error): where ``block_id`` is, or why an item on it cannot be sent."""
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        return None, OutOfRange(f"offset must be a whole number >= 0, got {offset!r}")
+    try:
+        address, size = yield from core.locate(block_id)
+    except MeshError as exc:
+        return None, exc
+    if offset + n > size:
+        return None, OutOfRange(f"{n} bytes at offset {offset} are past the end of block "
+                                f"{block_id} ({size} bytes)")
+    return address, None
+
+
+def read_many(core: Core, items: Iterable[Any], return_exceptions: bool = False) -> Op:
+    """``items``: (block_id, size) or (block_id, size, offset); a bytearray each."""
+    items = list(items)
+    values: list[Any] = [None] * len(items)
+    placed: list[tuple[str, Sub]] = []
+    single: list[int] = []
+    for i, item in enumerate(items):
+        block_id, size, offset = (tuple(item) + (0,))[:3]
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            values[i] = InvalidSize(f"read size must be a whole number >= 0, got {size!r}")
+            continue
+        out = values[i] = bytearray(size)
+        if size > MANY_ITEM_BYTES:
+            single.append(i)
+            continue
+        address, error = yield from _place(core, block_id, offset, size)
+        if error is not None:
+            values[i] = error
+            continue
+        sub = Sub(P.READ, {"block": block_id, "offset": offset, "length": size},
+                  sink=memoryview(out), item=i)
+        placed.append((core.near.get(block_id, address), sub))
+    yield from run(core, _group(placed))
+    for _, sub in placed:
+        if isinstance(sub.error, _AGAIN):
+            core.forget_location(sub.fields["block"])
+            single.append(sub.item)
+        elif sub.error is not None:
+            values[sub.item] = sub.error
+    for i in single:
+        block_id, size, offset = (tuple(items[i]) + (0,))[:3]
+        out = values[i]
+        yield from _single(values, i, core.read_into(block_id, out, offset, size))
+        if not isinstance(values[i], MeshError):
+            values[i] = out
+    return _outcome(values, return_exceptions)
+
+
+def write_many(core: Core, items: Iterable[Any], return_exceptions: bool = False) -> Op:
+    """``items``: (block_id, data) or (block_id, data, offset); the bytes written each."""
+    items = list(items)
+    values: list[Any] = [None] * len(items)
+    placed: list[tuple[str, Sub]] = []
+    single: list[int] = []
+    for i, item in enumerate(items):
+        block_id, data, offset = (tuple(item) + (0,))[:3]
+        try:
+            view = byte_view(data)
+        except MeshError as exc:
+            values[i] = exc
+            continue
+        if view.nbytes > MANY_ITEM_BYTES:
+            single.append(i)
+            continue
+        address, error = yield from _place(core, block_id, offset, view.nbytes)
+        if error is not None:
+            values[i] = error
+            continue
+        values[i] = view.nbytes
+        if view.nbytes:
+            placed.append((address, Sub(P.WRITE, {"block": block_id, "offset": offset,
+                                                  "length": view.nbytes}, payload=view, item=i)))
+    yield from run(core, _group(placed))
+    for _, sub in placed:
+        if isinstance(sub.error, _AGAIN):
+            core.forget_location(sub.fields["block"])
+            single.append(sub.item)
+        elif sub.error is not None:
+            values[sub.item] = sub.error
+    for i in single:
+        block_id, data, offset = (tuple(items[i]) + (0,))[:3]
+        yield from _single(values, i, core.write(block_id, data, offset))
+    return _outcome(values, return_exceptions)
+
+
+# --- named objects --------------------------------------------------------------------------
+
+
+def _records(core: Core, keys: list[str]) -> Op:
+    """{key: (address, ObjectInfo)} of the newest record of each key found, as ``holders``
+    picks it (the primary's answer for a replicated record), and the keys some agent could
+    not answer for with certainty (a copy that cannot serve, an agent that did not answer)."""
+    nodes = yield from core.alive_nodes()
+    asked = {n.address: [Sub(P.KGET, {"key": k}, item=i) for i, k in enumerate(keys)]
+             for n in nodes}
+    yield from run(core, asked, core.settings.connect_timeout_s)
+    found: dict[str, tuple[str, ObjectInfo]] = {}
+    unsure: set[str] = set()
+    for address, subs in asked.items():
+        for sub in subs:
+            key = keys[sub.item]
+            if sub.error is not None:
+                if not isinstance(sub.error, KeyNotFound):
+                    unsure.add(key)
+                continue
+            try:
+                info = ObjectInfo.from_record(sub.result)
+            except (KeyError, TypeError, ValueError):
+                unsure.add(key)
+                continue
+            old = found.get(key)
+            if old is None or info.created > old[1].created or (
+                    info.created == old[1].created and sub.result.get("node") == info.node):
+                found[key] = (address, info)
+    return found, unsure
+
+
+def get_many(core: Core, keys: Iterable[str], return_exceptions: bool = False) -> Op:
+    """The bytes of each key, in order (each checked against its record's checksum)."""
+    from mesh.client import objects
+
+    keys = list(keys)
+    values: list[Any] = [None] * len(keys)
+    for i, key in enumerate(keys):
+        try:
+            _check_key(key)
+        except MeshError as exc:
+            values[i] = exc
+    wanted = [k for i, k in enumerate(keys) if values[i] is None]
+    found, unsure = (yield from _records(core, sorted(set(wanted)))) if wanted else ({}, set())
+    placed: list[tuple[str, Sub]] = []
+    single: list[int] = []
+    infos: dict[int, ObjectInfo] = {}
+    for i, key in enumerate(keys):
+        if values[i] is not None:
+            continue
+        where = found.get(key)
+        if where is None or key in unsure or where[1].length > MANY_ITEM_BYTES:
+            single.append(i)  # not found (the single path blames), or not certain, or large
+            continue
+        address, info = where
+        out = values[i] = bytearray(info.length)
+        infos[i] = info
+        if info.length and info.block_id:
+            placed.append((address, Sub(P.READ, {"block": info.block_id, "offset": info.offset,
+                                                 "length": info.length},
+                                        sink=memoryview(out), item=i)))
+    yield from run(core, _group(placed))
+    failed = {sub.item: sub.error for _, sub in placed if sub.error is not None}
+    for i, info in infos.items():
+        error = failed.get(i)
+        if error is None:
+            try:
+                C.check(info.checksum, C.of([memoryview(values[i])]),
+                        f"object {info.key!r} on {info.node}")
+            except MeshError as exc:
+                error = exc
+        if isinstance(error, _AGAIN):
+            single.append(i)
+        elif error is not None:
+            values[i] = error
+    for i in sorted(single):
+        yield from _single(values, i, objects.get_bytes(core, keys[i]))
+    return _outcome(values, return_exceptions)
+
+
+@dataclass(eq=False)
+class _Put:
+    """One item of ``put_many`` on its way through the steps."""
+
+    item: int
+    key: str
+    view: memoryview
+    claim: keyclaims.Claim | None = None
+    block_id: str = ""
+    record: dict[str, Any] | None = None
+
+
+def put_many(core: Core, items: Any, node: str | None = None, replace: bool = False,
+             return_exceptions: bool = False) -> Op:
+    """``items``: a mapping or pairs of (key, bytes-like); an ``ObjectInfo`` each, in order."""
+    from mesh.client import objects
+
+    pairs = list(items.items()) if hasattr(items, "items") else [tuple(p) for p in items]
+    values: list[Any] = [None] * len(pairs)
+    todo: list[_Put] = []
+    single: list[int] = []
+    seen: set[str] = set()
+    for i, (key, data) in enumerate(pairs):
+        try:
+            _check_key(key)
+            view = byte_view(data)
+        except MeshError as exc:
+            values[i] = exc
+            continue
+        if key in seen:
+            values[i] = InvalidRequest(f"key {key!r} appears twice in one put_many")
+            continue
+        seen.add(key)
+        if 0 < view.nbytes <= MANY_ITEM_BYTES:
+            todo.append(_Put(i, key, view))
+        else:  # an empty value needs no block; a large one is sent in chunks
+            single.append(i)
+    if todo:
+        yield from _put_steps(core, todo, values, single, node, replace)
+    for i in sorted(single):
+        key, data = pairs[i]
+        yield from _single(values, i, objects.put_bytes(core, key, data, node, replace=replace))
+    return _outcome(values, return_exceptions)
+
+
+def _put_steps(core: Core, todo: list[_Put], values: list[Any], single: list[int],
+               node: str | None, replace: bool) -> Op:
+    nodes = yield from core.alive_nodes()
+    by_name = {n.name: n for n in nodes}
+    # 1. claims at each key's home (a home that does not answer: the single path's business)
+    subs = []
+    for put in todo:
+        order = keyclaims.home_order(put.key, list(by_name))
+        if not order:
+            raise NodeUnavailable("no live node to be the home of the keys")
+        home = by_name[order[0]]
+        put.claim = keyclaims.Claim(put.key, os.urandom(12).hex(), home.name, home.address)
+        subs.append((home.address, Sub(P.KCLAIM, {
+            "key": put.key, "token": put.claim.token,
+            "ttl_s": keyclaims.claim_ttl_s(core, put.view.nbytes)}, extra=put)))
+    yield from run(core, _group(subs), core.settings.connect_timeout_s)
+    live: list[_Put] = []
+    for _, sub in subs:
+        put = sub.extra
+        if sub.error is None:
+            live.append(put)
+        elif isinstance(sub.error, KeyExists) and not replace:
+            values[put.item] = sub.error
+        else:
+            single.append(put.item)
+    # 2. the keys must not exist (a replace of a key that does takes the single path)
+    found, unsure = yield from _records(core, [p.key for p in live])
+    going: list[_Put] = []
+    for put in live:
+        if put.key in unsure or (put.key in found and replace):
+            single.append(put.item)
+            yield from _release(core, [put])
+        elif put.key in found:
+            values[put.item] = KeyExists(f"key {put.key!r} already exists on "
+                                         f"{found[put.key][1].node}; delete it first or "
+                                         "replace it")
+            yield from _release(core, [put])
+        else:
+            going.append(put)
+    if not going:
+        return
+    # 3. a pending block per value, on one node
+    total = sum(p.view.nbytes for p in going)
+    if node is not None:
+        target = by_name.get(node)
+        if target is None:
+            yield from _release(core, going)
+            raise NodeUnavailable(f"node {node!r} is not a live node", node=node)
+    else:
+        target = max(nodes, key=lambda n: n.room)
+        if target.room < total:
+            single.extend(p.item for p in going)  # spread over nodes one by one
+            yield from _release(core, going)
+            return
+    address = target.address
+    alloc: dict[str, Any] = {"lazy": False, "pending": True}
+    if core.settings.replicas > 1:
+        alloc.update(replicas=core.settings.replicas, spread=core.settings.replica_spread)
+    steps = [Sub(P.ALLOC, {**alloc, "size": p.view.nbytes}, extra=p) for p in going]
+    yield from run(core, {address: steps})
+    going = yield from _after(core, steps, values, single)
+    core.invalidate_nodes()
+    for put in going:
+        put.block_id = next(s.result["block"] for s in steps if s.extra is put)
+        core._locations[put.block_id] = (address, put.view.nbytes)
+    # 4. the bytes, 5. the records, 6. the claims settled
+    steps = [Sub(P.WRITE, {"block": p.block_id, "offset": 0, "length": p.view.nbytes},
+                 payload=p.view, extra=p) for p in going]
+    yield from run(core, {address: steps})
+    going = yield from _after(core, steps, values, single)
+    steps = [Sub(P.KPUT, {"key": p.key, "replace": replace, "record": {
+        "block": p.block_id, "offset": 0, "length": p.view.nbytes, "content_type": "bytes",
+        "checksum": C.of([p.view]), "owns_block": True, "meta": {}}}, extra=p) for p in going]
+    yield from run(core, {address: steps})
+    going = yield from _after(core, steps, values, single)
+    for sub in steps:
+        if sub.error is None:
+            sub.extra.record = sub.result
+            values[sub.extra.item] = ObjectInfo.from_record(sub.result)
+    steps = [(p.claim.address, Sub(P.KHOME, {"key": p.key, "token": p.claim.token,
+                                             "node": p.record["node"], "replace": replace},
+                                   extra=p)) for p in going]
+    yield from run(core, _group(steps), core.settings.connect_timeout_s)
+    for _, sub in steps:
+        if isinstance(sub.error, KeyExists):  # the claim was lost to another put: take it back
+            values[sub.extra.item] = sub.error
+            yield from _undo(core, [sub.extra], published=True)
+
+
+def _survivors(steps: list[Sub], values: list[Any], single: list[int]) -> list[_Put]:
+    """The items whose step succeeded; the others' errors into ``values`` (a full node, or a
+    look-again answer: the single path)."""
+    going = []
+    for sub in steps:
+        if sub.error is None:
+            going.append(sub.extra)
+        elif isinstance(sub.error, (CapacityError,) + _AGAIN):
+            single.append(sub.extra.item)
+        else:
+            values[sub.extra.item] = sub.error
+    return going
+
+
+def _after(core: Core, steps: list[Sub], values: list[Any], single: list[int]) -> Op:
+    """``_survivors`` of a step; the others are undone (block freed, claim given back)."""
+    going = _survivors(steps, values, single)
+    yield from _undo(core, [s.extra for s in steps if s.error is not None])
+    return going
+
+
+def _release(core: Core, puts: list[_Put]) -> Op:
+    """Give back the claims of ``puts`` (best effort: they expire anyway)."""
+    subs = [(p.claim.address, Sub(P.KRELEASE, {"key": p.key, "token": p.claim.token}))
+            for p in puts if p.claim is not None]
+    if subs:
+        yield from run(core, _group(subs), core.settings.connect_timeout_s)
+
+
+def _undo(core: Core, puts: list[_Put], published: bool = False) -> Op:
+    """Free the blocks of failed items (a published record goes first), give back claims."""
+    if not puts:
+        return
+    subs = []
+    for p in puts:
+        address = core._locations.get(p.block_id, ("", 0))[0]
+        if published and address:
+            subs.append((address, Sub(P.KDEL, {"key": p.key})))
+        elif p.block_id and address:
+            subs.append((address, Sub(P.FREE, {"block": p.block_id})))
+    if subs:
+        yield from run(core, _group(subs), core.settings.connect_timeout_s)
+    for p in puts:
+        core.forget_location(p.block_id)
+    yield from _release(core, puts)
