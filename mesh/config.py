@@ -97,6 +97,9 @@ class MeshSettings:
     # ("host": machines) or only distinct nodes ("node") (docs/durability.md).
     replicas: int = 1
     replica_spread: str = "host"
+    # Operations one client runs at once (threads, asyncio tasks), each on its own connection
+    # per agent; a large transfer to one agent is cut over as many (mesh/client/pool.py).
+    client_connections: int = 4
 
     def __post_init__(self) -> None:
         try:
@@ -125,6 +128,7 @@ class MeshSettings:
             if not _is_number(self.lease_s) or not 0 < self.lease_s <= 3600:
                 raise _Invalid("lease_s", f"expected seconds in (0, 3600], got {self.lease_s!r}")
             _check_int(self.replicas, "replicas", 1, 16)
+            _check_int(self.client_connections, "client_connections", 1, 64)
             if self.replica_spread not in ("host", "node"):
                 raise _Invalid("replica_spread", f"expected host or node, got "
                                f"{self.replica_spread!r}")

@@ -4,8 +4,11 @@ Both have the same methods with the same arguments, defined once on ``_ClientBas
 one operation generator of ``mesh/client/core.py`` or ``mesh/client/objects.py`` through
 ``_run``, which is a plain method in ``MeshClient`` and a coroutine in ``AsyncMeshClient`` (so
 there the methods return awaitables). The two classes differ only in how they wait for sockets
-(``_wait``). A client serialises its own operations (a lock), so one client may be shared by
-threads (sync) or tasks (async); open several clients for parallel transfers.
+(``_wait``). One client runs operations of many threads (sync) or tasks (async) at once: each
+borrows a core of the client's pool (``mesh/client/pool.py``: up to ``mesh.client_connections``
+cores, each with its own connection per agent, replies matched by request id) and waits only
+when all are busy. A large ``write``/``read``/``read_into`` of one block borrows the idle cores
+too and sends its parts over their connections side by side (``mesh/client/parallel.py``).
 
 Build a client from a cluster config (a path, a loaded ``ClusterConfig``, or nothing for the
 default resolution: ``$GRID_CONFIG``, ``config/my-cluster-enhanced.yaml``, the embedded local
@@ -29,10 +32,14 @@ import zmq
 
 import mesh.client.many as many
 import mesh.client.objects as objects
-from mesh.client.batch import Op, Wait
+import mesh.client.parallel as parallel
+from mesh.client.batch import Op, Wait, byte_view
 from mesh.client.core import BlockInfo, Core, Listing, NodeInfo
+from mesh.client.parallel import parts_for
+from mesh.client.pool import CorePool
 from mesh.client.objects import ObjectInfo
 from mesh.config import ClusterConfig, MeshSettings, resolve_config
+from mesh.errors import MeshError
 
 __all__ = ["MeshClient", "AsyncMeshClient", "NodeInfo", "BlockInfo", "ObjectInfo"]
 
@@ -104,6 +111,42 @@ class _ClientBase:
             {"request_timeout_s": timeout_s, "chunk_bytes": chunk_bytes, "window": window},
             ctx, key,
         )
+        self._pool = CorePool(self._core, self._core.settings.client_connections)
+
+    def _parts(self, nbytes: Callable[[], int]) -> int:
+        """How many cores (connections) a transfer of ``nbytes()`` bytes may use at most."""
+        if self._pool.size == 1:
+            return 1
+        try:
+            return parts_for(self._core, nbytes())
+        except (KeyError, MeshError, TypeError, ValueError):  # the operation says what is wrong
+            return 1
+
+    def _take(self, work: Any, most: int) -> tuple[list[Core], Op] | None:
+        """The cores ``work`` runs on and its operation, or None while no core is free. An
+        operation generator (made from ``self._core`` by a caller) runs on the first core; a
+        callable gets one core, plus up to ``most - 1`` more that are idle or can be made."""
+        if not callable(work):
+            core = self._pool.take(want=self._core)
+            return None if core is None else ([core], work)
+        first = self._pool.take()
+        if first is None:
+            return None
+        cores = [first]
+        while len(cores) < most:
+            more = self._pool.take(extra=True)
+            if more is None:
+                break
+            cores.append(more)
+        try:
+            return cores, work(*cores)
+        except BaseException:
+            self._give(cores)
+            raise
+
+    def _give(self, cores: list[Core]) -> None:
+        for core in cores:
+            self._pool.give(core)
 
     @property
     def settings(self) -> MeshSettings:
@@ -118,7 +161,7 @@ class _ClientBase:
 
     def ping(self, address: str | None = None, timeout_s: float | None = None) -> dict:
         """Ask one agent (default: the first known) who it is: ``{node, incarnation}``."""
-        return self._run(self._core.ping(address, timeout_s))
+        return self._run(lambda core: core.ping(address, timeout_s))
 
     def allocate(self, size: int, node: str | None = None, lazy: bool = False, *,
                  ttl_s: float | None = None, replicas: int | None = None,
@@ -128,20 +171,24 @@ class _ClientBase:
         (it outlives this process). ``replicas`` (default ``mesh.replicas``): copies on that
         many nodes, each write acknowledged once all have it; on distinct machines unless
         ``spread="node"`` (default ``mesh.replica_spread``). See docs/durability.md."""
-        return self._run(self._core.allocate(size, node, lazy, ttl_s=ttl_s, replicas=replicas,
+        return self._run(lambda core: core.allocate(size, node, lazy, ttl_s=ttl_s, replicas=replicas,
                                              spread=spread))
 
     def write(self, block_id: str, data: Any, offset: int = 0) -> int:
         """Write any bytes-like ``data`` at ``offset``; returns the bytes written."""
-        return self._run(self._core.write(block_id, data, offset))
+        return self._run(lambda *cores: parallel.write(cores, block_id, data, offset),
+                         most=self._parts(lambda: byte_view(data).nbytes))
 
     def read(self, block_id: str, size: int | None = None, offset: int = 0) -> bytearray:
         """Read ``size`` bytes (default: to the block's end) from ``offset``."""
-        return self._run(self._core.read(block_id, size, offset))
+        return self._run(lambda *cores: parallel.read(cores, block_id, size, offset),
+                         most=self._parts(lambda: size if size is not None else
+                                          self._core._locations[block_id][1] - offset))
 
     def read_into(self, block_id: str, buffer: Any, offset: int = 0) -> int:
         """Fill the writable ``buffer`` from the block at ``offset``; returns the bytes read."""
-        return self._run(self._core.read_into(block_id, buffer, offset))
+        return self._run(lambda *cores: parallel.read_into(cores, block_id, buffer, offset),
+                         most=self._parts(lambda: byte_view(buffer).nbytes))
 
     # many small operations per message (docs/python-api.md: batches)
 
@@ -168,10 +215,10 @@ class _ClientBase:
 
     def free(self, block_id: str) -> None:
         """Free a block (and forget the keys that point into it)."""
-        return self._run(self._core.free(block_id))
+        return self._run(lambda core: core.free(block_id))
 
     def stat(self, block_id: str) -> BlockInfo:
-        return self._run(self._core.stat(block_id))
+        return self._run(lambda core: core.stat(block_id))
 
     def move(self, block_id: str, node: str, timeout_s: float | None = None, *,
              source: str | None = None) -> dict[str, Any]:
@@ -179,53 +226,55 @@ class _ClientBase:
         Returns {from, to, size, checksum, seconds}; ``MoveFailed`` leaves it at the source.
         With replicas, the copy on ``source`` (default: the primary's) moves; the target holds
         a complete copy before the source lets go."""
-        return self._run(self._core.move(block_id, node, timeout_s, source=source))
+        return self._run(lambda core: core.move(block_id, node, timeout_s, source=source))
 
     def blocks(self, *, page: int | None = None) -> Listing:
         """Every block on the live nodes: a list with ``failed_nodes`` ({node: why} for each
         node that did not answer; empty when complete). Asked a page (``page`` records, at most
         1000) at a time of each node."""
-        return self._run(self._core.blocks(page))
+        return self._run(lambda core: core.blocks(page))
 
     def nodes(self) -> list[NodeInfo]:
-        return self._run(self._core.refresh_nodes(max_age_s=0.0))
+        return self._run(lambda core: core.refresh_nodes(max_age_s=0.0))
 
     def stats(self) -> dict[str, Any]:
-        return self._run(self._core.stats())
+        return self._run(lambda core: core.stats())
 
     # named objects (docs/objects-api.md)
 
     def put_bytes(self, key: str | None, data: Any, node: str | None = None, *,
                   block_id: str | None = None, offset: int = 0, replace: bool = False,
-                  replicas: int | None = None) -> ObjectInfo:
-        return self._run(objects.put_bytes(self._core, key, data, node, block_id, offset, replace,
-                                           replicas=replicas))
+                  replicas: int | None = None, stripe: int = 1) -> ObjectInfo:
+        """Store ``data`` under ``key``. ``stripe=N``: cut into N stripes on N nodes, written
+        and read over all of them at once (docs/python-api.md, "Striping")."""
+        return self._run(lambda core: objects.put_bytes(
+            core, key, data, node, block_id, offset, replace, replicas=replicas, stripe=stripe))
 
     def get_bytes(self, key: str) -> bytearray:
-        return self._run(objects.get_bytes(self._core, key))
+        return self._run(lambda core: objects.get_bytes(core, key))
 
     def put_file(self, key: str | None, source: Any, node: str | None = None, *,
                  block_id: str | None = None, offset: int = 0, replace: bool = False,
                  progress: Callable[[int], None] | None = None,
                  replicas: int | None = None) -> ObjectInfo:
         """Stream a file (a path or a binary file object) into the mesh under ``key``."""
-        return self._run(objects.put_file(self._core, key, source, node, block_id, offset,
+        return self._run(lambda core: objects.put_file(core, key, source, node, block_id, offset,
                                           replace, progress, replicas))
 
     def get_file(self, key: str, dest: Any, *,
                  progress: Callable[[int], None] | None = None) -> ObjectInfo:
         """Stream the object named ``key`` to ``dest`` (a path or a binary file object)."""
-        return self._run(objects.get_file(self._core, key, dest, progress))
+        return self._run(lambda core: objects.get_file(core, key, dest, progress))
 
     def read_to_file(self, block_id: str, dest: Any, *, offset: int = 0, size: int | None = None,
                      progress: Callable[[int], None] | None = None) -> int:
         """Stream a raw range of a block to ``dest``; returns the bytes written."""
-        return self._run(objects.read_to_file(self._core, block_id, dest, offset, size, progress))
+        return self._run(lambda core: objects.read_to_file(core, block_id, dest, offset, size, progress))
 
     def put_object(self, key: str | None, obj: Any, node: str | None = None, *,
                    replace: bool = False, replicas: int | None = None) -> ObjectInfo:
         """Pickle (protocol 5, large buffers out of band) and store ``obj``."""
-        return self._run(objects.put_object(self._core, key, obj, node, replace, replicas))
+        return self._run(lambda core: objects.put_object(core, key, obj, node, replace, replicas))
 
     def get_object(self, key: str, *, allow_pickle: bool = True) -> Any:
         """Unpickle the object under ``key``. Unpickling runs code its writer chose: on a keyed
@@ -234,28 +283,30 @@ class _ClientBase:
         without keys, anyone who can reach an agent can write, so use keys or
         ``allow_pickle=False`` where that matters. ``get_bytes``, ``get_array`` and
         ``get_file`` never unpickle."""
-        return self._run(objects.get_object(self._core, key, allow_pickle))
+        return self._run(lambda core: objects.get_object(core, key, allow_pickle))
 
     def put_array(self, key: str | None, array: Any, node: str | None = None, *,
                   replace: bool = False, replicas: int | None = None) -> ObjectInfo:
         """Store a numpy array's memory as-is, with its dtype, shape and order."""
-        return self._run(objects.put_array(self._core, key, array, node, replace, replicas))
+        return self._run(lambda core: objects.put_array(core, key, array, node, replace, replicas))
 
     def get_array(self, key: str) -> Any:
-        return self._run(objects.get_array(self._core, key))
+        return self._run(lambda core: objects.get_array(core, key))
 
     def object_info(self, key: str) -> ObjectInfo:
-        return self._run(objects.object_info(self._core, key))
+        return self._run(lambda core: objects.object_info(core, key))
 
     def keys(self, *, page: int | None = None) -> Listing:
         """Every key: a list with ``failed_nodes``, as ``blocks()``."""
-        return self._run(objects.keys(self._core, page))
+        return self._run(lambda core: objects.keys(core, page))
 
     def delete(self, key: str) -> None:
         """Delete a key (and its block, when the block was made for it)."""
-        return self._run(objects.delete(self._core, key))
+        return self._run(lambda core: objects.delete(core, key))
 
-    def _run(self, op: Op) -> Any:
+    def _run(self, work: Any, most: int = 1) -> Any:
+        """Run ``work``: a function of a borrowed core (``most`` > 1: of up to that many
+        cores), or an operation generator of ``self._core``."""
         raise NotImplementedError
 
 
@@ -274,7 +325,7 @@ class MeshClient(_ClientBase):
     ):
         super().__init__(config, address, timeout_s, chunk_bytes, window, zmq.Context.instance(),
                          key)
-        self._lock = threading.Lock()
+        self._free = threading.Condition()
 
     def _wait(self, wait: Wait) -> set[zmq.Socket]:
         if not wait.sockets:
@@ -288,18 +339,34 @@ class MeshClient(_ClientBase):
             poller.register(sock, zmq.POLLIN)
         return {s for s, _ in poller.poll(max(1, int(wait.timeout_s * 1000)))}
 
-    def _run(self, op: Op) -> Any:
-        with self._lock:
-            try:
-                wait = next(op)
-                while True:
-                    wait = op.send(self._wait(wait))
-            except StopIteration as stop:
-                return stop.value
+    def _run(self, work: Any, most: int = 1) -> Any:
+        with self._free:
+            while (taken := self._take(work, most)) is None:
+                if self._pool.closing:
+                    raise MeshError("the client is closed")
+                self._free.wait(1.0)
+        cores, op = taken
+        try:
+            wait = next(op)
+            while True:
+                wait = op.send(self._wait(wait))
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            op.close()
+            with self._free:
+                self._give(cores)
+                self._free.notify_all()
 
     def close(self) -> None:
-        with self._lock:
-            self._core.close()
+        """Close every connection, once the operations running in other threads are done
+        (new ones fail: the client is closed)."""
+        with self._free:
+            self._pool.closing = True
+            self._free.notify_all()
+            while self._pool.busy():
+                self._free.wait(1.0)
+            self._pool.close()
 
     def __enter__(self) -> MeshClient:
         return self
@@ -331,9 +398,9 @@ class AsyncMeshClient(_ClientBase):
         import importlib
 
         self._asyncio, self._zmq_asyncio = asyncio, importlib.import_module("zmq.asyncio")
-        self._lock = asyncio.Lock()
+        self._free: Any = None  # an asyncio.Condition, made in the loop that first runs
         self._shadows: dict[int, Any] = {}  # id(socket) -> its zmq.asyncio shadow
-        self._core.links.before_close = self._unhook
+        self._core.links.before_close = self._unhook  # (cores made later share it)
 
     def _unhook(self, sock: zmq.Socket) -> None:
         """Take a socket the core is about to close off the event loop. Its shadow registered
@@ -364,20 +431,38 @@ class AsyncMeshClient(_ClientBase):
         events = await poller.poll(max(1, int(wait.timeout_s * 1000)))
         return {shadows[s] for s, _ in events if s in shadows}
 
-    async def _run(self, op: Op) -> Any:
-        async with self._lock:
-            try:
-                wait = next(op)
-                while True:
-                    wait = op.send(await self._wait(wait))
-            except StopIteration as stop:
-                return stop.value
+    async def _run(self, work: Any, most: int = 1) -> Any:
+        if self._free is None:
+            self._free = self._asyncio.Condition()
+        async with self._free:
+            while (taken := self._take(work, most)) is None:
+                if self._pool.closing:
+                    raise MeshError("the client is closed")
+                await self._free.wait()
+        cores, op = taken
+        try:
+            wait = next(op)
+            while True:
+                wait = op.send(await self._wait(wait))
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            op.close()
+            async with self._free:
+                self._give(cores)
+                self._free.notify_all()
 
     async def close(self) -> None:
-        async with self._lock:
-            self._core.close()  # every socket goes through _unhook first
-            self._shadows.clear()
-            self._ctx.term()
+        """Close every connection, once the operations running in other tasks are done (new
+        ones fail: the client is closed)."""
+        self._pool.closing = True
+        if self._free is not None:
+            async with self._free:
+                self._free.notify_all()
+                await self._free.wait_for(lambda: not self._pool.busy())
+        self._pool.close()  # every socket goes through _unhook first
+        self._shadows.clear()
+        self._ctx.term()
 
     async def __aenter__(self) -> AsyncMeshClient:
         return self

@@ -33,6 +33,7 @@ from typing import Any, BinaryIO, Callable
 from mesh import checksum as C
 from mesh import protocol as P
 import mesh.client.keyclaims as keyclaims
+import mesh.client.stripes as stripes
 from mesh.client.batch import Batch, Op, byte_view
 from mesh.client.core import Core, Listing
 from mesh.client.keylookup import ObjectInfo, _check_key, holders, lookup
@@ -65,7 +66,7 @@ def _verify(info: ObjectInfo, actual: str) -> None:
 
 def object_info(core: Core, key: str) -> Op:
     _, info = yield from lookup(core, key)
-    return info
+    return stripes.whole(info)
 
 
 def keys(core: Core, page: int | None = None) -> Op:
@@ -73,7 +74,9 @@ def keys(core: Core, page: int | None = None) -> Op:
     found, failed = yield from core.listing(P.KLIST, "keys", page)
     newest: dict[str, ObjectInfo] = {}
     for _, rec in found:
-        info = ObjectInfo.from_record(rec)
+        info = stripes.whole(ObjectInfo.from_record(rec))
+        if stripes.is_part(info):  # a stripe of another object (mesh/client/stripes.py)
+            continue
         if info.key not in newest or info.created > newest[info.key].created:
             newest[info.key] = info
     return Listing(sorted(newest.values(), key=lambda i: i.key), failed)
@@ -89,6 +92,7 @@ def delete(core: Core, key: str) -> Op:
         yield from core.call(address, P.KDEL, {"key": key})
         if info.block_id and info.owns_block:
             core.forget_location(info.block_id)
+    yield from stripes.drop_parts(core, [info for _, info in found])
     yield from keyclaims.forget(core, key)
     core.invalidate_nodes()
 
@@ -184,6 +188,7 @@ def _put_claimed(core: Core, claim: keyclaims.Claim | None, key: str | None, len
                 yield from core.call(old_address, P.KDEL, {"key": info.key})
             except MeshError:
                 pass
+    yield from stripes.drop_parts(core, [old for _, old in existing], info)
     core.invalidate_nodes()
     return info
 
@@ -215,7 +220,9 @@ def _write_views(core: Core, views: list[memoryview]) -> Writer:
 def _read_views(core: Core, address: str, info: ObjectInfo, outs: list[memoryview]) -> Op:
     """Fill ``outs`` back to back from the object's range, then check the checksum."""
     hasher = C.hasher_for(info.checksum)  # one this version cannot check: refused before reading
-    if info.block_id and info.length:
+    if stripes.striped(info):
+        yield from stripes.read(core, address, info, outs)
+    elif info.block_id and info.length:
         calls = chunk_calls(P.READ, address, info.block_id, info.offset, outs,
                             core.settings.chunk_bytes)
         yield from core.execute(Batch(calls, core.settings.request_timeout_s,
@@ -231,8 +238,19 @@ def _read_views(core: Core, address: str, info: ObjectInfo, outs: list[memoryvie
 def put_bytes(core: Core, key: str | None, data: Any, node: str | None = None,
               block_id: str | None = None, offset: int = 0, replace: bool = False,
               content_type: str = "bytes", meta: dict | None = None,
-              replicas: int | None = None) -> Op:
+              replicas: int | None = None, stripe: int = 1) -> Op:
+    """``stripe`` > 1: the bytes cut over that many nodes (``mesh/client/stripes.py``)."""
     view = byte_view(data)
+    stripe = stripes.check(stripe, view.nbytes)
+    if stripe > 1 and block_id is None:
+        if key is not None and len(stripes.part_key(key, stripe)) > 1024:
+            raise InvalidRequest("a striped object's key must leave room for its stripes' names "
+                                 "(at most 1000 characters)")
+        meta = dict(meta or {})
+        nodes = yield from stripes.place(core, view.nbytes, stripe, node)
+        return (yield from _put(core, key, stripes.sizes(view.nbytes, stripe)[0], nodes[0], None,
+                                0, replace, content_type, meta,
+                                stripes.writer(core, key, view, nodes, meta, replicas), replicas))
     return (yield from _put(core, key, view.nbytes, node, block_id, offset, replace,
                             content_type, meta or {}, _write_views(core, [view]), replicas))
 
@@ -245,7 +263,7 @@ def _read_key(core: Core, key: str,
 
     def body(where: tuple[str, ObjectInfo]) -> Op:
         address, info = where
-        outs, finish = prepare(info)
+        outs, finish = prepare(stripes.whole(info))
         yield from _read_views(core, address, info, outs)
         return finish()
 
@@ -347,6 +365,11 @@ def get_file(core: Core, key: str, dest: Any, progress: Progress = None) -> Op:
 
     def body(where: tuple[str, ObjectInfo]) -> Op:
         address, now = where
+        if stripes.striped(now):  # after a move it starts again (``stripes.restream``)
+            _same_object(info, now, 0)
+            stream._hasher = yield from stripes.restream(core, address, now, out, progress,
+                                                         stream)
+            return now
         yield from stream.run(core, address, now.block_id or "", now.offset)
         return now
 
@@ -358,7 +381,7 @@ def get_file(core: Core, key: str, dest: Any, progress: Progress = None) -> Op:
         if close_it:
             out.close()
     _verify(info, stream.checksum)
-    return last
+    return stripes.whole(last)
 
 
 def _same_object(first: ObjectInfo, now: ObjectInfo, delivered: int) -> None:
