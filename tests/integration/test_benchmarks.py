@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from support.mesh import ROOT
 
 
@@ -51,3 +53,14 @@ def test_report_writes_a_table_and_a_chart_of_the_benchmarks_it_runs(tmp_path):
     assert "| checksum | xxh3 against crc32 |" in table and "GB/s" in table
     assert "![ratios against their baselines](performance.png)" in table
     assert (tmp_path / "performance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_small_reports_single_and_batched_ops_against_the_raw_loop_and_verifies():
+    out = run_json("tools/bench.py", "small", "--ops", "300", "--batch", "128", "--runs", "1")
+    assert out["verified"] is True and out["size_bytes"] == 4096 and out["ops"] == 300
+    for name in ("single_ops", "batched_ops", "baseline_single_ops", "baseline_pipelined_ops"):
+        assert out[name] > 0, name
+    assert out["single_ratio"] == pytest.approx(out["single_ops"] / out["baseline_single_ops"],
+                                                rel=0.01)
+    assert out["batched_ratio"] == pytest.approx(
+        out["batched_ops"] / out["baseline_pipelined_ops"], rel=0.01)

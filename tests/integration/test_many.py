@@ -1,0 +1,193 @@
+"""Many small operations per message (MANY: ``agents/many.py``, ``mesh/client/many.py``) against
+real agents: values, an error per item, a hostile batch, replicated blocks, both clients, and
+roles on a keyed mesh (sealed sessions)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgpack
+import pytest
+import zmq
+
+from mesh import protocol as P
+from mesh.client import AsyncMeshClient, MeshClient
+from mesh.errors import (
+    BlockNotFound, Forbidden, InvalidSize, KeyExists, KeyNotFound, OutOfRange,
+)
+from support.mesh import clean_client, running_mesh
+from support.wire import raw_call
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    with running_mesh(tmp_path_factory.mktemp("many"), n=2, replica_spread="node") as m:
+        yield m
+
+
+@pytest.fixture
+def client(mesh):
+    with clean_client(mesh) as c:
+        yield c
+
+
+def _data(i: int, n: int = 4096) -> bytes:
+    return bytes([i % 251]) * n
+
+
+def test_write_many_then_read_many_over_two_agents(client):
+    blocks = [client.allocate(64 * 1024, node=node) for node in ("node1", "node2")]
+    items = [(blocks[i % 2], _data(i), (i // 2) * 4096) for i in range(32)]
+    assert client.write_many(items) == [4096] * 32
+    got = client.read_many([(b, 4096, off) for b, _, off in items])
+    assert [bytes(g) for g in got] == [d for _, d, _ in items]
+    assert bytes(client.read(blocks[1], 4096, 4096)) == _data(3)  # the single op agrees
+    # more items than one message takes (256 sub-ops): several messages, in order
+    many = [(blocks[0], bytes([i % 256]) * 16, i * 16) for i in range(600)]
+    client.write_many(many)
+    assert [bytes(g) for g in client.read_many([(blocks[0], 16, i * 16) for i in range(600)])] \
+        == [d for _, d, _ in many]
+
+
+def test_each_item_fails_alone(client):
+    block = client.allocate(8192)
+    out = client.write_many([(block, b"a" * 10), (block, b"b" * 10, 8190), ("block_0_x_y", b"c"),
+                             (block, b"d" * 5, 100)], return_exceptions=True)
+    assert out[0] == 10 and out[3] == 5
+    assert isinstance(out[1], OutOfRange) and isinstance(out[2], BlockNotFound)
+    got = client.read_many([(block, 10), (block, -1), (block, 5, 8190), (block, 5, 100)],
+                           return_exceptions=True)
+    assert bytes(got[0]) == b"a" * 10 and bytes(got[3]) == b"d" * 5
+    assert isinstance(got[1], InvalidSize) and isinstance(got[2], OutOfRange)
+    with pytest.raises(OutOfRange):  # without return_exceptions: the first error, after all ran
+        client.write_many([(block, b"z", 9000), (block, b"e" * 3, 200)])
+    assert bytes(client.read(block, 3, 200)) == b"eee"
+
+
+def test_the_agent_answers_each_sub_op_and_refuses_a_hostile_batch_whole(mesh, client):
+    block = client.allocate(4096, node="node1")
+    address = mesh.node("node1").address
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 10_000)
+    sock.connect(address)
+    try:
+        ops = [[P.WRITE, {"block": block, "offset": 0, "length": 4}],
+               [P.READ, {"block": block, "offset": 0, "length": 4}],
+               [P.READ, {"block": block, "offset": 4094, "length": 4}],
+               [P.MANY, {"ops": []}],
+               [P.STAT, {"block": "nope"}],
+               [P.READ, {"block": block, "offset": 1, "length": 2}]]
+        sock.send_multipart([msgpack.packb([P.VERSION, P.MANY, 11, {"ops": ops}]), b"wxyz"])
+        reply = P.parse_reply(sock.recv_multipart())
+        assert reply.ok and reply.request_id == 11
+        codes = [r[1].get("code") if r[0] == P.ERROR else "ok" for r in reply.body["results"]]
+        assert codes == ["ok", "ok", "out_of_range", "bad_request", "unknown_block", "ok"]
+        assert bytes(reply.payload[0]) == b"wxyz" + b"xy"
+        for frames in (  # refused whole, nothing applied; the agent goes on serving
+            [msgpack.packb([P.VERSION, P.MANY, 12, {"ops": [[P.WRITE, {
+                "block": block, "offset": 0, "length": 9}]]}]), b"short"],
+            [msgpack.packb([P.VERSION, P.MANY, 12, {"ops": "all of them"}]), b""],
+            [msgpack.packb([P.VERSION, P.MANY, 12, {"ops": [["x"]] * 5000}]), b""],
+            [msgpack.packb([P.VERSION, P.MANY, 12, {"ops": [[P.READ, {"block": block}]]}])],
+        ):
+            sock.send_multipart(frames)
+            refused = P.parse_reply(sock.recv_multipart())
+            assert not refused.ok and refused.body["code"] in ("bad_request", "bad_frame")
+    finally:
+        sock.close()
+    assert raw_call(address, P.PING, {}).ok
+    assert bytes(client.read(block, 4)) == b"wxyz"
+
+
+def test_a_batch_past_its_deadline_applies_nothing(mesh, client):
+    block = client.allocate(4096, node="node1")
+    reply = _raw_many(mesh.node("node1").address, [[P.WRITE, {"block": block, "offset": 0,
+                                                              "length": 2}]], b"zz",
+                      deadline=1.0)
+    assert not reply.ok and reply.body["code"] == "deadline_exceeded"
+    assert bytes(client.read(block, 2)) == b"\0\0"
+
+
+def _raw_many(address: str, ops: list, payload: bytes, **fields) -> P.Reply:
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 10_000)
+    sock.connect(address)
+    try:
+        sock.send_multipart([msgpack.packb([P.VERSION, P.MANY, 3, {"ops": ops, **fields}]),
+                             payload])
+        return P.parse_reply(sock.recv_multipart())
+    finally:
+        sock.close()
+
+
+def test_a_replicated_block_gets_every_write_of_a_batch_on_each_copy(mesh, client):
+    block = client.allocate(64 * 1024, replicas=2, spread="node")
+    assert sorted(client.stat(block).nodes) == ["node1", "node2"]
+    items = [(block, _data(i, 1024), i * 1024) for i in range(20)]
+    assert client.write_many(items) == [1024] * 20
+    primary = client.stat(block).nodes[0]
+    backup = mesh.node("node2" if primary == "node1" else "node1").address
+    # the backup's copy, read straight from it (a copy that serves)
+    reply = _raw_many(backup, [[P.READ, {"block": block, "offset": i * 1024, "length": 1024}]
+                               for i in range(20)], b"")
+    assert reply.ok and all(r[0] == P.OK for r in reply.body["results"])
+    assert bytes(reply.payload[0]) == b"".join(d for _, d, _ in items)
+
+
+def test_put_many_and_get_many(client):
+    values = {f"many/{i}": _data(i, 100 + i) for i in range(40)}
+    infos = client.put_many(values)
+    assert [i.key for i in infos] == list(values) and all(i.owns_block for i in infos)
+    assert [bytes(v) for v in client.get_many(list(values))] == list(values.values())
+    assert client.get_bytes("many/7") == values["many/7"]  # the single op reads them too
+    got = client.get_many(["many/1", "many/none", 3], return_exceptions=True)
+    assert bytes(got[0]) == values["many/1"]
+    assert isinstance(got[1], KeyNotFound) and got[2].code == "bad_request"
+    out = client.put_many([("many/1", b"new"), ("many/new", b"fresh"), ("many/empty", b""),
+                           ("many/big", b"B" * (1 << 20))], return_exceptions=True)
+    assert isinstance(out[0], KeyExists) and out[1].key == "many/new"
+    assert out[2].length == 0 and out[3].length == 1 << 20
+    assert client.get_bytes("many/1") == values["many/1"]  # refused: unchanged
+    client.put_many({"many/1": b"replaced"}, replace=True)
+    assert client.get_many(["many/1", "many/empty", "many/big"]) == [
+        b"replaced", b"", b"B" * (1 << 20)]
+    with pytest.raises(KeyExists):
+        client.put_many({"many/2": b"again"})
+
+
+def test_the_async_client_has_the_same_batches(mesh):
+    async def main():
+        async with AsyncMeshClient(mesh.config_path) as c:
+            block = await c.allocate(16 * 1024)
+            assert await c.write_many([(block, _data(i, 512), i * 512) for i in range(8)]) \
+                == [512] * 8
+            got = await c.read_many([(block, 512, i * 512) for i in range(8)])
+            assert [bytes(g) for g in got] == [_data(i, 512) for i in range(8)]
+            await c.put_many({"async/a": b"A", "async/b": b"BB"})
+            assert await c.get_many(["async/b", "async/a"]) == [b"BB", b"A"]
+            for key in ("async/a", "async/b"):
+                await c.delete(key)
+            await c.free(block)
+
+    asyncio.run(main())
+
+
+def test_roles_hold_for_each_sub_op_on_a_keyed_mesh(tmp_path, monkeypatch):
+    monkeypatch.delenv("GRID_KEY", raising=False)
+    with running_mesh(tmp_path, n=1, keyed=True,
+                      client_keys={"w": "writer", "r": "reader"}) as mesh:
+        with MeshClient(mesh.config_path, key=mesh.keys["w"]) as writer:
+            block = writer.allocate(8192)
+            assert writer.write_many([(block, b"ab"), (block, b"cd", 4096)]) == [2, 2]
+            writer.put_many({"sealed/k": b"value"})
+        with MeshClient(mesh.config_path, key=mesh.keys["r"]) as reader:
+            assert [bytes(x) for x in reader.read_many([(block, 2), (block, 2, 4096)])] == [
+                b"ab", b"cd"]
+            assert reader.get_many(["sealed/k"]) == [b"value"]
+            out = reader.write_many([(block, b"no")], return_exceptions=True)
+            assert isinstance(out[0], Forbidden)
+            with pytest.raises(Forbidden):
+                reader.put_many({"sealed/r": b"no"})
+            assert bytes(reader.read(block, 2)) == b"ab"
