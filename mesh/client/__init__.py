@@ -6,6 +6,8 @@ Modules, from the top down:
 
 - ``drivers``: the two client classes; they differ only in how they wait for sockets.
 - ``objects``: named objects (bytes, files, pickles, numpy arrays under keys).
+- ``many``: many small operations per message (``read_many``, ``write_many``, ``get_many``,
+  ``put_many``).
 - ``core``: the core every operation is written in once (sockets per agent, the membership
   view, block locations, placement, the block operations).
 - ``transfer``: the one chunking helper, the one "follow the block" policy, the ring of chunk
