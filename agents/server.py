@@ -436,7 +436,9 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
         for block in self.store.sweep():  # leases run out, ttls up: no client needed
             log.info("freed %s (%d bytes): its %s", block.block_id, block.size,
                      "lease ran out" if block.lease_until is not None else "ttl is up")
-        rec["peers"] = self.members.gossip_entries(now, exclude=self.s.node)
+        # a bounded digest, not the whole table: a heartbeat's size does not grow with the mesh
+        # (mesh/membership.py gossip_digest; docs/scale.md)
+        rec["peers"] = self.members.gossip_digest(now, exclude=self.s.node)
         frames = P.encode_heartbeat(rec)
         # over the limit, a heartbeat would cost every follower its link to us: relay fewer
         while len(frames[1]) > P.MAX_HEARTBEAT_BYTES and rec["peers"]:

@@ -13,12 +13,19 @@ ignored. Relayed entries introduce unknown nodes and refresh known ones, nothing
 holds at most ``MAX_MEMBERS`` nodes. A node silent for ``suspect_after_s`` is "suspect", for ``dead_after_s`` "dead". Dead
 nodes are not relayed, so a dead node cannot be brought back by gossip, only by its own
 heartbeat.
+
+What a heartbeat relays (``gossip_digest``) is bounded, so that its size does not grow with the
+mesh: the records that changed here lately (a node new to us, a new incarnation or address:
+``CHANGE_RELAY_S``, at most ``DIGEST_RECENT``) and ``DIGEST_SAMPLE`` others taken round-robin.
+Every agent follows every peer's own heartbeat (``agents/gossip.py``), so the relayed records only
+introduce nodes; docs/scale.md has the figures and what changes past 1,000 nodes.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+import zlib
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -36,6 +43,11 @@ LIVE_FIELDS = ("ops", "uptime_s", "metrics_url")
 MAX_MEMBERS = 1024
 MAX_GOSSIP_PEERS = 256
 MAX_NODE_NAME_CHARS = 255
+# A heartbeat's digest (``MembershipTable.gossip_digest``): records that changed within
+# CHANGE_RELAY_S, the freshest DIGEST_RECENT of them, plus DIGEST_SAMPLE others in turn.
+CHANGE_RELAY_S = 5.0
+DIGEST_RECENT = 16
+DIGEST_SAMPLE = 4
 
 # The fields a heartbeat refreshes without a new incarnation.
 _STAT_FIELDS = ("capacity", "used", "room", "host_available", "host_total", "blocks")
@@ -185,6 +197,7 @@ class Member:
     last_heard: float
     stats_heard: float  # when the stat fields were current
     vouched: bool = True  # its record came from its own heartbeat, not only from hearsay
+    changed_at: float = 0.0  # when we learned of it or of its identity (incarnation, address)
 
     def as_record(self, now: float, state: str) -> dict[str, Any]:
         return {**self.info.record(), "age_s": max(0.0, now - self.last_heard), "state": state}
@@ -219,6 +232,7 @@ class MembershipTable:
         self.max_members = max_members
         self.refused = 0
         self._members: dict[str, Member] = {}
+        self._turn = -1  # where gossip_digest's round-robin sample goes on (-1: not begun)
 
     def __len__(self) -> int:
         return len(self._members)
@@ -227,22 +241,29 @@ class MembershipTable:
                 vouched: bool = True) -> bool:
         """Merge one record; True when it names a node, an incarnation or an address not known
         before (the caller follows its gossip address)."""
-        if not _acceptable(rec):
-            return False
+        name = rec.get("node")
+        known = self._members.get(name) if isinstance(name, str) else None
+        # a record naming a known node as we know it needs no second look at its addresses
+        # (most of what an agent hears, so the check of every address stays off the hot path)
+        if known is None or (rec.get("incarnation"), rec.get("address"), rec.get("gossip")) != (
+                known.info.incarnation, known.info.address, known.info.gossip):
+            if not _acceptable(rec):
+                return False
         heard = now - max(0.0, float(age_s))
-        known = self._members.get(rec["node"])
         if known is None:
             if len(self._members) >= self.max_members and not self._make_room(vouched, now):
                 self.refused += 1
                 return False
             self._members[rec["node"]] = Member(NodeInfo.from_record(rec, ALIVE, 0.0), heard,
-                                                heard, vouched)
+                                                heard, vouched, changed_at=now)
             return True
         if vouched and (not known.vouched or rec["incarnation"] > known.info.incarnation):
-            self._members[rec["node"]] = Member(NodeInfo.from_record(rec, ALIVE, 0.0), heard,
-                                                heard, True)
-            return (rec["incarnation"], rec["address"], rec["gossip"]) != (
+            changed = (rec["incarnation"], rec["address"], rec["gossip"]) != (
                 known.info.incarnation, known.info.address, known.info.gossip)
+            self._members[rec["node"]] = Member(NodeInfo.from_record(rec, ALIVE, 0.0), heard,
+                                                heard, True,
+                                                changed_at=now if changed else known.changed_at)
+            return changed
         if rec["incarnation"] != known.info.incarnation:
             return False  # stale, or hearsay claiming a restart the node did not tell us of
         if not vouched and (rec["address"], rec["gossip"]) != (known.info.address,
@@ -301,6 +322,35 @@ class MembershipTable:
                 rec = m.as_record(now, state)
                 del rec["state"]
                 out.append(rec)
+        return out
+
+
+    def gossip_digest(self, now: float, exclude: str | None = None,
+                      recent: int = DIGEST_RECENT, sample: int = DIGEST_SAMPLE,
+                      relay_s: float = CHANGE_RELAY_S) -> list[dict[str, Any]]:
+        """What one heartbeat relays: non-dead members other than ``exclude`` whose record
+        changed here within ``relay_s`` (the ``recent`` most recent changes), then ``sample``
+        of the others in turn (by name, going on where the last call stopped; the first call
+        starts at a place of ``exclude``'s name, so that agents do not all relay the same
+        nodes at once). At most ``recent + sample`` records, whatever the table's size."""
+        live = [m for m in self._members.values()
+                if m.info.name != exclude and self.state(m, now) != DEAD]
+        fresh = sorted((m for m in live if now - m.changed_at <= relay_s),
+                       key=lambda m: -m.changed_at)[:recent]
+        chosen = {m.info.name for m in fresh}
+        rest = sorted((m for m in live if m.info.name not in chosen), key=lambda m: m.info.name)
+        picked = []
+        if rest and sample > 0:
+            if self._turn < 0:
+                self._turn = zlib.crc32((exclude or "").encode())
+            start = self._turn % len(rest)
+            picked = (rest[start:] + rest[:start])[:sample]
+            self._turn = start + len(picked)
+        out = []
+        for m in fresh + picked:
+            rec = m.as_record(now, ALIVE)
+            del rec["state"]
+            out.append(rec)
         return out
 
 

@@ -11,6 +11,7 @@
     python tools/bench.py read-rss [--reads 1000000] [--size 64KiB] [--window 64] [--json]
     python tools/bench.py checksum [--size 1GiB] [--runs 5] [--chunk 2MiB] [--json]
     python tools/bench.py small [--ops 20000] [--size 4KiB] [--batch 4096] [--runs 3] [--json]
+    python tools/bench.py scale [--agents 100] [--steady-s 300] [--blocks 100000] [--json]
     python tools/bench.py report [--out docs/performance] [--quick] [--only NAME]... [--json]
 
 ``transfer`` starts one real ``mesh-agent`` on loopback, allocates one block of ``--size``, then
@@ -78,6 +79,9 @@ streams and moves make it (``mesh.checksum.new()`` updated with ``--chunk`` view
 no copies). Figures are medians over the runs in GB/s; ``ratio`` is xxh3 over crc32, and
 ``seconds_per_gib`` what each spends per GiB (a move pays it on the source and on the target).
 
+``scale`` starts many agents on 127.0.1.x and reports membership convergence, false suspects,
+gossip bytes per agent, stats, placement and a large listing: tools/bench_scale.py says how.
+
 ``small``: 4 KiB ops/s one in flight and batched (``read_many``/``write_many``) against a raw
 Python TCP request/reply loop, one in flight and 64 pipelined: tools/bench_small.py says how.
 
@@ -107,6 +111,7 @@ from mesh.units import format_bytes, parse_size  # noqa: E402
 
 import bench_report  # noqa: E402  (tools/bench_report.py: the report mode)
 import bench_small  # noqa: E402  (tools/bench_small.py: the small mode)
+import bench_scale  # noqa: E402  (tools/bench_scale.py: the scale mode)
 
 SEND_BYTES = 4 * 1024 * 1024
 
@@ -995,10 +1000,16 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     bench_report.add_parser(sub)
     bench_small.add_parser(sub)
+    bench_scale.add_parser(sub)
     args = parser.parse_args(argv)
     if args.bench == "small":
         result = bench_small.small(args, Agents, parse_size)
         print(json.dumps(result) if args.json else bench_small.describe(result))
+        return 0
+    if args.bench == "scale":
+        result = bench_scale.scale(args)
+        print(json.dumps(result) if args.json else
+              "\n".join(f"  {k:<28} {v}" for k, v in result.items()))
         return 0
     if args.bench == "report":
         result = bench_report.report(args)
