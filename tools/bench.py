@@ -2,7 +2,8 @@
 """Benchmarks of the mesh, each against a baseline measured in the same run.
 
     python tools/bench.py transfer [--size 1GiB] [--runs 5] [--chunk 2MiB] [--window 8]
-                                   [--secure] [--replicas N] [--json]
+                                   [--secure] [--replicas N] [--stripe N] [--json]
+    python tools/bench.py concurrent [--reads 16] [--size 64MiB] [--agents 4] [--runs 3] [--json]
     python tools/bench.py cli-memory [--size 2GiB] [--chunk 2MiB] [--window 8] [--json]
     python tools/bench.py move [--size 1GiB] [--runs 4] [--json]
     python tools/bench.py startup [--baseline-ref 65b4786] [--runs 15] [--json]
@@ -82,6 +83,10 @@ no copies). Figures are medians over the runs in GB/s; ``ratio`` is xxh3 over cr
 ``scale`` starts many agents on 127.0.1.x and reports membership convergence, false suspects,
 gossip bytes per agent, stats, placement and a large listing: tools/bench_scale.py says how.
 
+``concurrent``: reads through one ``AsyncMeshClient`` one after another and all at once
+(``concurrency_ratio``); ``transfer --stripe N``: the transfer striped over N agents against the
+same raw baseline: tools/bench_concurrency.py says how.
+
 ``small``: 4 KiB ops/s one in flight and batched (``read_many``/``write_many``) against a raw
 Python TCP request/reply loop, one in flight and 64 pipelined: tools/bench_small.py says how.
 
@@ -111,6 +116,7 @@ from mesh.units import format_bytes, parse_size  # noqa: E402
 
 import bench_report  # noqa: E402  (tools/bench_report.py: the report mode)
 import bench_small  # noqa: E402  (tools/bench_small.py: the small mode)
+import bench_concurrency  # noqa: E402  (tools/bench_concurrency.py: concurrent, transfer --stripe)
 import bench_scale  # noqa: E402  (tools/bench_scale.py: the scale mode)
 
 SEND_BYTES = 4 * 1024 * 1024
@@ -281,6 +287,8 @@ def transfer(args: argparse.Namespace) -> dict:
     dv = memoryview(data)
     secure = getattr(args, "secure", False)
     replicas = getattr(args, "replicas", 1) or 1
+    if (getattr(args, "stripe", 1) or 1) > 1:
+        return bench_concurrency.striped(args, Agents, Baseline, _warm, parse_size)
     if replicas < 1:
         raise SystemExit("--replicas: expected 1 or more copies")
     with tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp, \
@@ -963,6 +971,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--replicas", type=int, default=1, metavar="N",
                    help="also write and read a block with N copies (N agents, spread node) in "
                    "the same runs, against the one-copy block")
+    t.add_argument("--stripe", type=int, default=1, metavar="N",
+                   help="instead, the transfer striped over N agents through one client "
+                   "(tools/bench_concurrency.py)")
     t.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     c = sub.add_parser("cli-memory", help="peak RSS of `grid memory store/retrieve` moving a file")
     c.add_argument("--size", default="2GiB")
@@ -1000,8 +1011,13 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     bench_report.add_parser(sub)
     bench_small.add_parser(sub)
+    bench_concurrency.add_parser(sub)
     bench_scale.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.bench == "concurrent":
+        result = bench_concurrency.concurrent(args, Agents, parse_size)
+        print(json.dumps(result) if args.json else bench_concurrency.describe_concurrent(result))
+        return 0
     if args.bench == "small":
         result = bench_small.small(args, Agents, parse_size)
         print(json.dumps(result) if args.json else bench_small.describe(result))

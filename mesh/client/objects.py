@@ -248,9 +248,9 @@ def put_bytes(core: Core, key: str | None, data: Any, node: str | None = None,
                                  "(at most 1000 characters)")
         meta = dict(meta or {})
         nodes = yield from stripes.place(core, view.nbytes, stripe, node)
-        return (yield from _put(core, key, stripes.sizes(view.nbytes, stripe)[0], nodes[0], None,
-                                0, replace, content_type, meta,
-                                stripes.writer(core, key, view, nodes, meta, replicas), replicas))
+        return stripes.whole((yield from _put(
+            core, key, stripes.sizes(view.nbytes, stripe)[0], nodes[0], None, 0, replace,
+            content_type, meta, stripes.writer(core, key, view, nodes, meta, replicas), replicas)))
     return (yield from _put(core, key, view.nbytes, node, block_id, offset, replace,
                             content_type, meta or {}, _write_views(core, [view]), replicas))
 

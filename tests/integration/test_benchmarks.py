@@ -64,3 +64,20 @@ def test_small_reports_single_and_batched_ops_against_the_raw_loop_and_verifies(
                                                 rel=0.01)
     assert out["batched_ratio"] == pytest.approx(
         out["batched_ops"] / out["baseline_pipelined_ops"], rel=0.01)
+
+
+def test_concurrent_reports_reads_at_once_against_one_after_another_and_verifies():
+    out = run_json("tools/bench.py", "concurrent", "--reads", "8", "--size", "1MiB", "--agents",
+                   "2", "--runs", "1")
+    assert out["verified"] is True and out["reads"] == 8 and out["agents"] == 2
+    assert out["sequential_s"] > 0 and out["concurrent_s"] > 0
+    assert out["concurrency_ratio"] == pytest.approx(out["sequential_s"] / out["concurrent_s"],
+                                                     rel=0.01)
+
+
+def test_transfer_stripe_reports_the_striped_transfer_against_the_baseline_and_verifies():
+    out = run_json("tools/bench.py", "transfer", "--stripe", "2", "--size", "16MiB", "--runs",
+                   "1")
+    assert out["verified"] is True and out["stripe"] == 2
+    for field in ("baseline_gbps", "write_gbps", "read_gbps", "write_ratio", "read_ratio"):
+        assert out[field] > 0, field

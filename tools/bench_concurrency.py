@@ -1,0 +1,153 @@
+"""``tools/bench.py concurrent`` and ``tools/bench.py transfer --stripe N``: one client doing
+several things at once (``mesh/client/pool.py``), against baselines of the same run.
+
+``concurrent`` starts ``--agents`` real agents (127.0.0.1, .2, ...), spreads ``--reads`` blocks
+of ``--size`` random bytes over them, then, through one ``AsyncMeshClient``, reads them all
+into warm buffers one after another (``sequential_s``) and then all at once with
+``asyncio.gather`` (``concurrent_s``), ``--runs`` times each, in turn. Figures are medians;
+``concurrency_ratio`` = sequential_s / concurrent_s. The last reads are compared byte for byte
+with what was written (``verified``).
+
+``transfer --stripe N`` starts N agents and, in each run, measures the raw-socket baseline of
+``transfer`` (tools/bench.py) and a transfer of ``--size`` striped over the N agents through one
+``MeshClient``: one warm block of ``size / N`` bytes on each agent, written from one warm buffer
+and read back into another by N threads sharing the client (each stripe over its own
+connections). ``write_ratio`` / ``read_ratio`` are against the baseline, as in ``transfer``.
+It also stores the same bytes once as a striped object (``put_bytes(..., stripe=N)``) and reads
+it back with ``get_bytes``: ``verified`` needs both the last block reads and that object to
+match.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    cc = sub.add_parser("concurrent", help="reads through one AsyncMeshClient all at once "
+                        "against the same reads one after another")
+    cc.add_argument("--reads", type=int, default=16)
+    cc.add_argument("--size", default="64MiB")
+    cc.add_argument("--agents", type=int, default=4)
+    cc.add_argument("--runs", type=int, default=3)
+    cc.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+
+def concurrent(args: argparse.Namespace, agents_cls: Any, parse_size: Callable) -> dict:
+    from mesh.client import AsyncMeshClient
+
+    size = parse_size(args.size)
+    per_agent = -(-args.reads // args.agents) * size
+    datas = [os.urandom(size) for _ in range(args.reads)]
+    outs = [bytearray(size) for _ in range(args.reads)]
+    with tempfile.TemporaryDirectory(prefix="mesh-bench-cc-") as tmp:
+        agents = agents_cls(per_agent, 2 << 20, 8, Path(tmp), n=args.agents,
+                            room=per_agent + (64 << 20))
+        try:
+            agents.client().close()  # every agent up and in the view
+
+            async def main() -> tuple[list[float], list[float], bool]:
+                async with AsyncMeshClient(agents.config) as client:
+                    blocks = []
+                    for i, data in enumerate(datas):
+                        blocks.append(await client.allocate(size, node=f"bench-{i % args.agents + 1}"))
+                        await client.write(blocks[-1], data)
+                    seq, con = [], []
+                    for _ in range(args.runs):
+                        t0 = time.perf_counter()
+                        for b, out in zip(blocks, outs):
+                            await client.read_into(b, out)
+                        seq.append(time.perf_counter() - t0)
+                        for out in outs:
+                            out[::4096] = b"\x00" * len(out[::4096])
+                        t0 = time.perf_counter()
+                        await asyncio.gather(*(client.read_into(b, out)
+                                               for b, out in zip(blocks, outs)))
+                        con.append(time.perf_counter() - t0)
+                    same = all(out == data for out, data in zip(outs, datas))
+                    for b in blocks:
+                        await client.free(b)
+                    return seq, con, same
+
+            seq, con, same = asyncio.run(main())
+        finally:
+            agents.close()
+    result = {"bench": "concurrent", "reads": args.reads, "size_bytes": size,
+              "agents": args.agents, "runs": args.runs,
+              "sequential_s": round(statistics.median(seq), 4),
+              "concurrent_s": round(statistics.median(con), 4), "verified": same}
+    result["concurrency_ratio"] = round(result["sequential_s"] / result["concurrent_s"], 3)
+    result["sequential_gbps"] = round(args.reads * size / result["sequential_s"] / 1e9, 3)
+    result["concurrent_gbps"] = round(args.reads * size / result["concurrent_s"] / 1e9, 3)
+    return result
+
+
+def describe_concurrent(r: dict) -> str:
+    return (f"{r['reads']} reads of {r['size_bytes']} bytes over {r['agents']} agents: one after "
+            f"another {r['sequential_s']} s ({r['sequential_gbps']} GB/s), all at once "
+            f"{r['concurrent_s']} s ({r['concurrent_gbps']} GB/s): ratio "
+            f"{r['concurrency_ratio']}, verified {r['verified']}")
+
+
+def striped(args: argparse.Namespace, agents_cls: Any, baseline_cls: Any, warm: Callable,
+            parse_size: Callable) -> dict:
+    n = args.stripe
+    size = parse_size(args.size)
+    size -= size % n
+    part = size // n
+    data, out = warm(size, True), warm(size, False)
+    dv, ov = memoryview(data), memoryview(out)
+    with tempfile.TemporaryDirectory(prefix="mesh-bench-stripe-") as tmp:
+        agents = agents_cls(part, parse_size(args.chunk), args.window, Path(tmp), n=n,
+                            room=2 * part + (64 << 20))
+        baseline = baseline_cls(size, args.runs)
+        try:
+            client = agents.client()
+            blocks = [client.allocate(part, node=f"bench-{i + 1}") for i in range(n)]
+
+            def side_by_side(fn: Callable[[int], Any]) -> float:
+                threads = [threading.Thread(target=fn, args=(i,)) for i in range(n)]
+                t0 = time.perf_counter()
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join(600)
+                return time.perf_counter() - t0
+
+            b, w, r = [], [], []
+            for i in range(args.runs):
+                b.append(size / baseline.run_once(dv) / 1e9)
+                w.append(size / side_by_side(
+                    lambda k: client.write(blocks[k], dv[k * part:(k + 1) * part])) / 1e9)
+                ov[::4096] = b"\x02" * len(ov[::4096])
+                r.append(size / side_by_side(
+                    lambda k: client.read_into(blocks[k], ov[k * part:(k + 1) * part])) / 1e9)
+                if not args.json:
+                    print(f"run {i + 1}: baseline {b[-1]:.2f}  striped x{n} write {w[-1]:.2f}  "
+                          f"read {r[-1]:.2f} GB/s")
+            same = out == data
+            for blk in blocks:
+                client.free(blk)
+            client.put_bytes("bench-striped", dv, stripe=n)
+            same = same and client.get_bytes("bench-striped") == data
+            client.delete("bench-striped")
+            client.close()
+        finally:
+            baseline.close()
+            agents.close()
+    result = {"bench": "transfer", "stripe": n, "size_bytes": size, "runs": args.runs,
+              "chunk_bytes": parse_size(args.chunk), "window": args.window,
+              "baseline_gbps": round(statistics.median(b), 3),
+              "write_gbps": round(statistics.median(w), 3),
+              "read_gbps": round(statistics.median(r), 3), "verified": same}
+    result["write_ratio"] = round(result["write_gbps"] / result["baseline_gbps"], 3)
+    result["read_ratio"] = round(result["read_gbps"] / result["baseline_gbps"], 3)
+    return result
