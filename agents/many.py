@@ -19,10 +19,15 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import logging
+
 import msgpack
 
 from mesh import protocol as P
-from mesh.errors import error_from_wire
+from mesh.errors import MeshError, error_from_wire
+
+log = logging.getLogger("mesh.agent")
+_DIRECT = frozenset({P.READ, P.WRITE})
 
 
 class Gather:
@@ -53,14 +58,15 @@ class Gather:
 class Slot:
     """The identity a sub-op is dispatched with: where its answer goes."""
 
-    __slots__ = ("gather", "index")
+    __slots__ = ("gather", "index", "lean")
 
-    def __init__(self, gather: Gather, index: int):
+    def __init__(self, gather: Gather, index: int, lean: bool = False):
         self.gather = gather
         self.index = index
+        self.lean = lean  # a READ or WRITE: its success is answered {} (the client knows it)
 
     def answer(self, ok: bool, body: dict[str, Any], payload: Any = None) -> None:
-        self.gather.answer(self.index, ok, body, payload)
+        self.gather.answer(self.index, ok, {} if ok and self.lean else body, payload)
 
     def take(self, frames: list[Any]) -> None:
         """An answer sent as frames (an encoded reply header, and a READ's payload)."""
@@ -75,7 +81,8 @@ class Slot:
 
 class ManyOps:
     """The MANY handler of ``Agent`` (``agents/server.py``), which provides ``s``,
-    ``metrics``, ``_dispatch`` and ``_send``."""
+    ``metrics``, ``access``, ``repl``, ``_handlers``, ``_dispatch``, ``_reply_error`` and
+    ``_send``."""
 
     def _many(self, identity: Any, req: P.Request) -> None:
         try:
@@ -87,10 +94,17 @@ class ManyOps:
             payload = gather.payload()
             self.metrics.replied(P.MANY, "ok", req.arrived, len(payload))
             self._send(identity, [P.encode_reply(P.MANY, req.request_id,
-                                                 {"results": gather.results}), payload])
+                                                 {"results": gather.results}), payload],
+                       copy=False)  # a fresh bytes object: nothing to copy it for
 
         gather = Gather(len(subs), send)
         deadline = req.fields.get(P.DEADLINE)
+        # READ and WRITE of a block without copies, the bulk of a batch, go straight to their
+        # handler: the role is checked once per op for the batch and the batch's deadline was
+        # (``_dispatch``); nothing is forwarded, so no reply is held. The rest, and a sub-op
+        # with a deadline of its own, take ``_dispatch`` as a single request does.
+        allowed: dict[str, bool] = {}
+        copies, handlers = self.repl.copies, self._handlers
         for i, sub in enumerate(subs):
             slot = Slot(gather, i)
             if isinstance(sub, P.BadRequest):
@@ -98,8 +112,26 @@ class ManyOps:
                 self.metrics.replied(sub.op, sub.code, 0.0)
                 slot.answer(False, {"code": sub.code, "message": sub.message})
                 continue
-            if deadline is not None and P.DEADLINE not in sub.fields:
-                sub.fields[P.DEADLINE] = deadline
+            op, fields = sub.op, sub.fields
             sub.caller, sub.arrived = req.caller, req.arrived
-            self.metrics.arrived(sub.op, sub.payload[0].nbytes if sub.payload else 0)
+            self.metrics.arrived(op, sub.payload[0].nbytes if sub.payload else 0)
+            if op in _DIRECT and P.DEADLINE not in fields and fields["block"] not in copies \
+                    and allowed.get(op) is not False:
+                slot.lean = True
+                try:
+                    if op not in allowed:
+                        self.access.check(op, sub.caller)
+                        allowed[op] = True
+                    handlers[op](slot, sub)
+                except MeshError as exc:
+                    allowed.setdefault(op, False)  # refused: the next ones through _dispatch
+                    self._reply_error(slot, sub, exc)
+                except Exception as exc:  # a bug must not cost the batch its other answers
+                    log.exception("internal error on %s in a batch", op,
+                                  extra={"event": "internal_error"})
+                    self.metrics.replied(op, "internal", req.arrived)
+                    slot.answer(False, {"code": "internal", "message": repr(exc)})
+                continue
+            if deadline is not None and P.DEADLINE not in fields:
+                fields[P.DEADLINE] = deadline
             self._dispatch(slot, sub)

@@ -36,7 +36,8 @@ FREE and the key ops; not MANY) in one message, answered by one message. Each WR
 names its ``length``; the one request payload is the WRITEs' bytes back to back, in order, at
 most ``MAX_MANY_BYTES`` (so are the READs' lengths, together). The agent applies each sub-op
 as it would the single op (role, deadline: the batch's unless its own, bounds, replicas) and
-answers each in ``results``, in order; the reply's payload is the bytes of each READ that
+answers each in ``results``, in order (a READ's or WRITE's success as ``[OK, {}]``: the client
+knows its range); the reply's payload is the bytes of each READ that
 succeeded, back to back. (One payload frame, not one per sub-op: a sealed message carries at
 most one, ``mesh/security/seal.py``; an empty frame when there are no bytes.) A sub-op that is not a [op, fields] pair of a known
 op with well-typed fields gets its own error; a batch whose list, count, sizes or payload do

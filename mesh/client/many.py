@@ -191,14 +191,22 @@ def _single(values: list[Any], i: int, op: Op) -> Op:
 # --- block ranges ---------------------------------------------------------------------------
 
 
-def _place(core: Core, block_id: Any, offset: Any, n: int) -> Op:
-    """(address, error): where ``block_id`` is, or why an item on it cannot be sent."""
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+def _place(core: Core, places: dict, block_id: Any, offset: Any, n: int) -> Op:
+    """(address, error): where ``block_id`` is, or why an item on it cannot be sent;
+    ``places`` keeps each block's place (or error) for the other items of the call."""
+    if type(offset) is not int or offset < 0:
         return None, OutOfRange(f"offset must be a whole number >= 0, got {offset!r}")
-    try:
-        address, size = yield from core.locate(block_id)
-    except MeshError as exc:
-        return None, exc
+    where = places.get(block_id) if isinstance(block_id, str) else None
+    if where is None:
+        try:
+            where = yield from core.locate(block_id)
+        except MeshError as exc:
+            where = exc
+        if isinstance(block_id, str):
+            places[block_id] = where
+    if isinstance(where, MeshError):
+        return None, where
+    address, size = where
     if offset + n > size:
         return None, OutOfRange(f"{n} bytes at offset {offset} are past the end of block "
                                 f"{block_id} ({size} bytes)")
@@ -211,6 +219,7 @@ def read_many(core: Core, items: Iterable[Any], return_exceptions: bool = False)
     values: list[Any] = [None] * len(items)
     placed: list[tuple[str, Sub]] = []
     single: list[int] = []
+    places: dict[str, Any] = {}
     for i, item in enumerate(items):
         block_id, size, offset = (tuple(item) + (0,))[:3]
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
@@ -220,7 +229,7 @@ def read_many(core: Core, items: Iterable[Any], return_exceptions: bool = False)
         if size > MANY_ITEM_BYTES:
             single.append(i)
             continue
-        address, error = yield from _place(core, block_id, offset, size)
+        address, error = yield from _place(core, places, block_id, offset, size)
         if error is not None:
             values[i] = error
             continue
@@ -249,6 +258,7 @@ def write_many(core: Core, items: Iterable[Any], return_exceptions: bool = False
     values: list[Any] = [None] * len(items)
     placed: list[tuple[str, Sub]] = []
     single: list[int] = []
+    places: dict[str, Any] = {}
     for i, item in enumerate(items):
         block_id, data, offset = (tuple(item) + (0,))[:3]
         try:
@@ -259,7 +269,7 @@ def write_many(core: Core, items: Iterable[Any], return_exceptions: bool = False
         if view.nbytes > MANY_ITEM_BYTES:
             single.append(i)
             continue
-        address, error = yield from _place(core, block_id, offset, view.nbytes)
+        address, error = yield from _place(core, places, block_id, offset, view.nbytes)
         if error is not None:
             values[i] = error
             continue

@@ -69,7 +69,8 @@ class _Watched:
         """Read the monitor: ``AuthenticationError`` if the first handshake failed,
         ``NodeUnavailable`` if the connection was lost (or a reconnection's handshake failed:
         the agent went away mid-way), else None."""
-        while self.monitor is not None and self.monitor.poll(0):
+        # EVENTS, not poll(0): a poll builds a Poller, and this runs before every request
+        while self.monitor is not None and self.monitor.get(zmq.EVENTS) & zmq.POLLIN:
             event = _event(self.monitor)
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.shaken = True
