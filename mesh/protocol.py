@@ -446,14 +446,18 @@ def parse_many(request: Request) -> list[Request | BadRequest]:
         else:
             payload = []
             read_bytes += length if op == READ else 0
-        if op not in MANY_OPS:
+        if (op == READ or op == WRITE) and len(fields) == 3 and type(fields.get("block")) is str \
+                and type(fields.get("offset")) is int:
+            pass  # a READ or WRITE of {block, offset, length}, all well-typed (the bulk)
+        elif op not in MANY_OPS:
             out.append(BadRequest("bad_request", f"{op!r} cannot be a sub-op of {MANY}", op, rid))
             continue
-        try:
-            _check_fields(op, fields, _REQUEST_SCHEMA[op][0], rid)
-        except BadRequest as bad:
-            out.append(bad)
-            continue
+        else:
+            try:
+                _check_fields(op, fields, _REQUEST_SCHEMA[op][0], rid)
+            except BadRequest as bad:
+                out.append(bad)
+                continue
         out.append(Request(op, rid, fields, payload))
     if pos != data.nbytes:
         raise refuse(f"the payload has {data.nbytes} bytes; the WRITE sub-ops name {pos}",

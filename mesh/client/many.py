@@ -68,36 +68,25 @@ class Sub:
     extra: Any = field(default=None, compare=False)
 
 
-def _size(sub: Sub) -> int:
-    if sub.op == P.WRITE:
-        return sub.payload.nbytes
-    return sub.fields["length"] if sub.op == P.READ else 0
-
-
 def _messages(address: str, subs: list[Sub]) -> Iterable[Call]:
     """The MANY calls carrying ``subs`` to ``address``, each within the protocol's limits."""
     group: list[Sub] = []
     sent = got = header = 0
-    for sub in subs + [None]:
-        if sub is not None:
-            n = _size(sub)
-            est = 48 + (len(sub.fields.get("block") or "") if sub.op in (P.READ, P.WRITE)
-                        else len(P.encode_request(sub.op, 0, sub.fields)))
-            fits = (len(group) < P.MAX_MANY_OPS and header + est <= _HEADER_BUDGET and
-                    (sent if sub.op == P.WRITE else got) + n <= P.MAX_MANY_BYTES)
-            if fits or not group:
-                group.append(sub)
-                header += est
-                sent += n if sub.op == P.WRITE else 0
-                got += n if sub.op == P.READ else 0
-                continue
-        if not group:
-            break
+    for sub in subs:
+        op = sub.op
+        if op == P.WRITE or op == P.READ:
+            est = 48 + len(sub.fields["block"])
+            w, r = (sub.payload.nbytes, 0) if op == P.WRITE else (0, sub.fields["length"])
+        else:
+            est, w, r = 48 + len(P.encode_request(op, 0, sub.fields)), 0, 0
+        if group and (len(group) >= P.MAX_MANY_OPS or header + est > _HEADER_BUDGET or
+                      sent + w > P.MAX_MANY_BYTES or got + r > P.MAX_MANY_BYTES):
+            yield _call(address, group)
+            group, sent, got, header = [], 0, 0, 0
+        group.append(sub)
+        header, sent, got = header + est, sent + w, got + r
+    if group:
         yield _call(address, group)
-        if sub is None:
-            break
-        group, header = [sub], 48
-        sent, got = (_size(sub), 0) if sub.op == P.WRITE else (0, _size(sub))
 
 
 def _call(address: str, group: list[Sub]) -> Call:
@@ -229,10 +218,14 @@ def read_many(core: Core, items: Iterable[Any], return_exceptions: bool = False)
         if size > MANY_ITEM_BYTES:
             single.append(i)
             continue
-        address, error = yield from _place(core, places, block_id, offset, size)
-        if error is not None:
-            values[i] = error
-            continue
+        where = places.get(block_id) if type(block_id) is str else None
+        if type(where) is tuple and type(offset) is int and 0 <= offset <= where[1] - size:
+            address = where[0]  # a block this call has placed already
+        else:
+            address, error = yield from _place(core, places, block_id, offset, size)
+            if error is not None:
+                values[i] = error
+                continue
         sub = Sub(P.READ, {"block": block_id, "offset": offset, "length": size},
                   sink=memoryview(out), item=i)
         placed.append((core.near.get(block_id, address), sub))
@@ -269,10 +262,15 @@ def write_many(core: Core, items: Iterable[Any], return_exceptions: bool = False
         if view.nbytes > MANY_ITEM_BYTES:
             single.append(i)
             continue
-        address, error = yield from _place(core, places, block_id, offset, view.nbytes)
-        if error is not None:
-            values[i] = error
-            continue
+        n = view.nbytes
+        where = places.get(block_id) if type(block_id) is str else None
+        if type(where) is tuple and type(offset) is int and 0 <= offset <= where[1] - n:
+            address = where[0]
+        else:
+            address, error = yield from _place(core, places, block_id, offset, n)
+            if error is not None:
+                values[i] = error
+                continue
         values[i] = view.nbytes
         if view.nbytes:
             placed.append((address, Sub(P.WRITE, {"block": block_id, "offset": offset,
