@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from mesh import checksum as C
 from mesh import protocol as P
@@ -68,25 +68,32 @@ class Sub:
     extra: Any = field(default=None, compare=False)
 
 
-def _messages(address: str, subs: list[Sub]) -> Iterable[Call]:
-    """The MANY calls carrying ``subs`` to ``address``, each within the protocol's limits."""
-    group: list[Sub] = []
-    sent = got = header = 0
-    for sub in subs:
+def _calls(pairs: Iterable[tuple[str, Sub]]) -> Iterator[Call]:
+    """The MANY calls carrying each (address, sub-op) of ``pairs`` to its address, each within
+    the protocol's limits; lazy, so the first messages are on their way while later sub-ops
+    are still being made."""
+    open_: dict[str, list[Any]] = {}  # address -> [sub-ops, bytes sent, bytes read, header]
+    for address, sub in pairs:
         op = sub.op
         if op == P.WRITE or op == P.READ:
             est = 48 + len(sub.fields["block"])
             w, r = (sub.payload.nbytes, 0) if op == P.WRITE else (0, sub.fields["length"])
         else:
             est, w, r = 48 + len(P.encode_request(op, 0, sub.fields)), 0, 0
-        if group and (len(group) >= P.MAX_MANY_OPS or header + est > _HEADER_BUDGET or
-                      sent + w > P.MAX_MANY_BYTES or got + r > P.MAX_MANY_BYTES):
-            yield _call(address, group)
-            group, sent, got, header = [], 0, 0, 0
-        group.append(sub)
-        header, sent, got = header + est, sent + w, got + r
-    if group:
-        yield _call(address, group)
+        g = open_.get(address)
+        if g is None:
+            g = open_[address] = [[], 0, 0, 0]
+        elif len(g[0]) >= P.MAX_MANY_OPS or g[3] + est > _HEADER_BUDGET or \
+                g[1] + w > P.MAX_MANY_BYTES or g[2] + r > P.MAX_MANY_BYTES:
+            yield _call(address, g[0])
+            g[:] = [[], 0, 0, 0]
+        g[0].append(sub)
+        g[1] += w
+        g[2] += r
+        g[3] += est
+    for address, g in open_.items():
+        if g[0]:
+            yield _call(address, g[0])
 
 
 def _call(address: str, group: list[Sub]) -> Call:
@@ -145,13 +152,11 @@ def _spread(call: Call, group: list[Sub]) -> None:
                                       "result")
 
 
-def run(core: Core, by_address: dict[str, list[Sub]], timeout_s: float | None = None) -> Op:
-    """Send every sub-op to its address in MANY requests; fills each ``Sub``."""
-    calls = [c for address, subs in by_address.items() if subs
-             for c in _messages(address, subs)]
-    if calls:
-        yield from core.execute(Batch(calls, timeout_s or core.settings.request_timeout_s,
-                                      core.settings.window, fail_fast=False))
+def run(core: Core, pairs: Iterable[tuple[str, Sub]], timeout_s: float | None = None) -> Op:
+    """Send each (address, sub-op) of ``pairs`` (which may be lazy) in MANY requests; fills
+    each ``Sub``."""
+    yield from core.execute(Batch(_calls(pairs), timeout_s or core.settings.request_timeout_s,
+                                  core.settings.window, fail_fast=False))
 
 
 def _outcome(values: list[Any], return_exceptions: bool) -> list[Any]:
@@ -160,13 +165,6 @@ def _outcome(values: list[Any], return_exceptions: bool) -> list[Any]:
             if isinstance(v, MeshError):
                 raise v
     return values
-
-
-def _group(subs: Iterable[tuple[str, Sub]]) -> dict[str, list[Sub]]:
-    out: dict[str, list[Sub]] = {}
-    for address, sub in subs:
-        out.setdefault(address, []).append(sub)
-    return out
 
 
 def _single(values: list[Any], i: int, op: Op) -> Op:
@@ -180,64 +178,81 @@ def _single(values: list[Any], i: int, op: Op) -> Op:
 # --- block ranges ---------------------------------------------------------------------------
 
 
-def _place(core: Core, places: dict, block_id: Any, offset: Any, n: int) -> Op:
-    """(address, error): where ``block_id`` is, or why an item on it cannot be sent;
-    ``places`` keeps each block's place (or error) for the other items of the call."""
+def _locate_all(core: Core, block_ids: Iterable[Any]) -> Op:
+    """{block id: (address, size) or the error finding it} of each distinct block id."""
+    places: dict[str, Any] = {}
+    for block_id in block_ids:
+        if type(block_id) is str and block_id not in places:
+            try:
+                places[block_id] = yield from core.locate(block_id)
+            except MeshError as exc:
+                places[block_id] = exc
+    return places
+
+
+def _item(item: Any) -> tuple[Any, Any, Any]:
+    return (tuple(item) + (0,))[:3]
+
+
+def _where(places: dict[str, Any], block_id: Any, offset: Any, n: int) -> Any:
+    """The address an item of ``n`` bytes at ``offset`` of ``block_id`` goes to, or its error."""
+    where = places.get(block_id) if type(block_id) is str else None
+    if type(where) is tuple and type(offset) is int and 0 <= offset <= where[1] - n:
+        return where[0]
     if type(offset) is not int or offset < 0:
-        return None, OutOfRange(f"offset must be a whole number >= 0, got {offset!r}")
-    where = places.get(block_id) if isinstance(block_id, str) else None
+        return OutOfRange(f"offset must be a whole number >= 0, got {offset!r}")
     if where is None:
-        try:
-            where = yield from core.locate(block_id)
-        except MeshError as exc:
-            where = exc
-        if isinstance(block_id, str):
-            places[block_id] = where
+        return BlockNotFound(f"block id must be a non-empty string, got {block_id!r}")
     if isinstance(where, MeshError):
-        return None, where
-    address, size = where
-    if offset + n > size:
-        return None, OutOfRange(f"{n} bytes at offset {offset} are past the end of block "
-                                f"{block_id} ({size} bytes)")
-    return address, None
+        return where
+    return OutOfRange(f"{n} bytes at offset {offset} are past the end of block {block_id} "
+                      f"({where[1]} bytes)")
+
+
+def _settle(core: Core, sent: list[Sub], values: list[Any], single: list[int]) -> None:
+    """Errors of sent sub-ops into ``values``; a look-again answer sends its item to the single
+    op's path (its block's cached place forgotten)."""
+    for sub in sent:
+        if sub.error is None:
+            continue
+        if isinstance(sub.error, _AGAIN):
+            core.forget_location(sub.fields["block"])
+            single.append(sub.item)
+        else:
+            values[sub.item] = sub.error
 
 
 def read_many(core: Core, items: Iterable[Any], return_exceptions: bool = False) -> Op:
     """``items``: (block_id, size) or (block_id, size, offset); a bytearray each."""
-    items = list(items)
+    items = [_item(item) for item in items]
     values: list[Any] = [None] * len(items)
-    placed: list[tuple[str, Sub]] = []
+    sent: list[Sub] = []
     single: list[int] = []
-    places: dict[str, Any] = {}
-    for i, item in enumerate(items):
-        block_id, size, offset = (tuple(item) + (0,))[:3]
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            values[i] = InvalidSize(f"read size must be a whole number >= 0, got {size!r}")
-            continue
-        out = values[i] = bytearray(size)
-        if size > MANY_ITEM_BYTES:
-            single.append(i)
-            continue
-        where = places.get(block_id) if type(block_id) is str else None
-        if type(where) is tuple and type(offset) is int and 0 <= offset <= where[1] - size:
-            address = where[0]  # a block this call has placed already
-        else:
-            address, error = yield from _place(core, places, block_id, offset, size)
-            if error is not None:
-                values[i] = error
+    places = yield from _locate_all(core, (it[0] for it in items))
+    near = core.near
+
+    def prepared() -> Iterator[tuple[str, Sub]]:
+        for i, (block_id, size, offset) in enumerate(items):
+            if type(size) is not int or size < 0:
+                values[i] = InvalidSize(f"read size must be a whole number >= 0, got {size!r}")
                 continue
-        sub = Sub(P.READ, {"block": block_id, "offset": offset, "length": size},
-                  sink=memoryview(out), item=i)
-        placed.append((core.near.get(block_id, address), sub))
-    yield from run(core, _group(placed))
-    for _, sub in placed:
-        if isinstance(sub.error, _AGAIN):
-            core.forget_location(sub.fields["block"])
-            single.append(sub.item)
-        elif sub.error is not None:
-            values[sub.item] = sub.error
+            out = values[i] = bytearray(size)
+            if size > MANY_ITEM_BYTES:
+                single.append(i)
+                continue
+            address = _where(places, block_id, offset, size)
+            if isinstance(address, MeshError):
+                values[i] = address
+                continue
+            sub = Sub(P.READ, {"block": block_id, "offset": offset, "length": size},
+                      sink=memoryview(out), item=i)
+            sent.append(sub)
+            yield near.get(block_id, address), sub
+
+    yield from run(core, prepared())
+    _settle(core, sent, values, single)
     for i in single:
-        block_id, size, offset = (tuple(items[i]) + (0,))[:3]
+        block_id, size, offset = items[i]
         out = values[i]
         yield from _single(values, i, core.read_into(block_id, out, offset, size))
         if not isinstance(values[i], MeshError):
@@ -247,43 +262,38 @@ def read_many(core: Core, items: Iterable[Any], return_exceptions: bool = False)
 
 def write_many(core: Core, items: Iterable[Any], return_exceptions: bool = False) -> Op:
     """``items``: (block_id, data) or (block_id, data, offset); the bytes written each."""
-    items = list(items)
+    items = [_item(item) for item in items]
     values: list[Any] = [None] * len(items)
-    placed: list[tuple[str, Sub]] = []
+    sent: list[Sub] = []
     single: list[int] = []
-    places: dict[str, Any] = {}
-    for i, item in enumerate(items):
-        block_id, data, offset = (tuple(item) + (0,))[:3]
-        try:
-            view = byte_view(data)
-        except MeshError as exc:
-            values[i] = exc
-            continue
-        if view.nbytes > MANY_ITEM_BYTES:
-            single.append(i)
-            continue
-        n = view.nbytes
-        where = places.get(block_id) if type(block_id) is str else None
-        if type(where) is tuple and type(offset) is int and 0 <= offset <= where[1] - n:
-            address = where[0]
-        else:
-            address, error = yield from _place(core, places, block_id, offset, n)
-            if error is not None:
-                values[i] = error
+    places = yield from _locate_all(core, (it[0] for it in items))
+
+    def prepared() -> Iterator[tuple[str, Sub]]:
+        for i, (block_id, data, offset) in enumerate(items):
+            try:
+                view = byte_view(data)
+            except MeshError as exc:
+                values[i] = exc
                 continue
-        values[i] = view.nbytes
-        if view.nbytes:
-            placed.append((address, Sub(P.WRITE, {"block": block_id, "offset": offset,
-                                                  "length": view.nbytes}, payload=view, item=i)))
-    yield from run(core, _group(placed))
-    for _, sub in placed:
-        if isinstance(sub.error, _AGAIN):
-            core.forget_location(sub.fields["block"])
-            single.append(sub.item)
-        elif sub.error is not None:
-            values[sub.item] = sub.error
+            n = view.nbytes
+            if n > MANY_ITEM_BYTES:
+                single.append(i)
+                continue
+            address = _where(places, block_id, offset, n)
+            if isinstance(address, MeshError):
+                values[i] = address
+                continue
+            values[i] = n
+            if n:
+                sub = Sub(P.WRITE, {"block": block_id, "offset": offset, "length": n},
+                          payload=view, item=i)
+                sent.append(sub)
+                yield address, sub
+
+    yield from run(core, prepared())
+    _settle(core, sent, values, single)
     for i in single:
-        block_id, data, offset = (tuple(items[i]) + (0,))[:3]
+        block_id, data, offset = items[i]
         yield from _single(values, i, core.write(block_id, data, offset))
     return _outcome(values, return_exceptions)
 
@@ -298,7 +308,8 @@ def _records(core: Core, keys: list[str]) -> Op:
     nodes = yield from core.alive_nodes()
     asked = {n.address: [Sub(P.KGET, {"key": k}, item=i) for i, k in enumerate(keys)]
              for n in nodes}
-    yield from run(core, asked, core.settings.connect_timeout_s)
+    yield from run(core, [(a, sub) for a, subs in asked.items() for sub in subs],
+                   core.settings.connect_timeout_s)
     found: dict[str, tuple[str, ObjectInfo]] = {}
     unsure: set[str] = set()
     for address, subs in asked.items():
@@ -350,7 +361,7 @@ def get_many(core: Core, keys: Iterable[str], return_exceptions: bool = False) -
             placed.append((address, Sub(P.READ, {"block": info.block_id, "offset": info.offset,
                                                  "length": info.length},
                                         sink=memoryview(out), item=i)))
-    yield from run(core, _group(placed))
+    yield from run(core, placed)
     failed = {sub.item: sub.error for _, sub in placed if sub.error is not None}
     for i, info in infos.items():
         error = failed.get(i)
@@ -429,7 +440,7 @@ def _put_steps(core: Core, todo: list[_Put], values: list[Any], single: list[int
         subs.append((home.address, Sub(P.KCLAIM, {
             "key": put.key, "token": put.claim.token,
             "ttl_s": keyclaims.claim_ttl_s(core, put.view.nbytes)}, extra=put)))
-    yield from run(core, _group(subs), core.settings.connect_timeout_s)
+    yield from run(core, subs, core.settings.connect_timeout_s)
     live: list[_Put] = []
     for _, sub in subs:
         put = sub.extra
@@ -473,7 +484,7 @@ def _put_steps(core: Core, todo: list[_Put], values: list[Any], single: list[int
     if core.settings.replicas > 1:
         alloc.update(replicas=core.settings.replicas, spread=core.settings.replica_spread)
     steps = [Sub(P.ALLOC, {**alloc, "size": p.view.nbytes}, extra=p) for p in going]
-    yield from run(core, {address: steps})
+    yield from run(core, [(address, sub) for sub in steps])
     going = yield from _after(core, steps, values, single)
     core.invalidate_nodes()
     for put in going:
@@ -482,12 +493,12 @@ def _put_steps(core: Core, todo: list[_Put], values: list[Any], single: list[int
     # 4. the bytes, 5. the records, 6. the claims settled
     steps = [Sub(P.WRITE, {"block": p.block_id, "offset": 0, "length": p.view.nbytes},
                  payload=p.view, extra=p) for p in going]
-    yield from run(core, {address: steps})
+    yield from run(core, [(address, sub) for sub in steps])
     going = yield from _after(core, steps, values, single)
     steps = [Sub(P.KPUT, {"key": p.key, "replace": replace, "record": {
         "block": p.block_id, "offset": 0, "length": p.view.nbytes, "content_type": "bytes",
         "checksum": C.of([p.view]), "owns_block": True, "meta": {}}}, extra=p) for p in going]
-    yield from run(core, {address: steps})
+    yield from run(core, [(address, sub) for sub in steps])
     going = yield from _after(core, steps, values, single)
     for sub in steps:
         if sub.error is None:
@@ -496,7 +507,7 @@ def _put_steps(core: Core, todo: list[_Put], values: list[Any], single: list[int
     steps = [(p.claim.address, Sub(P.KHOME, {"key": p.key, "token": p.claim.token,
                                              "node": p.record["node"], "replace": replace},
                                    extra=p)) for p in going]
-    yield from run(core, _group(steps), core.settings.connect_timeout_s)
+    yield from run(core, steps, core.settings.connect_timeout_s)
     for _, sub in steps:
         if isinstance(sub.error, KeyExists):  # the claim was lost to another put: take it back
             values[sub.extra.item] = sub.error
@@ -529,7 +540,7 @@ def _release(core: Core, puts: list[_Put]) -> Op:
     subs = [(p.claim.address, Sub(P.KRELEASE, {"key": p.key, "token": p.claim.token}))
             for p in puts if p.claim is not None]
     if subs:
-        yield from run(core, _group(subs), core.settings.connect_timeout_s)
+        yield from run(core, subs, core.settings.connect_timeout_s)
 
 
 def _undo(core: Core, puts: list[_Put], published: bool = False) -> Op:
@@ -544,7 +555,7 @@ def _undo(core: Core, puts: list[_Put], published: bool = False) -> Op:
         elif p.block_id and address:
             subs.append((address, Sub(P.FREE, {"block": p.block_id})))
     if subs:
-        yield from run(core, _group(subs), core.settings.connect_timeout_s)
+        yield from run(core, subs, core.settings.connect_timeout_s)
     for p in puts:
         core.forget_location(p.block_id)
     yield from _release(core, puts)
