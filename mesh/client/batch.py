@@ -203,6 +203,10 @@ class BatchRun:
             self.abandoned.add(call.address)
             self.fail(call, MeshTimeout(f"{call.address} {why}"))
 
+    def waiting_on(self, address: str) -> bool:
+        """Whether a call to ``address`` is in flight."""
+        return self._per_address[address] > 0
+
     def inflight_addresses(self) -> set[str]:
         return {c.address for c in self.inflight.values()}
 

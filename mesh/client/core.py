@@ -197,6 +197,8 @@ class Core:
                             self.links.refused_replies += 1  # not from the agent: dropped
                             continue
                         run.on_reply(address, frames, now, node)
+                        if not run.waiting_on(address):
+                            break  # (one more recv would only raise zmq.Again: ~10 us)
         finally:
             for address in run.abandoned:
                 self.reset(address)
