@@ -7,7 +7,9 @@ role check, the deadline, the handler, replication's hold of a reply until the c
 forwarded write, deferred writes. Each sub-op is given a ``Slot`` as its identity instead of the
 client's; whatever answers the sub-op (``_send_reply``, ``_reply_error``, the READ handler, or
 ``_send`` for anything else) lands in its slot, and once every slot of the batch has its answer
-the ``Gather`` sends the one reply. The metrics count each sub-op as its op, and the batch as
+the ``Gather`` sends the one reply. A READ or WRITE of a block without copies (the bulk of a
+batch) skips ``_dispatch``'s per-request steps and goes straight to its handler, its role
+checked once per batch. The metrics count each sub-op as its op, and the batch as
 MANY. A READ's bytes are copied into the reply (a few KiB each: cheaper than tracking a
 zero-copy send per sub-op, and a later sub-op or a held reply cannot tear them).
 
