@@ -21,6 +21,8 @@ machines, or only distinct nodes with ``--spread node`` (defaults: ``mesh.replic
 copy is: a "Nodes" column, primary first, and ``"nodes"`` in ``--json`` (the one node of a block
 without replicas).
 
+A long listing (``mesh/cli/longlist.py``) prints one block a line in ``--json`` and a plain table.
+
 Errors follow ``mesh/cli/``: a ``MeshError`` or a ``GridError`` ends the command with one red
 line on stderr (a JSON object with ``--json``) and exit code 1. Local file problems (a missing input, an unwritable output) are
 turned into ``GridError`` here, and so are bad ``--replicas``/``--spread`` values (before any
@@ -59,6 +61,7 @@ from mesh.cli.common import (
     out,
     quiet_broken_pipe,
 )
+from mesh.cli import longlist
 from mesh.cli.streams import Progress, input_size, output_file
 from mesh.client import MeshClient
 from mesh.client.core import block_node_hint
@@ -314,6 +317,9 @@ def deallocate(config_path: str | None, block_id: str, as_json: bool) -> None:
 @_local_errors
 def list_blocks(config_path: str | None, as_json: bool) -> None:
     """Every block on the live agents, with the keys stored in it."""
+    import gc
+
+    gc.disable()  # a short-lived process making 100,000s of records: no cycles to look for
     with _client(config_path) as client:
         blocks = client.blocks()
         objects = client.keys()
@@ -326,7 +332,9 @@ def list_blocks(config_path: str | None, as_json: bool) -> None:
              "replicas": b.replicas, "size": b.size, "lazy": b.lazy, "created": b.created,
              "expires": b.expires, "pending": b.pending, "keys": keys.get(b.block_id, [])}
             for b in blocks]
-    if as_json:
+    if len(rows) > longlist.LARGE_LISTING_ROWS:
+        longlist.print_blocks(rows, failed, as_json, _when)
+    elif as_json:
         echo_json({"blocks": rows, "failed_nodes": failed})
     else:
         table = Table(title="Allocated Memory Blocks")

@@ -32,8 +32,8 @@ from mesh import __version__, protocol as P
 from mesh._malloc import tune_for_transfers
 from mesh.client.batch import Batch, BatchRun, Call, Op, Wait, byte_view
 from mesh.client.blame import down_reason
-from mesh.client.locate import BlockInfo, block_info as _block_info, find_block, merge_copies, \
-    primary_address
+from mesh.client.locate import BlockInfo, block_info as _block_info, find_block, primary_address
+from mesh.client.listing import one_per_block as _one_per_block
 from mesh.client.transfer import chunk_calls, follow, found
 from mesh.config import ClusterConfig, MeshSettings
 from mesh.errors import (
@@ -537,7 +537,7 @@ class Core:
     def blocks(self, page: int | None = None) -> Op:
         found, failed = yield from self.listing(P.LIST, "blocks", page)
         out = []
-        for address, rec in merge_copies(found):
+        for address, rec in _one_per_block(found):
             info = _block_info(rec)
             self._locations[info.block_id] = (primary_address(self, address, rec),
                                               info.size)

@@ -1,0 +1,86 @@
+"""Membership with a dozen real agents (issue 14, item 6, at a size a test can afford): heartbeats
+relay a bounded digest, not every peer's record (``mesh/membership.py`` ``gossip_digest``), and
+the mesh still converges, stays converged, sees a killed agent die and its restart, with every
+table alike. ``tools/bench.py scale`` measures the same at 100 agents (docs/scale.md)."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import zmq
+
+from mesh import protocol as P
+from mesh.membership import CHANGE_RELAY_S, DIGEST_RECENT, DIGEST_SAMPLE
+from support.mesh import running_mesh
+from support.wire import raw_call
+
+N = 12
+
+
+def _tables(mesh, names):
+    return {a.name: raw_call(a.address, P.NODES, {}, timeout_ms=5000).body["nodes"]
+            for a in mesh.nodes if a.name in names}
+
+
+def _views(tables):
+    return {name: {r["node"]: (r["incarnation"], r["state"]) for r in rows}
+            for name, rows in tables.items()}
+
+
+def _wait(pred, timeout_s):
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def _heartbeats(gossip_address, seconds):
+    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SUBSCRIBE, P.HEARTBEAT_TOPIC)
+    sock.connect(gossip_address)
+    got, deadline = [], time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            if sock.poll(200):
+                got.append(P.parse_heartbeat(sock.recv_multipart()))
+    finally:
+        sock.close(0)
+    return got
+
+
+def test_a_dozen_agents_relay_a_bounded_digest_and_agree_on_who_is_alive(tmp_path):
+    with running_mesh(tmp_path, n=N, memory_gb=0.05, host_reserve_bytes="16MiB") as mesh:
+        names = {a.name for a in mesh.nodes}
+        first = mesh.nodes[0]
+        gossip = f"tcp://{first.host}:{first.port + 1}"
+        time.sleep(CHANGE_RELAY_S)  # what every agent learned at start is no longer news
+        beats = _heartbeats(gossip, 2.0)
+        assert beats and all(b["node"] == first.name for b in beats)
+        # every peer's record would be N - 1 = 11 of them; the digest is the sample
+        assert max(len(b["peers"]) for b in beats) <= DIGEST_SAMPLE < N - 1
+        views = _views(_tables(mesh, names))
+        assert all(set(v) == names for v in views.values())
+        assert all(state == "alive" for v in views.values() for _, state in v.values())
+        assert len({tuple(sorted(v.items())) for v in views.values()}) == 1  # one view
+
+        mesh.kill("node5", signal.SIGKILL)
+        others = names - {"node5"}
+        _wait(lambda: all(v["node5"][1] == "dead" for v in _views(_tables(mesh, others)).values()),
+              timeout_s=15)
+        views = _views(_tables(mesh, others))  # nobody else is suspected meanwhile
+        assert all(v[n][1] == "alive" for v in views.values() for n in others)
+
+        before = views["node1"]["node5"][0]
+        mesh.start("node5")  # a new incarnation: news, relayed in the digest while it is recent
+        beats = _heartbeats(gossip, 1.5)
+        assert any(p["node"] == "node5" for b in beats for p in b["peers"])
+        assert max(len(b["peers"]) for b in beats) <= DIGEST_RECENT + DIGEST_SAMPLE
+
+        def everyone_knows_the_restart():
+            views = _views(_tables(mesh, names))
+            return all(v["node5"][0] > before and v["node5"][1] == "alive"
+                       for v in views.values())
+
+        _wait(everyone_knows_the_restart, timeout_s=15)
