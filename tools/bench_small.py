@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 HEADER = struct.Struct(">II")
 WRITE, READ = 1, 2
@@ -53,10 +54,19 @@ def serve(port: int, size: int) -> None:
     listener = socket.create_server(("127.0.0.1", port))
     listener.settimeout(60)
     conn, _ = listener.accept()
-    conn.settimeout(120)
+    # idle while the mesh's turn runs (minutes on a loaded machine); it ends when the client
+    # closes the connection, or after an hour of silence
+    conn.settimeout(3600)
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     stream = conn.makefile("rb", buffering=1 << 20)
     stored = bytearray(size)
+    try:
+        _serve(conn, stream, stored)
+    except OSError:  # the client went away (or the hour passed): nothing more to serve
+        pass
+
+
+def _serve(conn: socket.socket, stream: Any, stored: bytearray) -> None:
     head = bytearray(HEADER.size)
     while True:
         if stream.readinto(head) != HEADER.size:
