@@ -1,14 +1,16 @@
 """Many small operations per message (MANY: ``agents/many.py``, ``mesh/client/many.py``) against
-real agents: values, an error per item, a hostile batch, replicated blocks, both clients, and
-roles on a keyed mesh (sealed sessions)."""
+real agents: values, an error per item, a hostile batch, replicated blocks, both clients,
+roles on a keyed mesh (sealed sessions), and the metrics (each sub-op counted as its op)."""
 
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 
 import msgpack
 import pytest
 import zmq
+from prometheus_client.parser import text_string_to_metric_families
 
 from mesh import protocol as P
 from mesh.client import AsyncMeshClient, MeshClient
@@ -191,3 +193,31 @@ def test_roles_hold_for_each_sub_op_on_a_keyed_mesh(tmp_path, monkeypatch):
             with pytest.raises(Forbidden):
                 reader.put_many({"sealed/r": b"no"})
             assert bytes(reader.read(block, 2)) == b"ab"
+
+
+def test_the_metrics_count_each_sub_op_as_its_op(mesh, client):
+    node = mesh.node("node1")
+    url = f"http://{node.host}:{node.port + 2}/metrics"
+
+    def scrape() -> dict:
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    block = client.allocate(64 * 1024, node="node1")
+    before = scrape()
+    client.write_many([(block, b"w" * 100, i * 100) for i in range(10)])
+    client.read_many([(block, 100, i * 100) for i in range(7)])
+    _raw_many(node.address, [[P.STAT, {"block": "nope"}], [P.STAT, {"block": block}]], b"")
+    after = scrape()
+
+    def grew(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert grew("mesh_requests_total", op="write", outcome="ok") == 10
+    assert grew("mesh_requests_total", op="read", outcome="ok") == 7
+    assert grew("mesh_requests_total", op="stat", outcome="ok") == 1
+    assert grew("mesh_requests_total", op="stat", outcome="unknown_block") == 1
+    assert grew("mesh_requests_received_total", op="write") == 10
+    assert grew("mesh_requests_total", op="many", outcome="ok") == 3  # one message each
