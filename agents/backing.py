@@ -37,8 +37,10 @@ def advise_huge(buf: mmap.mmap) -> None:
     """Ask for transparent huge pages: backing a new block runs about 8x faster with 2 MiB pages
     than with 4 KiB ones on the VMs we measured (1.4 -> 12 GB/s). Only for allocations, whose
     pages are backed in a worker thread: a copy arriving in a moved block ran 0.6-2.9 s per GiB
-    into huge pages (the kernel compacting memory as it faulted them in) against a steady
-    1.0-1.2 s into small ones. Where THP is off, the kernel ignores it; nothing depends on it."""
+    into huge pages against a steady 1.0-1.2 s into small ones: huge pages freed a few seconds
+    earlier have gone back to the host (free page reporting), and backing them again ran at
+    1.6-3.8 s per GiB against 0.1 s when reused at once. Where THP is off, the kernel ignores
+    it; nothing depends on it."""
     anchor = ctypes.c_char.from_buffer(buf)
     try:
         _libc.madvise(ctypes.addressof(anchor), len(buf), MADV_HUGEPAGE)
