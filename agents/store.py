@@ -2,8 +2,7 @@
 
 Covers: making blocks (anonymous mmap, one contiguous buffer each, exposed as a memoryview),
 checking every offset/length before memory is touched, counting promises against the agent's
-share and the host's RAM (the room rule below), giving memory back to the OS on free (a moved-away
-block's a few seconds later: ``agents/backing.py`` ``Retained``), the key records that
+share and the host's RAM (the room rule below), giving memory back to the OS on free, the key records that
 name ranges of blocks, and a forwarding note for each block that moved away (so a client asking
 for it hears where it went). Each block carries its lifecycle state; the store refuses what the
 state does not allow (``BlockNotFound`` while a block is not served, ``BlockMoving`` while it
@@ -51,7 +50,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from agents import lifecycle
-from agents.backing import HUGE_PAGE, Retained, advise_huge, populate
+from agents.backing import HUGE_PAGE, advise_huge, populate
 from agents.keyrecords import MAX_KEY_LENGTH, MAX_KEY_RECORD_BYTES, check_key_record, public
 from agents.ledger import Others, PromiseLedger
 from agents.lifecycle import Event, IllegalTransition, State
@@ -175,7 +174,6 @@ class BlockStore:
         self._block_order = SeqIndex()  # listing order and cursors (LIST, KLIST)
         self._key_order = SeqIndex()
         self._ledger_stale = False  # a free not yet written to the ledger (errs on the safe side)
-        self._retained = Retained()  # memory of blocks that moved away, for copies moving in
 
     # --- accounting ---------------------------------------------------------------------------
 
@@ -214,10 +212,6 @@ class BlockStore:
         with lock as others:
             mem = self._memory()
             room = self.room(mem, others)
-            if nbytes > room and self._retained.nbytes:  # our kept pages count as taken: free them
-                self._retained.drop()
-                mem = self._memory()
-                room = self.room(mem, others)
             if nbytes > room:
                 raise CapacityError(
                     f"node {self.node} has room for {format_bytes(room)}, {format_bytes(nbytes)} "
@@ -270,10 +264,8 @@ class BlockStore:
         if ttl_s is not None and not 0 < ttl_s < float("inf"):
             raise InvalidRequest(f"ttl_s must be a positive number of seconds, got {ttl_s}")
         with self._promise(size, "a block"):
-            # a copy moving in overwrites every byte: it may land in a moved block's pages
-            buf = self._retained.take(size) if block_id is not None else None
             try:
-                buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE) if buf is None else buf
+                buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
             except (OSError, OverflowError, MemoryError) as exc:
                 raise CapacityError(f"node {self.node} could not map {size} bytes: {exc}") \
                     from None
@@ -316,7 +308,6 @@ class BlockStore:
         """Free the blocks whose lease ran out or whose time is up (at most ``limit`` a call,
         so one sweep never holds the loop long); returns them."""
         now = self._clock()
-        self._retained.expire(now)
         freed: list[Block] = []
         while self._deadlines and self._deadlines[0][0] <= now and len(freed) < limit:
             _, seq, block_id = heapq.heappop(self._deadlines)
@@ -396,8 +387,7 @@ class BlockStore:
                 self._moved.popitem(last=False)
         if self._on_free is not None:
             self._on_free(block_id)
-        if why is not Event.MOVED_AWAY or not self._retained.keep(block, self._clock()):
-            _release(block)
+        _release(block)
         return block
 
     # --- keys ---------------------------------------------------------------------------------
@@ -556,7 +546,6 @@ class BlockStore:
     def close(self) -> None:
         for block_id in list(self._blocks):
             self.free(block_id, Event.SHUTDOWN)
-        self._retained.drop()
         if self._ledger is not None:
             self._ledger.close()  # promises nothing any more
 
