@@ -310,8 +310,7 @@ class PeerCopies:
         block.pull_started = time.monotonic()
         deadline = block.pull_started + STALL_S + block.size / MIN_COPY_BYTES_PER_S
         # back the pages ahead of the copy on another thread (page faults, not the network,
-        # bound a copy into fresh memory; pages kept from a block that moved away are there
-        # already: agents/backing.py Retained); populating never changes what is written
+        # bound a copy into fresh memory); populating never changes what is written
         self._populate(block)
         future = self._pool.submit(self._pull_job, block, source, deadline, algorithm)
         self._jobs[future] = (self._pull_done, (identity, req, block))
