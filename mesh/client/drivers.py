@@ -35,7 +35,7 @@ import mesh.client.objects as objects
 import mesh.client.parallel as parallel
 from mesh.client.batch import Op, Wait, byte_view
 from mesh.client.core import BlockInfo, Core, Listing, NodeInfo
-from mesh.client.parallel import parts_for
+from mesh.client.parallel import IO_THREADS, parts_for
 from mesh.client.pool import CorePool
 from mesh.client.objects import ObjectInfo
 from mesh.config import ClusterConfig, MeshSettings, resolve_config
@@ -323,7 +323,8 @@ class MeshClient(_ClientBase):
         window: int | None = None,
         key: str | os.PathLike | None = None,
     ):
-        super().__init__(config, address, timeout_s, chunk_bytes, window, zmq.Context.instance(),
+        super().__init__(config, address, timeout_s, chunk_bytes, window,
+                         zmq.Context.instance(io_threads=IO_THREADS),
                          key)
         self._free = threading.Condition()
 
@@ -386,7 +387,7 @@ class AsyncMeshClient(_ClientBase):
     ):
         # Sync sockets of their own context: the core sends and receives with NOBLOCK, and
         # asyncio only waits for readability through shadow sockets.
-        self._ctx = zmq.Context()
+        self._ctx = zmq.Context(io_threads=IO_THREADS)
         super().__init__(config, address, timeout_s, chunk_bytes, window, self._ctx, key)
         # asyncio and zmq.asyncio load here, not when mesh.client is imported: a sync client
         # (and every `grid` command) starts ~20 ms faster without them
