@@ -13,6 +13,14 @@ membership rules (``mesh/membership.py``) decide what it may change.
 A peer whose own heartbeat says it runs another version of the mesh than this agent is logged
 once per (peer, version) as a WARNING ("version skew"), as a client warns (``mesh/client/view.py``).
 
+Heartbeats do not wake the agent's loop: with N peers they would, 2 (N - 1) times a second (the
+loop's turn costs more than the heartbeat). ``sockets()`` gives the loop none to poll; ``drain``,
+called every turn of the loop (at least once a heartbeat interval), takes what every link has
+queued, at most every ``DRAIN_EVERY_S``, with a fresh clock (docs/scale.md). A heartbeat taken
+then may have waited since the drain before: a relayed record's age counts that wait too, else
+two agents relaying a silent node to each other would each make it look fresher than the other
+saw it, and keep it alive for ever.
+
 A link silent for ``dead_after_s`` is made again (libzmq drops a link for good when a peer sends
 a message over the SUB's size limit, and reconnects by itself only after connection errors), at
 most ``RELINKS_PER_BEAT`` per heartbeat.
@@ -44,6 +52,7 @@ HEARSAY_LINKS_PER_BEAT = 16
 # The SUB takes heartbeats up to the protocol's limit, plus room for the topic frame.
 HEARTBEAT_SLACK_BYTES = 1024
 BATCH = 64  # heartbeats taken per link per loop turn
+DRAIN_EVERY_S = 0.1  # the links are looked at no more often than this
 
 
 @dataclass
@@ -71,6 +80,8 @@ class Gossip:
         self.rejected = 0  # heartbeats naming another node than their link's, or non-members
         self._hearsay_budget = HEARSAY_LINKS_PER_BEAT
         self.skewed: set[tuple[str, str]] = set()  # (peer, its version) warned about
+        self._poller: tuple[int, zmq.Poller] | None = None  # (version it was made at, poller)
+        self._drained_at = 0.0
 
     def follow(self, gossip: str, node: str | None, hearsay: bool = False) -> None:
         if gossip == self.gossip_address or node == self.node:
@@ -117,19 +128,33 @@ class Gossip:
         self.version += 1
 
     def sockets(self) -> list[zmq.Socket]:
-        return list(self.by_socket)
+        """The sockets the agent's loop should wake for: none (see the module's doc)."""
+        return []
 
     def drain(self, ready: Any, now: float, guarded: Callable[..., None]) -> None:
-        for sock in [s for s in self.by_socket if s in ready]:
+        """Take the heartbeats queued on every link (``ready`` and ``now`` of the loop are not
+        used: the links are not in its poller, and its clock may be a poll's wait old)."""
+        now = time.monotonic()
+        if now - self._drained_at < DRAIN_EVERY_S or not self.by_socket:
+            return
+        waited_s = now - self._drained_at if self._drained_at else 0.0
+        self._drained_at = now
+        if self._poller is None or self._poller[0] != self.version:
+            poller = zmq.Poller()
+            for sock in self.by_socket:
+                poller.register(sock, zmq.POLLIN)
+            self._poller = (self.version, poller)
+        for sock, _ in self._poller[1].poll(0):
             link = self.by_socket[sock]
             for _ in range(BATCH):
                 try:
                     frames = sock.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                guarded("a heartbeat", self._heard, link, frames, now)
+                guarded("a heartbeat", self._heard, link, frames, now, waited_s)
 
-    def _heard(self, link: PeerLink, frames: list[bytes], now: float) -> None:
+    def _heard(self, link: PeerLink, frames: list[bytes], now: float,
+               waited_s: float = 0.0) -> None:
         try:
             rec = P.parse_heartbeat(frames)
         except MeshError:
@@ -152,7 +177,7 @@ class Gossip:
         for peer in rec["peers"]:  # hearsay: introduces nodes, changes none
             if peer["node"] == self.node:
                 continue
-            if self.members.observe(peer, now, peer["age_s"], vouched=False):
+            if self.members.observe(peer, now, peer["age_s"] + waited_s, vouched=False):
                 self.follow(peer["gossip"], peer["node"], hearsay=True)
 
     def relink(self, now: float) -> None:

@@ -206,13 +206,13 @@ def scale(args: argparse.Namespace) -> dict:
         path = write_cluster(Path(tmp), n)
         cfg = load_cluster_config(path)
         agents, _ = local.local_agents(cfg)
-        t0 = time.perf_counter()
-        outcomes = local.start(cfg, agents, timeout_s=max(30.0, n * 0.5))
-        started = time.perf_counter()
-        result: dict = {"bench": "scale", "agents": n, "start_s": round(started - t0, 2),
-                        "started": sum(o.ok for o in outcomes)}
+        result: dict = {"bench": "scale", "agents": n}
         tables = Tables([node.data_address for node in cfg.nodes])
         try:
+            t0 = time.perf_counter()
+            outcomes = local.start(cfg, agents, timeout_s=max(60.0, n * 1.5))
+            started = time.perf_counter()
+            result.update(start_s=round(started - t0, 2), started=sum(o.ok for o in outcomes))
             if result["started"] != n:
                 result["error"] = [o.message for o in outcomes if not o.ok][:3]
                 return result

@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from mesh.config import ClusterConfig, NodeConfig, embedded_default_path
 from mesh.errors import AuthenticationError, MeshError
 from mesh.paths import state_path
 
+START_WAITERS = 16  # threads waiting for started agents to answer their first ping
 
 @functools.lru_cache(maxsize=1)
 def _local_addresses() -> frozenset[str]:
@@ -214,7 +216,8 @@ def start(cfg: ClusterConfig, agents: list[LocalAgent], insecure: bool = False,
         agent.pid_file.write_text(f"{proc.pid}\n")
         launched.append((agent, proc, sizes))
     deadline = time.monotonic() + timeout_s
-    for agent, proc, sizes in launched:
+
+    def wait(agent: LocalAgent, proc: subprocess.Popen, sizes: tuple[int, int]) -> None:
         name = agent.node.name
         while True:
             code = proc.poll()
@@ -223,10 +226,10 @@ def start(cfg: ClusterConfig, agents: list[LocalAgent], insecure: bool = False,
                 outcomes[name] = Outcome(
                     name, False, f"agent exited at start (code {code}):\n{agent.said_since(sizes)}"
                 )
-                break
+                return
             if _ping(cfg, agent.node.data_address, 0.3):
                 outcomes[name] = Outcome(name, True, "started", proc.pid)
-                break
+                return
             if time.monotonic() > deadline:
                 _terminate(proc.pid, 3.0)
                 agent.pid_file.unlink(missing_ok=True)
@@ -234,7 +237,13 @@ def start(cfg: ClusterConfig, agents: list[LocalAgent], insecure: bool = False,
                     name, False,
                     f"agent did not answer within {timeout_s:g} s:\n{agent.said_since(sizes)}"
                 )
-                break
+                return
+
+    # the agents are waited for at once: one after another, each ping building a client, 100
+    # agents took longer than their own start-up (docs/scale.md)
+    with ThreadPoolExecutor(max_workers=max(1, min(START_WAITERS, len(launched)))) as pool:
+        for done in [pool.submit(wait, *item) for item in launched]:
+            done.result()
     return [outcomes[a.node.name] for a in agents]
 
 
