@@ -90,3 +90,14 @@ def test_move_reports_every_run_and_verifies():
     assert len(out["runs_seconds"]) == 3 and out["first_move_seconds"] == out["runs_seconds"][0]
     for field in ("move_gbps", "baseline_gbps", "client_write_gbps", "ratio_to_baseline"):
         assert out[field] > 0, field
+
+
+def test_scale_reports_convergence_gossip_and_a_listing_it_checks():
+    out = run_json("tools/bench.py", "scale", "--agents", "5", "--steady-s", "3", "--blocks",
+                   "1500", timeout=300)
+    assert out["started"] == 5 and out["converge_s"] is not None
+    assert out["false_suspects"] == 0 and out["unanswered_polls"] == 0
+    assert out["gossip_bytes_per_agent_s"] > 0 and out["heartbeat_bytes"] > 0
+    assert out["stats_nodes"] == 5
+    # 1,500 blocks made, and listed (the long-listing path) as JSON and as a table
+    assert out["blocks_made"] == out["list_rows"] == 1500 and out["list_table_exit"] == 0
