@@ -35,7 +35,7 @@ import zmq
 
 from agents.blockops import BlockOps, _PendingAlloc
 from agents.access import DATA_DOMAIN, GOSSIP_DOMAIN, Access, Session
-from agents.gossip import Gossip
+from agents.gossip import DRAIN_EVERY_S as GOSSIP_DRAIN_S, Gossip
 from agents.ledger import PromiseLedger, default_path as ledger_default_path
 from agents.keyhome import KeyHomes
 from agents.info import InfoOps
@@ -268,7 +268,8 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
                 next_beat = max(next_beat + interval, now + interval / 2)
                 guarded("heartbeat", self._beat, now)
             guarded("connection guard", self.guard.tick, now)
-            timeout_s = next_beat - now
+            # heartbeats do not wake the loop (agents/gossip.py): it looks at them this often
+            timeout_s = min(next_beat - now, GOSSIP_DRAIN_S)
             if self._pending or self.moves.busy or self.repl.busy:
                 timeout_s = min(timeout_s, JOBS_POLL_S)
             if self.gate.waiting:
