@@ -81,7 +81,8 @@ def block_node_hint(block_id: str) -> str | None:
 
 
 class Core:
-    """Sockets, membership view and the operations. Not thread-safe: the clients serialise."""
+    """Sockets, membership view and the operations. Not thread-safe: a client lends each of
+    its cores to one operation at a time (``mesh/client/pool.py``)."""
 
     def __init__(
         self,
