@@ -5,6 +5,9 @@
 Modules, from the top down:
 
 - ``drivers``: the two client classes; they differ only in how they wait for sockets.
+- ``pool``: the cores one client runs its operations on at once (``mesh.client_connections``),
+  and ``gather``, which runs several operations side by side in one thread; ``parallel``: a
+  large transfer over two connections; ``stripes``: objects striped over several agents.
 - ``objects``: named objects (bytes, files, pickles, numpy arrays under keys).
 - ``many``: many small operations per message (``read_many``, ``write_many``, ``get_many``,
   ``put_many``).
@@ -13,6 +16,10 @@ Modules, from the top down:
 - ``transfer``: the one chunking helper, the one "follow the block" policy, the ring of chunk
   buffers that streams files (resuming after a move).
 - ``batch``: the pure batch window and reply matching every request goes through.
+- Smaller pieces of the core: ``locate`` (where a block's copies are), ``keylookup`` and
+  ``keyclaims`` (key records), ``listing`` (listings merged over agents), ``view`` (merging the
+  membership view; version skew), ``reach`` (telling "nothing listens" from "slow"), ``links``
+  (a link per agent), ``blame`` (which node to blame for a failure).
 
 Not here: frame layouts (``mesh/protocol.py``), errors (``mesh/errors.py``), cluster files
 (``mesh/config.py``).
