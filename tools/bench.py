@@ -120,6 +120,7 @@ from mesh.units import format_bytes, parse_size  # noqa: E402
 import bench_report  # noqa: E402  (tools/bench_report.py: the report mode)
 import bench_small  # noqa: E402  (tools/bench_small.py: the small mode)
 import bench_concurrency  # noqa: E402  (tools/bench_concurrency.py: concurrent, transfer --stripe)
+from bench_ports import free_port as _free_port  # noqa: E402
 import bench_scale  # noqa: E402  (tools/bench_scale.py: the scale mode)
 
 SEND_BYTES = 4 * 1024 * 1024
@@ -146,19 +147,6 @@ def _sink(port: int, size: int, runs: int) -> None:
             got += n
         conn.sendall(b"k")
     conn.close()
-
-
-def _free_port(host: str = "127.0.0.1") -> int:
-    for _ in range(100):
-        with socket.socket() as a, socket.socket() as b:
-            try:
-                a.bind((host, 0))
-                port = a.getsockname()[1]
-                b.bind((host, port + 1))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port pair")
 
 
 class Baseline:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -52,6 +51,7 @@ from mesh.client import MeshClient
 from mesh.config import load_cluster_config
 from mesh.membership import CHANGE_RELAY_S
 from mesh.nodes import local
+from bench_ports import free_port as _free_port
 
 GOSSIP_WINDOW_S = 5.0
 POLL_S = 0.05
@@ -66,20 +66,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     help="how long the membership must stay converged (seconds)")
     sc.add_argument("--blocks", type=int, default=100_000, help="blocks listed (list_100k_s)")
     sc.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-
-
-def _free_port(host: str) -> int:
-    """A port p with p and p+1 free on ``host`` (data and gossip; metrics are not served)."""
-    for _ in range(200):
-        with socket.socket() as a, socket.socket() as b:
-            try:
-                a.bind((host, 0))
-                port = a.getsockname()[1]
-                b.bind((host, port + 1))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError(f"no free pair of ports on {host}")
 
 
 def write_cluster(tmp: Path, n: int) -> Path:
