@@ -40,7 +40,7 @@ log = logging.getLogger("mesh.agent")
 RANK = {"reader": 0, "writer": 1, "admin": 2, "agent": 3}
 OP_ROLE: dict[str, str] = {
     **{op: "reader" for op in (P.HELLO, P.PING, P.SESSION, P.READ, P.STAT, P.LIST, P.STATS,
-                               P.NODES, P.KGET, P.KLIST, P.KWHERE)},
+                               P.NODES, P.KGET, P.KLIST, P.KWHERE, P.LOCAL)},
     **{op: "writer" for op in (P.ALLOC, P.FREE, P.WRITE, P.KPUT, P.KDEL, P.KCLAIM, P.KRELEASE,
                                P.KHOME, P.RENEW)},
     P.MOVE: "admin",
@@ -184,6 +184,11 @@ class Access:
         except (zmq.ZMQError, AttributeError):
             return None
         return self._caller(user.encode() if isinstance(user, str) else user)
+
+    def caller(self, public: bytes | None) -> Caller | None:
+        """Who ``public`` is now (None: no key, or one no longer allowed): the same-host path
+        looks its session's key up again for every operation (``agents/local.py``)."""
+        return None if public is None else self._caller(public)
 
     def _caller(self, public: bytes) -> Caller | None:
         entry = self.allow.get(public)

@@ -78,6 +78,7 @@ def settings_for(cfg: ClusterConfig, node: NodeConfig) -> AgentSettings:
         ledger_path=str(ledger_path(m.state_dir)),
         lease_s=m.lease_s,
         metrics_port=node.metrics_port or 0,
+        local_access=m.local_access,
     )
 
 

@@ -150,13 +150,6 @@ class PeerCopies:
 
     # --- helpers ------------------------------------------------------------------------------
 
-    def _holds(self, block: Block) -> bool:
-        """The store still holds this very block under its id."""
-        try:
-            return self.store.get(block.block_id) is block
-        except BlockNotFound:
-            return False
-
     def _job_error(self, future: Future, what: str) -> MeshError | None:
         exc = future.exception()
         if exc is None:
@@ -359,7 +352,7 @@ class PeerCopies:
         if error is None and block.state is State.CANCELLED:
             error = MoveFailed(f"the move of {block.block_id} was aborted by its source")
         if error is not None:
-            if self._holds(block):  # an ABORT may have dropped it already
+            if self.store.holds(block):  # an ABORT may have dropped it already
                 self.store.free(block.block_id, Event.DROP)
             self._reply_error(identity, req, error)
             return

@@ -44,6 +44,7 @@ from agents.keyops import KeyOps
 from agents.many import ManyOps, Slot
 from agents.lifecycle import Event, State
 from agents.limits import ConnectionGuard, connection_cap
+from agents.local import LocalServer
 from agents import logs, metrics
 from agents.metrics import Endpoint, Metrics
 from agents.moves import PeerCopies
@@ -53,7 +54,7 @@ from agents.writegate import WriteGate
 from mesh import protocol as P
 from mesh import sockets
 from mesh.errors import (
-    DeadlineExceeded, MeshError,
+    AgentError, DeadlineExceeded, MeshError,
 )
 from mesh.hostmem import host_memory
 from mesh.membership import DEAD, MembershipTable
@@ -99,6 +100,7 @@ class AgentSettings:
     insecure: bool = False  # bound beyond loopback without keys, on purpose (shown in STATS)
     domain: str = ""  # the failure domain (machine) replicas keep apart; "" -> the node name
     metrics_port: int = 0  # where /metrics is served (0: not served)
+    local_access: bool = True  # blocks in memfds, served to clients on this host (agents/local.py)
 
     def __post_init__(self) -> None:
         # a pull asks its source (same cluster file, same limit) for chunks of chunk_bytes
@@ -124,6 +126,7 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
             on_free=self._freed,
             ledger=PromiseLedger(settings.ledger_path or ledger_default_path(None), settings.node),
             lease_s=settings.lease_s,
+            shared=settings.local_access,
         )
         self.members = MembershipTable(settings.suspect_after_s, settings.dead_after_s)
         self.homes = KeyHomes(settings.node)  # claims and places of the keys homed here
@@ -144,6 +147,7 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
         self.beats_sent = 0
         self.metrics = Metrics(settings.node, settings.version)
         self.metrics_endpoint = Endpoint(self.metrics)
+        self.local = LocalServer(self)  # the same-host path
         # moves and pulls run in threads with sockets of their own; the loop finishes them
         self.moves = PeerCopies(
             self.store, node=settings.node, address=self.address,
@@ -183,6 +187,7 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
             **self.moves.handlers(),
             P.MOVE: self._move,
             P.MANY: self._many,
+            P.LOCAL: self._local,
         }
 
     # --- sockets ------------------------------------------------------------------------------
@@ -217,6 +222,8 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
             self.gossip.follow(peer, names.get(peer))
         # bound like the data port; an agent that cannot serve it still serves data (logged)
         self.metrics_endpoint.start(s.bind_ip, s.metrics_port, s.advertised_host)
+        if s.local_access:
+            self.local.bind(self.address)
 
     def close(self) -> None:
         self.stop()
@@ -229,6 +236,7 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
             if sock is not None:
                 sock.close(linger=0)
         self.access.close()
+        self.local.close()
         self.metrics_endpoint.close()
         self.store.close()
 
@@ -249,7 +257,7 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
     # --- loop ---------------------------------------------------------------------------------
 
     def run(self) -> None:
-        poller, polled = self._poller(), (self.gossip.version, self.repl.version)
+        poller, polled = self._poller(), self._polled()
         interval = self.s.heartbeat_interval_s
         next_beat = time.monotonic()
         log.info(
@@ -261,13 +269,14 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
         guarded = self._guarded
         while not self._stopping:
             if polled != (self.gossip.version, self.repl.version):  # links came or went
-                poller, polled = self._poller(), (self.gossip.version, self.repl.version)
+                poller, polled = self._poller(), self._polled()
             now = time.monotonic()
             guarded("replicas", self.repl.tick, now)
             if now >= next_beat:
                 next_beat = max(next_beat + interval, now + interval / 2)
                 guarded("heartbeat", self._beat, now)
             guarded("connection guard", self.guard.tick, now)
+            guarded("same-host path", self.local.tick, now)
             # heartbeats do not wake the loop (agents/gossip.py): it looks at them this often
             timeout_s = min(next_beat - now, GOSSIP_DRAIN_S)
             if self._pending or self.moves.busy or self.repl.busy:
@@ -290,6 +299,7 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
             if self.sealed is not None and self.sealed in events:
                 guarded("sealed requests", self._drain_sealed)
             guarded("gossip", self.gossip.drain, events, now, guarded)
+            guarded("same-host path", self.local.drain, events)
             guarded("replica links", self.repl.finish_dials)
             guarded("replica replies", self.repl.drain, events)
             if self._pending:
@@ -299,10 +309,13 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
             if self.gate.waiting:
                 guarded("deferred writes", self.gate.retry, self._dispatch_deferred)
 
+    def _polled(self) -> tuple[int, int, int]:
+        return self.gossip.version, self.repl.version, self.local.version
+
     def _poller(self) -> zmq.Poller:
         poller = zmq.Poller()
         for sock in [self.router, self.sealed, *self.gossip.sockets(), *self.guard.monitors,
-                     *self.repl.sockets()]:
+                     *self.repl.sockets(), *self.local.sockets()]:
             if sock is not None:
                 poller.register(sock, zmq.POLLIN)
         return poller
@@ -418,6 +431,16 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
             # The client went away (EHOSTUNREACH) or stopped reading (EAGAIN at the HWM).
             self.dropped_replies += 1
             return None
+
+    def _local(self, identity: bytes, req: P.Request) -> None:
+        """LOCAL: the same-host path's socket, and a ticket for it on a keyed cluster."""
+        if not self.local.name:
+            raise AgentError(f"node {self.s.node} serves no same-host path (mesh.local_access "
+                             "is off, or its socket could not be made)", node=self.s.node)
+        result = {"name": self.local.name}
+        if self.access.keyed:
+            result["ticket"] = self.local.ticket(req.caller)
+        self._reply(identity, req, result)
 
     def _dispatch_deferred(self, write: tuple[bytes, P.Request]) -> None:
         self._dispatch(*write)

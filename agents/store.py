@@ -1,6 +1,7 @@
 """The agent's block store: capacity accounting, block memory, bounds checks, keys.
 
-Covers: making blocks (anonymous mmap, one contiguous buffer each, exposed as a memoryview),
+Covers: making blocks (one contiguous mmap each, exposed as a memoryview: anonymous memory, or
+with ``shared`` a memfd that the same-host path hands to local clients, ``agents/local.py``),
 checking every offset/length before memory is touched, counting promises against the agent's
 share and the host's RAM (the room rule below), giving memory back to the OS on free, the key records that
 name ranges of blocks, and a forwarding note for each block that moved away (so a client asking
@@ -44,13 +45,14 @@ from __future__ import annotations
 import contextlib
 import heapq
 import mmap
+import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from agents import lifecycle
-from agents.backing import HUGE_PAGE, advise_huge, populate
+from agents.backing import HUGE_PAGE, advise_huge, give_back, populate, shared_memory
 from agents.keyrecords import MAX_KEY_LENGTH, MAX_KEY_RECORD_BYTES, check_key_record, public
 from agents.ledger import Others, PromiseLedger
 from agents.lifecycle import Event, IllegalTransition, State
@@ -59,13 +61,7 @@ from mesh.hostmem import HostMemory
 from mesh.units import format_bytes
 from mesh.errors import (
     BlockMoving,
-    BlockNotFound,
-    CapacityError,
-    InvalidRequest,
-    InvalidSize,
-    KeyExists,
-    KeyNotFound,
-    OutOfRange,
+    BlockNotFound, CapacityError, InvalidRequest, InvalidSize, KeyExists, KeyNotFound, OutOfRange,
 )
 
 __all__ = ["Block", "BlockStore", "MAX_KEY_LENGTH", "MAX_KEY_RECORD_BYTES", "host_room", "populate"]
@@ -93,6 +89,8 @@ class Block:
     lease_until: float | None = None
     expires_at: float | None = None
     expires: float | None = None
+    fd: int = -1  # a shared block's memfd (-1: anonymous) and its inode (agents/local.py)
+    ino: int = 0
 
     def advance(self, event: Event) -> State:
         """Apply ``event`` (``IllegalTransition`` if the state does not allow it). Events that
@@ -151,8 +149,10 @@ class BlockStore:
         ledger: PromiseLedger | None = None,
         lease_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        shared: bool = False,
     ):
         self.node = node
+        self.shared = shared  # blocks in memfds a local client may map
         self.lease_s = lease_s
         self._clock = clock
         self._deadlines: list[tuple[float, int, str]] = []  # heap: (when, seq, block id)
@@ -265,7 +265,8 @@ class BlockStore:
             raise InvalidRequest(f"ttl_s must be a positive number of seconds, got {ttl_s}")
         with self._promise(size, "a block"):
             try:
-                buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+                buf, fd = shared_memory(size, f"mesh:{self.node}") if self.shared else \
+                    (mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE), -1)
             except (OSError, OverflowError, MemoryError) as exc:
                 raise CapacityError(f"node {self.node} could not map {size} bytes: {exc}") \
                     from None
@@ -273,7 +274,8 @@ class BlockStore:
                 advise_huge(buf)
             block = Block(block_id or self.new_id(), size, lazy,
                           time.time() if created is None else created, buf, memoryview(buf),
-                          lifecycle.initial_state(lazy, incoming=block_id is not None))
+                          lifecycle.initial_state(lazy, incoming=block_id is not None),
+                          fd=fd, ino=os.fstat(fd).st_ino if fd >= 0 else 0)
             self._blocks[block.block_id] = block
             block.seq = self._block_order.add(block.block_id)
             self._block_order.compact(len(self._blocks), self._block_at)
@@ -331,6 +333,10 @@ class BlockStore:
         if block is None:
             raise BlockNotFound(f"block {block_id!r} not found on node {self.node}", node=self.node)
         return block
+
+    def holds(self, block: Block) -> bool:
+        """This very block is still here under its id (not freed, not moved away)."""
+        return self._blocks.get(block.block_id) is block
 
     def served(self, block_id: str) -> Block:
         """The block as clients may see it (READY, MOVING or HANDING_OVER); ``BlockNotFound``
@@ -573,8 +579,12 @@ def _release(block: Block) -> None:
     try:
         block.view.release()
         block.buf.close()
-    except BufferError:
-        pass
+    except BufferError:  # (a local client's mapping, if any, keeps the pages until it unmaps)
+        if block.fd >= 0:
+            os.close(block.fd)
+        return
+    if block.fd >= 0:
+        give_back(block.fd, block.size)
 
 
 def _base36(n: int) -> str:

@@ -100,6 +100,9 @@ class MeshSettings:
     # Operations one client runs at once (threads, asyncio tasks), each on its own connection
     # per agent; a large transfer to one agent is cut over as many (mesh/client/pool.py).
     client_connections: int = 4
+    # A client on an agent's machine reads and writes its blocks in shared memory, not over
+    # TCP; the agent keeps blocks in memfds for that (mesh/localwire.py).
+    local_access: bool = True
 
     def __post_init__(self) -> None:
         try:
@@ -123,8 +126,9 @@ class MeshSettings:
                 _check_string(self.state_dir, "state_dir")
             if self.keys_dir is not None:
                 _check_string(self.keys_dir, "keys_dir")
-            if not isinstance(self.insecure, bool):
-                raise _Invalid("insecure", f"expected true or false, got {self.insecure!r}")
+            for name in ("insecure", "local_access"):
+                if not isinstance(getattr(self, name), bool):
+                    raise _Invalid(name, f"expected true or false, got {getattr(self, name)!r}")
             if not _is_number(self.lease_s) or not 0 < self.lease_s <= 3600:
                 raise _Invalid("lease_s", f"expected seconds in (0, 3600], got {self.lease_s!r}")
             _check_int(self.replicas, "replicas", 1, 16)

@@ -28,6 +28,9 @@ Ops and their fields (all sizes and offsets are byte counts, ints >= 0)::
     KDEL   {key}                              -> {key, freed_block}
     KLIST  {[after], [limit]}                 -> {node, keys: [key record, ...], next}
     RENEW  {blocks: [block id, ...]}          -> {renewed: [block id, ...]}
+    LOCAL  {}                                 -> {name, [ticket]}: the same-host path's socket
+                                                 and, on a keyed cluster, a one-use ticket for
+                                                 it (mesh/localwire.py)
     MANY   {ops: [[op, fields], ...]}  + 1 payload  -> {results: [[OK, result] |
            [ERROR, {code, message}], ...]}  + 1 payload
 
@@ -188,6 +191,7 @@ LEASE = "lease"
 SUSPECT = "suspect"
 FENCE = "fence"
 MANY = "many"
+LOCAL = "local"
 
 OK = 0
 ERROR = 1
@@ -249,6 +253,7 @@ _REQUEST_SCHEMA: dict[str, tuple[dict[str, tuple[type, ...]], int]] = {
     SESSION: ({}, 0),
     TRUST: ({"entries": (list,)}, 0),
     MANY: ({"ops": (list,)}, 1),
+    LOCAL: ({}, 0),
 }
 OPS = frozenset(_REQUEST_SCHEMA)
 MANY_OPS = frozenset({READ, WRITE, STAT, ALLOC, FREE, KPUT, KGET, KDEL, KCLAIM, KRELEASE,

@@ -192,7 +192,7 @@ class Agents:
 
     def __init__(self, size: int, chunk: int, window: int, tmp: Path, n: int = 1,
                  root: Path = ROOT, mesh: dict | None = None, keyed: bool = False,
-                 room: int | None = None):
+                 room: int | None = None, network_only: bool = False):
         hosts = [f"127.0.0.{i + 1}" for i in range(n)]
         ports = [_free_port(h) for h in hosts]
         self.port = ports[0]
@@ -205,6 +205,8 @@ class Agents:
             "mesh": {"chunk_bytes": chunk, "window": window, "host_reserve_bytes": "512MiB",
                      "request_timeout_s": 60, **(mesh or {})},
         }
+        if network_only:  # no same-host path: what a client on another machine gets
+            cfg["mesh"]["local_access"] = False
         if keyed:  # (only then: an older tree's agents, see `startup`, refuse the field)
             cfg["mesh"]["keys_dir"] = str(tmp / "keys")
         self.config = tmp / "bench.yaml"
@@ -282,14 +284,18 @@ def transfer(args: argparse.Namespace) -> dict:
         return bench_concurrency.striped(args, Agents, Baseline, _warm, parse_size)
     if replicas < 1:
         raise SystemExit("--replicas: expected 1 or more copies")
+    local = getattr(args, "local", False)
+    if local and (secure or replicas > 1):
+        raise SystemExit("--local: measures one agent's block; not with --secure or --replicas")
     with tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp, \
             tempfile.TemporaryDirectory(prefix="mesh-bench-keyed-") as ktmp:
         if replicas > 1:  # the one-copy block and the primary copy share the first agent
             agent = Agents(size, chunk, args.window, Path(tmp), n=replicas,
-                           mesh={"replica_spread": "node"}, room=2 * size)
+                           mesh={"replica_spread": "node"}, room=2 * size, network_only=True)
         else:
-            agent = Agents(size, chunk, args.window, Path(tmp))
-        keyed = Agents(size, chunk, args.window, Path(ktmp), keyed=True) if secure else None
+            agent = Agents(size, chunk, args.window, Path(tmp), network_only=not local)
+        keyed = Agents(size, chunk, args.window, Path(ktmp), keyed=True,
+                       network_only=True) if secure else None
         baseline = Baseline(size, runs)
         try:
             client = agent.client()
@@ -329,6 +335,7 @@ def transfer(args: argparse.Namespace) -> dict:
                 if not args.json:
                     print(line + " GB/s")
             same = bool(checks) and all(checks)
+            local_ops = sum(core.local.done for core in client._pool.cores)
             client.free(block)
             if rblock is not None:
                 client.free(rblock)
@@ -351,7 +358,11 @@ def transfer(args: argparse.Namespace) -> dict:
         "write_gbps": round(statistics.median(w), 3),
         "read_gbps": round(statistics.median(r), 3),
         "verified": same,
+        "path": "same-host" if local else "network",
     }
+    if local:  # every write and read went through shared memory, none over TCP
+        result["local_ops"] = local_ops
+        result["verified"] = same and local_ops >= 2 * runs
     result["write_ratio"] = round(result["write_gbps"] / result["baseline_gbps"], 3)
     result["read_ratio"] = round(result["read_gbps"] / result["baseline_gbps"], 3)
     if secure:  # keys, CURVE handshake, AES-256-GCM sealed chunks; over the plaintext mesh
@@ -980,6 +991,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--replicas", type=int, default=1, metavar="N",
                    help="also write and read a block with N copies (N agents, spread node) in "
                    "the same runs, against the one-copy block")
+    t.add_argument("--local", action="store_true",
+                   help="the client reads and writes through the same-host path (shared memory, "
+                        "mesh/localwire.py) instead of TCP")
     t.add_argument("--stripe", type=int, default=1, metavar="N",
                    help="instead, the transfer striped over N agents through one client "
                    "(tools/bench_concurrency.py)")

@@ -50,7 +50,7 @@ def concurrent(args: argparse.Namespace, agents_cls: Any, parse_size: Callable) 
     outs = [bytearray(size) for _ in range(args.reads)]
     with tempfile.TemporaryDirectory(prefix="mesh-bench-cc-") as tmp:
         agents = agents_cls(per_agent, 2 << 20, 8, Path(tmp), n=args.agents,
-                            room=per_agent + (64 << 20))
+                            room=per_agent + (64 << 20), network_only=True)
         try:
             agents.client().close()  # every agent up and in the view
 
@@ -107,7 +107,7 @@ def striped(args: argparse.Namespace, agents_cls: Any, baseline_cls: Any, warm: 
     dv, ov = memoryview(data), memoryview(out)
     with tempfile.TemporaryDirectory(prefix="mesh-bench-stripe-") as tmp:
         agents = agents_cls(part, parse_size(args.chunk), args.window, Path(tmp), n=n,
-                            room=2 * part + (64 << 20))
+                            room=2 * part + (64 << 20), network_only=True)
         baseline = baseline_cls(size, args.runs)
         try:
             client = agents.client()

@@ -163,7 +163,7 @@ def small(args: argparse.Namespace, agents_cls, parse_size) -> dict:
     ops, runs = args.ops, args.runs
     data = bytes(range(256)) * (size // 256) + bytes(size % 256)
     with tempfile.TemporaryDirectory(prefix="bench-small-") as tmp:
-        agents = agents_cls(SLOTS * size, 2 * 1024 * 1024, 8, Path(tmp))
+        agents = agents_cls(SLOTS * size, 2 * 1024 * 1024, 8, Path(tmp), network_only=True)
         raw = Raw(size)
         single, batched, base_single, base_piped = [], [], [], []
         verified = True

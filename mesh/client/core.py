@@ -52,6 +52,7 @@ from mesh.errors import (
 )
 from mesh.membership import ALIVE, DEAD, LIVE_FIELDS, SUSPECT, NodeInfo
 from mesh.client.links import Links
+from mesh.client.local import LocalPath
 from mesh.client.view import VersionWatch, build_view, newer, nobody_listens
 from mesh.units import format_bytes
 
@@ -106,6 +107,7 @@ class Core:
         self.near: dict[str, str] = {}  # block id -> a copy on this machine, for reads
         self.closed = False
         self.versions = VersionWatch(__version__)  # warns once per (node, other version)
+        self.local = LocalPath(self)  # agents on this machine: shared memory, not TCP
         tune_for_transfers(settings.max_message_bytes, settings.window)
 
     # --- sockets ------------------------------------------------------------------------------
@@ -126,6 +128,7 @@ class Core:
 
     def close(self) -> None:
         self.links.close()
+        self.local.close()
         self.closed = True
 
     def node_info(self, name: str) -> NodeInfo | None:
@@ -418,8 +421,8 @@ class Core:
                     f"write of {n} bytes at offset {offset} is past the end of block "
                     f"{block_id} ({size} bytes)"
                 )
-            if n == 0:
-                return 0
+            if n == 0 or (yield from self.local.write(address, block_id, offset, view)):
+                return n
             calls = chunk_calls(P.WRITE, address, block_id, offset, [view],
                                 self.settings.chunk_bytes)
             yield from self.execute(Batch(calls, self.settings.request_timeout_s,
@@ -444,8 +447,11 @@ class Core:
                     f"read of {n} bytes at offset {offset} is past the end of block "
                     f"{block_id} ({block_size} bytes)"
                 )
-            calls = chunk_calls(P.READ, self.near.get(block_id, address), block_id, offset,
-                                [out[:n]], self.settings.chunk_bytes)
+            address = self.near.get(block_id, address)
+            if n and (yield from self.local.read(address, block_id, offset, out[:n])):
+                return n
+            calls = chunk_calls(P.READ, address, block_id, offset, [out[:n]],
+                                self.settings.chunk_bytes)
             yield from self.execute(Batch(calls, self.settings.request_timeout_s,
                                           self.settings.window))
             return n

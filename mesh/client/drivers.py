@@ -333,8 +333,11 @@ class MeshClient(_ClientBase):
             time.sleep(wait.timeout_s)
             return set()
         # libzmq's poll straight away: no zmq.Poller built and registered for every request
-        return {s for s, _ in zmq.zmq_poll([(s, zmq.POLLIN) for s in wait.sockets],
-                                           max(1, int(wait.timeout_s * 1000)))}
+        ready = {s for s, _ in zmq.zmq_poll([(s, zmq.POLLIN) for s in wait.sockets],
+                                            max(1, int(wait.timeout_s * 1000)))}
+        if any(type(s) is int for s in ready):  # a plain socket (same-host path) is told by fd
+            ready |= {s for s in wait.sockets if type(s) is not zmq.Socket and s.fileno() in ready}
+        return ready
 
     def _run(self, work: Any, most: int = 1) -> Any:
         with self._free:
@@ -419,6 +422,9 @@ class AsyncMeshClient(_ClientBase):
         if not wait.sockets:
             await self._asyncio.sleep(wait.timeout_s)
             return set()
+        plain = [s for s in wait.sockets if not isinstance(s, zmq.Socket)]
+        if plain:  # the same-host path's Unix sockets, maybe beside zmq ones
+            return await self._wait_plain(wait, plain)
         poller = self._zmq_asyncio.Poller()
         shadows = {}
         for sock in wait.sockets:
@@ -427,6 +433,29 @@ class AsyncMeshClient(_ClientBase):
             poller.register(shadow, zmq.POLLIN)
         events = await poller.poll(max(1, int(wait.timeout_s * 1000)))
         return {shadows[s] for s, _ in events if s in shadows}
+
+    async def _wait_plain(self, wait: Wait, plain: list[Any]) -> set[Any]:
+        """Wait for plain sockets through the loop's readers, and for zmq ones beside them."""
+        aio = self._asyncio
+        loop = aio.get_running_loop()
+        woken = loop.create_future()
+        for sock in plain:
+            loop.add_reader(sock.fileno(), lambda: woken.done() or woken.set_result(None))
+        rest = tuple(s for s in wait.sockets if isinstance(s, zmq.Socket))
+        polling = aio.ensure_future(self._wait(Wait(rest, wait.timeout_s))) if rest else None
+        try:
+            await aio.wait({woken} | ({polling} if polling else set()), timeout=wait.timeout_s,
+                           return_when=aio.FIRST_COMPLETED)
+        finally:
+            for sock in plain:
+                loop.remove_reader(sock.fileno())
+        ready: set[Any] = set(plain) if woken.done() else set()  # (a spurious one reads EAGAIN)
+        if polling is not None:
+            if polling.done():
+                ready |= polling.result()
+            else:
+                polling.cancel()
+        return ready
 
     async def _run(self, work: Any, most: int = 1) -> Any:
         if self._free is None:
