@@ -388,8 +388,9 @@ def transfer(args: argparse.Namespace) -> dict:
 def _timed_move(client: MeshClient, block: str, where: str) -> tuple[dict, float]:
     """Move ``block`` to ``where``; (its report, its seconds). Just after the agents start, a
     source may not know its target yet and refuses the move at once (nothing was copied): that
-    move is asked again, and timed again, for up to 30 s."""
-    from mesh.errors import InvalidRequest
+    move is asked again, and timed again, for up to 30 s; so is one the target refused because
+    it had not heard of the source yet (the original is intact)."""
+    from mesh.errors import InvalidRequest, MoveFailed
 
     deadline = time.monotonic() + 30
     while True:
@@ -397,8 +398,9 @@ def _timed_move(client: MeshClient, block: str, where: str) -> tuple[dict, float
         try:
             report = client.move(block, where)
             return report, time.perf_counter() - t0
-        except InvalidRequest:
-            if time.monotonic() > deadline:
+        except (InvalidRequest, MoveFailed) as exc:
+            unknown = "is not the address of an agent of this mesh" in str(exc)
+            if time.monotonic() > deadline or (isinstance(exc, MoveFailed) and not unknown):
                 raise
             time.sleep(0.1)
 

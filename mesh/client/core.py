@@ -14,7 +14,8 @@ used (``mesh/security/link.py``); without one it is a plain DEALER.
 Not here: the batch window and reply matching (``mesh/client/batch.py``, pure), how the
 membership view is merged and version skew noticed (``mesh/client/view.py``, pure), telling a
 port where nothing listens from a slow agent (``mesh/client/reach.py``), how a range is
-cut into chunks and how a moving block is followed (``mesh/client/transfer.py``), frame layouts
+cut into chunks and how a moving block is followed (``mesh/client/transfer.py``), the same-host
+path that ``write`` and ``read_into`` try first (``mesh/client/local.py``), frame layouts
 (``mesh/protocol.py``), exceptions (``mesh/errors.py``), config files (``mesh/config.py``), and
 the CLI (``mesh/cli/``).
 """
@@ -34,7 +35,7 @@ from mesh.client.batch import Batch, BatchRun, Call, Op, Wait, byte_view
 from mesh.client.blame import down_reason
 from mesh.client.locate import BlockInfo, block_info as _block_info, find_block, primary_address
 from mesh.client.listing import one_per_block as _one_per_block
-from mesh.client.transfer import chunk_calls, follow, found
+from mesh.client.transfer import check_offset, chunk_calls, follow, found
 from mesh.config import ClusterConfig, MeshSettings
 from mesh.errors import (
     AuthenticationError,
@@ -394,8 +395,9 @@ class Core:
         return address, size
 
     def forget_location(self, block_id: str) -> None:
-        """Drop the cached place of a block (it moved, or it is gone)."""
+        """Drop the cached place of a block (it moved, or it is gone), and its mapping."""
         self._locations.pop(block_id, None)
+        self.local.forget(block_id)
         self.near.pop(block_id, None)
 
     def follow_block(self, block_id: str, body: Callable[[str, int], Op],
@@ -412,7 +414,7 @@ class Core:
 
     def write(self, block_id: str, data: Any, offset: int = 0) -> Op:
         view = byte_view(data)
-        _check_offset(offset)
+        check_offset(offset)
         n = view.nbytes
 
         def body(address: str, size: int) -> Op:
@@ -434,7 +436,7 @@ class Core:
     def read_into(self, block_id: str, buffer: Any, offset: int = 0,
                   size: int | None = None) -> Op:
         out = byte_view(buffer, writable=True)
-        _check_offset(offset)
+        check_offset(offset)
 
         def body(address: str, block_size: int) -> Op:
             n = out.nbytes if size is None else size
@@ -459,7 +461,7 @@ class Core:
         return (yield from self.follow_block(block_id, body))
 
     def read(self, block_id: str, size: int | None = None, offset: int = 0) -> Op:
-        _check_offset(offset)
+        check_offset(offset)
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
             raise InvalidSize(f"read size must be a whole number >= 0, got {size!r}")
         _, block_size = yield from self.locate(block_id)
@@ -591,10 +593,3 @@ def _alive_node(nodes: list[NodeInfo], name: str) -> NodeInfo:
     if node.state != ALIVE:
         raise NodeUnavailable(f"node {name!r} is {node.state}", node=name)
     return node
-
-
-def _check_offset(offset: Any) -> None:
-    if isinstance(offset, bool) or not isinstance(offset, int):
-        raise InvalidRequest(f"offset must be a whole number of bytes, got {offset!r}")
-    if offset < 0:
-        raise OutOfRange(f"offset must be >= 0, got {offset}")

@@ -84,6 +84,11 @@ class LocalPath:
             link.close()
         self._links.clear()
 
+    def forget(self, block_id: str) -> None:
+        """Unmap a block the client freed, or found gone."""
+        for link in self._links.values():
+            self._unmap(link, block_id)
+
     def read(self, address: str, block_id: str, offset: int, out: memoryview) -> Op:
         return (yield from self._op(address, block_id, offset, out, False))
 

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator
 from mesh import checksum as C
 from mesh import protocol as P
 from mesh.client.batch import Batch, Call, Op, Wait
-from mesh.errors import BlockMoving, BlockNotFound, InvalidRequest, NodeUnavailable, NotCurrent
+from mesh.errors import BlockMoving, BlockNotFound, InvalidRequest, NodeUnavailable, NotCurrent, \
+    OutOfRange
 
 if TYPE_CHECKING:
     from mesh.client.core import Core
@@ -44,6 +45,13 @@ FAILOVER_S = 15.0
 Progress = Callable[[int], None] | None
 # (the call, where its chunk starts from the start of the range, the chunk's buffer)
 OnChunk = Callable[[Call, int, memoryview], None]
+
+
+def check_offset(offset: Any) -> None:
+    if isinstance(offset, bool) or not isinstance(offset, int):
+        raise InvalidRequest(f"offset must be a whole number of bytes, got {offset!r}")
+    if offset < 0:
+        raise OutOfRange(f"offset must be >= 0, got {offset}")
 
 
 def chunk_calls(op: str, address: str, block_id: str, offset: int,

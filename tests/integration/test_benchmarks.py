@@ -27,6 +27,17 @@ def test_transfer_secure_reports_both_paths_and_verifies():
         assert out[field] > 0, field
 
 
+def test_transfer_local_goes_through_shared_memory_and_verifies():
+    out = run_json("tools/bench.py", "transfer", "--local", "--size", "64MiB", "--runs", "2")
+    assert out["verified"] is True and out["path"] == "same-host"
+    assert out["local_ops"] >= 4 and out["write_ratio"] > 0 and out["read_ratio"] > 0
+
+
+def test_transfer_without_local_stays_on_the_network():
+    out = run_json("tools/bench.py", "transfer", "--size", "32MiB", "--runs", "1")
+    assert out["verified"] is True and out["path"] == "network" and "local_ops" not in out
+
+
 def test_replication_paths_reports_every_path_and_verifies():
     out = run_json("tools/replication_paths.py", "--size", "32MiB", "--runs", "1")
     assert out["verified"] is True

@@ -10,15 +10,44 @@ from mesh import protocol as P
 
 
 def raw_call(address: str, op: str, fields: dict, timeout_ms: int = 10_000,
-             request_id: int = 7) -> P.Reply:
-    """Send ``op`` with ``fields`` to the agent at ``address`` and parse its reply (raises
-    ``zmq.Again`` after ``timeout_ms`` without one)."""
+             request_id: int = 7, payload: bytes | None = None) -> P.Reply:
+    """Send ``op`` with ``fields`` (and a ``payload`` frame) to the agent at ``address`` and
+    parse its reply (raises ``zmq.Again`` after ``timeout_ms`` without one)."""
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
     sock.connect(address)
     try:
-        sock.send_multipart([msgpack.packb([P.VERSION, op, request_id, fields])])
+        header = msgpack.packb([P.VERSION, op, request_id, fields])
+        sock.send_multipart([header] if payload is None else [header, payload])
         return P.parse_reply(sock.recv_multipart())
     finally:
         sock.close()
+
+
+class LocalSocket:
+    """A raw connection to an agent's same-host path (``mesh/localwire.py``), below the client:
+    for tests of what the client never sends (garbage, pins left open, other users)."""
+
+    def __init__(self, address: str, timeout_s: float = 10.0):
+        import socket
+
+        from mesh import localwire as L
+
+        self.L = L
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.sock.settimeout(timeout_s)
+        self.sock.connect(L.socket_name(address))
+        self._ids = iter(range(1, 1 << 30))
+
+    def call(self, op: str, fields: dict) -> tuple[bool, dict, list[int]]:
+        """(ok, result or {code, message}, descriptors sent with the reply)."""
+        rid = next(self._ids)
+        self.L.send(self.sock, [op, rid, fields])
+        message, fds = self.L.recv(self.sock)
+        got, ok, body = self.L.parse_reply(message)
+        assert got == rid
+        return ok, body, fds
+
+    def close(self) -> None:
+        self.sock.close()
