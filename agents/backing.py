@@ -1,7 +1,8 @@
 """Backing a block's memory: ``populate`` touches every page of a new block (off the loop, so the
 allocation is really backed before it is acknowledged), ``advise_huge`` asks for transparent huge
-pages, ``shared_memory`` makes a block a memfd that a client on this machine can map (the
-same-host path, ``agents/local.py``) and ``give_back`` returns its pages when it is freed. Used
+pages, ``block_memory`` maps a block (a memfd that a client on this machine can map, for the
+same-host path of ``agents/local.py``, or anonymous memory) and ``release_memfd`` returns a
+memfd's pages when its block is freed. Used
 by ``agents/store.py`` and the agent's populate thread (``agents/server.py``).
 """
 
@@ -58,27 +59,61 @@ FALLOC_FL_KEEP_SIZE = 1
 FALLOC_FL_PUNCH_HOLE = 2
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 _libc.fallocate.restype = ctypes.c_int
+# Blocks under this stay anonymous memory: their operations travel inline (mesh/localwire.py),
+# and a memfd costs a descriptor for the block's whole life.
+SHARED_MIN = 1 << 20
 
 
-def shared_memory(size: int, name: str) -> tuple[mmap.mmap, int]:
-    """A block's memory as a memfd (an anonymous file in RAM) mapped shared, and its descriptor:
-    the same-host path hands the descriptor to a client on this machine, which maps the same
-    pages (``agents/local.py``). Backing it runs about as fast as anonymous memory here (1 GiB:
-    0.56-0.60 s against 0.30-0.32 s with 4 KiB pages and 0.56-1.9 s with huge pages)."""
-    fd = os.memfd_create(name[:200], os.MFD_CLOEXEC)
+class Memfds:
+    """How many blocks hold a memfd, at most ``budget`` (the descriptors the agent can spare
+    beside its connections: ``memfd_budget``); past it, new blocks are anonymous memory."""
+
+    def __init__(self, budget: int = 0):
+        self.budget, self.open = budget, 0
+
+
+MEMFDS = Memfds()
+
+
+def memfd_budget(fd_limit: int, connections: int, reserve: int) -> int:
+    if fd_limit < 0:  # RLIM_INFINITY
+        return 1 << 20
+    return max(0, fd_limit - connections - reserve)
+
+
+def block_memory(size: int, shared: bool) -> tuple[mmap.mmap, int]:
+    """A block's memory and its descriptor. ``shared`` (and the block at least ``SHARED_MIN``,
+    and a descriptor to spare): a memfd (an anonymous file in RAM) mapped shared, which the
+    same-host path hands to a client on this machine to map the same pages
+    (``agents/local.py``); backing it runs about as fast as anonymous memory here (1 GiB:
+    0.56-0.60 s against 0.30-0.32 s with 4 KiB pages and 0.56-1.9 s with huge pages).
+    Otherwise anonymous memory, and -1."""
+    if shared and size >= SHARED_MIN and MEMFDS.open < MEMFDS.budget:
+        try:
+            fd = os.memfd_create("mesh-block", os.MFD_CLOEXEC)
+        except OSError:  # out of descriptors after all: anonymous, as past the budget
+            fd = -1
+        if fd >= 0:
+            try:
+                os.ftruncate(fd, size)
+                buf = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
+            except BaseException:
+                os.close(fd)
+                raise
+            MEMFDS.open += 1
+            return buf, fd
+    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE), -1
+
+
+def release_memfd(fd: int, size: int, punch: bool) -> None:
+    """Close a freed block's memfd (-1: none). ``punch``: first give its pages back to the host
+    at once, even while a client still maps it (a client touching it again would only see
+    zeros, never another block's bytes); not while a zero-copy send may still read them."""
+    if fd < 0:
+        return
+    MEMFDS.open -= 1
     try:
-        os.ftruncate(fd, size)
-        return mmap.mmap(fd, size, flags=mmap.MAP_SHARED), fd
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def give_back(fd: int, size: int) -> None:
-    """Return a freed memfd block's pages to the host at once, even while a client still maps
-    it (a client touching it again would only see zeros, never another block's bytes), and
-    close the agent's descriptor."""
-    try:
-        _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, size)
+        if punch:
+            _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, size)
     finally:
         os.close(fd)

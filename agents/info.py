@@ -42,6 +42,7 @@ class InfoOps:
         rec["metrics_url"] = self.metrics_endpoint.url
         rec["replicas"] = {"copies": len(self.repl.copies), "repairs": self.repl.repairs,
                            "moved_on": self.repl.moved_on_count}
+        rec["local"] = self.local.describe()  # the same-host path (agents/local.py)
         a = self.access
         rec["sealed_port"] = self.sealed_port
         rec["auth"] = {"rejected_handshakes": a.rejected_handshakes,

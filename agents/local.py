@@ -6,7 +6,7 @@ polls with its other sockets; every connection is served in the loop, one messag
 never blocking (a client that stops reading is disconnected). It answers HELLO (who may speak:
 the agent's own user or root without keys, a ticket's key with them), BEGIN (the checks of a
 READ or WRITE, a *pin* on the range, and the block's memfd when the client has not mapped it
-yet) and END (did the block stay as it was?). A read's pin is entered in the write gate, so a
+yet; or, for a small one, the copy itself) and END (did the block stay as it was?). A read's pin is entered in the write gate, so a
 network write to that range waits for its END (``agents/writegate.py``); a pin whose client
 never ends it is released after ``PIN_TIMEOUT_S``.
 
@@ -30,7 +30,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents import lifecycle
+from agents import lifecycle, logs
+from agents.backing import MEMFDS
 from agents.store import Block
 from mesh import localwire as L
 from mesh import protocol as P
@@ -107,6 +108,11 @@ class LocalServer:
             return
         self.listener, self.name = sock, L.socket_name(address)[1:]
         self.version += 1
+
+    def describe(self) -> dict[str, Any]:
+        """For STATS: the socket's name ("" when off), connections, and blocks in memfds."""
+        return {"socket": self.name, "connections": len(self.conns), "refused": self.refused,
+                "shared_blocks": MEMFDS.open, "shared_budget": MEMFDS.budget}
 
     def sockets(self) -> list[socket.socket]:
         return ([self.listener] if self.listener is not None else []) + list(self.conns)
@@ -198,6 +204,9 @@ class LocalServer:
             isinstance(message[1], int) else 0
         try:
             op, rid, fields = L.parse_request(message)
+            # at DEBUG one line per operation, as a network request gets (agents/logs.py)
+            logs.set_request(rid, (P.WRITE if fields["write"] else P.READ)
+                             if op == L.BEGIN else None)
             if op == L.HELLO:
                 return L.reply_ok(rid, self._hello(conn, fields)), ()
             if not conn.hello:
@@ -209,13 +218,15 @@ class LocalServer:
         except L.BadMessage as exc:
             self.refused += 1
             return L.reply_error(rid, "bad_request", str(exc)), ()
-        except _Fallback as exc:
-            return L.reply_error(rid, exc.code, exc.message), ()
-        except MeshError as exc:
+        except (_Fallback, MeshError) as exc:
+            log.debug("same-host %s refused: %s", message[0], exc.message,
+                      extra={"event": "request_refused", "code": exc.code})
             return L.reply_error(rid, exc.code, exc.message), ()
         except Exception as exc:  # a bug must not take the agent down
             log.exception("same-host path: internal error")
             return L.reply_error(rid, "internal", repr(exc)), ()
+        finally:
+            logs.clear_request()
 
     def _hello(self, conn: Conn, fields: dict[str, Any]) -> dict[str, Any]:
         a = self.agent
@@ -246,8 +257,6 @@ class LocalServer:
         a.metrics.arrived(op, length if write else 0)
         block = a.store.served(f["block"])
         a.store.check_range(block, offset, length)
-        if block.fd < 0:
-            raise _Fallback("not_local", f"block {block.block_id} is not in shared memory")
         end = offset + length
         if write:
             a.repl.check_primary(block.block_id)
@@ -262,6 +271,16 @@ class LocalServer:
             if not lifecycle.serves_reads(block.state):
                 raise BlockMoving(f"block {block.block_id} is being handed over to another "
                                   "node; retry in a moment", node=a.s.node)
+        if "data" in f or f.get("inline"):  # small: copied here, in the loop (no pin)
+            if write:
+                block.view[offset:end] = f["data"]
+            result = {"done": length}
+            if not write:
+                result["data"] = bytes(block.view[offset:end])
+            a.metrics.replied(op, "ok", arrived, 0 if write else length)
+            return result, ()
+        if block.fd < 0:
+            raise _Fallback("not_local", f"block {block.block_id} is not in shared memory")
         pin = Pin(next(self._pins), block, offset, end, write, arrived, time.monotonic())
         conn.pins[pin.pin_id] = pin
         if not write:  # network writes to this range wait for its END

@@ -43,7 +43,8 @@ from agents.peering import Dialing
 from agents.keyops import KeyOps
 from agents.many import ManyOps, Slot
 from agents.lifecycle import Event, State
-from agents.limits import ConnectionGuard, connection_cap
+from agents.backing import MEMFDS, memfd_budget
+from agents.limits import FD_RESERVE_MIN, ConnectionGuard, connection_cap
 from agents.local import LocalServer
 from agents import logs, metrics
 from agents.metrics import Endpoint, Metrics
@@ -215,8 +216,10 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
             self.sealed_port = int(port)
             listeners.append((self.sealed, f"tcp://{s.bind_ip}:{port}", "sealed"))
         # accepted connections stay below the descriptor limit (agents/limits.py)
-        self.guard = ConnectionGuard(self.ctx, listeners, connection_cap(
-            resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
+        fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.guard = ConnectionGuard(self.ctx, listeners, connection_cap(fd_limit))
+        # blocks in memfds take the descriptors left beside connections (agents/backing.py)
+        MEMFDS.budget = memfd_budget(fd_limit, connection_cap(fd_limit), FD_RESERVE_MIN)
         names = s.peer_nodes or {}
         for peer in s.peers:
             self.gossip.follow(peer, names.get(peer))

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from agents import lifecycle
-from agents.backing import HUGE_PAGE, advise_huge, give_back, populate, shared_memory
+from agents.backing import HUGE_PAGE, advise_huge, block_memory, populate, release_memfd
 from agents.keyrecords import MAX_KEY_LENGTH, MAX_KEY_RECORD_BYTES, check_key_record, public
 from agents.ledger import Others, PromiseLedger
 from agents.lifecycle import Event, IllegalTransition, State
@@ -265,8 +265,7 @@ class BlockStore:
             raise InvalidRequest(f"ttl_s must be a positive number of seconds, got {ttl_s}")
         with self._promise(size, "a block"):
             try:
-                buf, fd = shared_memory(size, f"mesh:{self.node}") if self.shared else \
-                    (mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE), -1)
+                buf, fd = block_memory(size, self.shared)
             except (OSError, OverflowError, MemoryError) as exc:
                 raise CapacityError(f"node {self.node} could not map {size} bytes: {exc}") \
                     from None
@@ -580,11 +579,9 @@ def _release(block: Block) -> None:
         block.view.release()
         block.buf.close()
     except BufferError:  # (a local client's mapping, if any, keeps the pages until it unmaps)
-        if block.fd >= 0:
-            os.close(block.fd)
+        release_memfd(block.fd, block.size, punch=False)
         return
-    if block.fd >= 0:
-        give_back(block.fd, block.size)
+    release_memfd(block.fd, block.size, punch=True)
 
 
 def _base36(n: int) -> str:

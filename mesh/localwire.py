@@ -16,9 +16,14 @@ Messages are msgpack, at most ``MAX_MESSAGE`` bytes::
     reply   = [id, OK, result] | [id, ERROR, {"code": str, "message": str}]
 
     HELLO {[ticket]}                         -> {node, incarnation, version}
-    BEGIN {block, offset, length, write, have} -> {pin, ino}    (+ the block's memfd unless
-                                                                 ``have`` is its inode already)
+    BEGIN {block, offset, length, write, have} -> {pin, ino, size}  (+ the block's memfd
+                                                  unless ``have`` is its inode already)
+          {..., data}  (write, at most INLINE_MAX bytes) -> {done}: written by the agent
+          {..., inline: true}  (read, at most INLINE_MAX) -> {done, data}: read by the agent
     END   {pin}                              -> {}
+
+A small operation (``INLINE_MAX``, 64 KiB) carries its bytes in the message instead: one round
+trip, and the agent copies them in its loop (no pin, no mapping), as a network op would.
 
 Who may connect. Without cluster keys, a process of the agent's own user (or root): the kernel
 says who the peer is (SO_PEERCRED). With keys, the client first asks the agent over its
@@ -44,7 +49,8 @@ from typing import Any
 import msgpack
 
 VERSION = 1
-MAX_MESSAGE = 4096
+INLINE_MAX = 64 * 1024
+MAX_MESSAGE = INLINE_MAX + 4096
 NAME_PREFIX = "mesh-agent:"
 
 HELLO = "hello"
@@ -126,6 +132,14 @@ def parse_request(message: Any) -> tuple[str, int, dict[str, Any]]:
     for name in ("offset", "length", "have", "pin"):
         if name in _FIELDS[op] and fields[name] < 0:
             raise BadMessage(f"{op}: field {name!r} must be >= 0")
+    if op == BEGIN:
+        data = fields.get("data")
+        if data is not None and (not fields["write"] or not isinstance(data, bytes)
+                                 or len(data) != fields["length"]):
+            raise BadMessage("begin: data must be the write's bytes, length of them")
+        if fields.get("inline") is not None and (fields["write"] or fields["inline"] is not True
+                                                 or fields["length"] > INLINE_MAX):
+            raise BadMessage(f"begin: inline is for a read of at most {INLINE_MAX} bytes")
     return op, rid, fields
 
 

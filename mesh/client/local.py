@@ -8,7 +8,8 @@ is the test of "same host"; an address where nothing listens is tried again afte
 ``RETRY_ABSENT_S``) and the blocks it has mapped (the ``MAX_MAPS`` most recently used; a block's
 inode tells a current mapping from one of memory the block has since left).
 
-``read``/``write`` return True when the operation was done here, False when the caller must do
+An operation of at most ``INLINE_MAX`` bytes carries them in its message instead (one round
+trip; the agent copies). ``read``/``write`` return True when the operation was done here, False when the caller must do
 it over the network: no same-host agent, mappings off (``mesh.local_access: false``), the agent
 said to (``FALLBACK_CODES``: a replicated block's write, a range being sent, a block that
 changed during the copy), or any refusal (the network path gives the error its callers know, and
@@ -106,16 +107,35 @@ class LocalPath:
             return False
         have = link.maps.get(block_id)
         n = view.nbytes
+        fields = {"block": block_id, "offset": offset, "length": n, "write": write,
+                  "have": have.ino if have is not None else 0}
+        if n <= L.INLINE_MAX:  # the bytes travel in the message: one round trip
+            fields.update({"data": bytes(view)} if write else {"inline": True})
         try:
-            begun, fds = yield from self._ask(link, L.BEGIN, {
-                "block": block_id, "offset": offset, "length": n, "write": write,
-                "have": have.ino if have is not None else 0})
+            begun, fds = yield from self._ask(link, L.BEGIN, fields)
         except _Fallback:
             return False
         except MeshTimeout:
             raise
         except MeshError:  # refused: the network path says why, or finds where it went
             self._unmap(link, block_id)
+            return False
+        if n <= L.INLINE_MAX and begun.get("done") == n:  # (an agent that pinned instead
+            if not write:                                  # ends the pin below, unused)
+                data = begun.get("data")
+                if not isinstance(data, bytes) or len(data) != n:
+                    return False
+                view[:] = data
+            self.done += 1
+            return True
+        if n <= L.INLINE_MAX or "pin" not in begun:
+            for fd in fds:
+                os.close(fd)
+            if "pin" in begun:
+                try:
+                    yield from self._ask(link, L.END, {"pin": begun["pin"]})
+                except (_Fallback, MeshError):
+                    pass
             return False
         try:
             mapped = self._mapping(link, block_id, fds, begun, populate=2 * n >= begun["size"])

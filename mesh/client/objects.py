@@ -207,7 +207,7 @@ def _write_views(core: Core, views: list[memoryview]) -> Writer:
     checksum = C.of(views)
 
     def writer(address: str, block_id: str, offset: int) -> Op:
-        if block_id:
+        if block_id and not (yield from _local(core, address, block_id, offset, views, True)):
             calls = chunk_calls(P.WRITE, address, block_id, offset, views,
                                 core.settings.chunk_bytes)
             yield from core.execute(Batch(calls, core.settings.request_timeout_s,
@@ -217,12 +217,32 @@ def _write_views(core: Core, views: list[memoryview]) -> Writer:
     return writer
 
 
+LOCAL_MAX_VIEWS = 8
+
+
+def _local(core: Core, address: str, block_id: str, offset: int, views: list[memoryview],
+           write: bool) -> Op:
+    """Views back to back from ``offset``, through the same-host path (``mesh/client/local.py``)
+    when the block's agent is on this machine: False when any of them must take the network
+    (the caller then sends them all, which writes or reads the same bytes again). Many views
+    (a pickle's out-of-band buffers) go over the network, in one window of chunks."""
+    if len(views) > LOCAL_MAX_VIEWS:
+        return False
+    for view in views:
+        op = core.local.write if write else core.local.read
+        if view.nbytes and not (yield from op(address, block_id, offset, view)):
+            return False
+        offset += view.nbytes
+    return True
+
+
 def _read_views(core: Core, address: str, info: ObjectInfo, outs: list[memoryview]) -> Op:
     """Fill ``outs`` back to back from the object's range, then check the checksum."""
     hasher = C.hasher_for(info.checksum)  # one this version cannot check: refused before reading
     if stripes.striped(info):
         yield from stripes.read(core, address, info, outs)
-    elif info.block_id and info.length:
+    elif info.block_id and info.length and \
+            not (yield from _local(core, address, info.block_id, info.offset, outs, False)):
         calls = chunk_calls(P.READ, address, info.block_id, info.offset, outs,
                             core.settings.chunk_bytes)
         yield from core.execute(Batch(calls, core.settings.request_timeout_s,

@@ -72,7 +72,8 @@ def _nodes_table(client: MeshClient, address: str) -> dict[str, dict]:
 def proxied_mesh(tmp: Path, keyed: bool) -> Iterator[tuple[LocalMesh, Path, dict[str, TcpProxy]]]:
     """Two agents; node2 reached by node1 and the client only through proxies on 127.0.0.50.
     Yields (mesh, the client's cluster file, {"data", "gossip", "sealed": proxy})."""
-    mesh = LocalMesh.create(tmp, n=2, keyed=keyed)
+    # node2 stands for a remote machine: no same-host path past the proxies
+    mesh = LocalMesh.create(tmp, n=2, keyed=keyed, local_access=False)
     node2 = mesh.node("node2")
     doc = yaml.safe_load(mesh.config_path.read_text())
     for node in doc["nodes"]:
@@ -279,7 +280,7 @@ def test_a_recorded_connection_played_back_changes_nothing(tmp_path):
 def keyed_pair(tmp_path_factory):
     """Two keyed agents (no proxies) shared by the message-level tests."""
     tmp = tmp_path_factory.mktemp("sealed")
-    mesh = LocalMesh.create(tmp, n=2, keyed=True)
+    mesh = LocalMesh.create(tmp, n=2, keyed=True, local_access=False)  # (remote, as above)
     try:
         mesh.start_all()
         yield mesh
@@ -483,7 +484,7 @@ def test_a_reply_tampered_on_the_way_is_never_returned_as_data(tmp_path, monkeyp
     the next read on the same session returns the block as written."""
     monkeypatch.delenv("GRID_KEY", raising=False)
     host = "127.0.0.60"
-    mesh = LocalMesh.create(tmp_path, n=1, keyed=True)
+    mesh = LocalMesh.create(tmp_path, n=1, keyed=True, local_access=False)  # (remote, as above)
     node1 = mesh.node("node1")
     doc = yaml.safe_load(mesh.config_path.read_text())
     doc["nodes"][0]["mesh_host"] = host
