@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents import lifecycle, logs
+from agents.access import RANK
 from agents.backing import MEMFDS
 from agents.store import Block
 from mesh import localwire as L
@@ -90,6 +91,7 @@ class LocalServer:
         self._pins = itertools.count(1)
         self._tickets: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
         self.refused = 0  # connections refused (too many, wrong user) and garbled messages
+        self._made: list[int] = []  # descriptors made for the reply being sent
 
     # --- sockets ------------------------------------------------------------------------------
 
@@ -196,6 +198,9 @@ class LocalServer:
             except OSError:  # it stopped reading, or went away
                 self._drop(sock)
                 return
+            finally:
+                while self._made:
+                    os.close(self._made.pop())
 
     # --- requests -----------------------------------------------------------------------------
 
@@ -285,8 +290,17 @@ class LocalServer:
         conn.pins[pin.pin_id] = pin
         if not write:  # network writes to this range wait for its END
             a.gate.sent(block.block_id, offset, end, pin)
-        fds = () if f["have"] == block.ino else (block.fd,)
+        fds: tuple[int, ...] = ()
+        if f["have"] != block.ino:  # a reader of a keyed cluster gets a read-only descriptor
+            fds = (block.fd,)
+            if self._reader(conn):
+                fds = (os.open(f"/proc/self/fd/{block.fd}", os.O_RDONLY | os.O_CLOEXEC),)
+                self._made.extend(fds)  # closed once sent
         return {"pin": pin.pin_id, "ino": block.ino, "size": block.size}, fds
+
+    def _reader(self, conn: Conn) -> bool:
+        caller = self.agent.access.caller(conn.public) if self.agent.access.keyed else None
+        return caller is not None and RANK[caller.role] < RANK["writer"]
 
     def _end(self, conn: Conn, f: dict[str, Any]) -> dict[str, Any]:
         a = self.agent

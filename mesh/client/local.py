@@ -19,6 +19,7 @@ Large copies run on two threads (``mesh/memcopy.py``).
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import mmap
 import os
@@ -52,6 +53,7 @@ class _Map:
     mm: mmap.mmap
     view: memoryview
     ino: int
+    writable: bool  # a reader's descriptor (keyed cluster) maps read-only
 
     def close(self) -> None:
         self.view.release()
@@ -106,6 +108,8 @@ class LocalPath:
         if link is None:
             return False
         have = link.maps.get(block_id)
+        if have is not None and write and not have.writable:
+            have = None  # (a reader's mapping, and now a write: ask for a writable one)
         n = view.nbytes
         fields = {"block": block_id, "offset": offset, "length": n, "write": write,
                   "have": have.ino if have is not None else 0}
@@ -175,12 +179,14 @@ class LocalPath:
             if os.fstat(fd).st_ino != begun["ino"]:
                 return None
             flags = mmap.MAP_SHARED | (MAP_POPULATE if populate else 0)
-            mm = mmap.mmap(fd, begun["size"], flags=flags)
+            writable = os.O_RDWR == fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+            mm = mmap.mmap(fd, begun["size"], flags=flags,
+                           prot=mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0))
         finally:
             for fd in fds:
                 os.close(fd)
         self._unmap(link, block_id)
-        link.maps[block_id] = mapped = _Map(mm, memoryview(mm), begun["ino"])
+        link.maps[block_id] = mapped = _Map(mm, memoryview(mm), begun["ino"], writable)
         while len(link.maps) > MAX_MAPS:
             link.maps.popitem(last=False)[1].close()
         return mapped

@@ -191,7 +191,7 @@ def test_garbage_on_the_unix_socket_is_refused_and_the_agent_serves_on(mesh):
         raw.close()
     big = LocalSocket(address)
     try:
-        big.sock.send(b"\x00" * (L.MAX_MESSAGE * 4))  # over the limit: dropped too
+        big.sock.send(b"\x00" * (L.MAX_MESSAGE + 1000))  # over the limit: dropped too
         with pytest.raises((EOFError, ConnectionError, OSError)):
             big.call(L.HELLO, {})
     finally:
@@ -280,6 +280,26 @@ def test_on_a_keyed_cluster_a_ticket_carries_its_keys_role(tmp_path):
             assert local_ops(reader) == 1
             with pytest.raises(Forbidden):
                 reader.write(block, b"nope")
+            # a reader's descriptor of the block maps read-only, never writable
+            ticket = reader._run(reader._core.call(address, "local", {}))["ticket"]
+            raw = LocalSocket(address)
+            try:
+                assert raw.call(L.HELLO, {"ticket": ticket})[0]
+                assert not raw.call(L.HELLO, {"ticket": ticket})[0]  # one use
+                ok, begun, fds = raw.call(L.BEGIN, {"block": block, "offset": 0, "length": 6,
+                                                   "write": False, "have": 0})
+                assert ok and len(fds) == 1
+                with pytest.raises(PermissionError):
+                    mmap.mmap(fds[0], MiB, flags=mmap.MAP_SHARED)
+                seen = mmap.mmap(fds[0], MiB, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+                assert seen[:6] == b"secret"
+                seen.close()
+                os.close(fds[0])
+                ok, body, _ = raw.call(L.BEGIN, {"block": block, "offset": 0, "length": 6,
+                                                 "write": True, "have": begun["ino"]})
+                assert not ok and body["code"] == "forbidden"
+            finally:
+                raw.close()
         with m.client(key=m.admin_key) as admin:
             assert bytes(admin.read(block, 6)) == b"secret"
             admin.free(block)
