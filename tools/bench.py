@@ -2,7 +2,7 @@
 """Benchmarks of the mesh, each against a baseline measured in the same run.
 
     python tools/bench.py transfer [--size 1GiB] [--runs 5] [--chunk 2MiB] [--window 8]
-                                   [--secure] [--replicas N] [--stripe N] [--json]
+                                   [--secure] [--replicas N] [--stripe N] [--local] [--json]
     python tools/bench.py concurrent [--reads 16] [--size 64MiB] [--agents 4] [--runs 3] [--json]
     python tools/bench.py cli-memory [--size 2GiB] [--chunk 2MiB] [--window 8] [--json]
     python tools/bench.py move [--size 1GiB] [--runs 4] [--json]
@@ -17,7 +17,9 @@
 
 ``transfer`` starts one real ``mesh-agent`` on loopback, allocates one block of ``--size``, then
 for each run writes the whole block from a warm client buffer and reads it back into another
-warm buffer (``read_into``). In the same process it measures the baseline: plain Python
+warm buffer (``read_into``), over TCP (the agents serve no same-host path; ``--local``: they
+do, and the client reads and writes the block in shared memory, ``mesh/localwire.py``, and
+reports ``local_ops``). In the same process it measures the baseline: plain Python
 ``sendall`` of the same bytes in 4 MiB pieces over a loopback TCP socket to a second process that
 ``recv_into``s a warm buffer. Figures are medians over the runs, in GB/s (10**9 bytes/s), and
 ratios against that baseline. With ``--json`` the last line printed is one JSON object.
@@ -43,11 +45,10 @@ GB/s are over each command's whole wall time, start-up included (``startup_s``: 
 first, then moves it back and forth (``MeshClient.move``: agent to agent, xxh3 on both sides,
 keys handed over, the source freed) ``--runs`` times, and reads it back once at the end to check
 every byte. Baselines in the same run: the raw-socket ``sendall`` of ``transfer`` and the
-client's own write of the same block. The first move lands in fresh memory on the second agent
-(page faults included: ``first_move_seconds``); later ones land in the pages the block left on
-that agent one move earlier, which an agent keeps a few seconds for a copy moving in
-(``agents/backing.py`` ``Retained``), as it does when blocks move both ways between two agents.
-``move_gbps`` is the median over every run, the first included; ``runs_seconds`` lists them.
+client's own write of the same block over the network (the client never takes the same-host
+path here). Every move lands in fresh memory on its target, page faults included; the first
+one (``first_move_seconds``) also in a fresh agent process. ``move_gbps`` is the median over
+every run, the first included; ``runs_seconds`` lists them.
 
 ``startup`` times how long ``grid`` takes to start, against the code of ``--baseline-ref``
 (65b4786: the commit before the restructuring of issue 9) checked out into a temporary ``git
@@ -108,6 +109,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -224,8 +226,18 @@ class Agents:
         ) for i in range(n)]
         self.proc = self.procs[0]
 
-    def client(self) -> MeshClient:
-        client = MeshClient(self.config)
+    def client(self, network: bool = False) -> MeshClient:
+        """A client of these agents; ``network``: one that never takes the same-host path (what
+        a client on another machine gets), whatever the agents offer."""
+        config: Any = self.config
+        if network:
+            from dataclasses import replace
+
+            from mesh.config import load_cluster_config
+
+            config = load_cluster_config(self.config)
+            config = replace(config, mesh=replace(config.mesh, local_access=False))
+        client = MeshClient(config)
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -414,7 +426,7 @@ def move(args: argparse.Namespace) -> dict:
         agents = Agents(size, 2 << 20, 8, Path(tmp), n=2)
         baseline = Baseline(size, runs)
         try:
-            client = agents.client()
+            client = agents.client(network=True)  # its write is the network's baseline
             block = client.allocate(size, node="bench-1")
             b, w, m = [], [], []
             where = "bench-1"

@@ -108,7 +108,8 @@ def test_a_freed_block_gives_its_memory_back_even_while_a_client_maps_it(mesh):
             c.read(block, 16)
 
 
-def test_a_block_that_moved_away_and_back_is_mapped_again(mesh):
+def test_a_block_that_moved_away_and_back_is_read_and_written_right(mesh):
+    """Its memory changed under the same id twice; the client never uses the old mapping."""
     with mesh.client() as c:
         block = c.allocate(8 * MiB, node="node1")
         c.write(block, b"first" * 100)
