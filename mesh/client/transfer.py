@@ -180,10 +180,27 @@ class StreamRead:
     def checksum(self) -> str:
         return self._hasher.text()
 
+    def _deliver(self, view: memoryview) -> None:
+        self._hasher.update(view)
+        self.sink(view)
+        self.delivered += view.nbytes
+        if self.progress is not None:
+            self.progress(view.nbytes)
+
     def run(self, core: Core, address: str, block_id: str, offset: int) -> Op:
         """Read the rest of the range, which starts at ``offset`` in ``block_id``, from
         ``address``."""
         chunk, window = core.settings.chunk_bytes, core.settings.window
+        # on the agent's machine: chunk by chunk in shared memory (mesh/client/local.py), each
+        # a copy into one buffer; the network takes over from the first one it must carry
+        local = ChunkRing(1, chunk) if self.delivered < self.length else None
+        while local is not None and self.delivered < self.length:
+            view = local.take(min(chunk, self.length - self.delivered))
+            if not (yield from core.local.read(address, block_id, offset + self.delivered,
+                                               view)):
+                break
+            self._deliver(view)
+            local.give(view)
         start = self.delivered
         if start >= self.length:
             return
@@ -199,11 +216,7 @@ class StreamRead:
             ahead[start + pos] = view
             while self.delivered in ahead:
                 turn = ahead.pop(self.delivered)
-                self._hasher.update(turn)
-                self.sink(turn)
-                self.delivered += turn.nbytes
-                if self.progress is not None:
-                    self.progress(turn.nbytes)
+                self._deliver(turn)
                 ring.give(turn)
 
         def buffers() -> Iterator[memoryview]:
@@ -236,23 +249,40 @@ def stream_write(core: Core, address: str, block_id: str, offset: int, src: Bina
     ring = ChunkRing(window + 2, chunk)
     hasher = C.new()
 
+    def fill(pos: int) -> memoryview:
+        buf = ring.take(min(chunk, length - pos))
+        got = _readinto_full(src, buf)
+        if got != buf.nbytes:
+            raise InvalidRequest(f"the input ended after {pos + got} of {length} bytes")
+        hasher.update(buf)
+        return buf
+
+    # on the agent's machine: chunk by chunk in shared memory (mesh/client/local.py); the
+    # network takes over from the first chunk it must carry, that one included
+    start, pending = 0, None
+    while start < length:
+        pending = fill(start)
+        if not (yield from core.local.write(address, block_id, offset + start, pending)):
+            break
+        if progress is not None:
+            progress(pending.nbytes)
+        ring.give(pending)
+        start, pending = start + pending.nbytes, None
+
     def filled() -> Iterator[memoryview]:
-        for pos in range(0, length, chunk):
-            buf = ring.take(min(chunk, length - pos))
-            got = _readinto_full(src, buf)
-            if got != buf.nbytes:
-                raise InvalidRequest(f"the input ended after {pos + got} of {length} bytes")
-            hasher.update(buf)
-            yield buf
+        if pending is not None:
+            yield pending
+        for pos in range(start + (pending.nbytes if pending is not None else 0), length, chunk):
+            yield fill(pos)
 
     def done(call: Call, pos: int, view: memoryview) -> None:
         ring.give(view)
         if progress is not None and call.error is None:
             progress(view.nbytes)
 
-    if length:
+    if start < length:
         yield from core.execute(Batch(
-            chunk_calls(P.WRITE, address, block_id, offset, filled(), chunk, done),
+            chunk_calls(P.WRITE, address, block_id, offset + start, filled(), chunk, done),
             core.settings.request_timeout_s, window,
         ))
     return hasher.text()

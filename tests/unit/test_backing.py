@@ -4,7 +4,6 @@ past it and for small blocks, and a freed memfd's pages given back at once."""
 from __future__ import annotations
 
 import mmap
-import os
 
 import pytest
 

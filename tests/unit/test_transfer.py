@@ -170,15 +170,43 @@ def test_the_ring_hands_out_the_same_few_buffers():
     assert len(ring) == 2 and {id(ring.take(1).obj), id(ring.take(1).obj)} == {id(a.obj), id(b.obj)}
 
 
+class FakeLocal:
+    """A core's same-host path (``mesh/client/local.py``) that does its first ``serve``
+    operations against the agent's data, then declines every one (the network takes over)."""
+
+    def __init__(self, agent: "FakeAgent", serve: int):
+        self.agent, self.serve, self.done = agent, serve, []
+
+    def _op(self, offset: int, view: memoryview, write: bool):
+        if self.serve <= 0:
+            return False
+        self.serve -= 1
+        self.done.append(offset)
+        if write:
+            self.agent.data[offset : offset + view.nbytes] = view
+        else:
+            view[:] = self.agent.data[offset : offset + view.nbytes]
+        return True
+        yield  # (an operation generator, as the real one)
+
+    def read(self, address, block_id, offset, view):
+        return (yield from self._op(offset, view, False))
+
+    def write(self, address, block_id, offset, view):
+        return (yield from self._op(offset, view, True))
+
+
 class FakeAgent:
     """``execute`` for READ/WRITE calls against ``data``: takes a window of calls at a time and
     completes them last first; a READ at a block offset in ``moving_at`` fails once."""
 
-    def __init__(self, data: bytes, chunk_bytes: int = 8, window: int = 3, moving_at=()):
+    def __init__(self, data: bytes, chunk_bytes: int = 8, window: int = 3, moving_at=(),
+                 local_chunks: int = 0):
         self.data = bytearray(data)
         self.settings = SimpleNamespace(chunk_bytes=chunk_bytes, window=window,
                                         request_timeout_s=5.0)
         self.moving_at = set(moving_at)
+        self.local = FakeLocal(self, local_chunks)
 
     def execute(self, batch):
         pending, failed = [], None
@@ -250,3 +278,23 @@ def test_stream_write_sends_the_input_through_the_ring():
     assert crc == f"xxh3:{xxhash.xxh3_64_intdigest(src):016x}"
     with pytest.raises(InvalidRequest, match="ended after 10 of 20 bytes"):
         drive(stream_write(agent, "A", "blk", 0, io.BytesIO(bytes(10)), 20))
+
+
+@pytest.mark.parametrize("served", [0, 1, 3, 20])
+def test_a_stream_hands_over_from_shared_memory_to_the_network_at_any_chunk(served):
+    """Chunks go through the same-host path until it declines one; that chunk and the rest go
+    over the network, and every byte arrives once, in order, under one checksum."""
+    data = bytes(range(256))
+    agent = FakeAgent(data, chunk_bytes=8, window=2, local_chunks=served)
+    out = bytearray()
+    stream = StreamRead(100, out.extend)
+    drive(stream.run(agent, "A", "blk", 10))
+    assert out == data[10:110] and len(agent.local.done) == min(served, 13)
+    assert stream.checksum == f"xxh3:{xxhash.xxh3_64_intdigest(data[10:110]):016x}"
+
+    agent = FakeAgent(bytes(120), chunk_bytes=8, window=2, local_chunks=served)
+    src = bytes(range(1, 91))
+    sent = []
+    digest = drive(stream_write(agent, "A", "blk", 5, io.BytesIO(src), 90, sent.append))[0]
+    assert agent.data[5:95] == src and sum(sent) == 90 and agent.data[95:] == bytes(25)
+    assert digest == f"xxh3:{xxhash.xxh3_64_intdigest(src):016x}"
