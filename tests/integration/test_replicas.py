@@ -12,7 +12,7 @@ import time
 import pytest
 
 from mesh import protocol as P
-from mesh.errors import BlockNotFound, NotCurrent, PlacementShort, StaleEpoch
+from mesh.errors import BlockNotFound, MeshError, NotCurrent, PlacementShort, StaleEpoch
 from support.mesh import running_mesh
 
 pytestmark = pytest.mark.xdist_group("replicas")
@@ -170,6 +170,13 @@ def test_only_the_primary_takes_changes_and_only_from_its_own_epoch(tmp_path):
         assert bytes(c.read(b, 1)) == b"\0"
 
 
+def _primary_of(client, key: str) -> str | None:
+    try:
+        return client.object_info(key).nodes[0]
+    except MeshError:
+        return None
+
+
 def test_named_objects_live_with_their_block_copies(tmp_path):
     with running_mesh(tmp_path, n=3, **FAST) as mesh, mesh.client() as c:
         c.put_bytes("k", b"hello" * 1000, replicas=2)
@@ -177,7 +184,10 @@ def test_named_objects_live_with_their_block_copies(tmp_path):
         assert len(info.nodes) == 2
         c.put_object("obj", {"a": 1}, replicas=2)
         mesh.kill(info.nodes[0])
-        assert bytes(c.get_bytes("k")) == b"hello" * 1000
+        assert bytes(c.get_bytes("k")) == b"hello" * 1000  # a read fails over at once
+        # a change goes through the primary: the survivor takes over once the dead one is
+        # dead (dead_after_s); before that a put may be told the old primary is unavailable
+        assert wait_for(lambda: _primary_of(c, "k") not in (None, info.nodes[0]))
         c.put_bytes("k", b"new", replace=True, replicas=2)
         assert bytes(c.get_bytes("k")) == b"new"
         c.delete("k")
