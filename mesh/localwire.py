@@ -43,6 +43,7 @@ flight (``busy``); the client then uses the network for that operation.
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 
@@ -105,8 +106,6 @@ def recv(sock: socket.socket, flags: int = 0) -> tuple[Any, list[int]]:
 
 
 def _close_all(fds: list[int]) -> None:
-    import os
-
     for fd in fds:
         try:
             os.close(fd)

@@ -114,7 +114,7 @@ class LocalPath:
         fields = {"block": block_id, "offset": offset, "length": n, "write": write,
                   "have": have.ino if have is not None else 0}
         if n <= L.INLINE_MAX:  # the bytes travel in the message: one round trip
-            fields.update({"data": bytes(view)} if write else {"inline": True})
+            fields.update({"data": view} if write else {"inline": True})  # packed, not copied
         try:
             begun, fds = yield from self._ask(link, L.BEGIN, fields)
         except _Fallback:

@@ -222,13 +222,21 @@ def _settle(core: Core, sent: list[Sub], values: list[Any], single: list[int]) -
             values[sub.item] = sub.error
 
 
-def read_many(core: Core, items: Iterable[Any], return_exceptions: bool = False) -> Op:
-    """``items``: (block_id, size) or (block_id, size, offset); a bytearray each."""
+def _begin(core: Core, items: Iterable[Any]) -> Op:
+    """What ``read_many`` and ``write_many`` start from: the items as (block_id, x, offset),
+    a value slot each, the sub-ops sent and the items done one by one (both empty yet), and
+    where each block is."""
     items = [_item(item) for item in items]
+    places = yield from _locate_all(core, (it[0] for it in items))
     values: list[Any] = [None] * len(items)
     sent: list[Sub] = []
     single: list[int] = []
-    places = yield from _locate_all(core, (it[0] for it in items))
+    return items, values, sent, single, places
+
+
+def read_many(core: Core, items: Iterable[Any], return_exceptions: bool = False) -> Op:
+    """``items``: (block_id, size) or (block_id, size, offset); a bytearray each."""
+    items, values, sent, single, places = yield from _begin(core, items)
     near = core.near
 
     def prepared() -> Iterator[tuple[str, Sub]]:
@@ -262,11 +270,7 @@ def read_many(core: Core, items: Iterable[Any], return_exceptions: bool = False)
 
 def write_many(core: Core, items: Iterable[Any], return_exceptions: bool = False) -> Op:
     """``items``: (block_id, data) or (block_id, data, offset); the bytes written each."""
-    items = [_item(item) for item in items]
-    values: list[Any] = [None] * len(items)
-    sent: list[Sub] = []
-    single: list[int] = []
-    places = yield from _locate_all(core, (it[0] for it in items))
+    items, values, sent, single, places = yield from _begin(core, items)
 
     def prepared() -> Iterator[tuple[str, Sub]]:
         for i, (block_id, data, offset) in enumerate(items):

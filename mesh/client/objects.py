@@ -228,8 +228,8 @@ def _local(core: Core, address: str, block_id: str, offset: int, views: list[mem
     (a pickle's out-of-band buffers) go over the network, in one window of chunks."""
     if len(views) > LOCAL_MAX_VIEWS:
         return False
+    op = core.local.write if write else core.local.read
     for view in views:
-        op = core.local.write if write else core.local.read
         if view.nbytes and not (yield from op(address, block_id, offset, view)):
             return False
         offset += view.nbytes
