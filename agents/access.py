@@ -40,7 +40,8 @@ log = logging.getLogger("mesh.agent")
 RANK = {"reader": 0, "writer": 1, "admin": 2, "agent": 3}
 OP_ROLE: dict[str, str] = {
     **{op: "reader" for op in (P.HELLO, P.PING, P.SESSION, P.READ, P.STAT, P.LIST, P.STATS,
-                               P.NODES, P.KGET, P.KLIST, P.KWHERE, P.LOCAL)},
+                               P.NODES, P.KGET, P.KLIST, P.KWHERE, P.LOCAL,
+                               P.DIRECT)},
     **{op: "writer" for op in (P.ALLOC, P.FREE, P.WRITE, P.KPUT, P.KDEL, P.KCLAIM, P.KRELEASE,
                                P.KHOME, P.RENEW)},
     P.MOVE: "admin",

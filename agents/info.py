@@ -43,6 +43,7 @@ class InfoOps:
         rec["replicas"] = {"copies": len(self.repl.copies), "repairs": self.repl.repairs,
                            "moved_on": self.repl.moved_on_count}
         rec["local"] = self.local.describe()  # the same-host path (agents/local.py)
+        rec["direct"] = self.direct.describe()  # plain TCP (agents/direct.py)
         a = self.access
         rec["sealed_port"] = self.sealed_port
         rec["auth"] = {"rejected_handshakes": a.rejected_handshakes,

@@ -165,10 +165,13 @@ class LocalServer:
                 sock.close()
                 continue
             sock.setblocking(False)
-            _, uid, _ = struct.unpack("3i", sock.getsockopt(
-                socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
-            self.conns[sock] = Conn(sock, uid)
+            self.conns[sock] = self._adopt(sock)
             self.version += 1
+
+    def _adopt(self, sock: socket.socket) -> Conn:
+        _, uid, _ = struct.unpack("3i", sock.getsockopt(
+            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+        return Conn(sock, uid)
 
     def _drop(self, sock: socket.socket) -> None:
         conn = self.conns.pop(sock, None)
@@ -284,12 +287,23 @@ class LocalServer:
                 result["data"] = block.view[offset:end]
             a.metrics.replied(op, "ok", arrived, 0 if write else length)
             return result, ()
-        if block.fd < 0:
-            raise _Fallback("not_local", f"block {block.block_id} is not in shared memory")
+        return self._open(conn, block, offset, end, write, arrived, f)
+
+    def _pin(self, conn: Conn, block: Block, offset: int, end: int, write: bool,
+             arrived: float) -> Pin:
         pin = Pin(next(self._pins), block, offset, end, write, arrived, time.monotonic())
         conn.pins[pin.pin_id] = pin
         if not write:  # network writes to this range wait for its END
-            a.gate.sent(block.block_id, offset, end, pin)
+            self.agent.gate.sent(block.block_id, offset, end, pin)
+        return pin
+
+    def _open(self, conn: Conn, block: Block, offset: int, end: int, write: bool,
+              arrived: float, f: dict[str, Any]) -> tuple[dict[str, Any], tuple[int, ...]]:
+        """A large operation begun: the range pinned and the block's memfd, when the client has
+        not mapped it yet."""
+        if block.fd < 0:
+            raise _Fallback("not_local", f"block {block.block_id} is not in shared memory")
+        pin = self._pin(conn, block, offset, end, write, arrived)
         fds: tuple[int, ...] = ()
         if f["have"] != block.ino:  # a reader of a keyed cluster gets a read-only descriptor
             fds = (block.fd,)

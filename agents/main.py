@@ -79,6 +79,7 @@ def settings_for(cfg: ClusterConfig, node: NodeConfig) -> AgentSettings:
         lease_s=m.lease_s,
         metrics_port=node.metrics_port or 0,
         local_access=m.local_access,
+        direct_tcp=m.direct_tcp,
     )
 
 

@@ -45,6 +45,7 @@ from agents.many import ManyOps, Slot
 from agents.lifecycle import Event, State
 from agents.backing import MEMFDS, memfd_budget
 from agents.limits import FD_RESERVE_MIN, ConnectionGuard, connection_cap
+from agents.direct import DirectServer
 from agents.local import LocalServer
 from agents import logs, metrics
 from agents.metrics import Endpoint, Metrics
@@ -102,6 +103,7 @@ class AgentSettings:
     domain: str = ""  # the failure domain (machine) replicas keep apart; "" -> the node name
     metrics_port: int = 0  # where /metrics is served (0: not served)
     local_access: bool = True  # blocks in memfds, served to clients on this host (agents/local.py)
+    direct_tcp: bool = True  # reads and writes over plain TCP beside ZeroMQ (agents/direct.py)
 
     def __post_init__(self) -> None:
         # a pull asks its source (same cluster file, same limit) for chunks of chunk_bytes
@@ -149,6 +151,7 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
         self.metrics = Metrics(settings.node, settings.version)
         self.metrics_endpoint = Endpoint(self.metrics)
         self.local = LocalServer(self)  # the same-host path
+        self.direct = DirectServer(self)  # plain TCP beside ZeroMQ, without keys
         # moves and pulls run in threads with sockets of their own; the loop finishes them
         self.moves = PeerCopies(
             self.store, node=settings.node, address=self.address,
@@ -189,6 +192,8 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
             P.MOVE: self._move,
             P.MANY: self._many,
             P.LOCAL: self._local,
+            P.DIRECT: lambda identity, req: self._reply(identity, req,
+                                                        {"port": self.direct.port}),
         }
 
     # --- sockets ------------------------------------------------------------------------------
@@ -227,6 +232,8 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
         self.metrics_endpoint.start(s.bind_ip, s.metrics_port, s.advertised_host)
         if s.local_access:
             self.local.bind(self.address)
+        if s.direct_tcp and not self.access.keyed:  # (keyed: every byte is sealed, on ZeroMQ)
+            self.direct.bind(s.bind_ip)
 
     def close(self) -> None:
         self.stop()
@@ -240,6 +247,7 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
                 sock.close(linger=0)
         self.access.close()
         self.local.close()
+        self.direct.close()
         self.metrics_endpoint.close()
         self.store.close()
 
@@ -271,7 +279,7 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
         # a libzmq error, a bug), the loop logs it, counts it and goes on serving.
         guarded = self._guarded
         while not self._stopping:
-            if polled != (self.gossip.version, self.repl.version):  # links came or went
+            if polled != self._polled():  # links came or went
                 poller, polled = self._poller(), self._polled()
             now = time.monotonic()
             guarded("replicas", self.repl.tick, now)
@@ -280,6 +288,7 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
                 guarded("heartbeat", self._beat, now)
             guarded("connection guard", self.guard.tick, now)
             guarded("same-host path", self.local.tick, now)
+            guarded("direct path", self.direct.tick, now)
             # heartbeats do not wake the loop (agents/gossip.py): it looks at them this often
             timeout_s = min(next_beat - now, GOSSIP_DRAIN_S)
             if self._pending or self.moves.busy or self.repl.busy:
@@ -303,6 +312,7 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
                 guarded("sealed requests", self._drain_sealed)
             guarded("gossip", self.gossip.drain, events, now, guarded)
             guarded("same-host path", self.local.drain, events)
+            guarded("direct path", self.direct.drain, events)
             guarded("replica links", self.repl.finish_dials)
             guarded("replica replies", self.repl.drain, events)
             if self._pending:
@@ -312,13 +322,13 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
             if self.gate.waiting:
                 guarded("deferred writes", self.gate.retry, self._dispatch_deferred)
 
-    def _polled(self) -> tuple[int, int, int]:
-        return self.gossip.version, self.repl.version, self.local.version
+    def _polled(self) -> tuple[int, int, int, int]:
+        return self.gossip.version, self.repl.version, self.local.version, self.direct.version
 
     def _poller(self) -> zmq.Poller:
         poller = zmq.Poller()
         for sock in [self.router, self.sealed, *self.gossip.sockets(), *self.guard.monitors,
-                     *self.repl.sockets(), *self.local.sockets()]:
+                     *self.repl.sockets(), *self.local.sockets(), *self.direct.sockets()]:
             if sock is not None:
                 poller.register(sock, zmq.POLLIN)
         return poller

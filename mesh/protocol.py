@@ -31,6 +31,8 @@ Ops and their fields (all sizes and offsets are byte counts, ints >= 0)::
     LOCAL  {}                                 -> {name, [ticket]}: the same-host path's socket
                                                  and, on a keyed cluster, a one-use ticket for
                                                  it (mesh/localwire.py)
+    DIRECT {}                                 -> {port}: the direct path's TCP port on the
+                                                 data host, 0 when none (mesh/directwire.py)
     MANY   {ops: [[op, fields], ...]}  + 1 payload  -> {results: [[OK, result] |
            [ERROR, {code, message}], ...]}  + 1 payload
 
@@ -192,6 +194,7 @@ SUSPECT = "suspect"
 FENCE = "fence"
 MANY = "many"
 LOCAL = "local"
+DIRECT = "direct"
 
 OK = 0
 ERROR = 1
@@ -254,6 +257,7 @@ _REQUEST_SCHEMA: dict[str, tuple[dict[str, tuple[type, ...]], int]] = {
     TRUST: ({"entries": (list,)}, 0),
     MANY: ({"ops": (list,)}, 1),
     LOCAL: ({}, 0),
+    DIRECT: ({}, 0),
 }
 OPS = frozenset(_REQUEST_SCHEMA)
 MANY_OPS = frozenset({READ, WRITE, STAT, ALLOC, FREE, KPUT, KGET, KDEL, KCLAIM, KRELEASE,

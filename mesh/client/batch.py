@@ -32,10 +32,13 @@ from mesh.errors import InvalidRequest, MeshError, MeshTimeout, ProtocolError
 
 @dataclass(frozen=True)
 class Wait:
-    """What an operation waits for: readable sockets among ``sockets``, up to ``timeout_s``."""
+    """What an operation waits for: readable sockets among ``sockets`` (or writable ones among
+    ``writable``: plain sockets only, the direct path's), up to ``timeout_s``. The driver sends
+    back the set of those that are ready."""
 
     sockets: tuple[zmq.Socket, ...]
     timeout_s: float
+    writable: tuple[Any, ...] = ()
 
 
 @dataclass(eq=False)

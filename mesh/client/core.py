@@ -53,6 +53,7 @@ from mesh.errors import (
 )
 from mesh.membership import ALIVE, DEAD, LIVE_FIELDS, SUSPECT, NodeInfo
 from mesh.client.links import Links
+from mesh.client.direct import DirectPath
 from mesh.client.local import LocalPath
 from mesh.client.view import VersionWatch, build_view, newer, nobody_listens
 from mesh.units import format_bytes
@@ -109,6 +110,7 @@ class Core:
         self.closed = False
         self.versions = VersionWatch(__version__)  # warns once per (node, other version)
         self.local = LocalPath(self)  # agents on this machine: shared memory, not TCP
+        self.direct = DirectPath(self)  # the others, without keys: plain TCP beside ZeroMQ
         tune_for_transfers(settings.max_message_bytes, settings.window)
 
     # --- sockets ------------------------------------------------------------------------------
@@ -130,6 +132,7 @@ class Core:
     def close(self) -> None:
         self.links.close()
         self.local.close()
+        self.direct.close()
         self.closed = True
 
     def node_info(self, name: str) -> NodeInfo | None:
@@ -423,7 +426,8 @@ class Core:
                     f"write of {n} bytes at offset {offset} is past the end of block "
                     f"{block_id} ({size} bytes)"
                 )
-            if n == 0 or (yield from self.local.write(address, block_id, offset, view)):
+            if n == 0 or (yield from self.local.write(address, block_id, offset, view)) or \
+                    (yield from self.direct.write(address, block_id, offset, view)):
                 return n
             calls = chunk_calls(P.WRITE, address, block_id, offset, [view],
                                 self.settings.chunk_bytes)
@@ -450,7 +454,8 @@ class Core:
                     f"{block_id} ({block_size} bytes)"
                 )
             address = self.near.get(block_id, address)
-            if n and (yield from self.local.read(address, block_id, offset, out[:n])):
+            if n and ((yield from self.local.read(address, block_id, offset, out[:n])) or
+                      (yield from self.direct.read(address, block_id, offset, out[:n]))):
                 return n
             calls = chunk_calls(P.READ, address, block_id, offset, [out[:n]],
                                 self.settings.chunk_bytes)

@@ -329,14 +329,16 @@ class MeshClient(_ClientBase):
         self._free = threading.Condition()
 
     def _wait(self, wait: Wait) -> set[zmq.Socket]:
-        if not wait.sockets:
+        if not wait.sockets and not wait.writable:
             time.sleep(wait.timeout_s)
             return set()
         # libzmq's poll straight away: no zmq.Poller built and registered for every request
-        ready = {s for s, _ in zmq.zmq_poll([(s, zmq.POLLIN) for s in wait.sockets],
+        ready = {s for s, _ in zmq.zmq_poll([(s, zmq.POLLIN) for s in wait.sockets]
+                                            + [(s, zmq.POLLOUT) for s in wait.writable],
                                             max(1, int(wait.timeout_s * 1000)))}
-        if any(type(s) is int for s in ready):  # a plain socket (same-host path) is told by fd
-            ready |= {s for s in wait.sockets if type(s) is not zmq.Socket and s.fileno() in ready}
+        if any(type(s) is int for s in ready):  # a plain socket (same-host, direct) is told by fd
+            ready |= {s for s in (*wait.sockets, *wait.writable)
+                      if type(s) is not zmq.Socket and s.fileno() in ready}
         return ready
 
     def _run(self, work: Any, most: int = 1) -> Any:
@@ -419,11 +421,11 @@ class AsyncMeshClient(_ClientBase):
         return shadow
 
     async def _wait(self, wait: Wait) -> set[zmq.Socket]:
-        if not wait.sockets:
+        if not wait.sockets and not wait.writable:
             await self._asyncio.sleep(wait.timeout_s)
             return set()
         plain = [s for s in wait.sockets if not isinstance(s, zmq.Socket)]
-        if plain:  # the same-host path's Unix sockets, maybe beside zmq ones
+        if plain or wait.writable:  # the same-host and direct paths' plain sockets
             return await self._wait_plain(wait, plain)
         poller = self._zmq_asyncio.Poller()
         shadows = {}
@@ -439,8 +441,11 @@ class AsyncMeshClient(_ClientBase):
         aio = self._asyncio
         loop = aio.get_running_loop()
         woken = loop.create_future()
+        wake = lambda: woken.done() or woken.set_result(None)  # noqa: E731
         for sock in plain:
-            loop.add_reader(sock.fileno(), lambda: woken.done() or woken.set_result(None))
+            loop.add_reader(sock.fileno(), wake)
+        for sock in wait.writable:
+            loop.add_writer(sock.fileno(), wake)
         rest = tuple(s for s in wait.sockets if isinstance(s, zmq.Socket))
         polling = aio.ensure_future(self._wait(Wait(rest, wait.timeout_s))) if rest else None
         try:
@@ -449,7 +454,10 @@ class AsyncMeshClient(_ClientBase):
         finally:
             for sock in plain:
                 loop.remove_reader(sock.fileno())
-        ready: set[Any] = set(plain) if woken.done() else set()  # (a spurious one reads EAGAIN)
+            for sock in wait.writable:
+                loop.remove_writer(sock.fileno())
+        # (a spurious one reads or writes EAGAIN, and waits again)
+        ready: set[Any] = set(plain) | set(wait.writable) if woken.done() else set()
         if polling is not None:
             if polling.done():
                 ready |= polling.result()

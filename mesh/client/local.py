@@ -75,6 +75,9 @@ class _Link:
 
 
 class LocalPath:
+    NAME = "same-host path"
+    MIN_BULK = 0  # operations over INLINE_MAX and under this go over ZeroMQ
+
     def __init__(self, core: Core):
         self.core = core
         self.enabled = core.settings.local_access
@@ -102,19 +105,18 @@ class LocalPath:
 
     def _op(self, address: str, block_id: str, offset: int, view: memoryview,
             write: bool) -> Op:
-        if not self.enabled or view.nbytes == 0:
+        n = view.nbytes
+        if not self.enabled or n == 0 or L.INLINE_MAX < n < self.MIN_BULK:
             return False
         link = yield from self._link(address)
         if link is None:
             return False
-        have = link.maps.get(block_id)
-        if have is not None and write and not have.writable:
-            have = None  # (a reader's mapping, and now a write: ask for a writable one)
-        n = view.nbytes
         fields = {"block": block_id, "offset": offset, "length": n, "write": write,
-                  "have": have.ino if have is not None else 0}
+                  "have": self._have(link, block_id, write)}
         if n <= L.INLINE_MAX:  # the bytes travel in the message: one round trip
             fields.update({"data": view} if write else {"inline": True})  # packed, not copied
+        else:
+            fields.update(self._extra(write))
         try:
             begun, fds = yield from self._ask(link, L.BEGIN, fields)
         except _Fallback:
@@ -142,15 +144,9 @@ class LocalPath:
                     pass
             return False
         try:
-            mapped = self._mapping(link, block_id, fds, begun, populate=2 * n >= begun["size"])
-        except (OSError, ValueError):
-            mapped = None
-        if mapped is not None:
-            region = mapped.view[offset : offset + n]
-            try:
-                memcopy.copy(region, view) if write else memcopy.copy(view, region)
-            finally:
-                region.release()
+            moved = yield from self._bulk(link, block_id, fds, begun, offset, view, write)
+        except _Fallback:  # (the connection broke: dropped)
+            return False
         try:
             yield from self._ask(link, L.END, {"pin": begun["pin"]})
         except _Fallback:
@@ -159,11 +155,41 @@ class LocalPath:
             raise
         except MeshError:
             return False
-        if mapped is None:
+        if not moved:
             return False
-        link.maps.move_to_end(block_id)
         self.done += 1
         return True
+
+    # --- what differs between transports (mesh/client/direct.py has the other one) ------------
+
+    def _have(self, link: _Link, block_id: str, write: bool) -> int:
+        """The inode of the block's mapping this client holds (0: none, or a read-only one and
+        now a write: the agent sends a descriptor)."""
+        have = link.maps.get(block_id)
+        return have.ino if have is not None and (have.writable or not write) else 0
+
+    def _extra(self, write: bool) -> dict[str, Any]:
+        return {}
+
+    def _bulk(self, link: _Link, block_id: str, fds: list[int], begun: dict[str, Any],
+              offset: int, view: memoryview, write: bool) -> Op:
+        """The bytes of a large operation begun: here, one copy through the block's mapping.
+        False when it could not be done (the client does it over the network)."""
+        n = view.nbytes
+        try:
+            mapped = self._mapping(link, block_id, fds, begun, populate=2 * n >= begun["size"])
+        except (OSError, ValueError):
+            return False
+        if mapped is None:
+            return False
+        region = mapped.view[offset : offset + n]
+        try:
+            memcopy.copy(region, view) if write else memcopy.copy(view, region)
+        finally:
+            region.release()
+        link.maps.move_to_end(block_id)
+        return True
+        yield  # (a generator, as the direct path's)
 
     # --- mappings -----------------------------------------------------------------------------
 
@@ -204,26 +230,16 @@ class LocalPath:
             return link
         if time.monotonic() < self._absent.get(address, 0.0):
             return None
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:
-            sock.setblocking(False)
-            sock.connect(L.socket_name(address))
-        except OSError:  # no agent of this machine serves that address
-            sock.close()
+            sock = yield from self._connect(address)
+        except (_Fallback, MeshError, KeyError, TypeError, OSError):
+            sock = None
+        if sock is None:  # no agent of this machine serves that address (or no direct port)
             self._absent[address] = time.monotonic() + RETRY_ABSENT_S
             return None
-        link = self._links[address] = _Link(sock, address)
+        link = self._links[address] = self._new_link(sock, address)
         try:
-            try:
-                hello, _ = yield from self._ask(link, L.HELLO, {}, HELLO_TIMEOUT_S)
-            except MeshError as exc:
-                if exc.code != "unauthenticated":
-                    raise
-                # a keyed cluster: a one-use ticket over the authenticated network session
-                granted = yield from self.core.call(address, P.LOCAL, {},
-                                                    wait_moving=False)
-                hello, _ = yield from self._ask(link, L.HELLO, {"ticket": granted["ticket"]},
-                                                HELLO_TIMEOUT_S)
+            hello = yield from self._greet(link)
             expected = self.core.node_name(address)
             if hello.get("version") != L.VERSION or (expected and hello.get("node") != expected):
                 raise _Fallback
@@ -233,6 +249,43 @@ class LocalPath:
             return None
         link.node = hello.get("node")
         return link
+
+    def _new_link(self, sock: Any, address: str) -> _Link:
+        return _Link(sock, address)
+
+    def _connect(self, address: str) -> Op:
+        """A connected socket to the agent at ``address``, or None."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            sock.setblocking(False)
+            sock.connect(L.socket_name(address))
+        except OSError:
+            sock.close()
+            return None
+        return sock
+        yield  # (a generator, as the direct path's)
+
+    def _greet(self, link: _Link) -> Op:
+        """HELLO's answer (with a ticket on a keyed cluster)."""
+        try:
+            hello, _ = yield from self._ask(link, L.HELLO, {}, HELLO_TIMEOUT_S)
+        except MeshError as exc:
+            if exc.code != "unauthenticated":
+                raise
+            # a keyed cluster: a one-use ticket over the authenticated network session
+            granted = yield from self.core.call(link.address, P.LOCAL, {}, wait_moving=False)
+            hello, _ = yield from self._ask(link, L.HELLO, {"ticket": granted["ticket"]},
+                                            HELLO_TIMEOUT_S)
+        return hello
+
+    def _send(self, link: _Link, message: Any, deadline: float) -> Op:
+        L.send(link.sock, message, flags=socket.MSG_DONTWAIT)
+        return
+        yield  # (a generator, as the direct path's)
+
+    def _recv(self, link: _Link) -> tuple[Any, list[int]]:
+        """The next message, non-blocking (``BlockingIOError`` when none yet)."""
+        return L.recv(link.sock, socket.MSG_DONTWAIT)
 
     def _drop(self, link: _Link) -> None:
         if self._links.get(link.address) is link:
@@ -244,21 +297,21 @@ class LocalPath:
         """(result, descriptors) of one request. ``_Fallback`` when the agent says so or the
         connection broke; ``MeshTimeout``; the agent's error otherwise."""
         rid = next(link.ids)
+        timeout_s = timeout_s or self.core.settings.request_timeout_s
+        deadline = time.monotonic() + timeout_s
         try:
-            L.send(link.sock, [op, rid, fields], flags=socket.MSG_DONTWAIT)
+            yield from self._send(link, [op, rid, fields], deadline)
         except OSError:
             self._drop(link)
             raise _Fallback from None
-        timeout_s = timeout_s or self.core.settings.request_timeout_s
-        deadline = time.monotonic() + timeout_s
         while True:
             try:
-                message, fds = L.recv(link.sock, socket.MSG_DONTWAIT)
+                message, fds = self._recv(link)
             except (BlockingIOError, InterruptedError):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     self._drop(link)
-                    raise MeshTimeout(f"no reply from {link.address} (same-host path) to {op} "
+                    raise MeshTimeout(f"no reply from {link.address} ({self.NAME}) to {op} "
                                       f"within {timeout_s:g} s", node=link.node) from None
                 yield Wait((link.sock,), left)
                 continue

@@ -126,14 +126,18 @@ def gather(ops: list[Op]) -> Op:
             step(i, None, now)
         while waiting:
             sockets: dict[int, Any] = {}
+            writable: dict[int, Any] = {}
             for wait, _ in waiting.values():
                 for sock in wait.sockets:
                     sockets[id(sock)] = sock
+                for sock in wait.writable:
+                    writable[id(sock)] = sock
             soonest = min(over for _, over in waiting.values())
-            ready = yield Wait(tuple(sockets.values()), max(0.0, soonest - time.monotonic()))
+            ready = yield Wait(tuple(sockets.values()), max(0.0, soonest - time.monotonic()),
+                               tuple(writable.values()))
             now = time.monotonic()
             for i, (wait, over) in list(waiting.items()):
-                mine = {s for s in wait.sockets if s in ready}
+                mine = {s for s in (*wait.sockets, *wait.writable) if s in ready}
                 if mine or now >= over:
                     step(i, mine, now)
     finally:
