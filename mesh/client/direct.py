@@ -46,7 +46,8 @@ class DirectPath(LocalPath):
         return _Stream(sock, address)
 
     def _connect(self, address: str) -> Op:
-        granted = yield from self.core.call(address, P.DIRECT, {}, wait_moving=False)
+        granted = yield from self.core.call(address, P.DIRECT, {}, timeout_s=HELLO_TIMEOUT_S,
+                                            wait_moving=False)
         port = granted.get("port")
         if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
             return None  # (0: this agent serves none)

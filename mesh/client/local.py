@@ -76,6 +76,7 @@ class _Link:
 
 class LocalPath:
     NAME = "same-host path"
+    RETRY_ABSENT_S = RETRY_ABSENT_S
     MIN_BULK = 0  # operations over INLINE_MAX and under this go over ZeroMQ
 
     def __init__(self, core: Core):
@@ -235,7 +236,7 @@ class LocalPath:
         except (_Fallback, MeshError, KeyError, TypeError, OSError):
             sock = None
         if sock is None:  # no agent of this machine serves that address (or no direct port)
-            self._absent[address] = time.monotonic() + RETRY_ABSENT_S
+            self._absent[address] = time.monotonic() + self.RETRY_ABSENT_S
             return None
         link = self._links[address] = self._new_link(sock, address)
         try:
@@ -245,7 +246,7 @@ class LocalPath:
                 raise _Fallback
         except (_Fallback, MeshError, KeyError, TypeError):
             self._drop(link)
-            self._absent[address] = time.monotonic() + RETRY_ABSENT_S
+            self._absent[address] = time.monotonic() + self.RETRY_ABSENT_S
             return None
         link.node = hello.get("node")
         return link

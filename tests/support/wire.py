@@ -51,3 +51,49 @@ class LocalSocket:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class DirectSocket:
+    """A raw connection to an agent's direct path (``mesh/directwire.py``), below the client."""
+
+    def __init__(self, address: str, timeout_s: float = 10.0):
+        import socket
+
+        from mesh import directwire as D
+
+        self.D = D
+        port = raw_call(address, P.DIRECT, {}).body["port"]
+        assert port, "this agent serves no direct path"
+        self.sock = socket.create_connection((D.host_of(address), port), timeout=timeout_s)
+        self.frames = D.Frames()
+        self._ids = iter(range(1, 1 << 30))
+
+    def send(self, message) -> None:
+        self.sock.sendall(self.D.frame(message))
+
+    def recv(self):
+        while (message := self.frames.next()) is None:
+            data = self.sock.recv(1 << 20)
+            if not data:
+                raise EOFError
+            self.frames.feed(data)
+        return message
+
+    def call(self, op: str, fields: dict) -> tuple[bool, dict]:
+        rid = next(self._ids)
+        self.send([op, rid, fields])
+        got, ok, body = self.D.L.parse_reply(self.recv())
+        assert got == rid
+        return ok, body
+
+    def recv_raw(self, n: int) -> bytes:
+        data = self.frames.take(n)
+        while len(data) < n:
+            more = self.sock.recv(n - len(data))
+            if not more:
+                raise EOFError
+            data += more
+        return data
+
+    def close(self) -> None:
+        self.sock.close()
