@@ -88,7 +88,7 @@ class DirectServer(LocalServer):
 
     def describe(self) -> dict[str, Any]:
         return {"port": self.port, "connections": len(self.conns), "refused": self.refused,
-                "transfers": self.transfers}
+                "transfers": self.transfers, "pulls": self.agent.moves.pulled_direct}
 
     def sockets(self) -> list[Any]:
         if self.listener is None:

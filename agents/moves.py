@@ -45,6 +45,7 @@ from typing import Any, Callable
 
 import zmq
 
+from agents import direct_pull
 from agents.lifecycle import Event, State
 from agents.store import Block, BlockStore
 from mesh import checksum as C
@@ -96,6 +97,10 @@ class PeerCopies:
         self._reply = reply
         self._reply_error = reply_error
         self.moved = 0  # blocks moved away (metrics)
+        # copies pull over the source's direct port when both serve one (agents/direct_pull.py);
+        # the server turns it on once its own direct path listens (so never with keys)
+        self.direct = False
+        self.pulled_direct = 0
         self._pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="move")
         self._jobs: dict[Future, tuple[Callable[..., None], tuple]] = {}
         self._dead: frozenset[str] = frozenset()  # read by the job threads
@@ -312,6 +317,11 @@ class PeerCopies:
         chunk = self.chunk_bytes
         sock = self._connect(source, hwm=4 * PULL_WINDOW, max_message_bytes=chunk)
         try:
+            if self.direct:
+                try:
+                    return self._pull_direct(sock, block, source, deadline, algorithm)
+                except direct_pull.Unavailable as exc:  # over ZeroMQ, from the start
+                    log.debug("pull of %s over ZeroMQ: %s", block.block_id, exc)
             inflight: dict[int, tuple[int, int]] = {}
             pieces = P.chunk_ranges(block.size, chunk)
             request_id, received = 0, 0
@@ -346,6 +356,29 @@ class PeerCopies:
             return hasher.text()
         finally:
             sock.close(0)
+
+    def _pull_direct(self, sock: zmq.Socket, block: Block, source: str, deadline: float,
+                     algorithm: str) -> str:
+        sock.send(P.encode_request(P.DIRECT, 1, {}))
+        reply = self._await_reply(sock, source, deadline)
+        port = reply.body.get("port") if reply.ok else None
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+            raise direct_pull.Unavailable("the source serves no direct path")
+
+        def check() -> None:
+            if block.state is State.CANCELLED:
+                raise MoveFailed(f"the move of {block.block_id} was aborted by its source")
+            if self._stopping:
+                raise AgentError(f"agent {self.node} is stopping", node=self.node)
+            if source in self._dead:
+                raise NodeUnavailable(f"{source} stopped sending heartbeats", node=self.node)
+            if time.monotonic() > deadline:
+                raise MeshTimeout(f"{source} did not send the copy in time", node=self.node)
+
+        checksum = direct_pull.pull(block.view, block.block_id, source, port, algorithm,
+                                    check=check, stall_s=STALL_S)
+        self.pulled_direct += 1
+        return checksum
 
     def _pull_done(self, future: Future, identity: bytes, req: P.Request, block: Block) -> None:
         error = self._job_error(future, f"copying {block.block_id}")

@@ -234,6 +234,7 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
             self.local.bind(self.address)
         if s.direct_tcp and not self.access.keyed:  # (keyed: every byte is sealed, on ZeroMQ)
             self.direct.bind(s.bind_ip)
+            self.moves.direct = self.direct.port > 0
 
     def close(self) -> None:
         self.stop()

@@ -262,3 +262,21 @@ def test_with_direct_tcp_off_or_keys_the_client_uses_zeromq(tmp_path):
             block = c.allocate(16 * MiB)
             c.write(block, b"k" * (16 * MiB))
             assert bytes(c.read(block)) == b"k" * (16 * MiB) and direct_ops(c) == 0
+
+
+def test_a_move_copies_over_the_sources_direct_port(mesh):
+    data = os.urandom(70 * MiB)  # two pieces of a direct pull (agents/direct_pull.py)
+    with mesh.client() as c:
+        block = c.allocate(70 * MiB, node="node1")
+        c.write(block, data)
+        pulls = {n: stats(mesh.node(n).address)["direct"]["pulls"] for n in ("node1", "node2")}
+        c.move(block, "node2")
+        assert c.stat(block).node == "node2"
+        assert bytes(c.read(block)) == data
+        c.write(block, b"moved")
+        c.move(block, "node1")
+        assert bytes(c.read(block, 5)) == b"moved"
+        assert bytes(c.read(block, 1000, 5)) == data[5:1005]
+        for n in ("node1", "node2"):
+            assert stats(mesh.node(n).address)["direct"]["pulls"] == pulls[n] + 1, n
+        c.free(block)
