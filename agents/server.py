@@ -71,6 +71,7 @@ _SENT = zmq.MessageTracker()  # what _send returns for a copied message: done, n
 # The loop's longest sleep while allocations or peer copies are finishing on other threads, and
 # while writes wait for zero-copy reads to leave libzmq.
 JOBS_POLL_S = 0.005
+TICK_S = 0.05  # the connection guard's and the pins' timers run at most this often
 DEFERRED_POLL_S = 0.001
 LOGGED_LOOP_ERRORS = 100  # with a traceback each; after that one in a thousand
 
@@ -271,7 +272,7 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
     def run(self) -> None:
         poller, polled = self._poller(), self._polled()
         interval = self.s.heartbeat_interval_s
-        next_beat = time.monotonic()
+        next_beat = next_tick = time.monotonic()
         log.info(
             "agent %s serving %s (gossip %s), incarnation %d",
             self.s.node, self.address, self.gossip_address, self.incarnation,
@@ -287,9 +288,11 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
             if now >= next_beat:
                 next_beat = max(next_beat + interval, now + interval / 2)
                 guarded("heartbeat", self._beat, now)
-            guarded("connection guard", self.guard.tick, now)
-            guarded("same-host path", self.local.tick, now)
-            guarded("direct path", self.direct.tick, now)
+            if now >= next_tick:  # (timers of a second and more: not every turn)
+                next_tick = now + TICK_S
+                guarded("connection guard", self.guard.tick, now)
+                guarded("same-host path", self.local.tick, now)
+                guarded("direct path", self.direct.tick, now)
             # heartbeats do not wake the loop (agents/gossip.py): it looks at them this often
             timeout_s = min(next_beat - now, GOSSIP_DRAIN_S)
             if self._pending or self.moves.busy or self.repl.busy:

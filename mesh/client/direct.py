@@ -98,6 +98,9 @@ class DirectPath(LocalPath):
                                   node=link.node)
             yield Wait((), left, (link.sock,))
 
+    def _buffered(self, link: _Link) -> bool:
+        return bool(link.frames.buf)  # type: ignore[attr-defined]
+
     def _recv(self, link: _Link) -> tuple[Any, list[int]]:
         frames = link.frames  # type: ignore[attr-defined]
         message = frames.next()

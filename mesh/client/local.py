@@ -284,6 +284,10 @@ class LocalPath:
         return
         yield  # (a generator, as the direct path's)
 
+    def _buffered(self, link: _Link) -> bool:
+        """Whether bytes of the next reply may have been read already."""
+        return False
+
     def _recv(self, link: _Link) -> tuple[Any, list[int]]:
         """The next message, non-blocking (``BlockingIOError`` when none yet)."""
         return L.recv(link.sock, socket.MSG_DONTWAIT)
@@ -305,7 +309,11 @@ class LocalPath:
         except OSError:
             self._drop(link)
             raise _Fallback from None
+        waited = self._buffered(link)  # (a reply takes a moment: wait before reading)
         while True:
+            if not waited:
+                waited = True
+                yield Wait((link.sock,), max(0.0, deadline - time.monotonic()))
             try:
                 message, fds = self._recv(link)
             except (BlockingIOError, InterruptedError):
