@@ -294,8 +294,10 @@ class MembershipTable:
         return self._members.get(node)
 
     def snapshot(self, now: float) -> list[dict[str, Any]]:
+        """Every member's record with its state here, and whether it has spoken for itself
+        (``vouched``: only such a node is a move's or a pull's peer)."""
         return [
-            m.as_record(now, self.state(m, now))
+            {**m.as_record(now, self.state(m, now)), "vouched": m.vouched}
             for m in sorted(self._members.values(), key=lambda m: m.info.name)
         ]
 

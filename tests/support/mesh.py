@@ -156,14 +156,16 @@ class LocalMesh:
         self.wait_converged()
 
     def wait_converged(self, timeout_s: float = 15.0) -> None:
-        """Until every agent has heard every other one (PUB/SUB joins take a moment)."""
+        """Until every agent has heard every other one itself, not only through relays
+        (PUB/SUB joins take a moment; a move's target must have spoken for itself)."""
         deadline = time.monotonic() + timeout_s
         want = {a.name for a in self.nodes}
         for a in self.nodes:
             with MeshClient(self.config_path, timeout_s=2.0) as client:
                 while True:
                     table = client._run(client._core.call(a.address, "nodes"))["nodes"]
-                    if {r["node"] for r in table if r["state"] == "alive"} >= want:
+                    if {r["node"] for r in table
+                            if r["state"] == "alive" and r.get("vouched", True)} >= want:
                         break
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"{a.name} never heard all of {sorted(want)}: {table}")
