@@ -98,7 +98,7 @@ class MeshSettings:
     replicas: int = 1
     replica_spread: str = "host"
     # Operations one client runs at once (threads, asyncio tasks), each on its own connection
-    # per agent; a large transfer to one agent is cut over as many (mesh/client/pool.py).
+    # per agent; a large transfer over ZeroMQ to one agent is cut over two (mesh/client/pool.py).
     client_connections: int = 4
     # A client on an agent's machine reads and writes its blocks in shared memory, not over
     # TCP; the agent keeps blocks in memfds for that (mesh/localwire.py).

@@ -41,10 +41,11 @@ def mesh(tmp_path_factory):
 def test_large_and_small_reads_and_writes_take_the_direct_path(mesh):
     address = mesh.node("node1").address
     with mesh.client() as c:
+        assert c._parts(lambda: 1 << 30) == 1
         block = c.allocate(40 * MiB, node="node1")
         data = os.urandom(40 * MiB)
         before, transfers = direct_ops(c), stats(address)["direct"]["transfers"]
-        c.write(block, data)  # large: streamed (cut over two connections)
+        c.write(block, data)  # large: streamed, in one part (mesh/client/parallel.py)
         c.write(block, b"hello", 12345)  # small: inline
         assert bytes(c.read(block, 5, 12345)) == b"hello"
         out = bytearray(40 * MiB)
