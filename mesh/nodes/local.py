@@ -219,6 +219,10 @@ def start(cfg: ClusterConfig, agents: list[LocalAgent], insecure: bool = False,
 
     def wait(agent: LocalAgent, proc: subprocess.Popen, sizes: tuple[int, int]) -> None:
         name = agent.node.name
+        # Each try is a new connection. On a loaded machine (100 agents starting on 2 cores) a
+        # handshake and an answer can take longer than a short ping allows, and a fixed 0.3 s
+        # never succeeded for 11-43 of 100 agents in 150 s: each try waits longer, up to 3 s.
+        ping_s = 0.3
         while True:
             code = proc.poll()
             if code is not None:
@@ -227,9 +231,11 @@ def start(cfg: ClusterConfig, agents: list[LocalAgent], insecure: bool = False,
                     name, False, f"agent exited at start (code {code}):\n{agent.said_since(sizes)}"
                 )
                 return
-            if _ping(cfg, agent.node.data_address, 0.3):
+            if _ping(cfg, agent.node.data_address, min(ping_s, max(0.05, deadline -
+                                                                  time.monotonic()))):
                 outcomes[name] = Outcome(name, True, "started", proc.pid)
                 return
+            ping_s = min(3.0, ping_s * 1.5)
             if time.monotonic() > deadline:
                 _terminate(proc.pid, 3.0)
                 agent.pid_file.unlink(missing_ok=True)
