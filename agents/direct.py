@@ -39,7 +39,11 @@ log = logging.getLogger("mesh.agent")
 
 WORKERS = 4
 STALL_S = 10.0  # a transfer without a byte moving for this long is given up
+# ... and one slower than this on average (beyond STALL_S), so a client trickling bytes cannot
+# hold a worker for ever; moves wait for the same floor (agents/moves.py)
+MIN_BYTES_PER_S = 20e6
 CHUNK = 1 << 20  # a write is taken in this much at a time (its deadline checked between)
+SEND_PIECE = 4 << 20  # a read is sent in pieces this large (the time limit checked between)
 MAX_QUEUED = 64
 _RECV = 256 * 1024
 
@@ -54,6 +58,11 @@ class DirectConn(Conn):
 
 class _Late(Exception):
     pass
+
+
+def _check_limit(limit: float) -> None:
+    if time.monotonic() > limit:
+        raise TimeoutError("the transfer ran below the direct path's slowest rate")
 
 
 class DirectServer(LocalServer):
@@ -197,12 +206,15 @@ class DirectServer(LocalServer):
         error: BaseException | None = None
         region = conn.region
         assert region is not None
+        limit = time.monotonic() + STALL_S + region.nbytes / MIN_BYTES_PER_S
         try:
             conn.sock.settimeout(STALL_S)
             if pin.write:
-                self._take_write(conn.sock, region, deadline, early)
+                self._take_write(conn.sock, region, deadline, early, limit)
             else:
-                conn.sock.sendall(region)
+                for i in range(0, region.nbytes, SEND_PIECE):
+                    _check_limit(limit)
+                    conn.sock.sendall(region[i : i + SEND_PIECE])
         except BaseException as exc:  # handed to the loop, which drops the connection
             error = exc
         finally:
@@ -219,13 +231,14 @@ class DirectServer(LocalServer):
                 pass
 
     def _take_write(self, sock: socket.socket, region: memoryview, deadline: float | None,
-                    early: bytes) -> None:
+                    early: bytes, limit: float) -> None:
         n, got = region.nbytes, len(early)
         region[:got] = early
         bounce = getattr(self._bounce, "buf", None)
         if bounce is None:
             bounce = self._bounce.buf = memoryview(bytearray(CHUNK))
         while got < n:
+            _check_limit(limit)
             k = sock.recv_into(bounce, min(CHUNK, n - got))
             if k == 0:
                 raise EOFError("the client closed the connection mid-write")
