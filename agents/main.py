@@ -80,6 +80,7 @@ def settings_for(cfg: ClusterConfig, node: NodeConfig) -> AgentSettings:
         metrics_port=node.metrics_port or 0,
         local_access=m.local_access,
         direct_tcp=m.direct_tcp,
+        direct_port=node.direct_port or 0,
     )
 
 

@@ -105,6 +105,7 @@ class AgentSettings:
     metrics_port: int = 0  # where /metrics is served (0: not served)
     local_access: bool = True  # blocks in memfds, served to clients on this host (agents/local.py)
     direct_tcp: bool = True  # reads and writes over plain TCP beside ZeroMQ (agents/direct.py)
+    direct_port: int = 0  # its port (the cluster file's direct_port: mesh_port + 3); 0: any free
 
     def __post_init__(self) -> None:
         # a pull asks its source (same cluster file, same limit) for chunks of chunk_bytes
@@ -234,7 +235,7 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
         if s.local_access:
             self.local.bind(self.address)
         if s.direct_tcp and not self.access.keyed:  # (keyed: every byte is sealed, on ZeroMQ)
-            self.direct.bind(s.bind_ip)
+            self.direct.bind(s.bind_ip, s.direct_port)
             self.moves.direct = self.direct.port > 0
 
     def close(self) -> None:

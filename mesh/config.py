@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +180,10 @@ class NodeConfig:
     mesh_host: str = ""  # "" means the same as host
     mesh_port: int = DEFAULT_PORT
     metrics_port: int | None = None  # Prometheus /metrics; None: mesh_port + 2; 0: not served
+    # the direct path's TCP port (mesh/directwire.py); 0: any free port. Not given: mesh_port
+    # + 3, unless another agent of the file uses that port on the same host (then 0), so files
+    # whose agents share a host three ports apart stay valid (``_direct_ports``)
+    direct_port: int | None = None
     ssh_key: str | None = None
     # Deployment (``grid agents deploy``): where the node keeps its venv, config, pid and log
     # files (default: <execution.working_directory>/mesh/<node name>), its Python, and whether
@@ -381,6 +385,7 @@ def _parse_cluster(data: Any, source: str) -> ClusterConfig:
         raise _Invalid("nodes", f"expected a non-empty list of nodes, got {_describe(nodes_raw)}")
     nodes = tuple(_parse_node(item, f"nodes[{i}]", mesh.port) for i, item in enumerate(nodes_raw))
     _check_unique_names(nodes)
+    nodes = _direct_ports(nodes)
     _check_addresses(nodes)
 
     execution = _parse_execution(data.get("execution"))
@@ -424,7 +429,7 @@ def _parse_mesh(section: Any) -> MeshSettings:
 
 _NODE_FIELDS = (
     "name", "host", "port", "user", "role", "memory_gb", "cpu_count", "gpu_count", "tags",
-    "resource_sharing", "mesh_host", "mesh_port", "metrics_port", "ssh_key", "deploy_dir", "python",
+    "resource_sharing", "mesh_host", "mesh_port", "metrics_port", "direct_port", "ssh_key", "deploy_dir", "python",
     "managed_by", "ssh",
 )
 _MANAGED_BY = ("auto", "local", "ssh")
@@ -456,6 +461,7 @@ def _parse_node(item: Any, where: str, default_mesh_port: int) -> NodeConfig:
         mesh_host=get("mesh_host", _check_string, default=host),
         mesh_port=get("mesh_port", _check_int, 1, MAX_MESH_PORT, default=default_mesh_port),
         metrics_port=get("metrics_port", _check_int, 0, 65535),
+        direct_port=get("direct_port", _check_int, 0, 65535),
         ssh_key=get("ssh_key", _check_string),
         deploy_dir=get("deploy_dir", _check_string),
         python=get("python", _check_string, default="python3"),
@@ -521,16 +527,33 @@ def _check_unique_names(nodes: tuple[NodeConfig, ...]) -> None:
         first_index[node.name] = i
 
 
+def _direct_ports(nodes: tuple[NodeConfig, ...]) -> tuple[NodeConfig, ...]:
+    """Each node with its direct port settled: as given, else mesh_port + 3 when no agent of
+    the file uses that port on the same host (data, gossip, metrics or a given direct port),
+    else 0 (any free port)."""
+    used = {(n.mesh_host, p) for n in nodes
+            for p in (n.mesh_port, n.mesh_port + 1, n.metrics_port, n.direct_port) if p}
+    out = []
+    for n in nodes:
+        if n.direct_port is None:
+            port = n.mesh_port + 3
+            n = replace(n, direct_port=port if port <= 65535 and (n.mesh_host, port) not in used
+                        else 0)
+        out.append(n)
+    return tuple(out)
+
+
 def _check_addresses(nodes: tuple[NodeConfig, ...]) -> None:
-    """No two agents may bind the same port: each uses mesh_port (data), mesh_port + 1 (gossip)
-    and metrics_port (default mesh_port + 2) on mesh_host. Hosts are compared as written
-    ("localhost" != "127.0.0.1")."""
+    """No two agents may bind the same port: each uses mesh_port (data), mesh_port + 1 (gossip),
+    metrics_port (default mesh_port + 2) and direct_port (default mesh_port + 3) on mesh_host.
+    Hosts are compared as written ("localhost" != "127.0.0.1")."""
     taken: dict[tuple[str, int], tuple[int, str]] = {}  # (host, port) -> (node index, use)
     for i, node in enumerate(nodes):
         host, port = node.mesh_host, node.mesh_port
         uses = [("data port", port, "nodes[{}].mesh_port"), ("gossip port", port + 1,
                 "nodes[{}].mesh_port"), ("metrics port", node.metrics_port,
-                                         "nodes[{}].metrics_port")]
+                                         "nodes[{}].metrics_port"),
+                ("direct port", node.direct_port, "nodes[{}].direct_port")]
         for use, p, where in uses:
             if not p:
                 continue
@@ -548,4 +571,5 @@ def _check_addresses(nodes: tuple[NodeConfig, ...]) -> None:
                 taken[(host, p)] = (i, use)
 
 
-_EXPR = {"gossip port": " (mesh_port + 1)", "metrics port": " (metrics_port)"}
+_EXPR = {"gossip port": " (mesh_port + 1)", "metrics port": " (metrics_port)",
+         "direct port": " (direct_port)"}

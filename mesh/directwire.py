@@ -10,7 +10,8 @@ bytes of a large operation go from the sender's memory into the kernel and out i
 receiver's memory (the block, or the caller's buffer), and a small one is one message each way.
 
 Finding it. An agent with ``mesh.direct_tcp`` (the default) and no cluster keys listens on a
-TCP port of its data host (``mesh.direct_port``, 0: any free port) and names it in its DIRECT
+TCP port of its data host (the node's ``direct_port``: mesh_port + 3 unless another agent of the
+file uses that port; 0: any free port) and names it in its DIRECT
 reply (``protocol.DIRECT``). With keys it does not listen: every byte of a keyed cluster is
 sealed, which the ZeroMQ path does.
 

@@ -6,14 +6,19 @@ import socket
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port p with p and p + 1 free on ``host`` (an agent's data and gossip ports)."""
+    """A port p with p to p + 3 free on ``host`` (an agent's data, gossip, metrics and direct
+    ports)."""
     for _ in range(200):
-        with socket.socket() as a, socket.socket() as b:
-            try:
-                a.bind((host, 0))
-                port = a.getsockname()[1]
-                b.bind((host, port + 1))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError(f"no free pair of ports on {host}")
+        socks = [socket.socket() for _ in range(4)]
+        try:
+            socks[0].bind((host, 0))
+            port = socks[0].getsockname()[1]
+            for i, s in enumerate(socks[1:], 1):
+                s.bind((host, port + i))
+            return port
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no free run of ports on {host}")

@@ -11,13 +11,12 @@ import signal
 import time
 
 import pytest
-import zmq
 
 from mesh import localwire as L
 from mesh.client import AsyncMeshClient
 from mesh.errors import BlockNotFound, Forbidden, MeshTimeout, NodeUnavailable, OutOfRange
 from support.mesh import running_mesh
-from support.wire import LocalSocket, raw_call
+from support.wire import read_when, write_is_held, LocalSocket, raw_call
 
 MiB = 1 << 20
 
@@ -152,17 +151,12 @@ def test_a_network_write_waits_for_a_local_read_of_its_range(mesh):
             assert ok and len(fds) == 1
             for fd in fds:
                 os.close(fd)
-            with pytest.raises(zmq.Again):  # held: no reply while the read is open
-                raw_call(address, "write", {"block": block, "offset": 0}, timeout_ms=300,
-                         payload=b"new!")
+            assert write_is_held(address, block)  # no reply while the read is open
             assert bytes(c.read(block, 4)) == b"old!"
             assert raw.call(L.END, {"pin": begun["pin"]})[0]
         finally:
             raw.close()
-        deadline = time.monotonic() + 5  # then the held write is applied
-        while bytes(c.read(block, 4)) != b"new!" and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert bytes(c.read(block, 4)) == b"new!"
+        assert read_when(c, block, b"new!") == b"new!"  # then the held write is applied
         c.free(block)
 
 

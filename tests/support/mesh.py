@@ -27,13 +27,13 @@ ROOT = Path(__file__).resolve().parents[2]  # the checkout
 
 
 def free_port_pair(host: str) -> int:
-    """A port p with p, p+1 and p+2 free on ``host`` (the data, gossip and metrics ports), a
+    """A port p with p to p+3 free on ``host`` (the data, gossip, metrics and direct ports), a
     multiple of 4 so that two picks on one host never overlap."""
     for _ in range(200):
         port = random.randrange(20000, 60000, 4)
         socks = []
         try:
-            for p in (port, port + 1, port + 2):
+            for p in (port, port + 1, port + 2, port + 3):
                 s = socket.socket()
                 s.bind((host, p))
                 socks.append(s)

@@ -25,6 +25,26 @@ def raw_call(address: str, op: str, fields: dict, timeout_ms: int = 10_000,
         sock.close()
 
 
+def write_is_held(address: str, block: str, data: bytes = b"new!") -> bool:
+    """A raw WRITE of ``data`` at offset 0 gets no reply within 300 ms: it waits (for a read of
+    its range to end)."""
+    try:
+        raw_call(address, P.WRITE, {"block": block, "offset": 0}, timeout_ms=300, payload=data)
+    except zmq.Again:
+        return True
+    return False
+
+
+def read_when(client, block: str, want: bytes, timeout_s: float = 5.0) -> bytes:
+    """The block's first ``len(want)`` bytes once they are ``want`` (or at the timeout)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while (got := bytes(client.read(block, len(want)))) != want and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return got
+
+
 class LocalSocket:
     """A raw connection to an agent's same-host path (``mesh/localwire.py``), below the client:
     for tests of what the client never sends (garbage, pins left open, other users)."""

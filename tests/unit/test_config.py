@@ -421,3 +421,19 @@ def test_parse_config_source_is_used_verbatim():
 def test_chunk_bytes_bounds_are_inclusive():
     assert MeshSettings(chunk_bytes=64 * KiB).chunk_bytes == 64 * KiB
     assert MeshSettings(chunk_bytes=64 * MiB).max_message_bytes == 65 * MiB
+
+
+def test_the_direct_port_is_mesh_port_plus_3_unless_another_agent_uses_it(tmp_path):
+    data = good()
+    for i, node in enumerate(data["nodes"]):
+        node["host"] = "127.0.0.1"
+        node["mesh_port"] = 7700 + 4 * i
+    assert [n.direct_port for n in load_cluster_config(write(tmp_path, data)).nodes] == \
+        [7703, 7707]
+    for i, node in enumerate(data["nodes"]):  # three apart: 7703 is b's data port, so any
+        node["mesh_port"] = 7700 + 3 * i
+    assert [n.direct_port for n in load_cluster_config(write(tmp_path, data)).nodes] == [0, 7706]
+    data["nodes"][1]["direct_port"] = 7700  # given, and a's data port: refused
+    with pytest.raises(ConfigError, match=r"nodes\[1\]\.direct_port: direct port 7700 "
+                                          r"\(direct_port\) on 127.0.0.1 is the data port"):
+        load_cluster_config(write(tmp_path, data))
