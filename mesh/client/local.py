@@ -106,6 +106,20 @@ class LocalPath:
 
     def _op(self, address: str, block_id: str, offset: int, view: memoryview,
             write: bool) -> Op:
+        try:
+            return (yield from self._one(address, block_id, offset, view, write))
+        except BaseException:
+            # Given up mid-operation (an asyncio task cancelled, a timeout, an interrupt): the
+            # direct path's stream may hold the rest of a reply or of a block's bytes, which the
+            # next request would take for its reply, and the agent may hold a pin. A new
+            # connection next time; the agent drops the pins of the old one.
+            link = self._links.get(address)
+            if link is not None:
+                self._drop(link)
+            raise
+
+    def _one(self, address: str, block_id: str, offset: int, view: memoryview,
+             write: bool) -> Op:
         n = view.nbytes
         if not self.enabled or n == 0 or L.INLINE_MAX < n < self.MIN_BULK:
             return False

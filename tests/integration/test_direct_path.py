@@ -275,3 +275,41 @@ def test_a_move_copies_over_the_sources_direct_port(mesh):
         for n in ("node1", "node2"):
             assert stats(mesh.node(n).address)["direct"]["pulls"] == pulls[n] + 1, n
         c.free(block)
+
+
+def test_an_operation_given_up_mid_stream_leaves_nothing_for_the_next(mesh):
+    """A cancelled asyncio read leaves the rest of its bytes in the stream; the connection is
+    dropped, so the next request never takes them for its reply (a block's bytes could be
+    made to look like one)."""
+    from dataclasses import replace
+
+    from mesh.config import load_cluster_config
+
+    cfg = load_cluster_config(mesh.config_path)
+    cfg = replace(cfg, mesh=replace(cfg.mesh, client_connections=1))
+    data = os.urandom(64 * MiB)
+
+    async def run():
+        async with AsyncMeshClient(cfg) as c:
+            block = await c.allocate(64 * MiB, node="node1")
+            await c.write(block, data)
+            direct = c._core.direct
+            dropped = 0
+            for wait_s in (0.002, 0.005, 0.01, 0.02):
+                await c.read(block, 10)  # (the link is made)
+                before = direct._links.get(mesh.node("node1").address)
+                task = asyncio.ensure_future(c.read(block))
+                await asyncio.sleep(wait_s)
+                if task.done():
+                    continue
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                dropped += before is not None and \
+                    direct._links.get(mesh.node("node1").address) is not before
+                assert bytes(await c.read(block, 1000, 5)) == data[5:1005]
+                assert bytes(await c.read(block, 9 * MiB, MiB)) == data[MiB : 10 * MiB]
+            await c.free(block)
+            return dropped
+
+    assert asyncio.run(run()) >= 1
