@@ -45,7 +45,6 @@ MIN_BYTES_PER_S = 20e6
 CHUNK = 1 << 20  # a write is taken in this much at a time (its deadline checked between)
 SEND_PIECE = 4 << 20  # a read is sent in pieces this large (the time limit checked between)
 MAX_QUEUED = 64
-_RECV = 256 * 1024
 
 
 @dataclass(eq=False)
@@ -146,16 +145,12 @@ class DirectServer(LocalServer):
     def _serve(self, sock: socket.socket) -> None:
         conn: DirectConn = self.conns[sock]  # type: ignore[assignment]
         try:
-            data = sock.recv(_RECV)
+            conn.frames.fill(sock)
         except (BlockingIOError, InterruptedError):
             return
-        except OSError:
+        except (EOFError, OSError):
             self._drop(sock)
             return
-        if not data:
-            self._drop(sock)
-            return
-        conn.frames.feed(data)
         for _ in range(MAX_QUEUED):
             try:
                 message = conn.frames.next()
@@ -166,13 +161,13 @@ class DirectServer(LocalServer):
             if message is None:
                 return
             reply, _ = self._handle(conn, message)
-            out = D.frame(reply)
+            out = D.frame_parts(reply)  # (an inline read's bytes: not copied again to join)
             try:
-                sent = sock.send(out)
+                sent = sock.sendmsg(out)
             except OSError:
                 sent = -1
-            if sent != len(out):  # it stopped reading (or went away): a reply is never cut
-                self._drop(sock)
+            if sent != len(out[0]) + len(out[1]):  # it stopped reading, or went away: a
+                self._drop(sock)                     # reply is never cut
                 return
             if conn.job is not None:
                 self._start(conn)

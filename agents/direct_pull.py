@@ -51,14 +51,13 @@ class _Stream:
         self.sock.sendall(D.frame([op, self.ids, fields]))
         while (message := self.frames.next()) is None:
             try:
-                data = self.sock.recv(1 << 16)
+                self.frames.fill(self.sock)
             except socket.timeout:
                 self._wait_more()
                 continue
-            if not data:
-                raise Unavailable("the source closed the connection")
+            except EOFError:
+                raise Unavailable("the source closed the connection") from None
             self.heard = time.monotonic()
-            self.frames.feed(data)
         rid, ok, body = L.parse_reply(message)
         if rid != self.ids:
             raise Unavailable("a reply out of turn")

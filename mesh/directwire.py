@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
 from typing import Any
 
 import msgpack
@@ -45,15 +46,24 @@ from mesh import localwire as L
 
 LENGTH = struct.Struct(">I")
 MAX_FRAME = L.MAX_MESSAGE
+READ_BYTES = 2 * (MAX_FRAME + LENGTH.size)  # what one receive of frames asks for
 
 
 class BrokenStream(L.BadMessage):
     """A frame over the size limit, or bytes that are not msgpack: the connection is useless."""
 
 
-def frame(message: Any) -> bytes:
+def frame_parts(message: Any) -> list[bytes]:
+    """A frame as its length and its body, for ``sendmsg`` (no copy of the two joined)."""
     data = msgpack.packb(message, use_bin_type=True)
-    return LENGTH.pack(len(data)) + data
+    return [LENGTH.pack(len(data)), data]
+
+
+def frame(message: Any) -> bytes:
+    return b"".join(frame_parts(message))
+
+
+_chunk = threading.local()  # one receive buffer per thread, for every connection it reads
 
 
 class Frames:
@@ -65,6 +75,18 @@ class Frames:
     def feed(self, data: bytes) -> None:
         self.buf += data
 
+    def fill(self, sock: socket.socket) -> None:
+        """Add what ``sock`` has (one receive, into a buffer reused for every call of this
+        thread, not a new bytes object of the largest size each time); ``EOFError`` when the
+        peer closed, ``BlockingIOError`` when nothing has come."""
+        chunk = getattr(_chunk, "buf", None)
+        if chunk is None:
+            chunk = _chunk.buf = memoryview(bytearray(READ_BYTES))
+        n = sock.recv_into(chunk)
+        if n == 0:
+            raise EOFError("the peer closed the connection")
+        self.buf += chunk[:n]
+
     def next(self) -> Any:
         """The next whole message, or ``None`` until more bytes have arrived."""
         if len(self.buf) < LENGTH.size:
@@ -74,12 +96,14 @@ class Frames:
             raise BrokenStream(f"a frame of {n} bytes (at most {MAX_FRAME})")
         if len(self.buf) < LENGTH.size + n:
             return None
-        data = bytes(self.buf[LENGTH.size : LENGTH.size + n])
-        del self.buf[: LENGTH.size + n]
+        body = memoryview(self.buf)[LENGTH.size : LENGTH.size + n]  # unpacked in place
         try:
-            return msgpack.unpackb(data, raw=False)
+            return msgpack.unpackb(body, raw=False)
         except Exception as exc:
             raise BrokenStream(f"not msgpack: {exc}") from None
+        finally:
+            body.release()
+            del self.buf[: LENGTH.size + n]
 
     def take(self, n: int) -> bytes:
         """Up to ``n`` raw bytes that arrived after the last frame taken."""
@@ -95,5 +119,5 @@ def host_of(address: str) -> str:
 
 
 def tune(sock: socket.socket) -> None:
-    """Small messages leave at once; buffers large enough that a reply never waits."""
+    """Small messages leave at once (no Nagle delay)."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

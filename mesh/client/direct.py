@@ -25,7 +25,6 @@ from mesh.client.local import HELLO_TIMEOUT_S, LocalPath, _Fallback, _Link
 from mesh.errors import MeshTimeout
 
 RETRY_ABSENT_S = 30.0
-_RECV = 4 << 20
 
 
 class _Stream(_Link):
@@ -81,7 +80,13 @@ class DirectPath(LocalPath):
                                            self.core.settings.clock_skew_s)}
 
     def _send(self, link: _Link, message: Any, deadline: float) -> Op:
-        yield from self._send_bytes(link, memoryview(D.frame(message)), deadline)
+        parts = D.frame_parts(message)  # (an inline write's bytes: not copied again to join)
+        try:
+            sent = link.sock.sendmsg(parts)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent < len(parts[0]) + len(parts[1]):  # (a full socket buffer: rarely)
+            yield from self._send_bytes(link, memoryview(b"".join(parts))[sent:], deadline)
 
     def _send_bytes(self, link: _Link, data: memoryview, deadline: float) -> Op:
         sent, n = 0, data.nbytes
@@ -106,10 +111,7 @@ class DirectPath(LocalPath):
         message = frames.next()
         if message is not None:
             return message, []
-        data = link.sock.recv(_RECV)
-        if not data:
-            raise EOFError
-        frames.feed(data)
+        frames.fill(link.sock)
         message = frames.next()
         if message is None:
             raise BlockingIOError

@@ -93,10 +93,7 @@ class DirectSocket:
 
     def recv(self):
         while (message := self.frames.next()) is None:
-            data = self.sock.recv(1 << 20)
-            if not data:
-                raise EOFError
-            self.frames.feed(data)
+            self.frames.fill(self.sock)
         return message
 
     def call(self, op: str, fields: dict) -> tuple[bool, dict]:
