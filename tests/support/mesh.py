@@ -26,11 +26,24 @@ from mesh.client import MeshClient
 ROOT = Path(__file__).resolve().parents[2]  # the checkout
 
 
+def _below_ephemeral() -> tuple[int, int]:
+    """Where the tests pick agent ports: below the kernel's ephemeral range, which every
+    outgoing connection's local port and every port-0 listener (Ray, a keyed agent's sealed
+    port) is taken from. A port picked inside it was taken by one of those between the pick
+    and the agent's start (twice in a full run)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return (20000, low) if low >= 24000 else (20000, 60000)  # (Ray's workers: 10002-19999)
+
+
 def free_port_pair(host: str) -> int:
     """A port p with p to p+3 free on ``host`` (the data, gossip, metrics and direct ports), a
-    multiple of 4 so that two picks on one host never overlap."""
+    multiple of 4 so that two picks on one host never overlap, below the ephemeral range."""
+    start, stop = _below_ephemeral()
     for _ in range(200):
-        port = random.randrange(20000, 60000, 4)
+        port = random.randrange(start, stop - 4, 4)
         socks = []
         try:
             for p in (port, port + 1, port + 2, port + 3):
