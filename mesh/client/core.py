@@ -34,7 +34,7 @@ from mesh._malloc import tune_for_transfers
 from mesh.client.batch import Batch, BatchRun, Call, Op, Wait, byte_view
 from mesh.client.blame import down_reason
 from mesh.client.locate import BlockInfo, block_info as _block_info, find_block, primary_address
-from mesh.client.listing import one_per_block as _one_per_block
+from mesh.client.listing import one_per_block as _one_per_block, pages as _pages
 from mesh.client.transfer import check_offset, chunk_calls, follow, found
 from mesh.config import ClusterConfig, MeshSettings
 from mesh.errors import (
@@ -519,34 +519,9 @@ class Core:
         return _block_info(rec)
 
     def listing(self, op: str, field: str, page: int | None = None) -> Op:
-        """Every record of a paged listing (LIST, KLIST) from every live or suspect node:
-        ``([(address, record), ...], failed_nodes)``, where ``failed_nodes`` maps each node that
-        did not answer to why (what it sent before failing is kept). Pages are asked of all
-        nodes at once, until each says there is no more."""
-        nodes = yield from self.refresh_nodes(max_age_s=self.settings.heartbeat_interval_s)
-        cursors = {n.address: 0 for n in nodes if n.state in (ALIVE, SUSPECT)}
-        names = {n.address: n.name for n in nodes}
-        found: list[tuple[str, dict[str, Any]]] = []
-        failed: dict[str, str] = {}
-        limit = {} if page is None else {"limit": page}
-        while cursors:
-            calls = yield from self.execute(Batch(
-                [Call(a, op, {"after": c, **limit}) for a, c in cursors.items()],
-                timeout_s=self.settings.connect_timeout_s,  # a page is ms of work: silence is news
-                fail_fast=False,
-            ))
-            for call in calls:
-                if call.result is None:
-                    failed[names[call.address]] = str(call.error)
-                    del cursors[call.address]
-                    continue
-                found.extend((call.address, rec) for rec in call.result.get(field, []))
-                cursor = call.result.get("next")
-                if cursor is None:
-                    del cursors[call.address]
-                else:
-                    cursors[call.address] = cursor
-        return found, failed
+        """Every record of a paged listing from every live or suspect node
+        (``mesh/client/listing.py``: ``pages``)."""
+        return (yield from _pages(self, op, field, page))
 
     def blocks(self, page: int | None = None) -> Op:
         found, failed = yield from self.listing(P.LIST, "blocks", page)
