@@ -8,10 +8,14 @@ forwarded write, deferred writes. Each sub-op is given a ``Slot`` as its identit
 client's; whatever answers the sub-op (``_send_reply``, ``_reply_error``, the READ handler, or
 ``_send`` for anything else) lands in its slot, and once every slot of the batch has its answer
 the ``Gather`` sends the one reply. A READ or WRITE of a block without copies (the bulk of a
-batch) skips ``_dispatch``'s per-request steps and goes straight to its handler, its role
-checked once per batch. The metrics count each sub-op as its op, and the batch as
-MANY. A READ's bytes are copied into the reply (a few KiB each: cheaper than tracking a
-zero-copy send per sub-op, and a later sub-op or a held reply cannot tear them).
+batch) skips ``_dispatch``'s per-request steps, its role checked once per batch, and is done
+right here (``_lean``: the checks of ``agents/blockops.py``'s handlers for such a block, its
+block looked up once per run of lean sub-ops, its answer straight into the ``Gather``, and
+the metrics tallied per op once a batch); one that needs more (a write that must wait for a
+read in flight, a read past the message limit, a refusal) goes to its handler. The metrics
+count each sub-op as its op, and the batch as MANY. A READ's bytes are copied into the reply
+(a few KiB each: cheaper than tracking a zero-copy send per sub-op, and a later sub-op or a
+held reply cannot tear them).
 
 Not here: the frame layout and the checks of the batch (``mesh/protocol.py``), the handlers
 themselves (``agents/blockops.py``, ``agents/keyops.py``), roles (``agents/access.py``).
@@ -25,11 +29,14 @@ import logging
 
 import msgpack
 
+from agents import lifecycle
+from agents.lifecycle import State
 from mesh import protocol as P
 from mesh.errors import MeshError, error_from_wire
 
 log = logging.getLogger("mesh.agent")
 _DIRECT = frozenset({P.READ, P.WRITE})
+_LEAN_OK = [P.OK, {}]  # a lean sub-op's answer (the client knows what it asked): one object
 
 
 class Gather:
@@ -49,6 +56,14 @@ class Gather:
         self.results[index] = [P.OK if ok else P.ERROR, body]
         if ok and payload is not None:
             self.pieces[index] = payload
+        self.left -= 1
+        if self.left == 0:
+            self.send(self)
+
+    def fill(self, index: int, payload: Any) -> None:
+        """A lean sub-op's success (``ManyOps._lean``)."""
+        self.results[index] = _LEAN_OK
+        self.pieces[index] = payload
         self.left -= 1
         if self.left == 0:
             self.send(self)
@@ -101,39 +116,92 @@ class ManyOps:
 
         gather = Gather(len(subs), send)
         deadline = req.fields.get(P.DEADLINE)
-        # READ and WRITE of a block without copies, the bulk of a batch, go straight to their
-        # handler: the role is checked once per op for the batch and the batch's deadline was
-        # (``_dispatch``); nothing is forwarded, so no reply is held. The rest, and a sub-op
-        # with a deadline of its own, take ``_dispatch`` as a single request does.
+        # READ and WRITE of a block without copies, the bulk of a batch, are done here
+        # (``_lean``) or by their handler: the role is checked once per op for the batch and the
+        # batch's deadline was (``_dispatch``); nothing is forwarded, so no reply is held. The
+        # rest, and a sub-op with a deadline of its own, take ``_dispatch`` as a single request
+        # does.
         allowed: dict[str, bool] = {}
         copies, handlers = self.repl.copies, self._handlers
+        blocks: dict[str, Any] = {}  # block id -> its Block, while only lean sub-ops ran
+        tally: dict[str, list[int]] = {}  # op -> [lean sub-ops, bytes in, bytes out]
         for i, sub in enumerate(subs):
+            if type(sub) is P.Request and sub.op in _DIRECT and P.DEADLINE not in sub.fields \
+                    and sub.fields["block"] not in copies and self._may(sub.op, req, allowed):
+                op = sub.op
+                sub.caller, sub.arrived = req.caller, req.arrived
+                try:
+                    if self._lean(gather, i, sub, blocks, tally):
+                        continue  # the bulk of a batch ends here
+                    blocks.clear()  # its handler may change what the next ones find
+                    self.metrics.arrived(op, sub.payload[0].nbytes if sub.payload else 0)
+                    handlers[op](Slot(gather, i, lean=True), sub)
+                except MeshError as exc:
+                    self.metrics.arrived(op, sub.payload[0].nbytes if sub.payload else 0)
+                    self._reply_error(Slot(gather, i), sub, exc)
+                except Exception as exc:  # a bug must not cost the batch its other answers
+                    log.exception("internal error on %s in a batch", op,
+                                  extra={"event": "internal_error"})
+                    self.metrics.replied(op, "internal", req.arrived)
+                    Slot(gather, i).answer(False, {"code": "internal", "message": repr(exc)})
+                continue
             slot = Slot(gather, i)
             if isinstance(sub, P.BadRequest):
                 self.metrics.arrived(sub.op, 0)
                 self.metrics.replied(sub.op, sub.code, 0.0)
                 slot.answer(False, {"code": sub.code, "message": sub.message})
                 continue
-            op, fields = sub.op, sub.fields
+            blocks.clear()
             sub.caller, sub.arrived = req.caller, req.arrived
-            self.metrics.arrived(op, sub.payload[0].nbytes if sub.payload else 0)
-            if op in _DIRECT and P.DEADLINE not in fields and fields["block"] not in copies \
-                    and allowed.get(op) is not False:
-                slot.lean = True
-                try:
-                    if op not in allowed:
-                        self.access.check(op, sub.caller)
-                        allowed[op] = True
-                    handlers[op](slot, sub)
-                except MeshError as exc:
-                    allowed.setdefault(op, False)  # refused: the next ones through _dispatch
-                    self._reply_error(slot, sub, exc)
-                except Exception as exc:  # a bug must not cost the batch its other answers
-                    log.exception("internal error on %s in a batch", op,
-                                  extra={"event": "internal_error"})
-                    self.metrics.replied(op, "internal", req.arrived)
-                    slot.answer(False, {"code": "internal", "message": repr(exc)})
-                continue
-            if deadline is not None and P.DEADLINE not in fields:
-                fields[P.DEADLINE] = deadline
+            self.metrics.arrived(sub.op, sub.payload[0].nbytes if sub.payload else 0)
+            if deadline is not None and P.DEADLINE not in sub.fields:
+                sub.fields[P.DEADLINE] = deadline
             self._dispatch(slot, sub)
+        for op, (count, bytes_in, bytes_out) in tally.items():
+            self.metrics.tally(op, count, bytes_in, bytes_out, req.arrived)
+
+    def _may(self, op: str, req: P.Request, allowed: dict[str, bool]) -> bool:
+        """Whether the batch's caller holds the role for ``op`` (asked once per op a batch);
+        a refused sub-op takes ``_dispatch``, which answers the refusal."""
+        may = allowed.get(op)
+        if may is None:
+            try:
+                self.access.check(op, req.caller)
+                may = True
+            except MeshError:
+                may = False
+            allowed[op] = may
+        return may
+
+    def _lean(self, gather: Gather, index: int, sub: P.Request, blocks: dict[str, Any],
+              tally: dict[str, list[int]]) -> bool:
+        """A READ or WRITE of a block without copies, done here with its handler's checks
+        (``agents/blockops.py``; ``MeshError`` as they raise it); False when it needs its
+        handler (a write that must wait for a read in flight, a read past the message limit,
+        a block handed over)."""
+        op, fields = sub.op, sub.fields
+        block_id, offset, length = fields["block"], fields["offset"], fields["length"]
+        block = blocks.get(block_id)
+        if block is None:
+            block = blocks[block_id] = self.store.served(block_id)
+        self.store.check_range(block, offset, length)
+        counts = tally.get(op)
+        if counts is None:
+            counts = tally[op] = [0, 0, 0]
+        if op == P.READ:
+            if length > self.s.max_message_bytes or not lifecycle.serves_reads(block.state):
+                return False
+            gather.fill(index, bytes(block.view[offset : offset + length]))
+            self.reads_served += 1
+            if block.state is State.MOVING:
+                self.moves.read_served(block_id, offset + length)
+            counts[2] += length
+        else:
+            self.store.check_still(block)
+            if self.gate.must_wait(block_id, offset, offset + length):
+                return False
+            block.view[offset : offset + length] = sub.payload[0]
+            gather.fill(index, None)
+            counts[1] += length
+        counts[0] += 1
+        return True

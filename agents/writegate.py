@@ -83,6 +83,8 @@ class WriteGate:
     def must_wait(self, block_id: str, start: int, end: int) -> bool:
         """A write must wait while libzmq still sends a read of that range (or, to keep the
         order of writes, while an earlier write to the block waits)."""
+        if block_id not in self._sending and not self._deferred_per_block.get(block_id):
+            return False  # nothing in flight or waiting on this block: the common case
         if not self._retrying and self._deferred_per_block[block_id]:
             return True
         return self._overlaps_send(block_id, start, end)

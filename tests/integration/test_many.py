@@ -103,6 +103,22 @@ def test_the_agent_answers_each_sub_op_and_refuses_a_hostile_batch_whole(mesh, c
     assert bytes(client.read(block, 4)) == b"wxyz"
 
 
+def test_a_sub_op_finds_the_block_as_the_sub_ops_before_it_left_it(mesh, client):
+    """Reads and writes of a batch are done without their handler's round (``agents/many.py``:
+    ``_lean``, the block looked up once for a run of them); a FREE between them is seen by the
+    next ones, which find no block."""
+    block = client.allocate(4096, node="node1")
+    ops = [[P.WRITE, {"block": block, "offset": 0, "length": 4}],
+           [P.READ, {"block": block, "offset": 0, "length": 4}],
+           [P.FREE, {"block": block}],
+           [P.READ, {"block": block, "offset": 0, "length": 4}],
+           [P.WRITE, {"block": block, "offset": 4, "length": 2}]]
+    reply = _raw_many(mesh.node("node1").address, ops, b"abcdef")
+    codes = [r[1].get("code") if r[0] == P.ERROR else "ok" for r in reply.body["results"]]
+    assert codes == ["ok", "ok", "ok", "unknown_block", "unknown_block"]
+    assert bytes(reply.payload[0]) == b"abcd"
+
+
 def test_a_batch_past_its_deadline_applies_nothing(mesh, client):
     block = client.allocate(4096, node="node1")
     reply = _raw_many(mesh.node("node1").address, [[P.WRITE, {"block": block, "offset": 0,
