@@ -50,11 +50,15 @@ if TYPE_CHECKING:
 # small items, and a batch's message stays well under the agent's limit.
 MANY_ITEM_BYTES = 256 * 1024
 _HEADER_BUDGET = P.MAX_HEADER_BYTES // 2  # a MANY header's estimated size, at most
+# The first MANY to an address carries this many sub-ops, each next one twice as many, up to
+# the protocol's most: the agent starts on the first while the client makes the next ones
+# (256 from the start kept it idle for the making of 256 first; tools/bench.py small).
+_FIRST_MANY_OPS = 32
 # "look again": the single op's path follows the block (transfer.follow)
 _AGAIN = (BlockMoving, BlockNotFound)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Sub:
     """One sub-op of a MANY request, and its outcome."""
 
@@ -62,18 +66,19 @@ class Sub:
     fields: dict[str, Any]
     payload: memoryview | None = None  # a WRITE's bytes
     sink: memoryview | None = None  # where a READ's bytes land
-    result: dict[str, Any] | None = None
-    error: MeshError | None = None
     item: int = 0  # the caller's item it belongs to
     extra: Any = field(default=None, compare=False)
+    result: dict[str, Any] | None = None
+    error: MeshError | None = None
 
 
 def _calls(pairs: Iterable[tuple[str, Sub]]) -> Iterator[Call]:
     """The MANY calls carrying each (address, sub-op) of ``pairs`` to its address, each within
     the protocol's limits; lazy, so the first messages are on their way while later sub-ops
     are still being made."""
-    open_: dict[str, list[Any]] = {}  # address -> [sub-ops, bytes sent, bytes read, header]
-    max_ops, max_bytes = P.MAX_MANY_OPS, P.MAX_MANY_BYTES
+    # address -> [sub-ops, bytes sent, bytes read, header, most sub-ops in this message]
+    open_: dict[str, list[Any]] = {}
+    max_bytes = P.MAX_MANY_BYTES
     for address, sub in pairs:
         op = sub.op
         if op == P.READ:
@@ -84,11 +89,11 @@ def _calls(pairs: Iterable[tuple[str, Sub]]) -> Iterator[Call]:
             est, w, r = 48 + len(P.encode_request(op, 0, sub.fields)), 0, 0
         g = open_.get(address)
         if g is None:
-            g = open_[address] = [[], 0, 0, 0]
-        elif len(g[0]) >= max_ops or g[3] + est > _HEADER_BUDGET or \
+            g = open_[address] = [[], 0, 0, 0, _FIRST_MANY_OPS]
+        elif len(g[0]) >= g[4] or g[3] + est > _HEADER_BUDGET or \
                 g[1] + w > max_bytes or g[2] + r > max_bytes:
             yield _call(address, g[0])
-            g[:] = [[], 0, 0, 0]
+            g[:] = [[], 0, 0, 0, min(2 * g[4], P.MAX_MANY_OPS)]
         g[0].append(sub)
         if w:
             g[1] += w
@@ -260,8 +265,8 @@ def read_many(core: Core, items: Iterable[Any], return_exceptions: bool = False)
             if isinstance(address, MeshError):
                 values[i] = address
                 continue
-            sub = Sub(P.READ, {"block": block_id, "offset": offset, "length": size},
-                      sink=memoryview(out), item=i)
+            sub = Sub(P.READ, {"block": block_id, "offset": offset, "length": size}, None,
+                      memoryview(out), i)
             sent.append(sub)
             yield near.get(block_id, address), sub
 
