@@ -54,6 +54,7 @@ from agents.replication import Replication
 from agents.store import BlockStore, populate
 from agents.writegate import WriteGate
 from mesh import protocol as P
+from mesh.spin import AGENT_SPIN_S, CAN_SPIN, spin_poll
 from mesh import sockets
 from mesh.errors import (
     AgentError, DeadlineExceeded, MeshError,
@@ -281,6 +282,7 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
         # Every phase is guarded: whatever one message, one peer or the host does (EMFILE,
         # a libzmq error, a bug), the loop logs it, counts it and goes on serving.
         guarded = self._guarded
+        spin = False  # work comes in quick succession: poll a moment before sleeping (mesh/spin.py)
         while not self._stopping:
             if polled != self._polled():  # links came or went
                 poller, polled = self._poller(), self._polled()
@@ -304,7 +306,12 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
             if rebind_s is not None:
                 timeout_s = min(timeout_s, rebind_s)
             try:
-                events = dict(poller.poll(max(0, int(timeout_s * 1000))))
+                waiting_from = time.perf_counter()  # (a short wait: spin before the next one)
+                events = dict(spin_poll(poller.poll, AGENT_SPIN_S)) if spin else {}
+                if not events:
+                    events = dict(poller.poll(max(0, int(timeout_s * 1000))))
+                spin = CAN_SPIN and bool(events) and \
+                    time.perf_counter() - waiting_from <= AGENT_SPIN_S
             except zmq.ZMQError:
                 self._survived("poll")
                 time.sleep(DEFERRED_POLL_S)  # a poll that keeps failing must not spin

@@ -23,6 +23,7 @@ subclasses, never return ``None``.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -40,6 +41,7 @@ from mesh.client.pool import CorePool
 from mesh.client.objects import ObjectInfo
 from mesh.config import ClusterConfig, MeshSettings, resolve_config
 from mesh.errors import MeshError
+from mesh.spin import CAN_SPIN, CLIENT_SPIN_S, spin_poll
 
 __all__ = ["MeshClient", "AsyncMeshClient", "NodeInfo", "BlockInfo", "ObjectInfo"]
 
@@ -333,9 +335,13 @@ class MeshClient(_ClientBase):
             time.sleep(wait.timeout_s)
             return set()
         # libzmq's poll straight away: no zmq.Poller built and registered for every request
-        ready = {s for s, _ in zmq.zmq_poll([(s, zmq.POLLIN) for s in wait.sockets]
-                                            + [(s, zmq.POLLOUT) for s in wait.writable],
-                                            max(1, int(wait.timeout_s * 1000)))}
+        items = [(s, zmq.POLLIN) for s in wait.sockets] + [(s, zmq.POLLOUT) for s in wait.writable]
+        # a moment without sleeping first: a small request's reply comes in it (mesh/spin.py)
+        got = spin_poll(functools.partial(zmq.zmq_poll, items), CLIENT_SPIN_S) if CAN_SPIN \
+            else None
+        if not got:
+            got = zmq.zmq_poll(items, max(1, int(wait.timeout_s * 1000)))
+        ready = {s for s, _ in got}
         if any(type(s) is int for s in ready):  # a plain socket (same-host, direct) is told by fd
             ready |= {s for s in (*wait.sockets, *wait.writable)
                       if type(s) is not zmq.Socket and s.fileno() in ready}
