@@ -310,8 +310,8 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
                 events = dict(spin_poll(poller.poll, AGENT_SPIN_S)) if spin else {}
                 if not events:
                     events = dict(poller.poll(max(0, int(timeout_s * 1000))))
-                spin = CAN_SPIN and bool(events) and \
-                    time.perf_counter() - waiting_from <= AGENT_SPIN_S
+                spin = CAN_SPIN and time.perf_counter() - waiting_from <= AGENT_SPIN_S and \
+                    any(type(sock) is not zmq.Socket for sock in events)
             except zmq.ZMQError:
                 self._survived("poll")
                 time.sleep(DEFERRED_POLL_S)  # a poll that keeps failing must not spin

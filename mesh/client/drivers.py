@@ -336,9 +336,11 @@ class MeshClient(_ClientBase):
             return set()
         # libzmq's poll straight away: no zmq.Poller built and registered for every request
         items = [(s, zmq.POLLIN) for s in wait.sockets] + [(s, zmq.POLLOUT) for s in wait.writable]
-        # a moment without sleeping first: a small request's reply comes in it (mesh/spin.py)
-        got = spin_poll(functools.partial(zmq.zmq_poll, items), CLIENT_SPIN_S) if CAN_SPIN \
-            else None
+        # a moment without sleeping first, for a reply on a plain socket: a small request's
+        # comes in it (mesh/spin.py; ZeroMQ's I/O thread needs the CPU to take a reply in)
+        got = None
+        if CAN_SPIN and not any(type(s) is zmq.Socket for s in wait.sockets):
+            got = spin_poll(functools.partial(zmq.zmq_poll, items), CLIENT_SPIN_S)
         if not got:
             got = zmq.zmq_poll(items, max(1, int(wait.timeout_s * 1000)))
         ready = {s for s, _ in got}
