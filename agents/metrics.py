@@ -59,25 +59,17 @@ class Metrics:
         """``count`` requests of ``op`` that arrived together and were answered "ok" together
         (the READ and WRITE sub-ops of one MANY: ``agents/many.py``), counted at once."""
         self.received[op] = self.received.get(op, 0) + count
-        key = (op, "ok")
-        self.answered[key] = self.answered.get(key, 0) + count
         if bytes_in:
             self.bytes_in[op] = self.bytes_in.get(op, 0) + bytes_in
-        if bytes_out:
-            self.bytes_out[op] = self.bytes_out.get(op, 0) + bytes_out
-        if arrived:
-            seconds = time.perf_counter() - arrived
-            counts = self.latency.get(op)
-            if counts is None:
-                counts = self.latency[op] = [0.0] * (len(LATENCY_BUCKETS) + 2)
-            counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += count
-            counts[-1] += seconds * count
+        self.replied(op, "ok", arrived, bytes_out, count)
 
-    def replied(self, op: str, outcome: str, arrived: float, payload_bytes: int = 0) -> None:
+    def replied(self, op: str, outcome: str, arrived: float, payload_bytes: int = 0,
+                count: int = 1) -> None:
         """A reply left for a request that arrived at ``arrived`` (``time.perf_counter``; 0 when
-        unknown, then no latency is recorded); ``outcome`` is "ok" or the error code."""
+        unknown, then no latency is recorded); ``outcome`` is "ok" or the error code; ``count``
+        replies alike at once (``tally``)."""
         key = (op, outcome)
-        self.answered[key] = self.answered.get(key, 0) + 1
+        self.answered[key] = self.answered.get(key, 0) + count
         if payload_bytes:
             self.bytes_out[op] = self.bytes_out.get(op, 0) + payload_bytes
         if arrived:
@@ -85,8 +77,8 @@ class Metrics:
             counts = self.latency.get(op)
             if counts is None:
                 counts = self.latency[op] = [0.0] * (len(LATENCY_BUCKETS) + 2)
-            counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-            counts[-1] += seconds
+            counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += count
+            counts[-1] += seconds * count
 
     def snapshot(self, gauges: dict[str, Any]) -> None:
         """The loop's figures of the moment, read by the next scrape (one reference swap)."""
