@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 from mesh import checksum as C
 from mesh import protocol as P
 import mesh.client.keyclaims as keyclaims
+import mesh.client.ranges as ranges
 from mesh.client.batch import Op, byte_view
 from mesh.client.keylookup import ObjectInfo, _check_key
 from mesh.client.subops import MANY_ITEM_BYTES, Sub, run
@@ -131,6 +132,7 @@ def read_many(core: Core, items: Iterable[Any], return_exceptions: bool = False)
     """``items``: (block_id, size) or (block_id, size, offset); a bytearray each."""
     items, values, sent, single, places = yield from _begin(core, items)
     near = core.near
+    lean = ranges.plan(items, places, True, near)
 
     def prepared() -> Iterator[tuple[str, Sub]]:
         for i, (block_id, size, offset) in enumerate(items):
@@ -150,7 +152,10 @@ def read_many(core: Core, items: Iterable[Any], return_exceptions: bool = False)
             sent.append(sub)
             yield near.get(block_id, address), sub
 
-    yield from run(core, prepared())
+    if lean is not None:  # the common case (mesh/client/ranges.py)
+        yield from ranges.send(core, items, lean, values, sent, True)
+    else:
+        yield from run(core, prepared())
     _settle(core, sent, values, single)
     for i in single:
         block_id, size, offset = items[i]
@@ -164,6 +169,7 @@ def read_many(core: Core, items: Iterable[Any], return_exceptions: bool = False)
 def write_many(core: Core, items: Iterable[Any], return_exceptions: bool = False) -> Op:
     """``items``: (block_id, data) or (block_id, data, offset); the bytes written each."""
     items, values, sent, single, places = yield from _begin(core, items)
+    lean = ranges.plan(items, places, False)
 
     def prepared() -> Iterator[tuple[str, Sub]]:
         for i, (block_id, data, offset) in enumerate(items):
@@ -187,7 +193,10 @@ def write_many(core: Core, items: Iterable[Any], return_exceptions: bool = False
                 sent.append(sub)
                 yield address, sub
 
-    yield from run(core, prepared())
+    if lean is not None:  # the common case (mesh/client/ranges.py)
+        yield from ranges.send(core, items, lean, values, sent, False)
+    else:
+        yield from run(core, prepared())
     _settle(core, sent, values, single)
     for i in single:
         block_id, data, offset = items[i]

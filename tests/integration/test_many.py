@@ -67,6 +67,31 @@ def test_each_item_fails_alone(client):
     assert bytes(client.read(block, 3, 200)) == b"eee"
 
 
+def test_items_of_blocks_freed_or_moved_since_they_were_found_fail_or_follow_alone(mesh,
+                                                                                  client):
+    """Every item plain (the lean path: ``mesh/client/ranges.py``), but another client freed one
+    block and moved another after this one found them: the freed block's items fail alone,
+    the moved block's follow it, the rest are done in the same messages."""
+    gone, moved, kept = (client.allocate(64 * 1024, node="node1") for _ in range(3))
+    items = [(b, _data(i), i * 4096) for i in range(12) for b in (gone, moved, kept)]
+    assert client.write_many(items) == [4096] * 36  # (every block found, and cached)
+    with mesh.client() as other:
+        other.free(gone)
+        other.move(moved, "node2")
+    again = [(b, _data(i + 100), off) for i, (b, _, off) in enumerate(items)]
+    out = client.write_many(again, return_exceptions=True)
+    assert [type(x).__name__ for x, (b, _, _) in zip(out, again) if b == gone] == \
+        ["BlockNotFound"] * 12
+    assert [x for x, (b, _, _) in zip(out, again) if b != gone] == [4096] * 24
+    got = client.read_many([(b, 4096, off) for b, _, off in again], return_exceptions=True)
+    for (b, data, _), value in zip(again, got):
+        if b == gone:
+            assert isinstance(value, BlockNotFound)
+        else:
+            assert type(value) is bytearray and bytes(value) == data
+    assert client.stat(moved).node == "node2"
+
+
 def test_the_agent_answers_each_sub_op_and_refuses_a_hostile_batch_whole(mesh, client):
     block = client.allocate(4096, node="node1")
     address = mesh.node("node1").address

@@ -1,0 +1,124 @@
+"""``read_many`` and ``write_many`` in their common case, sent lean (``mesh/client/many.py``).
+
+The common case: every item is a range of at most ``MANY_ITEM_BYTES`` inside a block the client
+has located (a size as an ``int`` to read; ``bytes`` or a ``bytearray`` of at least one byte to
+write). ``plan`` says whether a call is that case (else the general path takes it whole), and
+``send`` sends its items as MANY messages without a ``Sub`` per item: each message is built
+straight from the items, and a reply whose every answer is a plain success (what an agent
+answers a READ or WRITE that went as asked: ``agents/many.py``) is taken in one comparison,
+its read bytes sliced out in order. A reply with any other answer, or a message that failed,
+is spread over ``Sub``s made then (``mesh/client/subops.py``: ``_spread``), so each of its
+items gets its own answer, error or "look again" exactly as on the general path, and nothing
+that was applied is sent again: 1.2-1.3x the general path's items per second
+(``tools/bench.py small``: batched).
+
+Each agent's first message carries ``_FIRST_MANY_OPS`` items and each next one twice as many,
+up to the protocol's limits (sub-ops, bytes each way, the header's size), as ``_calls`` does.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterator
+
+from mesh import protocol as P
+from mesh.client.batch import Batch, Call, Op
+from mesh.client.subops import (
+    MANY_ITEM_BYTES, _FIRST_MANY_OPS, _HEADER_BUDGET, Sub, _spread,
+)
+
+if TYPE_CHECKING:
+    from mesh.client.core import Core
+
+_PLAIN_OK = [P.OK, {}]
+
+
+def plan(items: list[tuple[Any, Any, Any]], places: dict[str, Any], read: bool,
+         near: dict[str, str] | None = None) -> dict[str, list[int]] | None:
+    """The items' indices by agent address when every item is the common case (see the
+    module's doc), else None."""
+    by: dict[str, list[int]] = {}
+    for i, (block_id, x, offset) in enumerate(items):
+        where = places.get(block_id) if type(block_id) is str else None
+        if read:
+            n = x if type(x) is int else -1
+        else:  # (an empty write sends nothing: the general path's)
+            n = (len(x) if type(x) is bytes or type(x) is bytearray else 0) or -1
+        if n < 0 or n > MANY_ITEM_BYTES or type(where) is not tuple or \
+                type(offset) is not int or offset < 0 or offset + n > where[1]:
+            return None
+        address = where[0] if near is None else near.get(block_id, where[0])
+        group = by.get(address)
+        if group is None:
+            by[address] = [i]
+        else:
+            group.append(i)
+    return by
+
+
+def _pieces(items: list[tuple[Any, Any, Any]], idx: list[int], read: bool) -> Iterator[list[int]]:
+    """``idx`` cut into the items of one message each, within the protocol's limits."""
+    start, most = 0, _FIRST_MANY_OPS
+    while start < len(idx):
+        end, size, header = start, 0, 0
+        while end < len(idx) and end - start < most:
+            block_id, x, _ = items[idx[end]]
+            n = x if read else len(x)
+            h = 48 + len(block_id)
+            if end > start and (size + n > P.MAX_MANY_BYTES or header + h > _HEADER_BUDGET):
+                break
+            size, header, end = size + n, header + h, end + 1
+        yield idx[start:end]
+        start, most = end, min(2 * most, P.MAX_MANY_OPS)
+
+
+def send(core: Core, items: list[tuple[Any, Any, Any]], by: dict[str, list[int]],
+         values: list[Any], sent: list[Sub], read: bool) -> Op:
+    """Send ``items`` as ``plan`` grouped them. Each item's value (a bytearray read, or the
+    count of bytes written) goes into ``values``; the ``Sub``s of messages not answered
+    plainly go into ``sent``, for the caller's settling (errors, "look again")."""
+    made: list[tuple[Call, list[int]]] = []
+    op = P.READ if read else P.WRITE
+
+    def calls() -> Iterator[Call]:  # lazy: the first are on their way while the rest are made
+        for address, idx in by.items():
+            for piece in _pieces(items, idx, read):
+                ops = [[op, {"block": items[i][0], "offset": items[i][2],
+                             "length": items[i][1] if read else len(items[i][1])}]
+                       for i in piece]
+                payload = b"" if read else b"".join(items[i][1] for i in piece)
+                call = Call(address, P.MANY, {"ops": ops}, payload=payload)
+                made.append((call, piece))
+                yield call
+
+    yield from core.execute(Batch(calls(), core.settings.request_timeout_s,
+                                  core.settings.window, fail_fast=False))
+    for call, piece in made:
+        results = call.result.get("results") if call.result is not None else None
+        payload = call.reply_payload
+        if isinstance(results, list) and len(results) == len(piece) and \
+                results.count(_PLAIN_OK) == len(piece) and not hasattr(payload, "open_into"):
+            if not read:
+                for i in piece:
+                    values[i] = len(items[i][1])
+                continue
+            data = P.frame_view(payload) if payload is not None else memoryview(b"")
+            if data.nbytes == sum(items[i][1] for i in piece):
+                pos = 0
+                for i in piece:
+                    n = items[i][1]
+                    values[i] = bytearray(data[pos : pos + n])
+                    pos += n
+                continue
+        subs = []  # anything else: each item its own answer, as the general path gives it
+        for i in piece:
+            block_id, x, offset = items[i]
+            if read:
+                values[i] = bytearray(x)
+                subs.append(Sub(op, {"block": block_id, "offset": offset, "length": x}, None,
+                                memoryview(values[i]), i))
+            else:
+                values[i] = len(x)
+                subs.append(Sub(op, {"block": block_id, "offset": offset, "length": len(x)},
+                                memoryview(x), None, i))
+        _spread(call, subs)
+        sent.extend(subs)
