@@ -6,8 +6,9 @@ HELLO/BEGIN/END, the same checks, pins and inline small operations, served in th
 over TCP connections from anywhere (frames of ``directwire``), and with the bytes of a large
 operation moved through the connection instead of a shared mapping. Once a large BEGIN is
 answered, the connection leaves the loop's poll and a worker thread (at most ``WORKERS``)
-sends the pinned range, or receives the write into it through a small buffer: a write whose
-deadline passes is stopped before any more of it lands, and its connection dropped. The worker
+sends the pinned range, or receives the write straight into it, each receive allowed to wait
+only until the write's deadline: a write whose deadline passes is stopped before any more of
+it lands, and its connection dropped. The worker
 hands the connection back through a pipe the loop polls; the client's END then runs in the loop.
 
 A client that queues more than ``MAX_QUEUED`` requests without reading their replies, sends a
@@ -22,7 +23,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +32,6 @@ from typing import Any
 from agents.local import Conn, LocalServer, Pin
 from agents.store import Block
 from mesh import directwire as D
-from mesh import memcopy
 from mesh.errors import InvalidRequest
 
 log = logging.getLogger("mesh.agent")
@@ -42,7 +41,7 @@ STALL_S = 10.0  # a transfer without a byte moving for this long is given up
 # ... and one slower than this on average (beyond STALL_S), so a client trickling bytes cannot
 # hold a worker for ever; moves wait for the same floor (agents/moves.py)
 MIN_BYTES_PER_S = 20e6
-CHUNK = 1 << 20  # a write is taken in this much at a time (its deadline checked between)
+CHUNK = 1 << 20  # a write is taken in at most this much a receive (its deadline checked between)
 SEND_PIECE = 4 << 20  # a read is sent in pieces this large (the time limit checked between)
 MAX_QUEUED = 64
 
@@ -71,7 +70,6 @@ class DirectServer(LocalServer):
         self._workers: ThreadPoolExecutor | None = None
         self._done: deque[tuple[DirectConn, BaseException | None]] = deque()
         self._wake_r, self._wake_w = -1, -1
-        self._bounce = threading.local()
         self.transfers = 0
 
     def bind(self, host: str, port: int = 0) -> None:  # type: ignore[override]
@@ -227,19 +225,25 @@ class DirectServer(LocalServer):
 
     def _take_write(self, sock: socket.socket, region: memoryview, deadline: float | None,
                     early: bytes, limit: float) -> None:
+        """The write's bytes straight into the block, each receive allowed to wait only until
+        the write's deadline: what lands, lands before it; past it, nothing more does."""
         n, got = region.nbytes, len(early)
         region[:got] = early
-        bounce = getattr(self._bounce, "buf", None)
-        if bounce is None:
-            bounce = self._bounce.buf = memoryview(bytearray(CHUNK))
         while got < n:
             _check_limit(limit)
-            k = sock.recv_into(bounce, min(CHUNK, n - got))
+            if deadline is not None:
+                left = deadline - time.time()
+                if left <= 0:
+                    raise _Late  # its client has given up on it: no more of it lands
+                sock.settimeout(min(STALL_S, left))
+            try:
+                k = sock.recv_into(region[got:], min(CHUNK, n - got))
+            except socket.timeout:
+                if deadline is not None and time.time() >= deadline:
+                    raise _Late from None
+                raise
             if k == 0:
                 raise EOFError("the client closed the connection mid-write")
-            if deadline is not None and time.time() > deadline:
-                raise _Late  # its client has given up on it: none of this lands
-            memcopy.copy(region[got : got + k], bounce[:k])
             got += k
 
     def _finished(self) -> None:
