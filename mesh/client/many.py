@@ -15,7 +15,8 @@ which follows blocks, blames nodes and waits as it does for one item.
 
 - ``run`` (``mesh/client/subops.py``): the sub-ops (``Sub``) to their agents, results and
   errors back into each ``Sub``.
-- ``read_many``, ``write_many``: block ranges (``Core.locate`` finds each block once).
+- ``read_many``, ``write_many``: block ranges (``Core.locate`` finds each block once); a call
+  whose every item is a plain range of a located block goes lean (``mesh/client/ranges.py``).
 - ``get_many``: one MANY of KGETs to every live agent, then the READs, each value checked
   against its record's checksum.
 - ``put_many``: the steps of a named put (``mesh/client/objects.py``: ``_put``), each step one
