@@ -133,11 +133,13 @@ class ManyOps:
                 try:
                     if self._lean(gather, i, sub, blocks, tally):
                         continue  # the bulk of a batch ends here
-                    blocks.clear()  # its handler may change what the next ones find
-                    self.metrics.arrived(op, sub.payload[0].nbytes if sub.payload else 0)
+                except MeshError:
+                    pass  # its handler raises it again, and answers and counts it as it should
+                blocks.clear()  # its handler may change what the next ones find
+                self.metrics.arrived(op, sub.payload[0].nbytes if sub.payload else 0)
+                try:
                     handlers[op](Slot(gather, i, lean=True), sub)
                 except MeshError as exc:
-                    self.metrics.arrived(op, sub.payload[0].nbytes if sub.payload else 0)
                     self._reply_error(Slot(gather, i), sub, exc)
                 except Exception as exc:  # a bug must not cost the batch its other answers
                     log.exception("internal error on %s in a batch", op,
@@ -185,9 +187,6 @@ class ManyOps:
         if block is None:
             block = blocks[block_id] = self.store.served(block_id)
         self.store.check_range(block, offset, length)
-        counts = tally.get(op)
-        if counts is None:
-            counts = tally[op] = [0, 0, 0]
         if op == P.READ:
             if length > self.s.max_message_bytes or not lifecycle.serves_reads(block.state):
                 return False
@@ -195,13 +194,15 @@ class ManyOps:
             self.reads_served += 1
             if block.state is State.MOVING:
                 self.moves.read_served(block_id, offset + length)
-            counts[2] += length
         else:
             self.store.check_still(block)
             if self.gate.must_wait(block_id, offset, offset + length):
                 return False
             block.view[offset : offset + length] = sub.payload[0]
             gather.fill(index, None)
-            counts[1] += length
+        counts = tally.get(op)
+        if counts is None:
+            counts = tally[op] = [0, 0, 0]
         counts[0] += 1
+        counts[1 if op == P.WRITE else 2] += length
         return True

@@ -257,7 +257,8 @@ def test_the_metrics_count_each_sub_op_as_its_op(mesh, client):
     before = scrape()
     client.write_many([(block, b"w" * 100, i * 100) for i in range(10)])
     client.read_many([(block, 100, i * 100) for i in range(7)])
-    _raw_many(node.address, [[P.STAT, {"block": "nope"}], [P.STAT, {"block": block}]], b"")
+    _raw_many(node.address, [[P.STAT, {"block": "nope"}], [P.STAT, {"block": block}],
+                             [P.READ, {"block": block, "offset": 64 * 1024, "length": 8}]], b"")
     after = scrape()
 
     def grew(name: str, **labels: str) -> float:
@@ -270,3 +271,6 @@ def test_the_metrics_count_each_sub_op_as_its_op(mesh, client):
     assert grew("mesh_requests_total", op="stat", outcome="unknown_block") == 1
     assert grew("mesh_requests_received_total", op="write") == 10
     assert grew("mesh_requests_total", op="many", outcome="ok") == 3  # one message each
+    # a sub-op refused (past the block's end) is counted once, arriving and answered
+    assert grew("mesh_requests_total", op="read", outcome="out_of_range") == 1
+    assert grew("mesh_requests_received_total", op="read") == 8
