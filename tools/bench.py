@@ -48,7 +48,11 @@ every byte. Baselines in the same run: the raw-socket ``sendall`` of ``transfer`
 client's own write of the same block over the network (the client never takes the same-host
 path here). Every move lands in fresh memory on its target, page faults included; the first
 one (``first_move_seconds``) also in a fresh agent process. ``move_gbps`` is the median over
-every run, the first included; ``runs_seconds`` lists them.
+every run, the first included; ``runs_seconds`` lists them. A third baseline,
+``baseline_fresh_gbps`` (``ratio_to_fresh_baseline``), is the raw ``sendall`` into newly mapped
+memory whose pages another thread backs meanwhile, as a move's target does: what any copy into
+new memory can do on this machine. ``--network-only`` starts the agents without the same-host
+path, so blocks are anonymous memory rather than memfds.
 
 ``startup`` times how long ``grid`` takes to start, against the code of ``--baseline-ref``
 (65b4786: the commit before the restructuring of issue 9) checked out into a temporary ``git
@@ -107,6 +111,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -131,8 +136,12 @@ SEND_BYTES = 4 * 1024 * 1024
 # --- baseline: raw sockets -----------------------------------------------------------------------
 
 
-def _sink(port: int, size: int, runs: int) -> None:
-    """Child process: accept one connection, recv_into a warm buffer ``runs`` times, ack each."""
+def _sink(port: int, size: int, runs: int, fresh: bool = False) -> None:
+    """Child process: accept one connection, recv_into a warm buffer ``runs`` times, ack each.
+    ``fresh``: each run into newly mapped memory instead, its pages backed by another thread
+    while the bytes land, as an agent backs a moved block's pages (``agents/backing.py``); each
+    run's memory is unmapped at its end, so the next run finds the pages given back to the
+    system as long before as a move finds its target's last moved-away block."""
     buf = bytearray(size)
     buf[::4096] = b"\x01" * len(buf[::4096])  # touch every page once
     view = memoryview(buf)
@@ -141,22 +150,49 @@ def _sink(port: int, size: int, runs: int) -> None:
     conn, _ = srv.accept()
     conn.settimeout(60)
     for _ in range(runs):
+        backer = None
+        if fresh:
+            view = memoryview(buf := _fresh_buffer(size))
+            backer = threading.Thread(target=_back, args=(buf, view, size))
+            backer.start()
         got = 0
         while got < size:
             n = conn.recv_into(view[got:], min(SEND_BYTES, size - got))
             if n == 0:
                 return
             got += n
+        if backer is not None:
+            backer.join()
+            view.release()
+            buf.close()  # gone before the next run maps its own, as a moved-away block is
         conn.sendall(b"k")
     conn.close()
 
 
+def _fresh_buffer(size: int) -> Any:
+    import mmap
+
+    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+
+
+def _back(buf: Any, view: memoryview, size: int) -> None:
+    from types import SimpleNamespace
+
+    from agents.backing import populate
+
+    populate(SimpleNamespace(buf=buf, view=view, size=size))
+
+
 class Baseline:
-    def __init__(self, size: int, runs: int):
+    """The raw-socket baseline: one TCP connection, ``sendall`` of the data into a sink process
+    that ``recv_into``s a warm buffer (``fresh``: newly mapped memory each run, see ``_sink``)."""
+
+    def __init__(self, size: int, runs: int, fresh: bool = False):
         self.size, self.runs = size, runs
         self.port = _free_port()
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "_sink", str(self.port), str(size), str(runs)]
+            [sys.executable, __file__, "_sink", str(self.port), str(size), str(runs),
+             *(["fresh"] if fresh else [])]
         )
         deadline = time.monotonic() + 30
         while True:
@@ -423,15 +459,17 @@ def move(args: argparse.Namespace) -> dict:
     data = _warm(size, fill=True)
     dv = memoryview(data)
     with tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp:
-        agents = Agents(size, 2 << 20, 8, Path(tmp), n=2)
+        agents = Agents(size, 2 << 20, 8, Path(tmp), n=2, network_only=args.network_only)
         baseline = Baseline(size, runs)
+        fresh = Baseline(size, runs, fresh=True)  # what a copy into new memory can do here
         try:
             client = agents.client(network=True)  # its write is the network's baseline
             block = client.allocate(size, node="bench-1")
-            b, w, m = [], [], []
+            b, f, w, m = [], [], [], []
             where = "bench-1"
             for i in range(runs):
                 b.append(size / baseline.run_once(dv) / 1e9)
+                f.append(size / fresh.run_once(dv) / 1e9)
                 t0 = time.perf_counter()
                 client.write(block, dv)
                 w.append(size / (time.perf_counter() - t0) / 1e9)
@@ -439,7 +477,8 @@ def move(args: argparse.Namespace) -> dict:
                 report, seconds = _timed_move(client, block, where)
                 m.append(seconds)
                 if not args.json:
-                    print(f"run {i + 1}: baseline {b[-1]:.2f} GB/s  client write {w[-1]:.2f} GB/s"
+                    print(f"run {i + 1}: baseline {b[-1]:.2f} GB/s (into new memory "
+                          f"{f[-1]:.2f})  client write {w[-1]:.2f} GB/s"
                           f"  move {seconds:.2f} s ({size / seconds / 1e9:.2f} GB/s: source "
                           f"checksum {report['checksum_s']:.2f} s, target copy and checksum "
                           f"{report['pull_s']:.2f} s, commit {report['commit_s']:.2f} s)")
@@ -449,6 +488,7 @@ def move(args: argparse.Namespace) -> dict:
             client.close()
         finally:
             baseline.close()
+            fresh.close()
             agents.close()
     move_s = statistics.median(m)
     result = {
@@ -460,10 +500,14 @@ def move(args: argparse.Namespace) -> dict:
         "runs_seconds": [round(s, 3) for s in m],
         "move_gbps": round(size / move_s / 1e9, 3),
         "baseline_gbps": round(statistics.median(b), 3),
+        "baseline_fresh_gbps": round(statistics.median(f), 3),
         "client_write_gbps": round(statistics.median(w), 3),
         "verified": same,
+        "network_only": args.network_only,
     }
     result["ratio_to_baseline"] = round(result["move_gbps"] / result["baseline_gbps"], 3)
+    result["ratio_to_fresh_baseline"] = round(result["move_gbps"] / result["baseline_fresh_gbps"],
+                                              3)
     result["ratio_to_client_write"] = round(result["move_gbps"] / result["client_write_gbps"], 3)
     return result
 
@@ -988,7 +1032,7 @@ def key_race(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_sink":
-        _sink(int(argv[1]), int(argv[2]), int(argv[3]))
+        _sink(int(argv[1]), int(argv[2]), int(argv[3]), fresh=argv[4:5] == ["fresh"])
         return 0
     if argv and argv[0] == "_read_sink":
         _read_sink(int(argv[1]), parse_size(argv[2]))
@@ -1020,6 +1064,9 @@ def main(argv: list[str] | None = None) -> int:
     mv = sub.add_parser("move", help="move a block between two agents against the baselines")
     mv.add_argument("--size", default="1GiB")
     mv.add_argument("--runs", type=int, default=4)
+    mv.add_argument("--network-only", action="store_true",
+                    help="agents without the same-host path: blocks in anonymous memory, not "
+                    "memfds (a copy lands faster in anonymous memory on this VM)")
     mv.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     rr = sub.add_parser("read-rss", help="agent RSS growth over many zero-copy reads of one "
                         "block, against a bare pyzmq ROUTER that does not track its sends")

@@ -99,8 +99,15 @@ def test_move_reports_every_run_and_verifies():
     out = run_json("tools/bench.py", "move", "--size", "32MiB", "--runs", "3")
     assert out["verified"] is True and out["size_bytes"] == 32 << 20
     assert len(out["runs_seconds"]) == 3 and out["first_move_seconds"] == out["runs_seconds"][0]
-    for field in ("move_gbps", "baseline_gbps", "client_write_gbps", "ratio_to_baseline"):
+    for field in ("move_gbps", "baseline_gbps", "baseline_fresh_gbps", "client_write_gbps",
+                  "ratio_to_baseline", "ratio_to_fresh_baseline"):
         assert out[field] > 0, field
+    assert out["network_only"] is False
+
+
+def test_move_between_agents_without_the_same_host_path():
+    out = run_json("tools/bench.py", "move", "--size", "8MiB", "--runs", "2", "--network-only")
+    assert out["verified"] is True and out["network_only"] is True
 
 
 def test_scale_reports_convergence_gossip_and_a_listing_it_checks():
