@@ -42,7 +42,7 @@ OP_ROLE: dict[str, str] = {
     **{op: "reader" for op in (P.HELLO, P.PING, P.SESSION, P.READ, P.STAT, P.LIST, P.STATS,
                                P.NODES, P.KGET, P.KLIST, P.KWHERE, P.LOCAL,
                                P.DIRECT)},
-    **{op: "writer" for op in (P.ALLOC, P.FREE, P.WRITE, P.KPUT, P.KDEL, P.KCLAIM, P.KRELEASE,
+    **{op: "writer" for op in (P.ALLOC, P.FREE, P.WRITE, P.KPUT, P.KDEL, P.KEXPIRE, P.KCLAIM, P.KRELEASE,
                                P.KHOME, P.RENEW)},
     P.MOVE: "admin",
     P.MANY: "reader",  # and each of its sub-ops what that op needs (agents/many.py)

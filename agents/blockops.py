@@ -26,7 +26,7 @@ from agents.keyops import page
 from agents.many import Slot
 from agents.store import Block, populate
 from mesh import protocol as P
-from mesh.errors import BlockMoving, InvalidRequest, MeshError, TooLarge
+from mesh.errors import BlockMoving, InvalidRequest, KeyNotFound, MeshError, TooLarge
 
 log = logging.getLogger("mesh.agent")
 
@@ -44,7 +44,7 @@ class _PendingAlloc:
 
 class BlockOps:
     """Handlers of ``Agent`` (``agents/server.py``), which provides ``s``, ``store``, ``repl``,
-    ``moves``, ``gate``, ``metrics``, ``_populator``, ``_pending``, ``_send``, ``_reply``,
+    ``moves``, ``gate``, ``metrics``, ``evictor``, ``keyops``, ``_populator``, ``_pending``, ``_send``, ``_reply``,
     ``_send_reply`` and ``_reply_error``."""
 
     def _alloc(self, identity: bytes, req: P.Request) -> None:
@@ -53,8 +53,9 @@ class BlockOps:
         if not 1 <= want <= MAX_REPLICAS or spread not in ("host", "node"):
             raise InvalidRequest(f"replicas must be 1 to {MAX_REPLICAS} and spread 'host' or "
                                  f"'node', got {want!r} and {spread!r}")
-        block = self.store.allocate(f["size"], bool(f["lazy"]), pending=bool(f.get("pending")),
-                                    ttl_s=f.get("ttl_s"))
+        # short of room: evictable keys make it (agents/eviction.py)
+        block = self.evictor.making_room(lambda: self.store.allocate(
+            f["size"], bool(f["lazy"]), pending=bool(f.get("pending")), ttl_s=f.get("ttl_s")))
         if block.lazy:
             self._allocated(identity, req, block, want, spread)
             return
@@ -176,15 +177,24 @@ class BlockOps:
         self.repl.move(identity, req, target)
 
     def _kget(self, identity: Any, req: P.Request) -> None:
-        rec = self.store.get_key(req.fields["key"])
+        key = req.fields["key"]
+        try:
+            rec = self.store.get_key(key)
+        except KeyNotFound:
+            note = self.evictor.note_for(key)  # evicted: say so (agents/eviction.py)
+            if note is None:
+                raise
+            raise KeyNotFound(note, node=self.s.node) from None
         if rec["block"]:  # a copy that may not serve sends its reader elsewhere
             self.repl.check_serving(rec["block"])
             rec.update(self.repl.describe(rec["block"]))
+            rec.update(self.keyops.lifetime(rec))
+        self.evictor.used(key)
         self._reply(identity, req, rec)
 
     def _key_change(self, handler: Callable[[Any, P.Request], None]
                     ) -> Callable[[Any, P.Request], None]:
-        """KPUT and KDEL, taken by the primary of the block they change, which forwards the
+        """KPUT, KDEL and KEXPIRE, taken by the primary of the block they change, which forwards the
         block's new key records to the other copies (agents/replication.py)."""
 
         def run(identity: Any, req: P.Request) -> None:
@@ -194,7 +204,7 @@ class BlockOps:
                 old = self.store.get_key(key)["block"]
             except MeshError:
                 old = ""
-            if req.op == P.KDEL and old:
+            if req.op in (P.KDEL, P.KEXPIRE) and old:
                 self.repl.check_primary(old)
             if new:
                 self.repl.check_primary(new)

@@ -40,6 +40,8 @@ class InfoOps:
         rec["ops"] = self.metrics.ops()  # cumulative: ``grid top`` makes rates of them
         rec["uptime_s"] = self.metrics.uptime_s()
         rec["metrics_url"] = self.metrics_endpoint.url
+        ev = self.evictor
+        rec["evictions"] = {"policy": ev.policy, "count": ev.evictions, "bytes": ev.evicted_bytes}
         rec["replicas"] = {"copies": len(self.repl.copies), "repairs": self.repl.repairs,
                            "moved_on": self.repl.moved_on_count}
         rec["local"] = self.local.describe()  # the same-host path (agents/local.py)
@@ -89,7 +91,7 @@ class InfoOps:
             capacity=self.store.capacity_for(mem), used=self.store.used,
             room=self.store.room(mem), host_available=int(mem.available),
             host_total=int(mem.total), blocks=len(self.store), security=self._security(),
-            domain=self.s.domain,
+            domain=self.s.domain, evictable=self.evictor.evictable_bytes(),
         ).record()
 
     def _security(self) -> str:

@@ -1,4 +1,4 @@
-"""The key ops of an agent: KPUT, KGET, KDEL, KLIST, and a key's home (KCLAIM, KRELEASE, KHOME,
+"""The key ops of an agent: KPUT, KGET, KDEL, KLIST, KEXPIRE, and a key's home (KCLAIM, KRELEASE, KHOME,
 KWHERE: claims of puts in progress and where keys were published, ``agents/keyhome.py``).
 
 The rules of key records live in ``agents/store.py`` and ``agents/keyrecords.py``; this module
@@ -12,17 +12,21 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+from agents.eviction import Evictor
 from agents.keyhome import KeyHomes
 from agents.store import BlockStore
 from mesh import protocol as P
+from mesh.errors import InvalidRequest, MeshError
 
 Reply = Callable[[Any, P.Request, dict[str, Any]], None]
 
 
 class KeyOps:
     def __init__(self, store: BlockStore, homes: KeyHomes, node: str, reply: Reply,
-                 describe: Callable[[str], dict] = lambda block_id: {}):
+                 describe: Callable[[str], dict] = lambda block_id: {},
+                 evictor: Evictor | None = None):
         self.store = store
+        self.evictor = evictor or Evictor(store, node)
         self._describe = describe  # a block's copies ({nodes, epoch, ...}; {} with none)
         self.homes = homes
         self.node = node
@@ -30,7 +34,7 @@ class KeyOps:
 
     def handlers(self) -> dict[str, Callable[[Any, P.Request], None]]:
         return {P.KPUT: self._kput, P.KGET: self._kget, P.KDEL: self._kdel,
-                P.KLIST: self._klist, P.KCLAIM: self._kclaim, P.KRELEASE: self._krelease,
+                P.KLIST: self._klist, P.KEXPIRE: self._kexpire, P.KCLAIM: self._kclaim, P.KRELEASE: self._krelease,
                 P.KHOME: self._khome, P.KWHERE: self._kwhere}
 
     def _kput(self, identity: bytes, req: P.Request) -> None:
@@ -40,14 +44,45 @@ class KeyOps:
         f["record"]["writer"] = req.caller.name if req.caller is not None else None
         if f["record"].get("block"):
             self.store.served(f["record"]["block"])
-        record = self.store.put_key(f["key"], f["record"], f["replace"], time.time())
+        # short of room for the record: evictable keys make it (agents/eviction.py)
+        record = self.evictor.making_room(lambda: self.store.put_key(
+            f["key"], f["record"], f["replace"], time.time()))
+        self.evictor.stored(f["key"], record.get("evictable") is True)
         self._reply(identity, req, self._with_copies(record))
 
     def _with_copies(self, record: dict) -> dict:
-        return {**record, **self._describe(record["block"])} if record["block"] else record
+        if not record["block"]:
+            return record
+        return {**record, **self._describe(record["block"]), **self.lifetime(record)}
+
+    def lifetime(self, record: dict) -> dict:
+        """``expires`` (epoch seconds) of a record whose own block has a time to live."""
+        try:
+            block = self.store.get(record["block"])
+        except MeshError:
+            return {}
+        return {"expires": block.expires} if record["owns_block"] and block.expires else {}
 
     def _kget(self, identity: bytes, req: P.Request) -> None:
         self._reply(identity, req, self.store.get_key(req.fields["key"]))
+
+    def _kexpire(self, identity: bytes, req: P.Request) -> None:
+        """Give a key's own block a time to live from now (``ttl_s``), or none."""
+        key, ttl_s = req.fields["key"], req.fields.get("ttl_s")
+        if ttl_s is not None and not 0 < ttl_s < float("inf"):
+            raise InvalidRequest(f"ttl_s must be a positive number of seconds, got {ttl_s!r}")
+        record = self.store.get_key(key)
+        if not record["block"] or not record["owns_block"]:
+            raise InvalidRequest(
+                f"key {key!r} has no block of its own (an empty object, or one stored into "
+                "another block with block_id=): only the block it names could expire")
+        block = self.store.served(record["block"])
+        self.store.check_still(block)
+        if ttl_s is None:
+            block.expires = block.expires_at = None
+        else:
+            self.store.set_lifetime(block, time.time() + ttl_s, pending=False)
+        self._reply(identity, req, self._with_copies(self.store.get_key(key)))
 
     def _kdel(self, identity: bytes, req: P.Request) -> None:
         freed = self.store.delete_key(req.fields["key"])

@@ -43,6 +43,8 @@ def check_key_record(key: str, rec: dict, node: str, now: float) -> dict:
         raise InvalidRequest("only a 0-byte object may have no block")
     out["created"] = now
     out["node"] = node
+    if rec.get("evictable") is True:  # may be evicted for room (agents/eviction.py)
+        out["evictable"] = True
     # the authenticated key that wrote it (set by the agent that took the put, never by the
     # client; carried by a move's COMMIT); None on a cluster without keys
     writer = rec.get("writer")

@@ -77,6 +77,7 @@ def settings_for(cfg: ClusterConfig, node: NodeConfig) -> AgentSettings:
         version=__version__,
         ledger_path=str(ledger_path(m.state_dir)),
         lease_s=m.lease_s,
+        eviction_policy=m.eviction_policy,
         metrics_port=node.metrics_port or 0,
         local_access=m.local_access,
         direct_tcp=m.direct_tcp,

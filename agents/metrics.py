@@ -184,6 +184,8 @@ GAUGES = {
     "mesh_gossip_rejected": ("counter", "Gossip messages refused (unknown or forged sender)."),
     "mesh_gossip_sent": ("counter", "Heartbeats published."),
     "mesh_moves": ("counter", "Blocks moved away to another agent."),
+    "mesh_evictions": ("counter", "Evictable keys evicted to make room (agents/eviction.py)."),
+    "mesh_evictable_bytes": ("gauge", "What evicting every evictable key would free."),
     "mesh_replica_repairs": ("counter", "Copies placed to replace lost ones."),
     "mesh_replica_moved_on": ("counter", "Members left out of a replica set."),
     "mesh_dropped_replies": ("counter", "Replies that could not be sent (client gone, or not "

@@ -40,6 +40,7 @@ from agents.ledger import PromiseLedger, default_path as ledger_default_path
 from agents.keyhome import KeyHomes
 from agents.info import InfoOps
 from agents.peering import Dialing
+from agents.eviction import Evictor
 from agents.keyops import KeyOps
 from agents.many import ManyOps, Slot
 from agents.lifecycle import Event, State
@@ -98,6 +99,7 @@ class AgentSettings:
     # the host's promise ledger (agents/ledger.py); None: the default path for this user
     ledger_path: str | None = None
     lease_s: float = 30.0  # the cluster's ``mesh.lease_s`` (agents/store.py: leases)
+    eviction_policy: str = "lru"  # the cluster's ``mesh.eviction_policy`` (agents/eviction.py)
     peer_nodes: dict[str, str] | None = None  # gossip address -> node name, of ``peers``
     keys: Any = None  # the cluster's KeyDir (mesh/security/keys.py): None runs without keys
     sealed_port: int = 0  # where sealed sessions are served on a keyed agent (0: any free port)
@@ -168,8 +170,10 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
             dead_after_s=settings.dead_after_s, chunk_bytes=settings.chunk_bytes,
             domain=settings.domain or settings.node, dial=self._dial_link,
             reply=self._send_reply, reply_error=self._reply_error, drop=self._drop_copy)
-        keyops = KeyOps(self.store, self.homes, settings.node, self._reply,
-                        self.repl.describe).handlers()
+        self.evictor = Evictor(self.store, settings.node, settings.eviction_policy)
+        self.keyops = KeyOps(self.store, self.homes, settings.node, self._reply,
+                             self.repl.describe, self.evictor)
+        keyops = self.keyops.handlers()
         self._move_one_copy = self.moves.handlers()[P.MOVE]
         self._handlers: dict[str, Callable[[bytes, P.Request], None]] = {
             P.HELLO: self._hello,
@@ -186,6 +190,7 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
             **keyops,
             P.KPUT: self._key_change(keyops[P.KPUT]),
             P.KDEL: self._key_change(keyops[P.KDEL]),
+            P.KEXPIRE: self._key_change(keyops[P.KEXPIRE]),
             P.KGET: self._kget,
             **self.repl.handlers(),
             P.RWRITE: self._write,
@@ -515,6 +520,7 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
             "replica_copies": len(self.repl.copies), "gossip_heard": self.gossip.heard,
             "gossip_rejected": self.gossip.rejected, "gossip_sent": self.beats_sent,
             "moves": self.moves.moved, "replica_repairs": self.repl.repairs,
+            "evictions": self.evictor.evictions, "evictable_bytes": rec.get("evictable", 0),
             "replica_moved_on": self.repl.moved_on_count, "dropped_replies": self.dropped_replies,
             "rejected_handshakes": a.rejected_handshakes,
             "connection_unbinds": self.guard.unbinds,

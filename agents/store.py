@@ -483,6 +483,10 @@ class BlockStore:
             raise KeyNotFound(f"key {key!r} not found on node {self.node}", node=self.node)
         return public(record)
 
+    def key_record(self, key: str) -> dict | None:
+        """The stored record of ``key``, bookkeeping included (``agents/eviction.py``)."""
+        return self._keys.get(key)
+
     def drop_key(self, key: str) -> None:
         """Forget a key and nothing else (a backup following its primary's records)."""
         if key in self._keys:

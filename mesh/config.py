@@ -61,6 +61,7 @@ MAX_CHUNK_BYTES = 64 * MiB
 MAX_WINDOW = 64
 # Highest data port: the gossip port (data port + 1) must still be a valid port.
 MAX_MESH_PORT = 65534
+EVICTION_POLICIES = ("lru", "lfu", "ttl-first")
 
 
 # --- values -----------------------------------------------------------------------------------
@@ -106,6 +107,9 @@ class MeshSettings:
     # Without cluster keys, block reads and writes also travel over a plain TCP stream to each
     # agent beside ZeroMQ: one copy fewer per byte, one message per small op (mesh/directwire.py).
     direct_tcp: bool = True
+    # Which evictable key an agent short of room frees first: lru, lfu or ttl-first
+    # (agents/eviction.py); keys not stored as evictable and raw blocks are never evicted.
+    eviction_policy: str = "lru"
 
     def __post_init__(self) -> None:
         try:
@@ -136,6 +140,9 @@ class MeshSettings:
                 raise _Invalid("lease_s", f"expected seconds in (0, 3600], got {self.lease_s!r}")
             _check_int(self.replicas, "replicas", 1, 16)
             _check_int(self.client_connections, "client_connections", 1, 64)
+            if self.eviction_policy not in EVICTION_POLICIES:
+                raise _Invalid("eviction_policy", f"expected one of {', '.join(EVICTION_POLICIES)}"
+                               f", got {self.eviction_policy!r}")
             if self.replica_spread not in ("host", "node"):
                 raise _Invalid("replica_spread", f"expected host or node, got "
                                f"{self.replica_spread!r}")

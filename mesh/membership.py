@@ -50,7 +50,8 @@ DIGEST_RECENT = 16
 DIGEST_SAMPLE = 4
 
 # The fields a heartbeat refreshes without a new incarnation.
-_STAT_FIELDS = ("capacity", "used", "room", "host_available", "host_total", "blocks")
+_STAT_FIELDS = ("capacity", "used", "room", "host_available", "host_total", "blocks",
+                "evictable")
 
 
 MAX_ADDRESS_CHARS = 300
@@ -142,6 +143,8 @@ class NodeInfo:
     # its failure domain: the machine it runs on (``/etc/machine-id``, or what ``--domain``
     # says); two copies of a block in one domain are not two copies (docs/durability.md)
     domain: str = ""
+    # bytes its evictable keys hold: room it can make for a new allocation (agents/eviction.py)
+    evictable: int = 0
 
     @property
     def alive(self) -> bool:
@@ -168,6 +171,7 @@ class NodeInfo:
             key=rec.get("key") if isinstance(rec.get("key"), bytes) else None,
             security=str(rec.get("security") or ""),
             domain=str(rec.get("domain") or ""),
+            evictable=_count(rec.get("evictable")),
         )
 
     def record(self) -> dict[str, Any]:
@@ -186,7 +190,13 @@ class NodeInfo:
             "blocks": self.blocks,
             "security": self.security,
             "domain": self.domain,
+            "evictable": self.evictable,
         }
+
+
+def _count(value: Any) -> int:
+    """A non-negative int field that older agents do not send (0 then)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 @dataclass

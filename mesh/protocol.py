@@ -26,6 +26,8 @@ Ops and their fields (all sizes and offsets are byte counts, ints >= 0)::
     KPUT   {key, record, replace}             -> key record
     KGET   {key}                              -> key record
     KDEL   {key}                              -> {key, freed_block}
+    KEXPIRE {key, [ttl_s]}                    -> key record: its block expires ttl_s from now
+                                                 (no ttl_s: never); the key must own its block
     KLIST  {[after], [limit]}                 -> {node, keys: [key record, ...], next}
     RENEW  {blocks: [block id, ...]}          -> {renewed: [block id, ...]}
     LOCAL  {}                                 -> {name, [ticket]}: the same-host path's socket
@@ -173,6 +175,7 @@ NODES = "nodes"
 KPUT = "kput"
 KGET = "kget"
 KDEL = "kdel"
+KEXPIRE = "kexpire"
 KLIST = "klist"
 KCLAIM = "kclaim"
 KRELEASE = "krelease"
@@ -233,6 +236,7 @@ _REQUEST_SCHEMA: dict[str, tuple[dict[str, tuple[type, ...]], int]] = {
     KPUT: ({"key": (str,), "record": (dict,), "replace": (bool,)}, 0),
     KGET: ({"key": (str,)}, 0),
     KDEL: ({"key": (str,)}, 0),
+    KEXPIRE: ({"key": (str,)}, 0),
     KLIST: ({}, 0),
     KCLAIM: ({"key": (str,), "token": (str,), "ttl_s": (int, float)}, 0),
     KRELEASE: ({"key": (str,), "token": (str,)}, 0),
@@ -269,6 +273,7 @@ _OPTIONAL_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
     MOVE: {"source": (str,)},
     LIST: {"after": _INT, "limit": _INT},
     KLIST: {"after": _INT, "limit": _INT},
+    KEXPIRE: {"ttl_s": (int, float)},
 }
 
 
@@ -551,7 +556,7 @@ def _valid_record(rec: Any) -> bool:
         v = rec.get(name)
         if not isinstance(v, types) or isinstance(v, bool):
             return False
-    for name in ("room", "host_total"):
+    for name in ("room", "host_total", "evictable"):
         value = rec.get(name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
             return False

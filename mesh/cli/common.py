@@ -223,3 +223,20 @@ class InOrder(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(self.commands)
+
+
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def duration(value: str, option: str = "--ttl") -> float:
+    """Seconds in ``90``, ``90s``, ``30m``, ``1.5h`` or ``2d``."""
+    text = value.strip().lower()
+    unit = _DURATION_UNITS.get(text[-1:], None)
+    number = text[:-1] if unit is not None else text
+    try:
+        seconds = float(number) * (unit or 1.0)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise GridError(f"{option} {value!r}: expected a positive duration such as 90s, 30m, 1h or 2d")
+    return seconds

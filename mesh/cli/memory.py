@@ -5,7 +5,9 @@
     grid memory deallocate BLOCK_ID
     grid memory list-blocks | stats | list-objects
     grid memory store KEY FILE|- [--block-id ID] [--offset N] [--node NAME] [--replace]
-                      [--replicas N] [--spread host|node]
+                      [--replicas N] [--spread host|node] [--ttl DURATION] [--evictable]
+                      [--compress [lz4|zstd]]
+    grid memory expire KEY DURATION|never
     grid memory retrieve KEY|BLOCK_ID [--output FILE|-] [--size N] [--offset N]
     grid memory delete KEY
 
@@ -53,6 +55,7 @@ from mesh.cli.common import (
     GridError,
     InOrder,
     config_option,
+    duration,
     echo_json,
     human,
     line,
@@ -62,7 +65,7 @@ from mesh.cli.common import (
     quiet_broken_pipe,
 )
 from mesh.cli import longlist
-from mesh.cli.streams import Progress, input_size, output_file
+from mesh.cli.streams import Progress, hex_dump, input_size, is_text, output_file
 from mesh.client import MeshClient
 from mesh.client.core import block_node_hint
 from mesh.errors import (
@@ -105,10 +108,26 @@ def _offset(value: str) -> int:
 
 
 def _info_dict(info: Any) -> dict[str, Any]:
-    """An ``ObjectInfo`` for ``--json``: ``nodes`` names the node of an object without replicas."""
+    """An ``ObjectInfo`` for ``--json``: ``nodes`` names the node of an object without replicas;
+    ``ttl_s`` the seconds it has left (null: no ttl), ``compression`` and ``raw_length``."""
     doc = dataclasses.asdict(info)
     doc["nodes"] = _nodes(info.nodes, info.node)
+    ttl = info.ttl_remaining
+    doc.update(ttl_s=None if ttl is None else round(ttl, 3), compression=info.compression,
+               raw_length=info.raw_length)
     return doc
+
+
+def _left(seconds: float | None) -> str:
+    """Time left, for people: "-" (none), "42s", "9m 58s", "3h 12m", "2d 4h"."""
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    for unit, size, sub, subsize in (("d", 86400, "h", 3600), ("h", 3600, "m", 60),
+                                     ("m", 60, "s", 1)):
+        if s >= size:
+            return f"{s // size}{unit} {s % size // subsize}{sub}"
+    return f"{s}s"
 
 
 def _os_message(exc: OSError) -> str:
@@ -196,31 +215,6 @@ def _nodes(nodes: tuple[str, ...], node: str) -> list[str]:
     return list(nodes) or [node]
 
 
-def _is_text(data: bytes, truncated: bool) -> str | None:
-    """``data`` as text when it is UTF-8 without control characters (else ``None``)."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        # A preview cut in the middle of a multi-byte character is still text.
-        if truncated and exc.reason == "unexpected end of data" and exc.start >= len(data) - 3:
-            text = data[: exc.start].decode("utf-8", errors="strict")
-        else:
-            return None
-    if all(ch.isprintable() or ch in "\n\r\t" for ch in text):
-        return text
-    return None
-
-
-def _hex_dump(data: bytes) -> str:
-    lines = []
-    for i in range(0, len(data), 16):
-        row = data[i : i + 16]
-        hexes = " ".join(f"{b:02x}" for b in row)
-        ascii_ = "".join(chr(b) if 32 <= b < 127 else "." for b in row)
-        lines.append(f"{i:08x}  {hexes:<47}  |{ascii_}|")
-    return "\n".join(lines)
-
-
 # --- blocks ---------------------------------------------------------------------------------------
 
 
@@ -250,7 +244,7 @@ def allocate(config_path: str | None, size_arg: str | None, size_gb: str | None,
             f"give the size once, not both {size_arg!r} and --size {size_gb!r}"
         )
     nbytes = parse_size(size_gb, default_unit="GB") if size_gb is not None else parse_size(size_arg)
-    ttl_s = None if ttl is None else _duration(ttl)
+    ttl_s = None if ttl is None else duration(ttl)
     copies, spread = _replicas(replicas, spread)
     cfg = load(config_path)
     if copies is None:
@@ -277,23 +271,6 @@ def allocate(config_path: str | None, size_arg: str | None, size_gb: str | None,
         line("Note: some copies share a machine (one machine failing loses them together)")
     if expires is not None:
         line(f"Expires: {_when(expires)}")
-
-
-_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def _duration(value: str) -> float:
-    """Seconds in ``90``, ``90s``, ``30m``, ``1.5h`` or ``2d``."""
-    text = value.strip().lower()
-    unit = _DURATION_UNITS.get(text[-1:], None)
-    number = text[:-1] if unit is not None else text
-    try:
-        seconds = float(number) * (unit or 1.0)
-    except ValueError:
-        seconds = float("nan")
-    if not 0 < seconds < float("inf"):
-        raise GridError(f"--ttl {value!r}: expected a positive duration such as 90s, 30m, 1h or 2d")
-    return seconds
 
 
 @memory.command("deallocate")
@@ -405,13 +382,21 @@ def stats(config_path: str | None, as_json: bool) -> None:
 @click.option("--node", "-n", help="the node for a new block (default: the live node with most room)")
 @click.option("--replace", is_flag=True, help="overwrite the key if it exists")
 @replica_options
+@click.option("--ttl", metavar="DURATION", help="its agent deletes it this long after (90s, 30m, "
+              "1h, 2d); change it later with `grid memory expire`")
+@click.option("--evictable", is_flag=True, help="a cache entry: its agent may evict it to make "
+              "room for new data (mesh.eviction_policy)")
+@click.option("--compress", type=click.Choice(["lz4", "zstd"]), is_flag=False, flag_value="lz4",
+              default=None, help="store it compressed (lz4 when no algorithm is given); "
+              "retrieve decompresses it")
 @click.option("--json", "as_json", is_flag=True, help="one JSON document for scripts")
 @_local_errors
 def store(config_path: str | None, key: str, file: str, block_id: str | None, offset: str,
           node: str | None, replace: bool, replicas: str | None, spread: str | None,
-          as_json: bool) -> None:
+          ttl: str | None, evictable: bool, compress: str | None, as_json: bool) -> None:
     """Store FILE (or standard input, `-`) under KEY; `--replicas N` keeps N copies of its block."""
     copies, spread = _replicas(replicas, spread)
+    ttl_s = None if ttl is None else duration(ttl)
     if block_id is not None and (copies is not None or spread is not None):
         raise GridError("give --replicas/--spread or --block-id, not both (an existing block "
                         "keeps the copies it was allocated with)")
@@ -431,7 +416,8 @@ def store(config_path: str | None, key: str, file: str, block_id: str | None, of
         try:
             with _capacity_hint():
                 info = client.put_file(key, source, node, block_id=block_id, offset=at,
-                                       replace=replace, progress=bar, replicas=copies)
+                                       replace=replace, progress=bar, replicas=copies,
+                                       ttl=ttl_s, evictable=evictable, compression=compress)
         except KeyExists as exc:
             raise GridError(f"{exc} (grid memory store --replace)", node=exc.node,
                             error_type=type(exc).__name__) from None
@@ -439,7 +425,12 @@ def store(config_path: str | None, key: str, file: str, block_id: str | None, of
     if as_json:
         echo_json(_info_dict(info))
         return
-    ok(f"Stored {human(info.length)} as key: {info.key}")
+    ok(f"Stored {human(info.raw_length)} as key: {info.key}")
+    if info.compression:
+        line(f"Compressed: {human(info.length)} ({info.compression}, "
+             f"{info.raw_length / max(1, info.length):.1f}x)")
+    if info.expires is not None:
+        line(f"Expires: {_when(info.expires)} (in {_left(info.ttl_remaining)})")
     line(f"Block ID: {info.block_id or '- (empty object)'}")
     line(f"Node: {info.node}")
     if len(nodes) > 1:
@@ -523,7 +514,7 @@ def _preview(name: str, key: str | None, block_id: str | None, total: int,
     buf = io.BytesIO()
     read_range(buf, min(PREVIEW_BYTES, total))
     data = buf.getvalue()
-    text = _is_text(data, truncated=len(data) < total)
+    text = is_text(data, truncated=len(data) < total)
     if as_json:
         echo_json({"name": name, "key": key, "block_id": block_id, "size": total,
                     "preview_bytes": len(data), "text": text,
@@ -534,7 +525,7 @@ def _preview(name: str, key: str | None, block_id: str | None, total: int,
             click.echo(text if text.endswith("\n") else text + "\n", nl=False)
         shown = len(data)
     else:
-        click.echo(_hex_dump(data[:HEX_PREVIEW_BYTES]))
+        click.echo(hex_dump(data[:HEX_PREVIEW_BYTES]))
         shown = min(len(data), HEX_PREVIEW_BYTES)
     size = f"{total:,} bytes in all" + (f" ({human(total)})" if total >= 1024 else "")
     part = f", showing the first {shown:,}" if shown < total else ""
@@ -555,15 +546,40 @@ def list_objects(config_path: str | None, as_json: bool) -> None:
         return
     table = Table(title="Stored Objects")
     for col, just in [("Key", "left"), ("Block", "left"), ("Size", "right"), ("Nodes", "left"),
-                      ("Type", "left"), ("Created", "left")]:
+                      ("Type", "left"), ("Created", "left"), ("Expires in", "right"),
+                      ("Stored", "right")]:
         table.add_column(col, justify=just)
     for i in infos:
         block = "-" if i.block_id is None else (
             i.block_id if i.offset == 0 else f"{i.block_id} @{i.offset}")
-        table.add_row(Text(i.key), Text(block), human(i.length),
-                      Text(", ".join(_nodes(i.nodes, i.node))), i.content_type, _when(i.created))
+        stored = "-" if not i.compression else \
+            f"{human(i.length)} {i.compression} {i.raw_length / max(1, i.length):.1f}x"
+        table.add_row(Text(i.key), Text(block), human(i.raw_length),
+                      Text(", ".join(_nodes(i.nodes, i.node))),
+                      i.content_type + (" (evictable)" if i.evictable else ""), _when(i.created),
+                      _left(i.ttl_remaining), stored)
     out.print(table)
     _incomplete(infos.failed_nodes)
+
+
+@memory.command("expire")
+@config_option
+@click.argument("key")
+@click.argument("ttl", metavar="DURATION|never")
+@click.option("--json", "as_json", is_flag=True, help="one JSON document for scripts")
+@_local_errors
+def expire(config_path: str | None, key: str, ttl: str, as_json: bool) -> None:
+    """Delete KEY that long from now (90s, 30m, 1h, 2d), or `never`."""
+    seconds = None if ttl.strip().lower() == "never" else duration(ttl, "DURATION")
+    with _client(config_path) as client:
+        info = client.expire(key, seconds)
+    if as_json:
+        echo_json(_info_dict(info))
+        return
+    if info.expires is None:
+        ok(f"Key {key} no longer expires")
+    else:
+        ok(f"Key {key} expires at {_when(info.expires)} (in {_left(info.ttl_remaining)})")
 
 
 @memory.command("delete")

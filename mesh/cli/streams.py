@@ -118,3 +118,28 @@ def output_file(dest: str) -> Iterator[BinaryIO]:
         except OSError:
             pass
         raise
+
+
+def is_text(data: bytes, truncated: bool) -> str | None:
+    """``data`` as text when it is UTF-8 without control characters (else ``None``)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # A preview cut in the middle of a multi-byte character is still text.
+        if truncated and exc.reason == "unexpected end of data" and exc.start >= len(data) - 3:
+            text = data[: exc.start].decode("utf-8", errors="strict")
+        else:
+            return None
+    if all(ch.isprintable() or ch in "\n\r\t" for ch in text):
+        return text
+    return None
+
+
+def hex_dump(data: bytes) -> str:
+    lines = []
+    for i in range(0, len(data), 16):
+        row = data[i : i + 16]
+        hexes = " ".join(f"{b:02x}" for b in row)
+        ascii_ = "".join(chr(b) if 32 <= b < 127 else "." for b in row)
+        lines.append(f"{i:08x}  {hexes:<47}  |{ascii_}|")
+    return "\n".join(lines)

@@ -343,6 +343,10 @@ class Core:
                 (n for n in nodes if n.state == ALIVE and n.room >= size),
                 key=lambda n: n.room,
                 reverse=True,
+            ) or sorted(  # full: nodes that can make room by evicting (agents/eviction.py)
+                (n for n in nodes if n.state == ALIVE and n.room + n.evictable >= size),
+                key=lambda n: n.room + n.evictable,
+                reverse=True,
             )
             if not candidates:
                 alive = [n for n in nodes if n.state == ALIVE]

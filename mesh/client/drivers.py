@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import zmq
 
+import mesh.client.cacheopts as cacheopts
 import mesh.client.many as many
 import mesh.client.objects as objects
 import mesh.client.parallel as parallel
@@ -246,11 +247,16 @@ class _ClientBase:
 
     def put_bytes(self, key: str | None, data: Any, node: str | None = None, *,
                   block_id: str | None = None, offset: int = 0, replace: bool = False,
-                  replicas: int | None = None, stripe: int = 1) -> ObjectInfo:
+                  replicas: int | None = None, stripe: int = 1, ttl: Any = None,
+                  evictable: bool = False, compression: str | None = None) -> ObjectInfo:
         """Store ``data`` under ``key``. ``stripe=N``: cut into N stripes on N nodes, written
-        and read over all of them at once (docs/python-api.md, "Striping")."""
+        and read over all of them at once (docs/python-api.md, "Striping"). ``ttl`` (seconds
+        or a timedelta), ``evictable``, ``compression`` ("lz4", "zstd"): docs/objects-api.md,
+        "The mesh as a cache"."""
+        opts = cacheopts.options(ttl, evictable, compression)
         return self._run(lambda core: objects.put_bytes(
-            core, key, data, node, block_id, offset, replace, replicas=replicas, stripe=stripe))
+            core, key, data, node, block_id, offset, replace, replicas=replicas, stripe=stripe,
+            opts=opts))
 
     def get_bytes(self, key: str) -> bytearray:
         return self._run(lambda core: objects.get_bytes(core, key))
@@ -258,10 +264,13 @@ class _ClientBase:
     def put_file(self, key: str | None, source: Any, node: str | None = None, *,
                  block_id: str | None = None, offset: int = 0, replace: bool = False,
                  progress: Callable[[int], None] | None = None,
-                 replicas: int | None = None) -> ObjectInfo:
-        """Stream a file (a path or a binary file object) into the mesh under ``key``."""
+                 replicas: int | None = None, ttl: Any = None, evictable: bool = False,
+                 compression: str | None = None) -> ObjectInfo:
+        """Stream a file (a path or a binary file object) into the mesh under ``key``
+        (compressed in memory first with ``compression``)."""
+        opts = cacheopts.options(ttl, evictable, compression)
         return self._run(lambda core: objects.put_file(core, key, source, node, block_id, offset,
-                                          replace, progress, replicas))
+                                          replace, progress, replicas, opts))
 
     def get_file(self, key: str, dest: Any, *,
                  progress: Callable[[int], None] | None = None) -> ObjectInfo:
@@ -274,9 +283,14 @@ class _ClientBase:
         return self._run(lambda core: objects.read_to_file(core, block_id, dest, offset, size, progress))
 
     def put_object(self, key: str | None, obj: Any, node: str | None = None, *,
-                   replace: bool = False, replicas: int | None = None) -> ObjectInfo:
-        """Pickle (protocol 5, large buffers out of band) and store ``obj``."""
-        return self._run(lambda core: objects.put_object(core, key, obj, node, replace, replicas))
+                   replace: bool = False, replicas: int | None = None, ttl: Any = None,
+                   evictable: bool = False, compression: str | None = None,
+                   serializer: str = "pickle") -> ObjectInfo:
+        """Pickle (protocol 5, large buffers out of band) and store ``obj``;
+        ``serializer="cloudpickle"`` for lambdas, closures and local classes."""
+        opts = cacheopts.options(ttl, evictable, compression)
+        return self._run(lambda core: objects.put_object(core, key, obj, node, replace, replicas,
+                                                         opts, serializer))
 
     def get_object(self, key: str, *, allow_pickle: bool = True) -> Any:
         """Unpickle the object under ``key``. Unpickling runs code its writer chose: on a keyed
@@ -288,9 +302,12 @@ class _ClientBase:
         return self._run(lambda core: objects.get_object(core, key, allow_pickle))
 
     def put_array(self, key: str | None, array: Any, node: str | None = None, *,
-                  replace: bool = False, replicas: int | None = None) -> ObjectInfo:
+                  replace: bool = False, replicas: int | None = None, ttl: Any = None,
+                  evictable: bool = False, compression: str | None = None) -> ObjectInfo:
         """Store a numpy array's memory as-is, with its dtype, shape and order."""
-        return self._run(lambda core: objects.put_array(core, key, array, node, replace, replicas))
+        opts = cacheopts.options(ttl, evictable, compression)
+        return self._run(lambda core: objects.put_array(core, key, array, node, replace, replicas,
+                                                        opts))
 
     def get_array(self, key: str) -> Any:
         return self._run(lambda core: objects.get_array(core, key))
@@ -301,6 +318,10 @@ class _ClientBase:
     def keys(self, *, page: int | None = None) -> Listing:
         """Every key: a list with ``failed_nodes``, as ``blocks()``."""
         return self._run(lambda core: objects.keys(core, page))
+
+    def expire(self, key: str, ttl: Any) -> ObjectInfo:
+        """Give ``key`` a time to live from now (seconds or a timedelta); ``None`` removes it."""
+        return self._run(lambda core: cacheopts.expire(core, key, ttl))
 
     def delete(self, key: str) -> None:
         """Delete a key (and its block, when the block was made for it)."""

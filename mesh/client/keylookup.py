@@ -44,6 +44,24 @@ class ObjectInfo:
     writer: str | None = None
     # with replicas: the nodes holding a current copy, primary first
     nodes: tuple[str, ...] = field(default=(), compare=False)
+    # when its agent frees it (epoch seconds; None: never), and whether it may be evicted for
+    # room (mesh/client/cacheopts.py)
+    expires: float | None = field(default=None, compare=False)
+    evictable: bool = field(default=False, compare=False)
+
+    @property
+    def compression(self) -> str | None:
+        return self.meta.get("compression")
+
+    @property
+    def raw_length(self) -> int:
+        """Its bytes as put and got back (``length`` is what is stored: compressed, maybe)."""
+        return int(self.meta.get("raw_length", self.length))
+
+    @property
+    def ttl_remaining(self) -> float | None:
+        """Seconds until it expires (None: never)."""
+        return None if self.expires is None else max(0.0, self.expires - time.time())
 
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> ObjectInfo:
@@ -51,7 +69,9 @@ class ObjectInfo:
         return cls(rec["key"], rec["block"] or None, int(rec["offset"]), int(rec["length"]),
                    nodes[0] if nodes else rec["node"], float(rec["created"]), rec["content_type"], rec["checksum"],
                    bool(rec["owns_block"]), dict(rec.get("meta") or {}),
-                   rec.get("writer") if isinstance(rec.get("writer"), str) else None, nodes)
+                   rec.get("writer") if isinstance(rec.get("writer"), str) else None, nodes,
+                   float(rec["expires"]) if isinstance(rec.get("expires"), (int, float)) else None,
+                   rec.get("evictable") is True)
 
 
 
@@ -63,7 +83,7 @@ def _check_key(key: Any) -> None:
 # --- lookup -------------------------------------------------------------------------------------
 
 
-def holders(core: Core, key: str, certain: bool = False) -> Op:
+def holders(core: Core, key: str, certain: bool = False, evicted: list | None = None) -> Op:
     """Every (address, ObjectInfo) for ``key`` on the live agents, newest first. ``certain``:
     when a copy that cannot serve this instant answered (``NotCurrent``: a newer record may be
     on it, a failover under way), raise that instead of answering with what the others
@@ -80,6 +100,9 @@ def holders(core: Core, key: str, certain: bool = False) -> Op:
         if certain and isinstance(c.error, NotCurrent):
             raise c.error  # (``follow`` waits and looks again)
         if c.result is None:
+            if evicted is not None and isinstance(c.error, KeyNotFound) and \
+                    " was evicted " in str(c.error):  # (agents/eviction.py: note_for)
+                evicted.append(str(c.error))
             continue
         info = ObjectInfo.from_record(c.result)
         same = (info.block_id, info.created, info.checksum) if info.nodes else (c.address,)
@@ -91,7 +114,10 @@ def holders(core: Core, key: str, certain: bool = False) -> Op:
 def lookup(core: Core, key: str) -> Op:
     """The newest (address, ObjectInfo) of ``key``; while a copy that may hold a newer record
     cannot serve (a failover), it waits for it, up to the request timeout."""
-    found = yield from _certain(core, key)
+    evicted: list[str] = []
+    found = yield from _certain(core, key, evicted)
+    if not found and evicted:
+        raise KeyNotFound(evicted[0])
     if not found:
         # A key whose block is being handed over lives on the source until just after it is on
         # the target, but one broadcast may ask the target just before and the source just
@@ -106,11 +132,11 @@ def lookup(core: Core, key: str) -> Op:
     return found[0]
 
 
-def _certain(core: Core, key: str) -> Op:
+def _certain(core: Core, key: str, evicted: list | None = None) -> Op:
     deadline = time.monotonic() + core.settings.request_timeout_s
     while True:
         try:
-            return (yield from holders(core, key, certain=True))
+            return (yield from holders(core, key, certain=True, evicted=evicted))
         except NotCurrent:
             if time.monotonic() > deadline:
                 raise

@@ -23,6 +23,7 @@ policy live in ``mesh/client/transfer.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import stat as stat_mod
@@ -35,6 +36,7 @@ from mesh import protocol as P
 import mesh.client.keyclaims as keyclaims
 import mesh.client.stripes as stripes
 from mesh.client.batch import Batch, Op, byte_view
+from mesh.client.cacheopts import NONE, PutOptions, Unpacking, compression_of, pack, pack_stream, unpack
 from mesh.client.core import Core, Listing
 from mesh.client.keylookup import ObjectInfo, _check_key, holders, lookup
 from mesh.client.transfer import (
@@ -105,15 +107,16 @@ Writer = Callable[[str, str, int], Op]  # (address, block_id, offset) -> checksu
 
 def _put(core: Core, key: str | None, length: int, node: str | None, block_id: str | None,
          offset: int, replace: bool, content_type: str, meta: dict, writer: Writer,
-         replicas: int | None = None) -> Op:
+         replicas: int | None = None, opts: PutOptions = NONE) -> Op:
     """Claim the key at its home, check it, find or make the block, write, publish the key
     record, then settle the claim (``mesh/client/keyclaims.py``). Anonymous objects are named
     by their block id, which no other put can take: they need no claim."""
     _check_key(key)
+    opts.check(block_id, length)
     claim = (yield from keyclaims.claim(core, key, replace, length)) if key is not None else None
     try:
         return (yield from _put_claimed(core, claim, key, length, node, block_id, offset, replace,
-                                        content_type, meta, writer, replicas))
+                                        content_type, meta, writer, replicas, opts))
     except Exception:
         if claim is not None:
             yield from keyclaims.release(core, claim)
@@ -122,7 +125,8 @@ def _put(core: Core, key: str | None, length: int, node: str | None, block_id: s
 
 def _put_claimed(core: Core, claim: keyclaims.Claim | None, key: str | None, length: int,
                  node: str | None, block_id: str | None, offset: int, replace: bool,
-                 content_type: str, meta: dict, writer: Writer, replicas: int | None) -> Op:
+                 content_type: str, meta: dict, writer: Writer, replicas: int | None,
+                 opts: PutOptions) -> Op:
     existing = (yield from holders(core, key)) if key is not None else []
     if existing and not replace:
         raise KeyExists(
@@ -136,7 +140,8 @@ def _put_claimed(core: Core, claim: keyclaims.Claim | None, key: str | None, len
                 f"{length} bytes at offset {offset} do not fit in block {block_id} ({size} bytes)"
             )
     elif length > 0:  # pending: freed by its agent if this client dies before publishing
-        block_id = yield from core.allocate(length, node, pending=True, replicas=replicas)
+        block_id = yield from core.allocate(length, node, pending=True, replicas=replicas,
+                                            ttl_s=opts.ttl_s)
         address, _ = yield from core.locate(block_id)
         offset = 0
     else:  # a 0-byte object needs no block, only a node to keep its record
@@ -147,7 +152,7 @@ def _put_claimed(core: Core, claim: keyclaims.Claim | None, key: str | None, len
         checksum = yield from writer(address, block_id, offset)
         record = {"block": block_id, "offset": offset, "length": length,
                   "content_type": content_type, "checksum": checksum,
-                  "owns_block": owns and bool(block_id), "meta": meta}
+                  "owns_block": owns and bool(block_id), "meta": meta, **opts.record()}
         name = key if key is not None else (block_id or f"empty_{time.time_ns()}")
         try:
             rec = yield from core.call(address, P.KPUT,
@@ -258,10 +263,16 @@ def _read_views(core: Core, address: str, info: ObjectInfo, outs: list[memoryvie
 def put_bytes(core: Core, key: str | None, data: Any, node: str | None = None,
               block_id: str | None = None, offset: int = 0, replace: bool = False,
               content_type: str = "bytes", meta: dict | None = None,
-              replicas: int | None = None, stripe: int = 1) -> Op:
-    """``stripe`` > 1: the bytes cut over that many nodes (``mesh/client/stripes.py``)."""
+              replicas: int | None = None, stripe: int = 1, opts: PutOptions = NONE) -> Op:
+    """``stripe`` > 1: the bytes cut over that many nodes (``mesh/client/stripes.py``);
+    ``opts``: ``mesh/client/cacheopts.py``."""
+    meta = dict(meta or {})
     view = byte_view(data)
+    if block_id is None:
+        [view] = pack([view], opts, meta)
     stripe = stripes.check(stripe, view.nbytes)
+    if stripe > 1 and (opts.ttl_s is not None or opts.evictable):
+        raise InvalidRequest("a striped object cannot have a ttl or be evictable (yet)")
     if stripe > 1 and block_id is None:
         if key is not None and len(stripes.part_key(key, stripe)) > 1024:
             raise InvalidRequest("a striped object's key must leave room for its stripes' names "
@@ -272,7 +283,7 @@ def put_bytes(core: Core, key: str | None, data: Any, node: str | None = None,
             core, key, stripes.sizes(view.nbytes, stripe)[0], nodes[0], None, 0, replace,
             content_type, meta, stripes.writer(core, key, view, nodes, meta, replicas), replicas)))
     return (yield from _put(core, key, view.nbytes, node, block_id, offset, replace,
-                            content_type, meta or {}, _write_views(core, [view]), replicas))
+                            content_type, meta, _write_views(core, [view]), replicas, opts))
 
 
 def _read_key(core: Core, key: str,
@@ -283,8 +294,20 @@ def _read_key(core: Core, key: str,
 
     def body(where: tuple[str, ObjectInfo]) -> Op:
         address, info = where
-        outs, finish = prepare(stripes.whole(info))
-        yield from _read_views(core, address, info, outs)
+        whole = stripes.whole(info)
+        if compression_of(whole.meta) is None:
+            outs, finish = prepare(whole)
+            yield from _read_views(core, address, info, outs)
+            return finish()
+        stored = bytearray(whole.length)  # a compressed object: its frame, then the bytes
+        yield from _read_views(core, address, info, [memoryview(stored)])
+        raw = memoryview(unpack(stored, whole.meta))
+        del stored
+        outs, finish = prepare(dataclasses.replace(whole, length=whole.raw_length))
+        at = 0
+        for out in outs:
+            out[:] = raw[at : at + out.nbytes]
+            at += out.nbytes
         return finish()
 
     return (yield from follow(lambda: lookup(core, key), body, core.settings.request_timeout_s))
@@ -347,11 +370,15 @@ def _open_source(source: Any) -> tuple[BinaryIO, int, bool, dict]:
 
 def put_file(core: Core, key: str | None, source: Any, node: str | None = None,
              block_id: str | None = None, offset: int = 0, replace: bool = False,
-             progress: Progress = None, replicas: int | None = None) -> Op:
+             progress: Progress = None, replicas: int | None = None,
+             opts: PutOptions = NONE) -> Op:
     src, length, close_it, meta = _open_source(source)
     try:
+        if block_id is None:
+            src, length = pack_stream(src, length, opts, meta)  # (compressed in memory)
         return (yield from _put(core, key, length, node, block_id, offset, replace, "file",
-                                meta, _stream_writer(core, src, length, progress), replicas))
+                                meta, _stream_writer(core, src, length, progress), replicas,
+                                opts))
     finally:
         if close_it:
             src.close()
@@ -373,7 +400,8 @@ def get_file(core: Core, key: str, dest: Any, progress: Progress = None) -> Op:
     info = first[1]
     hasher = C.hasher_for(info.checksum)  # before ``dest`` is made or truncated
     out, close_it = _open_dest(dest)
-    stream = StreamRead(info.length, out.write, progress, hasher)
+    sink = out.write if compression_of(info.meta) is None else Unpacking(info.meta, out.write)
+    stream = StreamRead(info.length, sink, progress, hasher)
     pending = [first]
 
     def find() -> Op:
@@ -401,6 +429,8 @@ def get_file(core: Core, key: str, dest: Any, progress: Progress = None) -> Op:
         if close_it:
             out.close()
     _verify(info, stream.checksum)
+    if isinstance(sink, Unpacking):
+        sink.done()
     return stripes.whole(last)
 
 
@@ -445,7 +475,11 @@ def read_to_file(core: Core, block_id: str, dest: Any, offset: int = 0,
 
 
 def put_object(core: Core, key: str | None, obj: Any, node: str | None = None,
-               replace: bool = False, replicas: int | None = None) -> Op:
+               replace: bool = False, replicas: int | None = None, opts: PutOptions = NONE,
+               serializer: str = "pickle") -> Op:
+    """``serializer``: ``"pickle"``, or ``"cloudpickle"`` for lambdas, closures and classes
+    defined in functions or ``__main__`` (the ``cloudpickle`` extra; the reader needs it too)."""
+    dumps = _dumps(serializer)
     buffers: list[memoryview] = []
 
     def out_of_band(pb: pickle.PickleBuffer) -> bool:
@@ -456,13 +490,31 @@ def put_object(core: Core, key: str | None, obj: Any, node: str | None = None,
             return True  # not contiguous: pickle copies it in-band
 
     try:
-        data = pickle.dumps(obj, protocol=5, buffer_callback=out_of_band)
+        data = dumps(obj, protocol=5, buffer_callback=out_of_band)
     except Exception as exc:
-        raise InvalidRequest(f"cannot pickle {type(obj).__name__}: {exc}") from None
+        hint = " (serializer='cloudpickle' pickles lambdas, closures and local classes)" \
+            if serializer == "pickle" else ""
+        raise InvalidRequest(f"cannot pickle {type(obj).__name__}: {exc}{hint}") from None
     views = [memoryview(data)] + buffers
     meta = {"pickle_bytes": len(data), "buffers": [b.nbytes for b in buffers]}
+    if serializer != "pickle":
+        meta["serializer"] = serializer
+    views = pack(views, opts, meta)
     return (yield from _put(core, key, sum(v.nbytes for v in views), node, None, 0, replace,
-                            "pickle", meta, _write_views(core, views), replicas))
+                            "pickle", meta, _write_views(core, views), replicas, opts))
+
+
+def _dumps(serializer: str) -> Callable[..., bytes]:
+    if serializer == "pickle":
+        return pickle.dumps
+    if serializer != "cloudpickle":
+        raise InvalidRequest(f"serializer must be 'pickle' or 'cloudpickle', got {serializer!r}")
+    try:
+        import cloudpickle
+    except ImportError:
+        raise InvalidRequest("serializer='cloudpickle' needs the cloudpickle package: pip "
+                             "install 'memory-mesh[cloudpickle]'") from None
+    return cloudpickle.dumps
 
 
 def get_object(core: Core, key: str, allow_pickle: bool = True) -> Op:
@@ -491,7 +543,8 @@ def get_object(core: Core, key: str, allow_pickle: bool = True) -> Op:
 
 
 def put_array(core: Core, key: str | None, array: Any, node: str | None = None,
-              replace: bool = False, replicas: int | None = None) -> Op:
+              replace: bool = False, replicas: int | None = None,
+              opts: PutOptions = NONE) -> Op:
     import numpy as np
 
     arr = np.asarray(array)
@@ -507,8 +560,9 @@ def put_array(core: Core, key: str | None, array: Any, node: str | None = None,
     view = memoryview(flat.view(np.uint8))
     meta = {"dtype": _descr(np.lib.format.dtype_to_descr(arr.dtype)),
             "shape": list(arr.shape), "order": order}
+    [view] = pack([view], opts, meta)
     return (yield from _put(core, key, view.nbytes, node, None, 0, replace, "ndarray", meta,
-                            _write_views(core, [view]), replicas))
+                            _write_views(core, [view]), replicas, opts))
 
 
 def get_array(core: Core, key: str) -> Op:

@@ -459,7 +459,8 @@ def test_progress_bar_only_on_a_terminal(mesh, tmp_path):
 
 
 def test_sizes_print_in_binary_units_as_every_command_does():
-    from mesh.cli.memory import _hex_dump, _is_text, human
+    from mesh.cli.memory import human
+    from mesh.cli.streams import hex_dump as _hex_dump, is_text as _is_text
 
     assert human(5 * 1024**3) == "5.00 GiB"
     assert human(10 * MiB) == "10.00 MiB"
