@@ -104,7 +104,7 @@ def _rangeable(info: Any) -> bool:
 
 
 def _file_entry(info: Any) -> dict[str, Any]:
-    return {"name": info.key, "size": info.length, "type": "file", "created": info.created,
+    return {"name": info.key, "size": info.raw_length, "type": "file", "created": info.created,
             "mtime": info.created, "content_type": info.content_type,
             "checksum": info.checksum, "node": info.node, "block_id": info.block_id}
 

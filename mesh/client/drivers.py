@@ -35,6 +35,7 @@ import mesh.client.cacheopts as cacheopts
 import mesh.client.many as many
 import mesh.client.objects as objects
 import mesh.client.parallel as parallel
+import mesh.client.tables as tables
 from mesh.client.batch import Op, Wait, byte_view
 from mesh.client.core import BlockInfo, Core, Listing, NodeInfo
 from mesh.client.parallel import IO_THREADS, parts_for
@@ -318,6 +319,17 @@ class _ClientBase:
     def keys(self, *, page: int | None = None) -> Listing:
         """Every key: a list with ``failed_nodes``, as ``blocks()``."""
         return self._run(lambda core: objects.keys(core, page))
+
+    def put_table(self, key: str | None, table: Any, node: str | None = None, *,
+                  replace: bool = False, replicas: int | None = None) -> ObjectInfo:
+        """Store a ``pyarrow.Table`` (or ``RecordBatch``) as an Arrow IPC stream (content type
+        "arrow"), which any Arrow implementation reads (docs/filesystem.md)."""
+        return self._run(lambda core: tables.put_table_op(core, key, table, node, replace,
+                                                          replicas))
+
+    def get_table(self, key: str) -> Any:
+        """The ``pyarrow.Table`` under ``key``, its columns views of the received bytes."""
+        return self._run(lambda core: tables.get_table_op(core, key))
 
     def expire(self, key: str, ttl: Any) -> ObjectInfo:
         """Give ``key`` a time to live from now (seconds or a timedelta); ``None`` removes it."""

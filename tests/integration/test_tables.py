@@ -117,3 +117,16 @@ def test_what_is_not_a_table_is_refused(c):
     assert [i.key for i in c.keys()] == ["raw"]
     with pytest.raises(InvalidRequest, match="not an Arrow IPC stream"):
         tables.from_stream(bytearray(b"\x00" * 16))
+
+
+def test_the_clients_have_put_table_and_get_table(c, shared_mesh):
+    table = sample(50)
+    info = c.put_table("t/method", table)
+    assert info.content_type == "arrow" and c.get_table("t/method").equals(table)
+
+    async def run():
+        async with AsyncMeshClient(shared_mesh.config_path) as ac:
+            await ac.put_table("t/amethod", table)
+            return await ac.get_table("t/amethod")
+
+    assert asyncio.run(run()).equals(table)
