@@ -212,10 +212,13 @@ class _ClientBase:
         return self._run(many.get_many(self._core, keys, return_exceptions))
 
     def put_many(self, items: Any, node: str | None = None, *, replace: bool = False,
-                 return_exceptions: bool = False) -> list[Any]:
+                 return_exceptions: bool = False, ttl: Any = None, evictable: bool = False,
+                 compression: str | None = None) -> list[Any]:
         """Store many small values (a mapping, or ``(key, data)`` pairs) as ``put_bytes``
         would, each step many per message: an ``ObjectInfo`` each, in order."""
-        return self._run(many.put_many(self._core, items, node, replace, return_exceptions))
+        opts = cacheopts.options(ttl, evictable, compression)
+        return self._run(many.put_many(self._core, items, node, replace, return_exceptions,
+                                       opts))
 
     def free(self, block_id: str) -> None:
         """Free a block (and forget the keys that point into it)."""

@@ -40,6 +40,7 @@ from mesh import protocol as P
 import mesh.client.keyclaims as keyclaims
 import mesh.client.ranges as ranges
 from mesh.client.batch import Op, byte_view
+from mesh.client.cacheopts import NONE, PutOptions
 from mesh.client.keylookup import ObjectInfo, _check_key
 from mesh.client.subops import MANY_ITEM_BYTES, Sub, run
 from mesh.errors import (
@@ -300,8 +301,10 @@ class _Put:
 
 
 def put_many(core: Core, items: Any, node: str | None = None, replace: bool = False,
-             return_exceptions: bool = False) -> Op:
-    """``items``: a mapping or pairs of (key, bytes-like); an ``ObjectInfo`` each, in order."""
+             return_exceptions: bool = False, opts: PutOptions = NONE) -> Op:
+    """``items``: a mapping or pairs of (key, bytes-like); an ``ObjectInfo`` each, in order.
+    ``opts`` (``mesh/client/cacheopts.py``): a ttl and eviction ride on the batch's ALLOC and
+    KPUT; compressed values take the single path."""
     from mesh.client import objects
 
     pairs = list(items.items()) if hasattr(items, "items") else [tuple(p) for p in items]
@@ -320,20 +323,21 @@ def put_many(core: Core, items: Any, node: str | None = None, replace: bool = Fa
             values[i] = InvalidRequest(f"key {key!r} appears twice in one put_many")
             continue
         seen.add(key)
-        if 0 < view.nbytes <= MANY_ITEM_BYTES:
+        if 0 < view.nbytes <= MANY_ITEM_BYTES and opts.compression is None:
             todo.append(_Put(i, key, view))
         else:  # an empty value needs no block; a large one is sent in chunks
             single.append(i)
     if todo:
-        yield from _put_steps(core, todo, values, single, node, replace)
+        yield from _put_steps(core, todo, values, single, node, replace, opts)
     for i in sorted(single):
         key, data = pairs[i]
-        yield from _single(values, i, objects.put_bytes(core, key, data, node, replace=replace))
+        yield from _single(values, i, objects.put_bytes(core, key, data, node, replace=replace,
+                                                        opts=opts))
     return _outcome(values, return_exceptions)
 
 
 def _put_steps(core: Core, todo: list[_Put], values: list[Any], single: list[int],
-               node: str | None, replace: bool) -> Op:
+               node: str | None, replace: bool, opts: PutOptions) -> Op:
     nodes = yield from core.alive_nodes()
     by_name = {n.name: n for n in nodes}
     # 1. claims at each key's home (a home that does not answer: the single path's business)
@@ -388,6 +392,8 @@ def _put_steps(core: Core, todo: list[_Put], values: list[Any], single: list[int
             return
     address = target.address
     alloc: dict[str, Any] = {"lazy": False, "pending": True}
+    if opts.ttl_s is not None:
+        alloc["ttl_s"] = opts.ttl_s
     if core.settings.replicas > 1:
         alloc.update(replicas=core.settings.replicas, spread=core.settings.replica_spread)
     steps = [Sub(P.ALLOC, {**alloc, "size": p.view.nbytes}, extra=p) for p in going]
@@ -404,7 +410,8 @@ def _put_steps(core: Core, todo: list[_Put], values: list[Any], single: list[int
     going = yield from _after(core, steps, values, single)
     steps = [Sub(P.KPUT, {"key": p.key, "replace": replace, "record": {
         "block": p.block_id, "offset": 0, "length": p.view.nbytes, "content_type": "bytes",
-        "checksum": C.of([p.view]), "owns_block": True, "meta": {}}}, extra=p) for p in going]
+        "checksum": C.of([p.view]), "owns_block": True, "meta": {}, **opts.record()}},
+        extra=p) for p in going]
     yield from run(core, [(address, sub) for sub in steps])
     going = yield from _after(core, steps, values, single)
     for sub in steps:

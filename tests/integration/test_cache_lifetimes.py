@@ -95,6 +95,16 @@ def test_lifetimes_need_a_block_of_their_own(client):
         client.expire("ttl/nobody", 10)
 
 
+def test_put_many_takes_a_ttl_eviction_and_compression(client):
+    infos = client.put_many({f"many/{i}": b"v" * 300 for i in range(20)}, ttl=600,
+                            evictable=True)
+    assert all(590 < i.ttl_remaining <= 600 and i.evictable for i in infos)
+    listed = {i.key: i for i in client.keys() if i.key.startswith("many/")}
+    assert len(listed) == 20 and all(i.evictable and i.expires for i in listed.values())
+    packed = client.put_many({"many/z": b"abc" * 10_000}, compression="zstd")[0]
+    assert packed.compression == "zstd" and client.get_bytes("many/z") == b"abc" * 10_000
+
+
 # --- compression ----------------------------------------------------------------------------------
 
 
