@@ -129,6 +129,7 @@ import bench_small  # noqa: E402  (tools/bench_small.py: the small mode)
 import bench_concurrency  # noqa: E402  (tools/bench_concurrency.py: concurrent, transfer --stripe)
 from bench_ports import free_port as _free_port  # noqa: E402
 import bench_scale  # noqa: E402  (tools/bench_scale.py: the scale mode)
+import bench_cache  # noqa: E402  (tools/bench_cache.py: the cache mode)
 
 SEND_BYTES = 4 * 1024 * 1024
 
@@ -230,7 +231,7 @@ class Agents:
 
     def __init__(self, size: int, chunk: int, window: int, tmp: Path, n: int = 1,
                  root: Path = ROOT, mesh: dict | None = None, keyed: bool = False,
-                 room: int | None = None, network_only: bool = False):
+                 room: int | None = None, network_only: bool = False, spare_gb: float = 0.25):
         hosts = [f"127.0.0.{i + 1}" for i in range(n)]
         ports = [_free_port(h) for h in hosts]
         self.port = ports[0]
@@ -238,7 +239,7 @@ class Agents:
         cfg = {
             "name": "bench",
             "nodes": [{"name": f"bench-{i + 1}", "host": h, "mesh_port": p,
-                       "memory_gb": (room or size) / 1024**3 + 0.25}
+                       "memory_gb": (room or size) / 1024**3 + spare_gb}
                       for i, (h, p) in enumerate(zip(hosts, ports))],
             "mesh": {"chunk_bytes": chunk, "window": window, "host_reserve_bytes": "512MiB",
                      "request_timeout_s": 60, **(mesh or {})},
@@ -1097,6 +1098,7 @@ def main(argv: list[str] | None = None) -> int:
     bench_small.add_parser(sub)
     bench_concurrency.add_parser(sub)
     bench_scale.add_parser(sub)
+    bench_cache.add_parser(sub)
     args = parser.parse_args(argv)
     if args.bench == "concurrent":
         result = bench_concurrency.concurrent(args, Agents, parse_size)
@@ -1105,6 +1107,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.bench == "small":
         result = bench_small.small(args, Agents, parse_size)
         print(json.dumps(result) if args.json else bench_small.describe(result))
+        return 0
+    if args.bench == "cache":
+        result = bench_cache.cache(args, Agents, parse_size)
+        print(json.dumps(result) if args.json else bench_cache.describe(result))
         return 0
     if args.bench == "scale":
         result = bench_scale.scale(args)

@@ -20,7 +20,7 @@ import mesh.client.keyclaims as keyclaims
 from mesh import protocol as P
 from mesh.client.batch import Batch, Call, Op
 from mesh.client.blame import unavailable
-from mesh.client.transfer import MOVING_RETRY_S, NOT_CURRENT_RETRY_S
+from mesh.client.transfer import NOT_CURRENT_RETRY_S
 from mesh.errors import BlockMoving, InvalidRequest, KeyNotFound, NodeUnavailable, NotCurrent
 from mesh.membership import ALIVE, DOWN
 
@@ -121,8 +121,10 @@ def lookup(core: Core, key: str) -> Op:
     if not found:
         # A key whose block is being handed over lives on the source until just after it is on
         # the target, but one broadcast may ask the target just before and the source just
-        # after: look once more before saying it is not there.
-        yield from core.pause(MOVING_RETRY_S)
+        # after: look once more before saying it is not there. No pause is needed: the source
+        # drops the key only once the target has taken it, so a broadcast sent after every
+        # answer to the first finds it on the target (a cache's misses pay one round trip more,
+        # not a sleep).
         found = yield from _certain(core, key)
     if not found:
         yield from _blame_for_key(core, key)

@@ -119,3 +119,12 @@ def test_scale_reports_convergence_gossip_and_a_listing_it_checks():
     assert out["stats_nodes"] == 5
     # 1,500 blocks made, and listed (the long-listing path) as JSON and as a table
     assert out["blocks_made"] == out["list_rows"] == 1500 and out["list_table_exit"] == 0
+
+
+def test_cache_replays_a_zipf_trace_against_an_exact_lru():
+    out = run_json("tools/bench.py", "cache", "--ops", "600", "--keys", "400", "--room",
+                   "256KiB")
+    assert 0 < out["reads"] < 600 and out["held"] > 0  # (about a tenth are writes)
+    assert out["evictions"] > 0  # the working set did not fit
+    assert 0 < out["hit_rate"] < 1 and 0 < out["lru_hit_rate"] < 1
+    assert abs(out["difference_points"]) < 10
