@@ -55,7 +55,8 @@ class BlockOps:
                                  f"'node', got {want!r} and {spread!r}")
         # short of room: evictable keys make it (agents/eviction.py)
         block = self.evictor.making_room(lambda: self.store.allocate(
-            f["size"], bool(f["lazy"]), pending=bool(f.get("pending")), ttl_s=f.get("ttl_s")))
+            f["size"], bool(f["lazy"]), pending=bool(f.get("pending")), ttl_s=f.get("ttl_s")),
+            f["size"])
         if block.lazy:
             self._allocated(identity, req, block, want, spread)
             return

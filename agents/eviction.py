@@ -16,8 +16,8 @@ only "not found" (``mesh/client/keylookup.py`` passes that on). Evictions are co
 and the metrics (``mesh_evictions_total``).
 
 Interface: ``Evictor(store, node, policy)``: ``stored(key, evictable)`` after a KPUT, ``used(key)``
-after a KGET, ``making_room(attempt)`` runs ``attempt`` and evicts while it raises
-``CapacityError``, ``note_for(key)`` (why a missing key is missing, or None), ``evictable_bytes()``
+after a KGET, ``making_room(attempt, nbytes)`` runs ``attempt`` and evicts while it raises
+``CapacityError`` (none at all when evicting everything would not make ``nbytes`` of room), ``note_for(key)`` (why a missing key is missing, or None), ``evictable_bytes()``
 (what evicting everything would free: gossiped, so clients try a full node that can make room).
 Everything runs on the agent's loop. Does not cover the records themselves (``agents/store.py``).
 """
@@ -80,12 +80,16 @@ class Evictor:
 
     # --- evicting -----------------------------------------------------------------------------
 
-    def making_room(self, attempt: Callable[[], T]) -> T:
-        """``attempt()``, evicting one key after each ``CapacityError`` while any can go."""
+    def making_room(self, attempt: Callable[[], T], nbytes: int = 0) -> T:
+        """``attempt()``, evicting one key after each ``CapacityError`` while any can go;
+        nothing is evicted when evicting every evictable key would still leave less room
+        than ``nbytes``."""
         while True:
             try:
                 return attempt()
             except CapacityError:
+                if nbytes and self.store.room() + self._count() < nbytes:
+                    raise
                 if not self.evict_one():
                     raise
 
@@ -148,9 +152,12 @@ class Evictor:
         return None
 
     def evictable_bytes(self) -> int:
+        """What evicting every key that may go now would free (counted at most once every
+        ``TALLY_EVERY_S`` unless something was stored or evicted meanwhile)."""
         now = self._clock()
         if now - self._tally[0] >= TALLY_EVERY_S:
-            total = sum(b.size + self.store.key_record(k)["_bytes"]
-                        for k, b in self._candidates())
-            self._tally = (now, total)
+            self._tally = (now, self._count())
         return self._tally[1]
+
+    def _count(self) -> int:
+        return sum(b.size + self.store.key_record(k)["_bytes"] for k, b in self._candidates())
