@@ -23,6 +23,7 @@ the CLI (``mesh/cli/``).
 from __future__ import annotations
 
 import itertools
+import random
 import re
 import time
 from typing import Any, Callable
@@ -343,11 +344,8 @@ class Core:
                 (n for n in nodes if n.state == ALIVE and n.room >= size),
                 key=lambda n: n.room,
                 reverse=True,
-            ) or sorted(  # full: nodes that can make room by evicting (agents/eviction.py)
-                (n for n in nodes if n.state == ALIVE and n.room + n.evictable >= size),
-                key=lambda n: n.room + n.evictable,
-                reverse=True,
-            )
+            ) or _by_chance(  # full: nodes that can make room by evicting (agents/eviction.py)
+                [n for n in nodes if n.state == ALIVE and n.room + n.evictable >= size])
             if not candidates:
                 alive = [n for n in nodes if n.state == ALIVE]
                 most = max((n.room for n in alive), default=0)
@@ -566,6 +564,14 @@ class Core:
             "total_used": sum(p["used"] for p in per_node if p["state"] == ALIVE),
             "total_capacity": sum(p["capacity"] for p in per_node if p["state"] == ALIVE),
         }
+
+
+def _by_chance(nodes: list[NodeInfo]) -> list[NodeInfo]:
+    """Full nodes that can evict, in a random order weighted by what they can free: new
+    entries spread over them as their caches' sizes go, so each one's least recently used key
+    stays about as old as the mesh's (always the same node first would churn that one alone)."""
+    return sorted(nodes, key=lambda n: random.random() ** (1.0 / max(1, n.room + n.evictable)),
+                  reverse=True)
 
 
 def _alive_node(nodes: list[NodeInfo], name: str) -> NodeInfo:

@@ -115,3 +115,19 @@ def test_evictable_bytes_and_a_bounded_memory_of_evictions():
     assert ev.evict_one() and len(ev._evicted) == EVICTED_NOTES and ev.note_for("a")
     ev.stored("a", True)  # stored again: no longer "evicted"
     assert ev.note_for("a") is None
+
+
+def test_full_nodes_that_can_evict_take_new_entries_in_turn_by_what_they_can_free():
+    # the client's placement when no node has room (mesh/client/core.py): a random order
+    # weighted by room + evictable bytes, so no one node's cache churns alone
+    from mesh.client.core import _by_chance
+    from mesh.membership import NodeInfo
+
+    def node(name: str, evictable: int) -> NodeInfo:
+        return NodeInfo(name, f"tcp://{name}:1", "alive", 1, 10 * MiB, 10 * MiB, 0, 0, 0, 0.0,
+                        "", evictable=evictable)
+
+    nodes = [node("a", 3 * MiB), node("b", 1 * MiB)]
+    firsts = [_by_chance(nodes)[0].name for _ in range(4000)]
+    assert sorted(n.name for n in _by_chance(nodes)) == ["a", "b"]
+    assert 0.70 < firsts.count("a") / len(firsts) < 0.80  # 3:1 by what they can free
