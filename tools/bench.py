@@ -1067,7 +1067,7 @@ def main(argv: list[str] | None = None) -> int:
     mv.add_argument("--runs", type=int, default=4)
     mv.add_argument("--network-only", action="store_true",
                     help="agents without the same-host path: blocks in anonymous memory, not "
-                    "memfds (a copy lands faster in anonymous memory on this VM)")
+                    "memfds")
     mv.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     rr = sub.add_parser("read-rss", help="agent RSS growth over many zero-copy reads of one "
                         "block, against a bare pyzmq ROUTER that does not track its sends")
