@@ -6,7 +6,10 @@ of ``--size`` random bytes over them, then, through one ``AsyncMeshClient``, rea
 into warm buffers one after another (``sequential_s``) and then all at once with
 ``asyncio.gather`` (``concurrent_s``), ``--runs`` times each, in turn. Figures are medians;
 ``concurrency_ratio`` = sequential_s / concurrent_s. The last reads are compared byte for byte
-with what was written (``verified``).
+with what was written (``verified``). The baseline of the same run: the same reads over plain
+TCP from ``--agents`` server processes holding the same number of buffers (``raw_sequential_s``
+over one connection per server, ``raw_concurrent_s`` by a thread per read over its own
+connection; ``raw_concurrency_ratio``): what doing them at once can gain on this machine at all.
 
 ``transfer --stripe N`` starts N agents and, in each run, measures the raw-socket baseline of
 ``transfer`` (tools/bench.py) and a transfer of ``--size`` striped over the N agents through one
@@ -80,11 +83,17 @@ def concurrent(args: argparse.Namespace, agents_cls: Any, parse_size: Callable) 
             seq, con, same = asyncio.run(main())
         finally:
             agents.close()
+    raw_seq, raw_con = _raw_reads(args.agents, args.reads, size, args.runs, outs)
     result = {"bench": "concurrent", "reads": args.reads, "size_bytes": size,
               "agents": args.agents, "runs": args.runs,
               "sequential_s": round(statistics.median(seq), 4),
-              "concurrent_s": round(statistics.median(con), 4), "verified": same}
+              "concurrent_s": round(statistics.median(con), 4), "verified": same,
+              "raw_sequential_s": round(statistics.median(raw_seq), 4),
+              "raw_concurrent_s": round(statistics.median(raw_con), 4)}
     result["concurrency_ratio"] = round(result["sequential_s"] / result["concurrent_s"], 3)
+    # what plain sockets gain from doing the same reads at once on this machine
+    result["raw_concurrency_ratio"] = round(result["raw_sequential_s"] /
+                                            result["raw_concurrent_s"], 3)
     result["sequential_gbps"] = round(args.reads * size / result["sequential_s"] / 1e9, 3)
     result["concurrent_gbps"] = round(args.reads * size / result["concurrent_s"] / 1e9, 3)
     return result
@@ -94,7 +103,94 @@ def describe_concurrent(r: dict) -> str:
     return (f"{r['reads']} reads of {r['size_bytes']} bytes over {r['agents']} agents: one after "
             f"another {r['sequential_s']} s ({r['sequential_gbps']} GB/s), all at once "
             f"{r['concurrent_s']} s ({r['concurrent_gbps']} GB/s): ratio "
-            f"{r['concurrency_ratio']}, verified {r['verified']}")
+            f"{r['concurrency_ratio']}, verified {r['verified']}; plain sockets, the same reads "
+            f"from {r['agents']} server processes: {r['raw_sequential_s']} s one after another, "
+            f"{r['raw_concurrent_s']} s all at once (threads): ratio {r['raw_concurrency_ratio']}")
+
+
+# --- the raw baseline of ``concurrent`` -----------------------------------------------------------
+
+
+def _serve(port: int, count: int, size: int) -> None:
+    """Child process: ``count`` buffers of ``size`` random bytes; for each 4-byte index a
+    client sends, the whole buffer, a thread per connection. Runs until killed."""
+    import socket
+
+    buffers = [os.urandom(size) for _ in range(count)]
+    srv = socket.create_server(("127.0.0.1", port))
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            while True:
+                ask = conn.recv(4)
+                if len(ask) != 4:
+                    return
+                conn.sendall(buffers[int.from_bytes(ask, "big") % count])
+
+    while True:
+        conn, _ = srv.accept()
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
+def _raw_reads(servers: int, reads: int, size: int, runs: int, outs: list[bytearray]
+               ) -> tuple[list[float], list[float]]:
+    """The reads of ``concurrent`` over plain TCP: ``servers`` processes (one per agent) each
+    serving its share of the buffers; read one after another over one connection per server,
+    then all at once by a thread each over its own connection. (seconds sequential, seconds
+    concurrent) per run."""
+    import socket
+    import subprocess
+    import sys
+
+    from bench_ports import free_port
+
+    ports = [free_port() for _ in range(servers)]
+    procs = [subprocess.Popen([sys.executable, __file__, "serve", str(p),
+                               str(-(-reads // servers)), str(size)]) for p in ports]
+
+    def connect(port: int) -> socket.socket:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                return socket.create_connection(("127.0.0.1", port), timeout=60)
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def read(sock: socket.socket, index: int, out: bytearray) -> None:
+        sock.sendall(index.to_bytes(4, "big"))
+        view, got = memoryview(out), 0
+        while got < size:
+            n = sock.recv_into(view[got:], size - got)
+            if n == 0:
+                raise RuntimeError("a raw server went away")
+            got += n
+
+    try:
+        one = [connect(p) for p in ports]
+        each = [connect(ports[i % servers]) for i in range(reads)]
+        seq, con = [], []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            for i in range(reads):
+                read(one[i % servers], i // servers, outs[i])
+            seq.append(time.perf_counter() - t0)
+            threads = [threading.Thread(target=read, args=(each[i], i // servers, outs[i]))
+                       for i in range(reads)]
+            t0 = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(600)
+            con.append(time.perf_counter() - t0)
+        for sock in one + each:
+            sock.close()
+        return seq, con
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(30)
 
 
 def striped(args: argparse.Namespace, agents_cls: Any, baseline_cls: Any, warm: Callable,
@@ -151,3 +247,10 @@ def striped(args: argparse.Namespace, agents_cls: Any, baseline_cls: Any, warm: 
     result["write_ratio"] = round(result["write_gbps"] / result["baseline_gbps"], 3)
     result["read_ratio"] = round(result["read_gbps"] / result["baseline_gbps"], 3)
     return result
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] == ["serve"]:
+        _serve(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))

@@ -84,6 +84,10 @@ def test_concurrent_reports_reads_at_once_against_one_after_another_and_verifies
     assert out["sequential_s"] > 0 and out["concurrent_s"] > 0
     assert out["concurrency_ratio"] == pytest.approx(out["sequential_s"] / out["concurrent_s"],
                                                      rel=0.01)
+    # the same reads over plain sockets, in the same run
+    assert out["raw_sequential_s"] > 0 and out["raw_concurrent_s"] > 0
+    assert out["raw_concurrency_ratio"] == pytest.approx(
+        out["raw_sequential_s"] / out["raw_concurrent_s"], rel=0.01)
 
 
 def test_transfer_stripe_reports_the_striped_transfer_against_the_baseline_and_verifies():
