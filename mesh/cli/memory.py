@@ -470,13 +470,13 @@ def retrieve(config_path: str | None, name: str, output: str | None, size_: str 
         except KeyNotFound:
             info = None
         if info is not None:
-            if at > info.length or (size is not None and at + size > info.length):
+            if at > info.raw_length or (size is not None and at + size > info.raw_length):
                 raise OutOfRange(
-                    f"range of {size if size is not None else info.length - at} bytes at offset "
-                    f"{at} is past the end of object {name!r} ({info.length} bytes)"
+                    f"range of {size if size is not None else info.raw_length - at} bytes at "
+                    f"offset {at} is past the end of object {name!r} ({info.raw_length} bytes)"
                 )
             block_id, base = info.block_id, info.offset
-            total = info.length - at if size is None else size
+            total = info.raw_length - at if size is None else size
         else:
             try:
                 block_size = client.stat(name).size
@@ -488,6 +488,8 @@ def retrieve(config_path: str | None, name: str, output: str | None, size_: str 
             total = block_size - at if size is None else size
 
         def read_range(dest: Any, n: int, progress: Any = None) -> int:
+            if n and info is not None and info.compression:  # whole, decompressed, then cut
+                return dest.write(memoryview(client.get_bytes(key))[at : at + n])
             if n == 0:
                 return 0
             return client.read_to_file(block_id, dest, offset=base + at, size=n, progress=progress)

@@ -470,3 +470,29 @@ def test_sizes_print_in_binary_units_as_every_command_does():
     assert _is_text(b"caf\xc3", truncated=False) is None
     assert _is_text(b"\x00\x01", truncated=False) is None
     assert _hex_dump(b"AB\x00") == "00000000  41 42 00" + " " * 39 + "  |AB.|"
+
+
+def test_store_with_a_ttl_compressed_and_evictable_then_expire_and_retrieve(mesh, tmp_path):
+    src = tmp_path / "log.txt"
+    src.write_bytes(b"line of a log that repeats itself\n" * 3000)
+    cfg = mesh.config_path
+    doc = json.loads(ok(grid(cfg, "store", "cli-log", str(src), "--ttl", "10m", "--compress",
+                             "zstd", "--evictable", "--json")).out)
+    assert doc["compression"] == "zstd" and doc["raw_length"] == src.stat().st_size
+    assert doc["length"] < doc["raw_length"] // 20 and doc["evictable"] is True
+    assert 590 < doc["ttl_s"] <= 600
+    # a preview, a range and the whole file: the bytes as stored, never the compressed frame
+    assert ok(grid(cfg, "retrieve", "cli-log")).out.startswith("line of a log that repeats")
+    assert ok(grid(cfg, "retrieve", "cli-log", "--offset", "5", "--size", "9", "-o", "-")
+              ).raw == b"of a log "
+    ok(grid(cfg, "retrieve", "cli-log", "-o", str(tmp_path / "back.txt")))
+    assert (tmp_path / "back.txt").read_bytes() == src.read_bytes()
+    listed = ok(grid(cfg, "list-objects")).out
+    assert "zstd" in listed and "(evictable)" in listed and re.search(r"\b9m \d+s\b", listed)
+    assert "expires at" in ok(grid(cfg, "expire", "cli-log", "1h")).err + \
+        ok(grid(cfg, "expire", "cli-log", "1h")).out
+    assert json.loads(ok(grid(cfg, "expire", "cli-log", "never", "--json")).out)["ttl_s"] is None
+    one_error(grid(cfg, "expire", "cli-log", "soon"), "DURATION 'soon'")
+    one_error(grid(cfg, "expire", "cli-nobody", "1h"), "Key not found")
+    one_error(grid(cfg, "store", "cli-empty", "/dev/null", "--ttl", "1h"), "empty object")
+    ok(grid(cfg, "delete", "cli-log"))
