@@ -40,6 +40,7 @@ from mesh import protocol as P
 import mesh.client.keyclaims as keyclaims
 import mesh.client.ranges as ranges
 from mesh.client.batch import Op, byte_view
+import mesh.client.stripes as stripes
 from mesh.client.cacheopts import NONE, PutOptions
 from mesh.client.keylookup import ObjectInfo, _check_key
 from mesh.client.subops import MANY_ITEM_BYTES, Sub, run
@@ -259,8 +260,10 @@ def get_many(core: Core, keys: Iterable[str], return_exceptions: bool = False) -
         if values[i] is not None:
             continue
         where = found.get(key)
-        if where is None or key in unsure or where[1].length > MANY_ITEM_BYTES:
-            single.append(i)  # not found (the single path blames), or not certain, or large
+        if where is None or key in unsure or where[1].length > MANY_ITEM_BYTES or \
+                where[1].compression or stripes.striped(where[1]):
+            # not found (the single path blames), not certain, large, compressed or striped
+            single.append(i)
             continue
         address, info = where
         out = values[i] = bytearray(info.length)

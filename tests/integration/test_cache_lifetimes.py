@@ -103,6 +103,10 @@ def test_put_many_takes_a_ttl_eviction_and_compression(client):
     assert len(listed) == 20 and all(i.evictable and i.expires for i in listed.values())
     packed = client.put_many({"many/z": b"abc" * 10_000}, compression="zstd")[0]
     assert packed.compression == "zstd" and client.get_bytes("many/z") == b"abc" * 10_000
+    small = client.put_bytes("many/small", b"xyz" * 100, compression="lz4")
+    assert small.length < 300  # small enough for get_many's batch, which reads blocks raw...
+    got = client.get_many(["many/z", "many/small", "many/0"])
+    assert got == [b"abc" * 10_000, b"xyz" * 100, b"v" * 300]  # ...but not compressed ones
 
 
 # --- compression ----------------------------------------------------------------------------------
