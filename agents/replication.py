@@ -342,9 +342,14 @@ class Replication(Upkeep):
         for block_id in dirty:
             copy = self.copies.get(block_id)
             if copy is not None and copy.rset.primary == self.node:
+                # with the block's time to live (0: none), which KEXPIRE may have changed
+                try:
+                    expires = self.store.get(block_id).expires or 0
+                except BlockNotFound:
+                    expires = 0
                 self._forward(copy, block_id, P.RKEYS, {
-                    "epoch": copy.rset.epoch, "keys": self.store.key_records(block_id)},
-                    ack=ack)
+                    "epoch": copy.rset.epoch, "keys": self.store.key_records(block_id),
+                    "expires": expires}, ack=ack)
 
     # --- a member's side ---------------------------------------------------------------------------
 
@@ -444,6 +449,12 @@ class Replication(Upkeep):
     def _rkeys(self, identity: Any, req: P.Request) -> None:
         block = self.accept(req)
         self._set_keys(block, req.fields["keys"])
+        expires = req.fields.get("expires")  # absent: a primary of the previous version
+        if expires is not None and expires != (block.expires or 0):
+            if expires:
+                self.store.set_lifetime(block, float(expires), pending=False)
+            else:
+                block.expires = block.expires_at = None
         if req.fields["keys"]:  # published: no longer a pending put's block
             self.copies[block.block_id].pending = False
         self._reply(identity, req, {"block": block.block_id})

@@ -96,7 +96,8 @@ Replicas (``agents/replication.py``, ``docs/durability.md``), agent to agent; ``
     RWRITE {block, from, inc, epoch, offset} + 1 payload   a forwarded write, or a chunk of a
                                            repair's copy -> {block, offset, length}
     RFREE  {block, from, inc, epoch}       -> {block}
-    RKEYS  {block, from, inc, epoch, keys} the block's key records, all of them -> {block}
+    RKEYS  {block, from, inc, epoch, keys[, expires]} the block's key records, all of them,
+                                           and its time to live (0: none) -> {block}
     LEASE  {from, inc}                     -> {node, ok}: ok false once this agent has moved
                                            on from that incarnation (it must drop every copy
                                            it shares with this agent)
@@ -274,6 +275,7 @@ _OPTIONAL_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
     LIST: {"after": _INT, "limit": _INT},
     KLIST: {"after": _INT, "limit": _INT},
     KEXPIRE: {"ttl_s": (int, float)},
+    RKEYS: {"expires": (int, float)},
 }
 
 

@@ -269,3 +269,29 @@ def test_a_full_node_that_can_evict_is_chosen_over_refusing(tmp_path):
             client.put_bytes(f"b{i}", value, node="node2")  # node2 full, nothing evictable
         info = client.put_bytes("c", value, evictable=True)
         assert info.node == "node1"
+
+
+def test_expire_reaches_a_replicated_keys_backups(tmp_path):
+    from mesh.errors import MeshError
+
+    fast = dict(heartbeat_interval_s=0.25, suspect_after_s=0.75, dead_after_s=1.5,
+                replica_spread="node")
+    with running_mesh(tmp_path, n=3, **fast) as mesh, mesh.client() as client:
+        info = client.put_bytes("rep/key", b"r" * 5000, replicas=2, ttl=3600)
+        primary, backup = info.nodes
+        client.expire("rep/key", 120)
+        mesh.kill(primary)
+        # the backup takes over with the time the primary was last given, not the hour the key
+        # was stored with
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                now = client.object_info("rep/key")
+                if now.node == backup:
+                    break
+            except MeshError:
+                pass
+            assert time.monotonic() < deadline, "the backup never took over"
+            time.sleep(0.2)
+        assert 90 < now.ttl_remaining <= 120
+        assert client.get_bytes("rep/key") == b"r" * 5000
