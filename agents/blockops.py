@@ -44,8 +44,8 @@ class _PendingAlloc:
 
 class BlockOps:
     """Handlers of ``Agent`` (``agents/server.py``), which provides ``s``, ``store``, ``repl``,
-    ``moves``, ``gate``, ``metrics``, ``evictor``, ``keyops``, ``_populator``, ``_pending``, ``_send``, ``_reply``,
-    ``_send_reply`` and ``_reply_error``."""
+    ``moves``, ``gate``, ``metrics``, ``evictor``, ``keyops``, ``_populator``, ``_pending``,
+    ``_send``, ``_reply``, ``_send_reply`` and ``_reply_error``."""
 
     def _alloc(self, identity: bytes, req: P.Request) -> None:
         f = req.fields
@@ -188,15 +188,13 @@ class BlockOps:
             raise KeyNotFound(note, node=self.s.node) from None
         if rec["block"]:  # a copy that may not serve sends its reader elsewhere
             self.repl.check_serving(rec["block"])
-            rec.update(self.repl.describe(rec["block"]))
-            rec.update(self.keyops.lifetime(rec))
         self.evictor.used(key)
-        self._reply(identity, req, rec)
+        self._reply(identity, req, self.keyops.shown(rec))
 
     def _key_change(self, handler: Callable[[Any, P.Request], None]
                     ) -> Callable[[Any, P.Request], None]:
-        """KPUT, KDEL and KEXPIRE, taken by the primary of the block they change, which forwards the
-        block's new key records to the other copies (agents/replication.py)."""
+        """KPUT, KDEL and KEXPIRE, taken by the primary of the block they change, which forwards
+        the block's new key records to the other copies (agents/replication.py)."""
 
         def run(identity: Any, req: P.Request) -> None:
             key = req.fields["key"]

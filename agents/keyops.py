@@ -1,5 +1,5 @@
-"""The key ops of an agent: KPUT, KGET, KDEL, KLIST, KEXPIRE, and a key's home (KCLAIM, KRELEASE, KHOME,
-KWHERE: claims of puts in progress and where keys were published, ``agents/keyhome.py``).
+"""The key ops of an agent: KPUT, KGET, KDEL, KLIST, KEXPIRE, and a key's home (KCLAIM,
+KRELEASE, KHOME, KWHERE: claims of puts in progress and where keys were published, ``agents/keyhome.py``).
 
 The rules of key records live in ``agents/store.py`` and ``agents/keyrecords.py``; this module
 turns requests into calls on them and replies. A KPUT's record is stamped with its ``writer``:
@@ -34,8 +34,8 @@ class KeyOps:
 
     def handlers(self) -> dict[str, Callable[[Any, P.Request], None]]:
         return {P.KPUT: self._kput, P.KGET: self._kget, P.KDEL: self._kdel,
-                P.KLIST: self._klist, P.KEXPIRE: self._kexpire, P.KCLAIM: self._kclaim, P.KRELEASE: self._krelease,
-                P.KHOME: self._khome, P.KWHERE: self._kwhere}
+                P.KLIST: self._klist, P.KEXPIRE: self._kexpire, P.KCLAIM: self._kclaim,
+                P.KRELEASE: self._krelease, P.KHOME: self._khome, P.KWHERE: self._kwhere}
 
     def _kput(self, identity: bytes, req: P.Request) -> None:
         f = req.fields
@@ -48,14 +48,16 @@ class KeyOps:
         record = self.evictor.making_room(lambda: self.store.put_key(
             f["key"], f["record"], f["replace"], time.time()))
         self.evictor.stored(f["key"], record.get("evictable") is True)
-        self._reply(identity, req, self._with_copies(record))
+        self._reply(identity, req, self.shown(record))
 
-    def _with_copies(self, record: dict) -> dict:
+    def shown(self, record: dict) -> dict:
+        """A record as KPUT, KGET, KLIST and KEXPIRE answer it: with its block's copies and
+        time to live."""
         if not record["block"]:
             return record
-        return {**record, **self._describe(record["block"]), **self.lifetime(record)}
+        return {**record, **self._describe(record["block"]), **self._lifetime(record)}
 
-    def lifetime(self, record: dict) -> dict:
+    def _lifetime(self, record: dict) -> dict:
         """``expires`` (epoch seconds) of a record whose own block has a time to live."""
         try:
             block = self.store.get(record["block"])
@@ -82,7 +84,7 @@ class KeyOps:
             block.expires = block.expires_at = None
         else:
             self.store.set_lifetime(block, time.time() + ttl_s, pending=False)
-        self._reply(identity, req, self._with_copies(self.store.get_key(key)))
+        self._reply(identity, req, self.shown(self.store.get_key(key)))
 
     def _kdel(self, identity: bytes, req: P.Request) -> None:
         freed = self.store.delete_key(req.fields["key"])
@@ -111,7 +113,7 @@ class KeyOps:
     def _klist(self, identity: bytes, req: P.Request) -> None:
         records, cursor = self.store.list_keys(*page(req), max_bytes=P.LIST_PAGE_BYTES)
         self._reply(identity, req, {"node": self.node, "next": cursor,
-                                    "keys": [self._with_copies(r) for r in records]})
+                                    "keys": [self.shown(r) for r in records]})
 
 
 def page(req: P.Request) -> tuple[int, int]:

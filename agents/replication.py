@@ -450,11 +450,8 @@ class Replication(Upkeep):
         block = self.accept(req)
         self._set_keys(block, req.fields["keys"])
         expires = req.fields.get("expires")  # absent: a primary of the previous version
-        if expires is not None and expires != (block.expires or 0):
-            if expires:
-                self.store.set_lifetime(block, float(expires), pending=False)
-            else:
-                block.expires = block.expires_at = None
+        if expires is not None:  # the time to live this copy takes if it becomes the primary
+            self.copies[block.block_id].expires = float(expires) or None
         if req.fields["keys"]:  # published: no longer a pending put's block
             self.copies[block.block_id].pending = False
         self._reply(identity, req, {"block": block.block_id})

@@ -280,6 +280,10 @@ def test_expire_reaches_a_replicated_keys_backups(tmp_path):
         info = client.put_bytes("rep/key", b"r" * 5000, replicas=2, ttl=3600)
         primary, backup = info.nodes
         client.expire("rep/key", 120)
+        # a second key with the same primary, whose time to live is taken away
+        assert client.put_bytes("rep/kept", b"k" * 5000, primary, replicas=2, ttl=3600).node \
+            == primary
+        client.expire("rep/kept", None)
         mesh.kill(primary)
         # the backup takes over with the time the primary was last given, not the hour the key
         # was stored with
@@ -295,3 +299,5 @@ def test_expire_reaches_a_replicated_keys_backups(tmp_path):
             time.sleep(0.2)
         assert 90 < now.ttl_remaining <= 120
         assert client.get_bytes("rep/key") == b"r" * 5000
+        kept = client.object_info("rep/kept")  # (its backup has taken over too)
+        assert kept.node != primary and kept.expires is None
