@@ -154,14 +154,33 @@ def compression_of(meta: dict) -> str | None:
     return name
 
 
-def unpack(stored: bytearray, meta: dict) -> bytearray:
-    """The raw bytes of a compressed object's stored frame (checked against ``raw_length``)."""
-    d = _decompressor(compression_of(meta))
-    raw = bytearray(d.decompress(stored))
-    if len(raw) != meta.get("raw_length"):
-        raise InvalidRequest(f"the object decompressed to {len(raw)} bytes, its record says "
-                             f"{meta.get('raw_length')}")
-    return raw
+def unpack_into(stored: bytearray, meta: dict, outs: list[memoryview]) -> None:
+    """A compressed object's stored frame decompressed into ``outs``, back to back, a piece at
+    a time (no whole decompressed copy besides ``outs``); checked against ``raw_length``."""
+    outs = [out.cast("B") for out in outs]
+    at = [0, 0]  # (which out, where in it)
+
+    def fill(data: bytes) -> None:
+        data, done = memoryview(data), 0
+        while done < data.nbytes:
+            if at[0] >= len(outs):
+                raise InvalidRequest("the object decompressed to more bytes than its record says")
+            out = outs[at[0]]
+            n = min(out.nbytes - at[1], data.nbytes - done)
+            out[at[1] : at[1] + n] = data[done : done + n]
+            done += n
+            at[1] += n
+            if at[1] == out.nbytes:
+                at[0], at[1] = at[0] + 1, 0
+
+    sink = Unpacking(meta, fill)
+    view = memoryview(stored)
+    for start in range(0, view.nbytes, UNPACK_PIECE):
+        sink(view[start : start + UNPACK_PIECE])
+    sink.done()
+
+
+UNPACK_PIECE = 1 << 20  # a stored frame is decompressed this much at a time
 
 
 class Unpacking:

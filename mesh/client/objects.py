@@ -36,7 +36,8 @@ from mesh import protocol as P
 import mesh.client.keyclaims as keyclaims
 import mesh.client.stripes as stripes
 from mesh.client.batch import Batch, Op, byte_view
-from mesh.client.cacheopts import NONE, PutOptions, Unpacking, compression_of, pack, pack_stream, unpack
+from mesh.client.cacheopts import (NONE, PutOptions, Unpacking, compression_of, pack, pack_stream,
+                                   unpack_into)
 from mesh.client.core import Core, Listing
 from mesh.client.keylookup import ObjectInfo, _check_key, holders, lookup
 from mesh.client.transfer import (
@@ -301,13 +302,8 @@ def _read_key(core: Core, key: str,
             return finish()
         stored = bytearray(whole.length)  # a compressed object: its frame, then the bytes
         yield from _read_views(core, address, info, [memoryview(stored)])
-        raw = memoryview(unpack(stored, whole.meta))
-        del stored
         outs, finish = prepare(dataclasses.replace(whole, length=whole.raw_length))
-        at = 0
-        for out in outs:
-            out[:] = raw[at : at + out.nbytes]
-            at += out.nbytes
+        unpack_into(stored, whole.meta, outs)
         return finish()
 
     return (yield from follow(lambda: lookup(core, key), body, core.settings.request_timeout_s))
