@@ -39,7 +39,6 @@ Not here: the client calls themselves (``mesh/client/drivers.py``), the ProxySto
 
 from __future__ import annotations
 
-import datetime
 import functools
 import hashlib
 import inspect
@@ -53,6 +52,7 @@ from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from mesh.client.cacheopts import seconds
 from mesh.errors import KeyNotFound, NodeUnavailable
 
 __all__ = ["TieredCache", "memoize", "put_options", "memo_key"]
@@ -62,21 +62,21 @@ NDARRAY, PICKLE = "ndarray", "pickle"  # ObjectInfo.content_type of put_array / 
 
 
 def put_options(ttl: float | None = None, evictable: bool = False) -> dict[str, Any]:
-    """The keyword arguments for ``put_*``: only those that are set, so a client whose ``put_*``
-    do not take them yet still works when they are left unset."""
+    """The keyword arguments for ``put_*``: only those that are set (a ``RecordingClient`` in the
+    tests, or any client-like object, need not take the others)."""
     opts: dict[str, Any] = {}
-    if isinstance(ttl, datetime.timedelta):
-        ttl = ttl.total_seconds()
+    ttl = seconds(ttl)  # (InvalidRequest, a ValueError, for a bad one)
     if ttl is not None:
-        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0:
-            raise ValueError(f"ttl must be a positive number of seconds, not {ttl!r}")
         opts["ttl"] = ttl
     if evictable:
         opts["evictable"] = True
     return opts
 
 
-def _is_plain_ndarray(value: Any) -> bool:
+def is_plain_ndarray(value: Any) -> bool:
+    """An exact ``numpy.ndarray`` whose memory is plain values: sent raw by ``put_array``.
+    Subclasses (masked arrays, matrices), object arrays and structured dtypes are pickled
+    instead, so nothing they carry besides dtype, shape and order is lost."""
     numpy = sys.modules.get("numpy")  # never imported here: no numpy loaded, no array
     return (numpy is not None and type(value) is numpy.ndarray
             and not value.dtype.hasobject and value.dtype.fields is None)
@@ -190,7 +190,7 @@ class TieredCache(MutableMapping):
     def _store(self, key: str, value: Any) -> tuple[Any, int]:
         """Put ``value`` under ``key``'s mesh key: (what reads return, its stored size)."""
         name = self.mesh_key(key)
-        if _is_plain_ndarray(value):
+        if is_plain_ndarray(value):
             put, empty = self.client.put_array, value.nbytes == 0
         elif isinstance(value, (bytes, bytearray, memoryview)):
             value = value if type(value) is bytes else bytes(value)  # a snapshot, as read back

@@ -28,7 +28,6 @@ Not here: the dict-like cache and memoising (``mesh/cache.py``); the client
 
 from __future__ import annotations
 
-import inspect
 import os
 import threading
 import uuid
@@ -171,13 +170,7 @@ class MeshConnector:
 
     def put_batch(self, objs: Sequence[Any]) -> list[MeshKey]:
         keys = [self.new_key() for _ in objs]
-        params = inspect.signature(self.client.put_many).parameters
-        if all(name in params for name in self._put_opts):
-            self.client.put_many([(k.mesh_key, o) for k, o in zip(keys, objs)],
-                                 **self._put_opts)
-        else:  # put_many does not take ttl/evictable (yet): one put each
-            for k, o in zip(keys, objs):
-                self.client.put_bytes(k.mesh_key, o, **self._put_opts)
+        self.client.put_many([(k.mesh_key, o) for k, o in zip(keys, objs)], **self._put_opts)
         return keys
 
     def get(self, key: MeshKey) -> bytearray | None:

@@ -31,10 +31,10 @@ key/value manager (``distributed_grid/memory/distributed_memory_manager.py``), h
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING, Any
 
 from mesh.client import AsyncMeshClient
+from mesh.cache import is_plain_ndarray
 from mesh.errors import KeyNotFound
 from distributed_grid.orchestration.distributed_memory_pool import DistributedMemoryPool
 
@@ -47,25 +47,12 @@ __all__ = ["DistributedMemoryHelper", "put_data", "get_data"]
 NDARRAY, BYTES, PICKLE, FILE = "ndarray", "bytes", "pickle", "file"
 
 
-def _is_plain_ndarray(data: Any) -> bool:
-    """An exact ``numpy.ndarray`` whose memory is plain values: sent raw by ``put_array``.
-    Subclasses (masked arrays, matrices), object arrays and structured dtypes are pickled
-    instead, so nothing they carry besides dtype, shape and order is lost."""
-    numpy = sys.modules.get("numpy")  # if numpy was never imported, data is not an array
-    return (
-        numpy is not None
-        and type(data) is numpy.ndarray
-        and not data.dtype.hasobject
-        and data.dtype.fields is None
-    )
-
-
 async def put_data(client: AsyncMeshClient, key: str | None, data: Any,
                    node: str | None = None, *, replace: bool = False) -> ObjectInfo:
     """Store ``data`` under ``key`` the cheapest faithful way: a plain numpy array with
     ``put_array``, ``bytes``/``bytearray``/``memoryview`` with ``put_bytes`` (read back as a
     ``bytearray``), anything else with ``put_object``."""
-    if _is_plain_ndarray(data):
+    if is_plain_ndarray(data):
         return await client.put_array(key, data, node, replace=replace)
     if isinstance(data, (bytes, bytearray, memoryview)):
         return await client.put_bytes(key, data, node, replace=replace)

@@ -8,7 +8,6 @@ proved across processes by a function whose body appends to a file.
 from __future__ import annotations
 
 import datetime
-import inspect
 import os
 import subprocess
 import sys
@@ -18,15 +17,12 @@ import time
 import pytest
 
 from mesh.cache import TieredCache, memo_key, memoize, put_options
-from mesh.client import MeshClient
 from mesh.errors import KeyNotFound
 from support.mesh import ROOT, clean_client
 
 np = pytest.importorskip("numpy")
 
 SUBPROCESS_TIMEOUT_S = 60
-HAS_TTL = "ttl" in inspect.signature(MeshClient.put_bytes).parameters
-HAS_EVICTABLE = "evictable" in inspect.signature(MeshClient.put_bytes).parameters
 
 
 @pytest.fixture
@@ -206,8 +202,6 @@ def test_ttl_and_evictable_are_passed_only_when_set(c):
             put_options(bad)
 
 
-@pytest.mark.skipif(not (HAS_TTL and HAS_EVICTABLE),
-                    reason="MeshClient.put_* take no ttl/evictable yet")
 def test_ttl_and_evictable_reach_the_mesh(c):
     rec = RecordingClient(c)
     cache = TieredCache(rec, prefix="ttl/", ttl=1.0, evictable=True)

@@ -3,7 +3,6 @@ proxy pickled here is resolved in another process, as Parsl and Globus Compute w
 
 from __future__ import annotations
 
-import inspect
 import os
 import pickle
 import subprocess
@@ -26,7 +25,6 @@ from proxystore.store import Store  # noqa: E402
 from mesh.proxystore import MeshConnector, MeshKey  # noqa: E402
 
 SUBPROCESS_TIMEOUT_S = 60
-HAS_TTL = "ttl" in inspect.signature(MeshClient.put_bytes).parameters
 
 
 @pytest.fixture
@@ -185,13 +183,15 @@ def test_ttl_and_evictable_are_passed_only_when_set(shared_mesh, c, monkeypatch)
         conn.close()
 
 
-@pytest.mark.skipif(not HAS_TTL, reason="MeshClient.put_bytes takes no ttl/evictable yet")
 def test_ttl_and_evictable_reach_the_mesh(shared_mesh, c):
     conn = MeshConnector(shared_mesh.config_path, prefix="ttl/", ttl=30.0, evictable=True)
     try:
         assert conn.config()["ttl"] == 30.0 and conn.config()["evictable"] is True
         keys = conn.put_batch([b"a", b"b"]) + [conn.put(b"c")]
         assert conn.get_batch(keys) == [b"a", b"b", b"c"]
+        for k in keys:  # the batch (put_many) and the single put both carried them
+            info = c.object_info(k.mesh_key)
+            assert info.evictable and 20 < info.ttl_remaining <= 30
     finally:
         conn.close()
     with pytest.raises(KeyNotFound):
