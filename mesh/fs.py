@@ -287,6 +287,8 @@ class MeshFileSystem(AbstractFileSystem):
             return b""
         for _ in range(2):
             try:
+                # (fsspec's files and caches deal in bytes: one copy of the range, not of the
+                # object)
                 return bytes(self.client.read(info.block_id, end - start, info.offset + start))
             except BlockNotFound:  # the block went with its object: replaced or deleted?
                 now = self._object_info(info.key)  # FileNotFoundError when deleted
