@@ -22,7 +22,7 @@ import threading
 
 import pytest
 
-from support.mesh import running_mesh
+from support.mesh import clean_client, running_mesh
 
 pytest_plugins = ["support.raycluster"]
 
@@ -39,6 +39,14 @@ def shared_mesh(tmp_path_factory):
     """Three agents shared by a module's tests (each test cleans up its own blocks)."""
     with running_mesh(tmp_path_factory.mktemp("mesh")) as mesh:
         yield mesh
+
+
+@pytest.fixture
+def c(shared_mesh):
+    """A client of the module's shared mesh that deletes every key and frees every block left
+    when the test ends (a module may define its own ``c``)."""
+    with clean_client(shared_mesh) as client:
+        yield client
 
 
 # pytest-xdist#1386: with pytest 9.2, ``--dist loadgroup`` (pyproject's addopts) no longer adds

@@ -18,17 +18,11 @@ import pytest
 
 from mesh.cache import TieredCache, memo_key, memoize, put_options
 from mesh.errors import KeyNotFound
-from support.mesh import ROOT, clean_client
+from support.mesh import ROOT
 
 np = pytest.importorskip("numpy")
 
 SUBPROCESS_TIMEOUT_S = 60
-
-
-@pytest.fixture
-def c(shared_mesh):
-    with clean_client(shared_mesh) as client:
-        yield client
 
 
 def test_values_round_trip_with_their_types_from_both_tiers(c):

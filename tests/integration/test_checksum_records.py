@@ -22,7 +22,7 @@ import xxhash
 from mesh import protocol as P
 from mesh.client import MeshClient
 from mesh.errors import IntegrityError
-from support.mesh import ROOT, clean_client
+from support.mesh import ROOT
 from support.wire import raw_call
 
 MiB = 1 << 20
@@ -47,12 +47,6 @@ def _put_record(c: MeshClient, key: str, data: bytes, checksum: str,
         "key": key, "replace": False,
         "record": {"block": block, "offset": 0, "length": len(data), "content_type": content_type,
                    "checksum": checksum, "owns_block": True, "meta": meta or {}}}))
-
-
-@pytest.fixture
-def c(shared_mesh):
-    with clean_client(shared_mesh) as client:
-        yield client
 
 
 def test_new_objects_carry_xxh3(c, tmp_path):

@@ -21,16 +21,9 @@ from mesh.errors import (
     MeshError,
     OutOfRange,
 )
-from support.mesh import clean_client
 
 np = pytest.importorskip("numpy")
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def c(shared_mesh):
-    with clean_client(shared_mesh) as client:
-        yield client
 
 
 def test_bytes_round_trip_and_lookup_from_another_client(shared_mesh, c):

@@ -14,7 +14,7 @@ import pytest
 
 from mesh.client import MeshClient
 from mesh.errors import KeyNotFound
-from support.mesh import ROOT, clean_client
+from support.mesh import ROOT
 
 pytest.importorskip("proxystore")
 np = pytest.importorskip("numpy")
@@ -25,12 +25,6 @@ from proxystore.store import Store  # noqa: E402
 from mesh.proxystore import MeshConnector, MeshKey  # noqa: E402
 
 SUBPROCESS_TIMEOUT_S = 60
-
-
-@pytest.fixture
-def c(shared_mesh):
-    with clean_client(shared_mesh) as client:
-        yield client
 
 
 @pytest.fixture

@@ -11,15 +11,8 @@ import pytest
 
 from mesh.client import AsyncMeshClient, tables
 from mesh.errors import InvalidRequest, KeyExists, KeyNotFound
-from support.mesh import clean_client
 
 pa = pytest.importorskip("pyarrow")
-
-
-@pytest.fixture
-def c(shared_mesh):
-    with clean_client(shared_mesh) as client:
-        yield client
 
 
 def sample(rows: int = 1000) -> pa.Table:
