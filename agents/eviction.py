@@ -57,10 +57,12 @@ class Evictor:
 
     def stored(self, key: str, evictable: bool) -> None:
         self._evicted.pop(key, None)
-        self._tally = (float("-inf"), 0)  # counted again when next asked
         if evictable:
             self._use[key] = [0, self._clock()]
             self._use.move_to_end(key)
+            block = self._block(key)
+            if block is not None:  # counted at once (a key stored again: twice, until recounted)
+                self._tally_add(block.size + self.store.key_record(key)["_bytes"])
         else:
             self._use.pop(key, None)
 
@@ -106,7 +108,7 @@ class Evictor:
             self._evicted.popitem(last=False)
         self.evictions += 1
         self.evicted_bytes += size
-        self._tally = (float("-inf"), 0)
+        self._tally_add(-size)
         log.debug("evicted %r (%d bytes, %s)", key, size, self.policy)
         return True
 
@@ -152,12 +154,17 @@ class Evictor:
         return None
 
     def evictable_bytes(self) -> int:
-        """What evicting every key that may go now would free (counted at most once every
-        ``TALLY_EVERY_S`` unless something was stored or evicted meanwhile)."""
+        """What evicting every key that may go now would free: counted over every evictable key
+        at most once every ``TALLY_EVERY_S`` (it rides on heartbeats and NODES replies, one per
+        allocation), kept up to date between counts by what is stored and evicted here (keys
+        deleted, replaced or expired meanwhile are noticed at the next count)."""
         now = self._clock()
         if now - self._tally[0] >= TALLY_EVERY_S:
             self._tally = (now, self._count())
         return self._tally[1]
+
+    def _tally_add(self, nbytes: int) -> None:
+        self._tally = (self._tally[0], max(0, self._tally[1] + nbytes))
 
     def _count(self) -> int:
         return sum(b.size + self.store.key_record(k)["_bytes"] for k, b in self._candidates())
