@@ -156,7 +156,7 @@ class Gossip:
     def _heard(self, link: PeerLink, frames: list[bytes], now: float,
                waited_s: float = 0.0) -> None:
         try:
-            rec = P.parse_heartbeat(frames)
+            rec = P.parse_heartbeat(frames, lambda p: self.members.moot(p, now, waited_s))
         except MeshError:
             self.rejected += 1
             return

@@ -26,9 +26,13 @@ import contextlib
 import fcntl
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+
+
+RECHECK_S = 1.0  # others(): the liveness of the same lines is asked again this often
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ class PromiseLedger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         self._file = os.fdopen(fd, "r+")
+        self._seen: tuple[str, float, Others] | None = None  # (text, when, totals): others()
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[Others]:
@@ -89,12 +94,21 @@ class PromiseLedger:
             fcntl.flock(self._file, fcntl.LOCK_UN)
 
     def others(self) -> Others:
-        """The other agents' totals, read under a shared lock (for room in heartbeats)."""
+        """The other agents' totals, read under a shared lock (for room in heartbeats and
+        gauges). The file is read each time; while it reads the same, the totals are those
+        counted last, and whether their processes live is asked again every ``RECHECK_S``
+        (a heartbeat asks twice, and with 100 agents on a host the lines are 100)."""
         fcntl.flock(self._file, fcntl.LOCK_SH)
         try:
-            return self._others(self._entries())
+            self._file.seek(0)
+            text = self._file.read()
         finally:
             fcntl.flock(self._file, fcntl.LOCK_UN)
+        now = time.monotonic()
+        seen = self._seen
+        if seen is None or seen[0] != text or now - seen[1] >= RECHECK_S:
+            seen = self._seen = (text, now, self._others(_parse(text)))
+        return seen[2]
 
     def write(self, promised: int, unbacked: int) -> None:
         """Replace this agent's line (call it while ``locked``)."""

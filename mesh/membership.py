@@ -280,12 +280,37 @@ class MembershipTable:
                                                                known.info.gossip):
             return False
         if heard > known.stats_heard and (vouched or not known.vouched):
-            known.info = replace(known.info, **{
-                name: rec[name] for name in _STAT_FIELDS if rec.get(name) is not None
-            })
+            info = known.info  # a new NodeInfo only when a stat changed (most beats: none)
+            changed = {name: value for name in _STAT_FIELDS
+                       if (value := rec.get(name)) is not None and value != getattr(info, name)}
+            if changed:
+                known.info = replace(info, **changed)
             known.stats_heard = heard
         known.last_heard = max(known.last_heard, heard)
         return False
+
+    def moot(self, rec: Any, now: float, waited_s: float = 0.0) -> bool:
+        """True when ``rec``, relayed by a heartbeat taken ``waited_s`` after it came, could
+        change nothing here that matters, whatever else it holds: it names a member at another
+        incarnation than ours (stale, or a restart only the node may announce), or one that has
+        spoken for itself since the relayer heard it, or within the last third of
+        ``suspect_after_s`` (hearsay keeps a node alive that we stop hearing, and it is taken
+        again as soon as the node's own heartbeats are that late). Such entries are most of what
+        heartbeats relay, and are left out before they are checked
+        (``protocol.parse_heartbeat``). Safe on any input: anything it cannot judge is not
+        moot, and is checked."""
+        if type(rec) is not dict:
+            return False
+        name, incarnation, age = rec.get("node"), rec.get("incarnation"), rec.get("age_s")
+        known = self._members.get(name) if type(name) is str else None
+        if known is None or type(incarnation) is not int:
+            return False
+        if incarnation != known.info.incarnation:
+            return True
+        if not known.vouched or type(age) not in (int, float) or not age >= 0:
+            return False
+        return now - known.last_heard < self.suspect_after_s / 3 or \
+            now - (age + waited_s) <= known.last_heard
 
     def _make_room(self, vouched: bool, now: float) -> bool:
         if not vouched:

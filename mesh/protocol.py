@@ -155,7 +155,7 @@ codes to exceptions.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import msgpack
 
@@ -550,23 +550,33 @@ _HEARTBEAT_FIELDS: dict[str, tuple[type, ...]] = {
     "blocks": _INT,
 }
 
+_RECORD_STRS = tuple(name for name, types in _HEARTBEAT_FIELDS.items() if types == (str,))
+_RECORD_INTS = tuple(name for name, types in _HEARTBEAT_FIELDS.items() if types == _INT)
+_RECORD_OPTIONAL_INTS = ("room", "host_total", "evictable")
+
 
 def _valid_record(rec: Any) -> bool:
-    if not isinstance(rec, dict):
+    """``_HEARTBEAT_FIELDS`` present with exact types (msgpack makes exact str and int; a bool
+    is no int here), the optional counts ints or absent. Runs for every record heard."""
+    if type(rec) is not dict:
         return False
-    for name, types in _HEARTBEAT_FIELDS.items():
-        v = rec.get(name)
-        if not isinstance(v, types) or isinstance(v, bool):
-            return False
-    for name in ("room", "host_total", "evictable"):
-        value = rec.get(name)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+    get = rec.get
+    if any(type(get(name)) is not str for name in _RECORD_STRS) or \
+            any(type(get(name)) is not int for name in _RECORD_INTS):
+        return False
+    for name in _RECORD_OPTIONAL_INTS:
+        value = get(name)
+        if value is not None and type(value) is not int:
             return False
     return True
 
 
-def parse_heartbeat(frames: Sequence[Any]) -> dict[str, Any]:
-    """A heartbeat's record with only well-formed peer entries; ``ProtocolError`` if malformed."""
+def parse_heartbeat(frames: Sequence[Any],
+                    moot: Callable[[Any], bool] | None = None) -> dict[str, Any]:
+    """A heartbeat's record with only well-formed peer entries; ``ProtocolError`` if malformed.
+
+    ``moot(entry)`` is asked first about each relayed entry, whatever its shape: True leaves it
+    out unchecked (it could change nothing for the caller: ``MembershipTable.moot``)."""
     if len(frames) != 2 or _frame_bytes(frames[0]) != HEARTBEAT_TOPIC:
         raise ProtocolError("not a heartbeat")
     try:
@@ -577,10 +587,12 @@ def parse_heartbeat(frames: Sequence[Any]) -> dict[str, Any]:
         raise ProtocolError("heartbeat is missing fields")
     peers = rec.get("peers")
     good = []
-    if isinstance(peers, list):
+    if type(peers) is list:
         for p in peers:
-            age = p.get("age_s") if isinstance(p, dict) else None
-            if _valid_record(p) and isinstance(age, (int, float)) and age >= 0:
+            if moot is not None and moot(p):
+                continue
+            age = p.get("age_s") if type(p) is dict else None
+            if _valid_record(p) and type(age) in (int, float) and age >= 0:
                 good.append(p)
     rec["peers"] = good
     return rec

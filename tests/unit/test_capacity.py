@@ -139,3 +139,25 @@ def test_key_record_size_is_limited():
         store.put_key("big", rec, False, 0.0)
     with pytest.raises(InvalidRequest):
         store.put_key("k" * 1025, dict(rec, meta={}), False, 0.0)
+
+
+def test_others_recounts_when_the_file_changes_and_asks_again_who_lives(tmp_path, monkeypatch):
+    from agents import ledger as L
+
+    path = tmp_path / "promises.ledger"
+    me = PromiseLedger(path, "me")
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        other = PromiseLedger(path, "other", pid=child.pid)
+        other.update(5 * MiB, MiB)
+        assert me.others() == Others(5 * MiB, MiB)
+        other.update(6 * MiB, 0)  # a new line: counted at once
+        assert me.others() == Others(6 * MiB, 0)
+        child.kill()
+        child.wait(10)
+        assert me.others() == Others(6 * MiB, 0)  # the same text: the count of a moment ago
+        monkeypatch.setattr(L, "RECHECK_S", 0.0)
+        assert me.others() == Others()  # asked again: its process is gone
+    finally:
+        child.kill()
+        child.wait(10)

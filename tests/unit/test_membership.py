@@ -52,3 +52,41 @@ def test_relayed_age_never_makes_a_node_fresher():
     assert t.get("a").last_heard == pytest.approx(10.5)
     # dead nodes are not relayed, so gossip cannot revive them
     assert t.gossip_entries(now=14.0) == []
+
+
+def test_hearsay_that_could_change_nothing_is_moot_and_left_out_unchecked():
+    t = MembershipTable(suspect_after_s=1.5, dead_after_s=3.0)
+    t.observe(_hb("a", 2), now=10.0)  # a spoke for itself at 10.0
+    assert t.moot(_hb("a", 1, age_s=0.0), now=10.1)  # another incarnation: stale
+    assert t.moot(_hb("a", 2, age_s=0.3), now=10.2)  # heard by the relay before we heard it
+    assert t.moot(_hb("a", 2, age_s=0.0), now=10.4)  # we heard it within suspect_after_s / 3
+    assert not t.moot(_hb("a", 2, age_s=0.1), now=11.0)  # ours is 1 s old, the relay's fresher
+    assert not t.moot(_hb("b", 1, age_s=0.0), now=10.1)  # unknown: an introduction
+    for junk in ("x", None, [], {"node": ["unhashable"]}, {"node": "a", "incarnation": "2"},
+                 {"node": "a", "incarnation": 2, "age_s": float("nan")}, _hb("a", True)):
+        assert not t.moot(junk, now=11.0)  # cannot judge it: checked as before
+    # a hearsay-only member is refreshed by hearsay (its stats too): never moot at its incarnation
+    t.observe(_hb("c", 1, age_s=0.0), now=10.0, vouched=False)
+    assert not t.moot(_hb("c", 1, age_s=0.0), now=10.1)
+
+    frames = P.encode_heartbeat({**_hb("b", 1), "peers": [
+        _hb("a", 2, age_s=0.0), _hb("c", 1, age_s=0.0), {"node": "a"}, "junk"]})
+    peers = P.parse_heartbeat(frames, lambda p: t.moot(p, 10.2))["peers"]
+    assert [p["node"] for p in peers] == ["c"]  # a: moot; the malformed ones: dropped as before
+    # what was left out would at most have moved a's last word by less than a third of
+    # suspect_after_s, heard directly that recently: no state changes for it, now or later
+    before = t.get("a").last_heard
+    for p in P.parse_heartbeat(frames)["peers"]:
+        if p["node"] == "a":
+            t.observe(p, 10.2, p["age_s"], vouched=False)
+    assert 0 < t.get("a").last_heard - before < 1.5 / 3
+
+
+def test_a_stat_that_did_not_change_keeps_the_record():
+    t = MembershipTable(1.5, 3.0)
+    t.observe(_hb("a", 1, used=5), now=10.0)
+    info = t.get("a").info
+    t.observe(_hb("a", 1, used=5), now=10.5)
+    assert t.get("a").info is info and t.get("a").last_heard == 10.5
+    t.observe(_hb("a", 1, used=7), now=11.0)
+    assert t.get("a").info.used == 7 and t.get("a").info.incarnation == 1
