@@ -95,6 +95,9 @@ gossip bytes per agent, stats, placement and a large listing: tools/bench_scale.
 (``concurrency_ratio``); ``transfer --stripe N``: the transfer striped over N agents against the
 same raw baseline: tools/bench_concurrency.py says how.
 
+``intake``: microseconds per heartbeat an agent takes in, against the full check of every
+record it relays, in one process: tools/bench_intake.py says how.
+
 ``small``: 4 KiB ops/s one in flight and batched (``read_many``/``write_many``) against a raw
 Python TCP request/reply loop, one in flight and 64 pipelined: tools/bench_small.py says how.
 
@@ -130,6 +133,7 @@ import bench_concurrency  # noqa: E402  (tools/bench_concurrency.py: concurrent,
 from bench_ports import free_port as _free_port  # noqa: E402
 import bench_scale  # noqa: E402  (tools/bench_scale.py: the scale mode)
 import bench_cache  # noqa: E402  (tools/bench_cache.py: the cache mode)
+import bench_intake  # noqa: E402  (tools/bench_intake.py: the intake mode)
 
 SEND_BYTES = 4 * 1024 * 1024
 
@@ -1099,6 +1103,7 @@ def main(argv: list[str] | None = None) -> int:
     bench_concurrency.add_parser(sub)
     bench_scale.add_parser(sub)
     bench_cache.add_parser(sub)
+    bench_intake.add_parser(sub)
     args = parser.parse_args(argv)
     if args.bench == "concurrent":
         result = bench_concurrency.concurrent(args, Agents, parse_size)
@@ -1111,6 +1116,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.bench == "cache":
         result = bench_cache.cache(args, Agents, parse_size)
         print(json.dumps(result) if args.json else bench_cache.describe(result))
+        return 0
+    if args.bench == "intake":
+        result = bench_intake.intake(args)
+        print(json.dumps(result) if args.json else bench_intake.describe(result))
         return 0
     if args.bench == "scale":
         result = bench_scale.scale(args)

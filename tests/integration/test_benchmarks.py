@@ -132,3 +132,10 @@ def test_cache_replays_a_zipf_trace_against_an_exact_lru():
     assert out["evictions"] > 0  # the working set did not fit
     assert 0 < out["hit_rate"] < 1 and 0 < out["lru_hit_rate"] < 1
     assert abs(out["difference_points"]) < 10
+
+
+def test_intake_takes_the_same_trace_both_ways_and_checks_the_tables_agree():
+    out = run_json("tools/bench.py", "intake", "--agents", "20", "--beats", "400", "--runs", "1")
+    assert out["verified"] is True and out["beats"] == 400
+    assert out["relayed_per_beat"] > 0 and 0 <= out["checked_share"] < 1
+    assert out["baseline_us"] > 0 and out["intake_us"] > 0
