@@ -65,10 +65,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sc.add_argument("--steady-s", type=float, default=300.0,
                     help="how long the membership must stay converged (seconds)")
     sc.add_argument("--blocks", type=int, default=100_000, help="blocks listed (list_100k_s)")
+    sc.add_argument("--heartbeat-interval", type=float, default=None, metavar="S",
+                    help="mesh.heartbeat_interval_s of the cluster (suspect after 3x, dead "
+                    "after 6x, as the defaults 0.5/1.5/3.0); default: the cluster defaults")
     sc.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
 
-def write_cluster(tmp: Path, n: int) -> Path:
+def write_cluster(tmp: Path, n: int, heartbeat_s: float | None = None) -> Path:
     hosts = [f"127.0.1.{i + 1}" for i in range(n)]
     cfg = {
         "name": f"scale-{os.getpid()}-{n}",
@@ -76,6 +79,9 @@ def write_cluster(tmp: Path, n: int) -> Path:
                   for i, h in enumerate(hosts)],
         "mesh": {"host_reserve_bytes": "16MiB", "state_dir": str(tmp / "state")},
     }
+    if heartbeat_s is not None:
+        cfg["mesh"].update(heartbeat_interval_s=heartbeat_s, suspect_after_s=3 * heartbeat_s,
+                           dead_after_s=6 * heartbeat_s)
     path = tmp / "scale.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -189,10 +195,11 @@ def _grid(*args: str, config: Path, timeout_s: float = 600) -> tuple[float, subp
 def scale(args: argparse.Namespace) -> dict:
     n = args.agents
     with tempfile.TemporaryDirectory(prefix="mesh-scale-") as tmp:
-        path = write_cluster(Path(tmp), n)
+        path = write_cluster(Path(tmp), n, args.heartbeat_interval)
         cfg = load_cluster_config(path)
         agents, _ = local.local_agents(cfg)
-        result: dict = {"bench": "scale", "agents": n}
+        result: dict = {"bench": "scale", "agents": n,
+                        "heartbeat_interval_s": cfg.mesh.heartbeat_interval_s}
         tables = Tables([node.data_address for node in cfg.nodes])
         try:
             t0 = time.perf_counter()

@@ -125,6 +125,13 @@ def test_scale_reports_convergence_gossip_and_a_listing_it_checks():
     assert out["blocks_made"] == out["list_rows"] == 1500 and out["list_table_exit"] == 0
 
 
+def test_scale_runs_with_a_slower_heartbeat_when_asked():
+    out = run_json("tools/bench.py", "scale", "--agents", "3", "--steady-s", "3", "--blocks",
+                   "30", "--heartbeat-interval", "0.8", timeout=300)
+    assert out["heartbeat_interval_s"] == 0.8 and out["converge_s"] is not None
+    assert out["false_suspects"] == 0 and out["blocks_made"] == out["list_rows"] == 30
+
+
 def test_cache_replays_a_zipf_trace_against_an_exact_lru():
     out = run_json("tools/bench.py", "cache", "--ops", "600", "--keys", "400", "--room",
                    "256KiB")
