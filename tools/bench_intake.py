@@ -32,11 +32,13 @@ import time
 from typing import Any
 
 from mesh import protocol as P
+from mesh.config import MeshSettings
 from mesh.membership import DIGEST_SAMPLE, MembershipTable
 
-INTERVAL_S = 0.5
-SUSPECT_S = 1.5
-DEAD_S = 3.0
+_DEFAULTS = MeshSettings()  # the cluster file's defaults: 0.5 s beats, suspect 1.5, dead 3.0
+INTERVAL_S = _DEFAULTS.heartbeat_interval_s
+SUSPECT_S = _DEFAULTS.suspect_after_s
+DEAD_S = _DEFAULTS.dead_after_s
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
