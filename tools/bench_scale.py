@@ -1,6 +1,11 @@
 """The ``scale`` mode of tools/bench.py: many agents on this machine (issue 14, item 6).
 
-    python tools/bench.py scale [--agents 100] [--steady-s 300] [--blocks 100000] [--json]
+    python tools/bench.py scale [--agents 100] [--steady-s 300] [--blocks 100000]
+                                [--heartbeat-interval S] [--json]
+
+``--heartbeat-interval S`` sets the cluster's ``heartbeat_interval_s`` to S, ``suspect_after_s`` to
+3S and ``dead_after_s`` to 6S (the defaults' ratios); ``heartbeat_interval_s`` in the result says
+which ran.
 
 Writes a cluster file of ``--agents`` nodes on 127.0.1.1, .2, ... (memory_gb 0.05, a 16 MiB host
 reserve), starts them as ``grid agents start`` does (``mesh/nodes/local.py``: ``start_s``), then:
