@@ -169,7 +169,8 @@ class NodeInfo:
             incarnation=rec["incarnation"],
             capacity=rec["capacity"],
             used=rec["used"],
-            room=int(rec.get("room", max(0, rec["capacity"] - rec["used"]))),
+            room=int(rec["room"]) if rec.get("room") is not None else
+            max(0, rec["capacity"] - rec["used"]),  # ("room": nil is as good as none)
             host_available=rec["host_available"],
             blocks=rec["blocks"],
             age_s=float(age_s if age_s is not None else rec.get("age_s", 0.0)),

@@ -13,6 +13,8 @@ Targets, each fed an equal share of ``--inputs``:
 - ``parse_reply``    (the client's side): a ``Reply`` or ``MeshError``. A Reply must have an int
   request id (the client looks its call up by it) and a str op.
 - ``parse_heartbeat`` (gossip): a record with the heartbeat fields, or ``MeshError``.
+- ``heartbeat_intake`` (the agent's path, ``Intake``): the same, with ``MembershipTable.moot``
+  asked about every relayed entry first and the result merged into one table for the run.
 - ``seal_open``      (``mesh/security/seal.py``): one Opener, fed mutated genuine messages of its
   session (bit flips, byte edits, rewritten envelopes, dropped/duplicated/swapped/spliced frames,
   replays, other sessions, reflected replies, "no session" frames, random frames): a result or
@@ -61,6 +63,7 @@ import zmq  # noqa: E402
 
 from mesh import protocol as P  # noqa: E402
 from mesh.errors import ERROR_CODES, MeshError  # noqa: E402
+from mesh.membership import MembershipTable  # noqa: E402
 from mesh.security import seal as S  # noqa: E402
 from mesh.security.link import parse_session  # noqa: E402
 
@@ -369,6 +372,28 @@ def check_heartbeat(frames: Any, rec: Any) -> str | None:
     return None
 
 
+class Intake:
+    """The agent's path for a heartbeat (``agents/gossip.py``: ``_heard``, without its sockets):
+    ``parse_heartbeat`` with the table's ``moot`` asked first about every relayed entry, then the
+    record and its peers merged. One table for a whole run, so that later inputs meet the members
+    earlier ones made (the clock moves on 50 ms an input)."""
+
+    def reset(self, seed: int = 0) -> None:
+        self.table = MembershipTable(suspect_after_s=1.5, dead_after_s=3.0)
+        self.now = 0.0
+
+    def take(self, frames: Any) -> dict[str, Any]:
+        if not hasattr(self, "table"):
+            self.reset()
+        self.now += 0.05
+        now = self.now
+        rec = P.parse_heartbeat(frames, lambda p: self.table.moot(p, now, 0.01))
+        self.table.observe(rec, now)
+        for peer in rec["peers"]:
+            self.table.observe(peer, now, peer["age_s"], vouched=False)
+        return rec
+
+
 # --- seal_open ----------------------------------------------------------------------------------
 
 SEAL_KINDS = ["genuine", "flip", "bytes", "envelope", "frames", "splice", "replay", "other",
@@ -578,6 +603,9 @@ register("parse_request", P.parse_request, request_input, allowed=(P.BadRequest,
 register("parse_reply", P.parse_reply, reply_input, check=check_reply, strategy=_reply_strategy)
 register("parse_heartbeat", P.parse_heartbeat, heartbeat_input, check=check_heartbeat,
          strategy=_heartbeat_strategy)
+_intake = Intake()
+register("heartbeat_intake", _intake.take, heartbeat_input, check=check_heartbeat,
+         strategy=_heartbeat_strategy, reset=_intake.reset)
 register("seal_open", _seal.open, _seal.make_input, allowed=(S.SealError, S.SessionLost),
          check=_seal.check, on_refusal=_seal.on_refusal, strategy=_seal.strategy,
          reset=_seal.reset)

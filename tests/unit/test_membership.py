@@ -90,3 +90,15 @@ def test_a_stat_that_did_not_change_keeps_the_record():
     assert t.get("a").info is info and t.get("a").last_heard == 10.5
     t.observe(_hb("a", 1, used=7), now=11.0)
     assert t.get("a").info.used == 7 and t.get("a").info.incarnation == 1
+
+
+def test_a_record_whose_room_is_nil_is_merged_as_one_without_room():
+    # found by tools/fuzz.py (heartbeat_intake): the check lets an optional count be nil, and
+    # NodeInfo.from_record raised TypeError on it, dropping the rest of the heartbeat
+    t = MembershipTable(1.5, 3.0)
+    frames = P.encode_heartbeat({**_hb("a", 1, room=None, used=30),
+                                 "peers": [_hb("b", 1, room=None, age_s=0.1)]})
+    rec = P.parse_heartbeat(frames)
+    assert t.observe(rec, now=10.0)
+    assert t.observe(rec["peers"][0], now=10.0, age_s=0.1, vouched=False)
+    assert t.get("a").info.room == 70 and t.get("b").info.room == 100
