@@ -172,13 +172,9 @@ class Gossip:
             self.skewed.add((rec["node"], version))
             log.warning("version skew: peer %s runs mesh %s, this agent runs %s; upgrade them "
                         "to one version", rec["node"], version, __version__)
-        if self.members.observe(rec, now):  # its own record: it vouches for it
-            self.follow(rec["gossip"], rec["node"])
-        for peer in rec["peers"]:  # hearsay: introduces nodes, changes none
-            if peer["node"] == self.node:
-                continue
-            if self.members.observe(peer, now, peer["age_s"] + waited_s, vouched=False):
-                self.follow(peer["gossip"], peer["node"], hearsay=True)
+        # its own record, which it vouches for; then hearsay, which introduces nodes
+        for new in self.members.merge_heartbeat(rec, now, waited_s, skip=self.node):
+            self.follow(new["gossip"], new["node"], hearsay=new is not rec)
 
     def relink(self, now: float) -> None:
         """Once a heartbeat: links silent too long are made again (see the module's doc)."""

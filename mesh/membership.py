@@ -298,6 +298,20 @@ class MembershipTable:
         known.last_heard = max(known.last_heard, heard)
         return False
 
+    def merge_heartbeat(self, rec: dict[str, Any], now: float, waited_s: float = 0.0,
+                        skip: str | None = None) -> list[dict[str, Any]]:
+        """Merge a parsed heartbeat (``protocol.parse_heartbeat``): its sender's own record,
+        which it vouches for, then what it relays, as hearsay aged by ``waited_s`` more (how
+        long the heartbeat waited to be taken), except entries naming ``skip`` (the taker
+        itself). The records that named a node, incarnation or address not known before, in
+        order: the caller follows their gossip addresses."""
+        new = [rec] if self.observe(rec, now) else []
+        for peer in rec["peers"]:
+            if peer["node"] != skip and \
+                    self.observe(peer, now, peer["age_s"] + waited_s, vouched=False):
+                new.append(peer)
+        return new
+
     def moot(self, rec: Any, now: float, waited_s: float = 0.0) -> bool:
         """True when ``rec``, relayed by a heartbeat taken ``waited_s`` after it came, could
         change nothing here that matters, whatever else it holds: it names a member at another

@@ -378,19 +378,18 @@ class Intake:
     record and its peers merged. One table for a whole run, so that later inputs meet the members
     earlier ones made (the clock moves on 50 ms an input)."""
 
+    def __init__(self) -> None:
+        self.reset()
+
     def reset(self, seed: int = 0) -> None:
         self.table = MembershipTable(suspect_after_s=1.5, dead_after_s=3.0)
         self.now = 0.0
 
     def take(self, frames: Any) -> dict[str, Any]:
-        if not hasattr(self, "table"):
-            self.reset()
         self.now += 0.05
         now = self.now
         rec = P.parse_heartbeat(frames, lambda p: self.table.moot(p, now, 0.01))
-        self.table.observe(rec, now)
-        for peer in rec["peers"]:
-            self.table.observe(peer, now, peer["age_s"], vouched=False)
+        self.table.merge_heartbeat(rec, now, 0.01)
         return rec
 
 

@@ -102,3 +102,14 @@ def test_a_record_whose_room_is_nil_is_merged_as_one_without_room():
     assert t.observe(rec, now=10.0)
     assert t.observe(rec["peers"][0], now=10.0, age_s=0.1, vouched=False)
     assert t.get("a").info.room == 70 and t.get("b").info.room == 100
+
+
+def test_merge_heartbeat_says_what_was_new_and_leaves_the_taker_out():
+    t = MembershipTable(1.5, 3.0)
+    t.observe(_hb("me", 1), now=10.0)
+    rec = P.parse_heartbeat(P.encode_heartbeat({**_hb("a", 1), "peers": [
+        _hb("b", 1, age_s=0.2), _hb("me", 9, age_s=0.0)]}))
+    assert [r["node"] for r in t.merge_heartbeat(rec, 10.0, 0.1, skip="me")] == ["a", "b"]
+    assert t.get("b").last_heard == pytest.approx(10.0 - 0.3) and not t.get("b").vouched
+    assert t.get("me").info.incarnation == 1  # what it relayed of the taker was not merged
+    assert t.merge_heartbeat(rec, 10.5, skip="me") == []  # nothing new the second time
