@@ -21,7 +21,8 @@ then may have waited since the drain before: a relayed record's age counts that 
 two agents relaying a silent node to each other would each make it look fresher than the other
 saw it, and keep it alive for ever.
 
-A link silent for ``dead_after_s`` is made again (libzmq drops a link for good when a peer sends
+A link silent for its peer's ``dead_after_s`` (stretched as its heartbeats are:
+``MembershipTable.dead_after``) is made again (libzmq drops a link for good when a peer sends
 a message over the SUB's size limit, and reconnects by itself only after connection errors), at
 most ``RELINKS_PER_BEAT`` per heartbeat.
 """
@@ -179,8 +180,8 @@ class Gossip:
     def relink(self, now: float) -> None:
         """Once a heartbeat: links silent too long are made again (see the module's doc)."""
         self._hearsay_budget = HEARSAY_LINKS_PER_BEAT
-        silent_after = now - self.dead_after_s
-        stale = [lk for lk in self.links.values() if max(lk.heard_at, lk.linked_at) < silent_after]
+        stale = [lk for lk in self.links.values()
+                 if now - max(lk.heard_at, lk.linked_at) > self._dead_after(lk.node)]
         for link in sorted(stale, key=lambda lk: lk.linked_at)[:RELINKS_PER_BEAT]:
             server_key = self.access.agent_public(link.node) if self.access.keyed else None
             self._unlink(link)
@@ -189,6 +190,10 @@ class Gossip:
             self._link(link.gossip, link.node, server_key, now)
             log.info("no heartbeat from %s for %.1f s: connected to it again", link.gossip,
                      now - (link.heard_at or link.linked_at))
+
+    def _dead_after(self, node: str | None) -> float:
+        member = self.members.get(node) if node is not None else None
+        return self.dead_after_s if member is None else self.members.dead_after(member)
 
     def close(self) -> None:
         for link in list(self.links.values()):

@@ -72,6 +72,7 @@ def settings_for(cfg: ClusterConfig, node: NodeConfig) -> AgentSettings:
         heartbeat_interval_s=m.heartbeat_interval_s,
         suspect_after_s=m.suspect_after_s,
         dead_after_s=m.dead_after_s,
+        heartbeat_intake_per_s=m.heartbeat_intake_per_s,
         max_message_bytes=m.max_message_bytes,
         chunk_bytes=m.chunk_bytes,
         version=__version__,

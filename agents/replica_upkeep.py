@@ -87,9 +87,10 @@ class Push:
 class Upkeep:
     def tick(self, now: float) -> None:
         if now - self._last_tick > GAP_S:  # we were stopped (or starved): hear the mesh anew
+            quiet_s = self.members.longest_dead_after()  # (as long as peers' beats stretch)
             log.warning("the loop was away %.1f s: no one is moved on from for %.1f s",
-                        now - self._last_tick, self.dead_after_s)
-            self._quiet_until = now + self.dead_after_s
+                        now - self._last_tick, quiet_s)
+            self._quiet_until = now + quiet_s
         self._last_tick = now
         if self._held:
             self._release_held(now)

@@ -61,7 +61,7 @@ from mesh.errors import (
     AgentError, DeadlineExceeded, MeshError,
 )
 from mesh.hostmem import host_memory
-from mesh.membership import DEAD, MembershipTable
+from mesh.membership import DEAD, MembershipTable, stretched_interval
 from mesh.security import link as links
 from mesh.security import seal
 
@@ -108,6 +108,8 @@ class AgentSettings:
     metrics_port: int = 0  # where /metrics is served (0: not served)
     local_access: bool = True  # blocks in memfds, served to clients on this host (agents/local.py)
     direct_tcp: bool = True  # reads and writes over plain TCP beside ZeroMQ (agents/direct.py)
+    # the cluster's ``mesh.heartbeat_intake_per_s``: past it, beat less often (membership.stretch)
+    heartbeat_intake_per_s: float = 100.0
     direct_port: int = 0  # its port (the cluster file's direct_port: mesh_port + 3); 0: any free
 
     def __post_init__(self) -> None:
@@ -136,7 +138,9 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
             lease_s=settings.lease_s,
             shared=settings.local_access,
         )
-        self.members = MembershipTable(settings.suspect_after_s, settings.dead_after_s)
+        self.members = MembershipTable(settings.suspect_after_s, settings.dead_after_s,
+                                       heartbeat_interval_s=settings.heartbeat_interval_s)
+        self.beat_s = settings.heartbeat_interval_s  # until the next heartbeat (_beat stretches it)
         self.homes = KeyHomes(settings.node)  # claims and places of the keys homed here
         self.ctx = ctx or zmq.Context.instance()
         self.ctx.max_sockets = max(self.ctx.max_sockets, sockets.AGENT_MAX_SOCKETS)
@@ -278,7 +282,6 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
 
     def run(self) -> None:
         poller, polled = self._poller(), self._polled()
-        interval = self.s.heartbeat_interval_s
         next_beat = next_tick = time.monotonic()
         log.info(
             "agent %s serving %s (gossip %s), incarnation %d",
@@ -294,8 +297,8 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
             now = time.monotonic()
             guarded("replicas", self.repl.tick, now)
             if now >= next_beat:
-                next_beat = max(next_beat + interval, now + interval / 2)
                 guarded("heartbeat", self._beat, now)
+                next_beat = max(next_beat + self.beat_s, now + self.beat_s / 2)
             if now >= next_tick:  # (timers of a second and more: not every turn)
                 next_tick = now + TICK_S
                 guarded("connection guard", self.guard.tick, now)
@@ -479,6 +482,11 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
 
     def _beat(self, now: float) -> None:
         rec = self.self_record()
+        # with many peers, beat less often, and say so: they time our silence by it
+        base = self.s.heartbeat_interval_s
+        self.beat_s = stretched_interval(base, self.members.live_count(now, self.s.node),
+                                         self.s.heartbeat_intake_per_s, self.beat_s)
+        rec["beat_ms"] = round(self.beat_s * 1000) if self.beat_s > base else 0
         self.members.observe(rec, now)
         self.moves.set_dead_peers(frozenset(
             r["address"] for r in self.members.snapshot(now) if r["state"] == DEAD

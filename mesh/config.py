@@ -79,6 +79,10 @@ class MeshSettings:
     heartbeat_interval_s: float = 0.5
     suspect_after_s: float = 1.5
     dead_after_s: float = 3.0
+    # Heartbeats each agent takes in per second, about, at most: with more peers than this
+    # times heartbeat_interval_s, agents beat less often (up to 4x), and their silence is timed
+    # as much longer (mesh/membership.py: stretch). 0: never.
+    heartbeat_intake_per_s: float = 100.0
     chunk_bytes: int = 2 * MiB
     window: int = 8  # chunks in flight per agent
     request_timeout_s: float = 10.0
@@ -123,6 +127,9 @@ class MeshSettings:
             if not self.dead_after_s > self.suspect_after_s:
                 raise _Invalid("dead_after_s", f"must be greater than suspect_after_s "
                                f"({self.suspect_after_s}), got {self.dead_after_s}")
+            if not _is_number(self.heartbeat_intake_per_s) or self.heartbeat_intake_per_s < 0:
+                raise _Invalid("heartbeat_intake_per_s", "expected heartbeats a second >= 0 "
+                               f"(0: never stretch), got {self.heartbeat_intake_per_s!r}")
             _check_int(self.chunk_bytes, "chunk_bytes", MIN_CHUNK_BYTES, MAX_CHUNK_BYTES,
                        shown="64KiB..64MiB")
             _check_int(self.window, "window", 1, MAX_WINDOW)

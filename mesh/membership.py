@@ -10,9 +10,16 @@ know of it; a higher incarnation replaces what we knew (the agent restarted); th
 incarnation only moves ``last_heard`` forward (``now - age_s`` for relayed entries, so hearsay
 never makes a node look fresher than its freshest witness); a lower incarnation is stale and
 ignored. Relayed entries introduce unknown nodes and refresh known ones, nothing more. The table
-holds at most ``MAX_MEMBERS`` nodes. A node silent for ``suspect_after_s`` is "suspect", for ``dead_after_s`` "dead". Dead
-nodes are not relayed, so a dead node cannot be brought back by gossip, only by its own
-heartbeat.
+holds at most ``MAX_MEMBERS`` nodes. A node silent for ``suspect_after_s`` is "suspect", for
+``dead_after_s`` "dead". Dead nodes are not relayed, so a dead node cannot be brought back by
+gossip, only by its own heartbeat.
+
+Stretched heartbeats: in a large mesh an agent beats less often, so that what each agent takes in
+stays near ``mesh.heartbeat_intake_per_s`` (``stretched_interval``), and says so in its record
+(``beat_ms``: how long until its next heartbeat). Whoever times its silence scales
+``suspect_after_s`` and ``dead_after_s`` by the same factor (``stretch``, at most
+``MAX_STRETCH``). Replica leases do not stretch: a longer silence before a node is declared dead
+only leaves its lease more time to run out (docs/scale.md).
 
 What a heartbeat relays (``gossip_digest``) is bounded, so that its size does not grow with the
 mesh: the records that changed here lately (a node new to us, a new incarnation or address:
@@ -51,7 +58,16 @@ DIGEST_SAMPLE = 4
 
 # The fields a heartbeat refreshes without a new incarnation.
 _STAT_FIELDS = ("capacity", "used", "room", "host_available", "host_total", "blocks",
-                "evictable")
+                "evictable", "beat_ms")
+
+# How far a node may stretch its heartbeat interval, and so its peers' silence timeouts: a dead
+# node is noticed within 4 x dead_after_s at worst (12 s with the defaults, below the clients'
+# 15 s of failover: mesh/client/transfer.py FAILOVER_S).
+MAX_STRETCH = 4.0
+# A stretched interval grows by at most half per heartbeat: the heartbeat announcing it may be
+# lost, and then the next one must still come before its peers' suspect_after_s for the interval
+# they know (3 intervals with the defaults).
+STRETCH_STEP = 1.5
 
 
 MAX_ADDRESS_CHARS = 300
@@ -104,13 +120,38 @@ def is_agent_address(address: str) -> bool:
         return False
 
 
-def state_for_silence(silent_s: float, suspect_after_s: float, dead_after_s: float) -> str:
-    """alive, suspect or dead after ``silent_s`` seconds without a heartbeat."""
-    if silent_s >= dead_after_s:
+def state_for_silence(silent_s: float, suspect_after_s: float, dead_after_s: float,
+                      stretch: float = 1.0) -> str:
+    """alive, suspect or dead after ``silent_s`` seconds without a heartbeat, from a node whose
+    timeouts are stretched by ``stretch`` (see ``stretch``)."""
+    if silent_s >= dead_after_s * stretch:
         return DEAD
-    if silent_s >= suspect_after_s:
+    if silent_s >= suspect_after_s * stretch:
         return SUSPECT
     return ALIVE
+
+
+def stretch(beat_ms: int, heartbeat_interval_s: float | None) -> float:
+    """By how much a node that announces ``beat_ms`` until its next heartbeat stretches the
+    cluster's ``heartbeat_interval_s``: 1.0 (no stretch) to ``MAX_STRETCH``; 1.0 when either is
+    unknown (0, None: an agent older than the field)."""
+    if not beat_ms or not heartbeat_interval_s:
+        return 1.0
+    return min(MAX_STRETCH, max(1.0, beat_ms / (1000.0 * heartbeat_interval_s)))
+
+
+def stretched_interval(base_s: float, peers: int, intake_per_s: float,
+                       previous_s: float | None = None) -> float:
+    """An agent's heartbeat interval when it has ``peers`` live peers: the cluster's ``base_s``,
+    lengthened so that each agent takes in about ``intake_per_s`` heartbeats a second
+    (``peers / intake_per_s``; 0 never stretches), at most ``MAX_STRETCH`` times ``base_s``,
+    and at most ``STRETCH_STEP`` times the ``previous_s`` interval. Whole milliseconds."""
+    want = base_s
+    if intake_per_s > 0:
+        want = min(MAX_STRETCH * base_s, max(base_s, peers / intake_per_s))
+    if previous_s is not None:
+        want = min(want, max(base_s, previous_s * STRETCH_STEP))
+    return max(base_s, int(want * 1000) / 1000)
 
 
 @dataclass(frozen=True)
@@ -145,6 +186,9 @@ class NodeInfo:
     domain: str = ""
     # bytes its evictable keys hold: room it can make for a new allocation (agents/eviction.py)
     evictable: int = 0
+    # milliseconds until its next heartbeat when longer than the cluster's interval (``stretch``);
+    # 0: the cluster's interval (and from agents older than the field)
+    beat_ms: int = 0
 
     @property
     def alive(self) -> bool:
@@ -181,6 +225,7 @@ class NodeInfo:
             security=str(rec.get("security") or ""),
             domain=str(rec.get("domain") or ""),
             evictable=_count(rec.get("evictable")),
+            beat_ms=_count(rec.get("beat_ms")),
         )
 
     def record(self) -> dict[str, Any]:
@@ -200,6 +245,7 @@ class NodeInfo:
             "security": self.security,
             "domain": self.domain,
             "evictable": self.evictable,
+            "beat_ms": self.beat_ms,
         }
 
 
@@ -245,9 +291,12 @@ class MembershipTable:
     """
 
     def __init__(self, suspect_after_s: float, dead_after_s: float,
-                 max_members: int = MAX_MEMBERS):
+                 max_members: int = MAX_MEMBERS, heartbeat_interval_s: float | None = None):
         self.suspect_after_s = suspect_after_s
         self.dead_after_s = dead_after_s
+        # the cluster's interval: a member announcing a longer one (``beat_ms``) has its
+        # timeouts stretched as much (``stretch``); None: never stretched
+        self.heartbeat_interval_s = heartbeat_interval_s
         self.max_members = max_members
         self.refused = 0
         self._members: dict[str, Member] = {}
@@ -332,7 +381,7 @@ class MembershipTable:
             return True
         if not known.vouched or type(age) not in (int, float) or not age >= 0:
             return False
-        return now - known.last_heard < self.suspect_after_s / 3 or \
+        return now - known.last_heard < self.suspect_after_s * self.stretch(known) / 3 or \
             now - (age + waited_s) <= known.last_heard
 
     def _make_room(self, vouched: bool, now: float) -> bool:
@@ -345,8 +394,29 @@ class MembershipTable:
         del self._members[min(candidates, key=lambda m: m.last_heard).info.name]
         return True
 
+    def stretch(self, member: Member) -> float:
+        """How much ``member``'s silence timeouts are stretched (``stretch``)."""
+        beat_ms = member.info.beat_ms
+        return stretch(beat_ms, self.heartbeat_interval_s) if beat_ms else 1.0
+
+    def dead_after(self, member: Member) -> float:
+        """Seconds of silence after which ``member`` is dead here."""
+        return self.dead_after_s * self.stretch(member)
+
+    def longest_dead_after(self) -> float:
+        """The longest ``dead_after`` of any member (``dead_after_s`` when none stretches)."""
+        return self.dead_after_s * max((self.stretch(m) for m in self._members.values()),
+                                       default=1.0)
+
+    def live_count(self, now: float, exclude: str | None = None) -> int:
+        """Members not dead here, other than ``exclude``."""
+        return sum(1 for m in self._members.values()
+                   if m.info.name != exclude and self.state(m, now) != DEAD)
+
     def state(self, member: Member, now: float) -> str:
-        return state_for_silence(now - member.last_heard, self.suspect_after_s, self.dead_after_s)
+        beat_ms = member.info.beat_ms
+        return state_for_silence(now - member.last_heard, self.suspect_after_s, self.dead_after_s,
+                                 stretch(beat_ms, self.heartbeat_interval_s) if beat_ms else 1.0)
 
     def get(self, node: str) -> Member | None:
         return self._members.get(node)

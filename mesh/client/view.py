@@ -26,7 +26,7 @@ from typing import Any
 
 from mesh.config import ClusterConfig, MeshSettings
 from mesh.errors import NodeUnavailable
-from mesh.membership import ALIVE, DOWN, SUSPECT, NodeInfo, state_for_silence
+from mesh.membership import ALIVE, DOWN, SUSPECT, NodeInfo, state_for_silence, stretch
 
 
 def newer(rec: dict[str, Any], prev: dict[str, Any] | None) -> bool:
@@ -53,7 +53,8 @@ def build_view(merged: dict[str, dict[str, Any]], old: dict[str, NodeInfo], sile
         # heard it) keeps ageing here, so it still turns suspect, then dead.
         if name not in nodes and was.state != DOWN:
             age = was.age_s + silent_s
-            state = state_for_silence(age, settings.suspect_after_s, settings.dead_after_s)
+            state = state_for_silence(age, settings.suspect_after_s, settings.dead_after_s,
+                                      stretch(was.beat_ms, settings.heartbeat_interval_s))
             nodes[name] = replace(was, state=state, age_s=age)
     if config is not None:
         for node in config.nodes:

@@ -84,3 +84,36 @@ def test_a_dozen_agents_relay_a_bounded_digest_and_agree_on_who_is_alive(tmp_pat
                        for v in views.values())
 
         _wait(everyone_knows_the_restart, timeout_s=15)
+
+
+def test_agents_with_more_peers_than_their_intake_beat_less_often_and_nobody_is_suspected(
+        tmp_path):
+    # 3 peers each, 1.5 heartbeats a second taken in: every agent stretches its 0.5 s interval
+    # to 2.0 s (4x, the most; in steps of at most half), says so, and its peers time its silence
+    # by it: suspect after 3.2 s, dead after 6.4. Unstretched they would find each agent
+    # suspect after 0.8 s and dead after 1.6 s of every 2 s between its heartbeats.
+    timings = dict(heartbeat_interval_s=0.5, suspect_after_s=0.8, dead_after_s=1.6,
+                   heartbeat_intake_per_s=1.5)
+    with running_mesh(tmp_path, n=4, memory_gb=0.05, host_reserve_bytes="16MiB",
+                      **timings) as mesh:
+        names = {a.name for a in mesh.nodes}
+        first = mesh.nodes[0]
+        _wait(lambda: all(set(v) == names for v in _views(_tables(mesh, names)).values()), 15)
+        time.sleep(4.0)  # the stretch has reached 2.0 s (0.5, 0.75, 1.125, 1.687, 2.0)
+        beats = _heartbeats(f"tcp://{first.host}:{first.port + 1}", 4.0)
+        assert beats and {b["beat_ms"] for b in beats} == {2000}
+        assert len(beats) <= 3  # 8 at the cluster's interval; a busy host makes fewer
+        deadline = time.monotonic() + 4.0
+        while time.monotonic() < deadline:  # every table, 20 times: all alive
+            views = _views(_tables(mesh, names))
+            assert all(state == "alive" for v in views.values() for _, state in v.values()), views
+            time.sleep(0.2)
+        # nor is a quiet gossip link taken for a broken one and made again
+        assert not any("connected to it again" in a.log.read_text() for a in mesh.nodes)
+
+        mesh.kill(first.name, signal.SIGKILL)  # still found dead, by its stretched timeout
+        others = names - {first.name}
+        _wait(lambda: all(v[first.name][1] == "dead"
+                          for v in _views(_tables(mesh, others)).values()), timeout_s=20)
+        views = _views(_tables(mesh, others))
+        assert all(v[n][1] == "alive" for v in views.values() for n in others)
