@@ -1,11 +1,12 @@
 """The ``scale`` mode of tools/bench.py: many agents on this machine (issue 14, item 6).
 
     python tools/bench.py scale [--agents 100] [--steady-s 300] [--blocks 100000]
-                                [--heartbeat-interval S] [--json]
+                                [--heartbeat-interval S] [--intake PER_S] [--json]
 
 ``--heartbeat-interval S`` sets the cluster's ``heartbeat_interval_s`` to S, ``suspect_after_s`` to
-3S and ``dead_after_s`` to 6S (the defaults' ratios); ``heartbeat_interval_s`` in the result says
-which ran.
+3S and ``dead_after_s`` to 6S (the defaults' ratios); ``--intake`` sets
+``heartbeat_intake_per_s`` (0: no stretch); ``heartbeat_interval_s`` and
+``heartbeat_intake_per_s`` in the result say which ran.
 
 Writes a cluster file of ``--agents`` nodes on 127.0.1.1, .2, ... (memory_gb 0.05, a 16 MiB host
 reserve), starts them as ``grid agents start`` does (``mesh/nodes/local.py``: ``start_s``), then:
@@ -16,6 +17,8 @@ reserve), starts them as ``grid agents start`` does (``mesh/nodes/local.py``: ``
 - ``false_suspects``: for ``--steady-s`` seconds the tables are polled every second; every
   (observer, node) pair seen suspect or dead is counted (no agent stops meanwhile, so every one
   is false). ``agent_cpu_percent`` is the agents' mean CPU use over that time (psutil);
+  ``beat_s`` the median interval the agents announced in the last poll (past
+  ``mesh.heartbeat_intake_per_s`` they stretch it: ``mesh/membership.py`` ``stretched_interval``);
 - gossip bytes: once the records learned at start are no longer recent (``CHANGE_RELAY_S``,
   ``mesh/membership.py``), this process subscribes to every agent's gossip PUB for
   ``GOSSIP_WINDOW_S`` (at most half of ``--steady-s``) and counts the heartbeat bytes each publishes per second (``heartbeat_bytes``: their mean size).
@@ -73,10 +76,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sc.add_argument("--heartbeat-interval", type=float, default=None, metavar="S",
                     help="mesh.heartbeat_interval_s of the cluster (suspect after 3x, dead "
                     "after 6x, as the defaults 0.5/1.5/3.0); default: the cluster defaults")
+    sc.add_argument("--intake", type=float, default=None, metavar="PER_S",
+                    help="mesh.heartbeat_intake_per_s of the cluster (0: agents never stretch "
+                    "their heartbeat interval); default: the cluster default")
     sc.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
 
-def write_cluster(tmp: Path, n: int, heartbeat_s: float | None = None) -> Path:
+def write_cluster(tmp: Path, n: int, heartbeat_s: float | None = None,
+                  intake_per_s: float | None = None) -> Path:
     hosts = [f"127.0.1.{i + 1}" for i in range(n)]
     cfg = {
         "name": f"scale-{os.getpid()}-{n}",
@@ -87,6 +94,8 @@ def write_cluster(tmp: Path, n: int, heartbeat_s: float | None = None) -> Path:
     if heartbeat_s is not None:
         cfg["mesh"].update(heartbeat_interval_s=heartbeat_s, suspect_after_s=3 * heartbeat_s,
                            dead_after_s=6 * heartbeat_s)
+    if intake_per_s is not None:
+        cfg["mesh"]["heartbeat_intake_per_s"] = intake_per_s
     path = tmp / "scale.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -200,11 +209,12 @@ def _grid(*args: str, config: Path, timeout_s: float = 600) -> tuple[float, subp
 def scale(args: argparse.Namespace) -> dict:
     n = args.agents
     with tempfile.TemporaryDirectory(prefix="mesh-scale-") as tmp:
-        path = write_cluster(Path(tmp), n, args.heartbeat_interval)
+        path = write_cluster(Path(tmp), n, args.heartbeat_interval, args.intake)
         cfg = load_cluster_config(path)
         agents, _ = local.local_agents(cfg)
         result: dict = {"bench": "scale", "agents": n,
-                        "heartbeat_interval_s": cfg.mesh.heartbeat_interval_s}
+                        "heartbeat_interval_s": cfg.mesh.heartbeat_interval_s,
+                        "heartbeat_intake_per_s": cfg.mesh.heartbeat_intake_per_s}
         tables = Tables([node.data_address for node in cfg.nodes])
         try:
             t0 = time.perf_counter()
@@ -243,6 +253,7 @@ def _steady(cfg, agents, tables: Tables, n: int, steady_s: float) -> dict:
     per_agent_s = beat_bytes = None
     suspects: set[tuple[str, str]] = set()
     polls = unanswered = 0
+    announced: list[int] = []  # beat_ms of every row of the last poll (0: not stretched)
     while time.perf_counter() - t0 < steady_s or per_agent_s is None:
         if per_agent_s is None and time.perf_counter() - t0 >= gossip_at:
             per_agent_s, beat_bytes = gossip_rates([node.gossip_address for node in cfg.nodes],
@@ -250,6 +261,7 @@ def _steady(cfg, agents, tables: Tables, n: int, steady_s: float) -> dict:
         got = tables.poll()
         polls += 1
         unanswered += n - len(got)
+        announced = [r.get("beat_ms") or 0 for rows in got.values() for r in rows] or announced
         for observer, rows in got.items():
             suspects.update((observer, r["node"]) for r in rows if r["state"] != "alive")
             if len(rows) != n:
@@ -259,6 +271,8 @@ def _steady(cfg, agents, tables: Tables, n: int, steady_s: float) -> dict:
     cpu = [sum(p.cpu_times()[:2]) - sum(c[:2]) for p, c in zip(procs, cpu0)]
     return {"false_suspects": len(suspects), "steady_s": round(wall, 1), "table_polls": polls,
             "unanswered_polls": unanswered,
+            "beat_s": round(statistics.median(announced) / 1000 or cfg.mesh.heartbeat_interval_s,
+                            3) if announced else None,
             "agent_cpu_percent": round(100 * statistics.mean(cpu) / wall, 2),
             "heartbeat_bytes": round(beat_bytes),
             "published_bytes_per_agent_s": round(per_agent_s),
