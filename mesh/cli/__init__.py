@@ -38,6 +38,8 @@ when the ``cli`` extra (click, rich) is not installed.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import signal
 import sys
 import warnings
@@ -147,5 +149,14 @@ def main() -> None:
         common.fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
                     error_type=type(exc).__name__)
         sys.exit(1)
-    if isinstance(code, int) and code:  # click's ctx.exit(n) without standalone mode
+    code = code if isinstance(code, int) else 0  # click's ctx.exit(n) without standalone mode
+    if not common.tears_down():  # a command that made 100,000s of objects: skip freeing them
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            common.quiet_broken_pipe()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    if code:
         sys.exit(code)

@@ -298,17 +298,14 @@ def list_blocks(config_path: str | None, as_json: bool) -> None:
 
     gc.disable()  # a short-lived process making 100,000s of records: no cycles to look for
     with _client(config_path) as client:
-        blocks = client.blocks()
+        blocks = client.block_records()  # (no BlockInfo for each: longlist.block_rows)
         objects = client.keys()
         keys: dict[str, list[str]] = {}
         for info in objects:
             if info.block_id is not None:
                 keys.setdefault(info.block_id, []).append(info.key)
     failed = {**objects.failed_nodes, **blocks.failed_nodes}
-    rows = [{"block_id": b.block_id, "node": b.node, "nodes": _nodes(b.nodes, b.node),
-             "replicas": b.replicas, "size": b.size, "lazy": b.lazy, "created": b.created,
-             "expires": b.expires, "pending": b.pending, "keys": keys.get(b.block_id, [])}
-            for b in blocks]
+    rows = longlist.block_rows(blocks, keys)
     if len(rows) > longlist.LARGE_LISTING_ROWS:
         longlist.print_blocks(rows, failed, as_json, _when)
     elif as_json:

@@ -525,15 +525,19 @@ class Core:
         (``mesh/client/listing.py``: ``pages``)."""
         return (yield from _pages(self, op, field, page))
 
-    def blocks(self, page: int | None = None) -> Op:
+    def block_records(self, page: int | None = None) -> Op:
+        """One record per block, as the agent holding its newest copy describes it."""
         found, failed = yield from self.listing(P.LIST, "blocks", page)
-        out = []
-        for address, rec in _one_per_block(found):
-            info = _block_info(rec)
-            self._locations[info.block_id] = (primary_address(self, address, rec),
-                                              info.size)
-            out.append(info)
-        return Listing(sorted(out, key=lambda b: (b.node, b.created, b.block_id)), failed)
+        pairs = _one_per_block(found)
+        for address, rec in pairs:
+            self._locations[rec["block"]] = (primary_address(self, address, rec), int(rec["size"]))
+        return Listing([rec for _, rec in pairs], failed)
+
+    def blocks(self, page: int | None = None) -> Op:
+        records = yield from self.block_records(page)
+        return Listing(sorted(map(_block_info, records),
+                              key=lambda b: (b.node, b.created, b.block_id)),
+                       records.failed_nodes)
 
     def stats(self) -> Op:
         nodes = yield from self.refresh_nodes(max_age_s=0.0)

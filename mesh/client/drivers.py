@@ -241,6 +241,13 @@ class _ClientBase:
         1000) at a time of each node."""
         return self._run(lambda core: core.blocks(page))
 
+    def block_records(self, *, page: int | None = None) -> Listing:
+        """``blocks()`` as the agents' records (dicts keyed ``block``, ``node``, ``size``,
+        ``lazy``, ``created``, ``expires``, ``pending``, with replicas ``nodes``, ``epoch``,
+        ``replicas``), one per block, unsorted: for tools that print 100,000s of blocks
+        (``grid memory list-blocks``) and need no ``BlockInfo`` for each."""
+        return self._run(lambda core: core.block_records(page))
+
     def nodes(self) -> list[NodeInfo]:
         return self._run(lambda core: core.refresh_nodes(max_age_s=0.0))
 

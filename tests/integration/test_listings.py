@@ -67,6 +67,15 @@ def test_list_blocks_and_keys_span_many_pages(tmp_path):
         doc = json.loads(run.stdout)
         assert len(doc["blocks"]) == sum(BLOCKS.values()) + 1 and doc["failed_nodes"] == {}
         assert sum(len(r["keys"]) for r in doc["blocks"]) == 1000
+        # the long listing's rows, made from the agents' records, are blocks() in its order
+        assert [(r["block_id"], r["node"], r["nodes"], r["replicas"], r["size"], r["lazy"],
+                 r["created"], r["expires"], r["pending"]) for r in doc["blocks"]] == [
+            (b.block_id, b.node, list(b.nodes), b.replicas, b.size, b.lazy, b.created,
+             b.expires, b.pending) for b in blocks]
+        assert run.stdout.count('\n    {"block_id"') == len(blocks)  # one block a line
+        table = _grid(mesh.config_path, "list-blocks")
+        assert table.returncode == 0, table.stderr
+        assert sum(line.startswith("block_") for line in table.stdout.splitlines()) == len(blocks)
 
 
 def test_a_node_that_does_not_answer_is_reported(tmp_path):

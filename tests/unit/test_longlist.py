@@ -1,0 +1,46 @@
+"""``grid memory list-blocks`` past ``LARGE_LISTING_ROWS`` (``mesh/cli/longlist.py``): rows made
+straight from the agents' records are what ``blocks()`` (one ``BlockInfo`` each) makes, in its
+order; the JSON is one block a line and reads back as the same document."""
+
+from __future__ import annotations
+
+import json
+
+from mesh.cli import longlist
+from mesh.client.locate import block_info
+
+
+def _records():
+    plain = {"block": "block_2_a_x", "node": "a", "size": 10, "lazy": True, "created": 5.0,
+             "expires": None, "pending": False}
+    return [
+        plain,
+        {**plain, "block": "block_1_b_x", "node": "b", "created": 1.0, "expires": 99,
+         "pending": True},
+        {**plain, "block": "block_3_b_x", "node": "b", "nodes": ["a", "b"], "epoch": 3,
+         "replicas": 2, "syncing": [], "shared_hosts": True, "created": 2.5},
+        {"block": "block_0_a_x", "node": "a", "size": 7, "lazy": 0, "created": 2},  # sparse
+    ]
+
+
+def _row_of(info, keys):
+    return {"block_id": info.block_id, "node": info.node, "nodes": list(info.nodes),
+            "replicas": info.replicas, "size": info.size, "lazy": info.lazy,
+            "created": info.created, "expires": info.expires, "pending": info.pending,
+            "keys": keys.get(info.block_id, [])}
+
+
+def test_rows_from_records_are_what_block_infos_make_in_the_same_order():
+    keys = {"block_3_b_x": ["k1", "k2"]}
+    infos = sorted(map(block_info, _records()), key=lambda b: (b.node, b.created, b.block_id))
+    rows = longlist.block_rows(_records(), keys)
+    assert rows == [_row_of(i, keys) for i in infos]
+    assert [type(r["created"]) for r in rows] == [float] * 4 and rows[0]["lazy"] is False
+
+
+def test_the_long_json_is_one_block_a_line_and_the_same_document(capsys):
+    rows = longlist.block_rows(_records() * 300, {})  # past LARGE_LISTING_ROWS
+    longlist.print_blocks(rows, {"c": "timed out"}, True, str)
+    text = capsys.readouterr().out
+    assert json.loads(text) == {"blocks": rows, "failed_nodes": {"c": "timed out"}}
+    assert text.count('\n    {"block_id"') == len(rows) == 1200
