@@ -13,6 +13,7 @@ and the process ends without tearing down its 100,000s of objects (``common.skip
 from __future__ import annotations
 
 import json
+import math
 from operator import itemgetter
 from typing import Any, Callable
 
@@ -63,9 +64,26 @@ def print_blocks(rows: list[dict[str, Any]], failed: dict[str, str], as_json: bo
                    json.dumps(failed) + "\n}")
         return
     heads = ("Block ID", "Nodes", "Size", "Key", "Created", "Expires")
-    cells = [(r["block_id"], ", ".join(r["nodes"]), human(r["size"]),
+    sizes: dict[int, str] = {}
+    times: dict[int, str] = {}  # (a time is shown to the second: one string per second)
+
+    def size_of(n: int) -> str:
+        text = sizes.get(n)
+        if text is None:
+            text = sizes[n] = human(n)
+        return text
+
+    def time_of(ts: float) -> str:
+        second = math.floor(ts)
+        text = times.get(second)
+        if text is None:
+            text = times[second] = when(second)
+        return text
+
+    cells = [(r["block_id"], ", ".join(r["nodes"]), size_of(r["size"]),
               ", ".join(r["keys"]) or ("(put in progress)" if r["pending"] else "-"),
-              when(r["created"]), when(r["expires"]) if r["expires"] else "-") for r in rows]
+              time_of(r["created"]), time_of(r["expires"]) if r["expires"] else "-")
+             for r in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
     right = {2}  # sizes line up on the right, as in the rich table
     lines = ["Allocated Memory Blocks",

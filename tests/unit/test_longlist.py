@@ -44,3 +44,25 @@ def test_the_long_json_is_one_block_a_line_and_the_same_document(capsys):
     text = capsys.readouterr().out
     assert json.loads(text) == {"blocks": rows, "failed_nodes": {"c": "timed out"}}
     assert text.count('\n    {"block_id"') == len(rows) == 1200
+
+
+def test_the_long_table_shows_each_rows_size_and_times_to_the_second(capsys):
+    import time as _time
+
+    def when(ts):
+        return _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(ts))
+
+    recs = [{"block": f"block_{i}_a_x", "node": "a", "size": i % 3 * 1024, "lazy": True,
+             "created": 1795756875.0 + i * 0.37, "expires": 1795800000.9 if i % 2 else None,
+             "pending": False} for i in range(1200)]
+    rows = longlist.block_rows(recs, {"block_7_a_x": ["seven"]})
+    longlist.print_blocks(rows, {}, False, when)
+    lines = capsys.readouterr().out.splitlines()[3:]
+    assert len(lines) == len(rows)
+    for row, text in zip(rows, lines):
+        cells = text.split()
+        assert cells[0] == row["block_id"] and " ".join(cells[2:4]) == \
+            longlist.human(row["size"])
+        assert when(row["created"]) in text
+        assert (when(row["expires"]) in text) == (row["expires"] is not None)
+    assert "seven" in lines[[r["block_id"] for r in rows].index("block_7_a_x")]
