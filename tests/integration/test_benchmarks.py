@@ -123,6 +123,7 @@ def test_scale_reports_convergence_gossip_and_a_listing_it_checks():
     assert out["stats_nodes"] == 5 and out["beat_s"] == 0.5  # 4 peers: far below the intake
     # 1,500 blocks made, and listed (the long-listing path) as JSON and as a table
     assert out["blocks_made"] == out["list_rows"] == 1500 and out["list_table_exit"] == 0
+    assert len(out["list_runs_s"]) == 3 and out["list_100k_s"] in out["list_runs_s"]
 
 
 def test_scale_runs_with_a_slower_heartbeat_and_a_small_intake_when_asked():
