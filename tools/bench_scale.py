@@ -32,7 +32,8 @@ reserve), starts them as ``grid agents start`` does (``mesh/nodes/local.py``: ``
 - ``list_100k_s``: ``--blocks`` lazy 1-byte blocks spread over the agents (made with one
   client), then ``grid memory list-blocks --json`` as a subprocess, the median of
   ``LIST_RUNS`` (3) one after another (``list_runs_s`` each; ``list_rows`` the fewest rows of
-  one), and ``list_table_s``: the same listing rendered as the table, the median of 3.
+  one), and ``list_table_s``: the same listing rendered as the table, the median of 3
+  (``load_listing``: the 1-minute load average as the listings begin).
 
 Stops every agent it started at the end (``stop_s``: ``mesh/nodes/local.py`` ``stop``). Other
 benchmarks and tests on the machine change every figure: quote the load (``load_1m``).
@@ -332,6 +333,7 @@ def _client_side(config: Path, n: int, blocks: int) -> dict:
     out["blocks_made"] = make_blocks(addresses, blocks)
     out["allocate_s"] = round(time.perf_counter() - t0, 1)
     out["stats_cli_s"] = round(_grid("memory", "stats", "--json", config=config)[0], 2)
+    out["load_listing"] = round(os.getloadavg()[0], 2)  # (what 100,000 allocations left)
     runs = [_grid("memory", "list-blocks", "--json", config=config) for _ in range(LIST_RUNS)]
     out["list_100k_s"] = round(statistics.median(s for s, _ in runs), 2)
     out["list_runs_s"] = [round(s, 2) for s, _ in runs]
