@@ -1,6 +1,6 @@
 """The ``scale`` mode of tools/bench.py: many agents on this machine (issue 14, item 6).
 
-    python tools/bench.py scale [--agents 100] [--steady-s 300] [--blocks 100000]
+    python tools/bench.py scale [--agents 100] [--steady-s 300] [--blocks 100000] [--settle-s 20]
                                 [--heartbeat-interval S] [--intake PER_S] [--json]
 
 ``--heartbeat-interval S`` sets the cluster's ``heartbeat_interval_s`` to S, ``suspect_after_s`` to
@@ -26,11 +26,13 @@ reserve), starts them as ``grid agents start`` does (``mesh/nodes/local.py``: ``
   ``gossip_bytes_per_agent_s`` = bytes published per agent per second x (N - 1), what one agent
   sends (and, symmetrically, receives) per second;
 - ``stats_s``: ``MeshClient.stats()`` (STATS to every live agent in one batch), the median of 3;
-  ``stats_cli_s``: ``grid memory stats --json`` as a subprocess (Python start-up included);
+  ``stats_cli_s``: ``grid memory stats --json`` as a subprocess (Python start-up included),
+  the median of 3;
   ``place_s``: the median of 5 ``allocate`` calls with default placement (the client picks the
   node with the most room) and their frees;
 - ``list_100k_s``: ``--blocks`` lazy 1-byte blocks spread over the agents (made with one
-  client), then ``grid memory list-blocks --json`` as a subprocess, the median of
+  client; ``--settle-s`` (20) later, once the agents are done with them), then
+  ``grid memory list-blocks --json`` as a subprocess, the median of
   ``LIST_RUNS`` (3) one after another (``list_runs_s`` each; ``list_rows`` the fewest rows of
   one), and ``list_table_s``: the same listing rendered as the table, the median of 3
   (``load_listing``: the 1-minute load average as the listings begin).
@@ -76,6 +78,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sc.add_argument("--steady-s", type=float, default=300.0,
                     help="how long the membership must stay converged (seconds)")
     sc.add_argument("--blocks", type=int, default=100_000, help="blocks listed (list_100k_s)")
+    sc.add_argument("--settle-s", type=float, default=20.0,
+                    help="seconds between making the blocks and listing them")
     sc.add_argument("--heartbeat-interval", type=float, default=None, metavar="S",
                     help="mesh.heartbeat_interval_s of the cluster (suspect after 3x, dead "
                     "after 6x, as the defaults 0.5/1.5/3.0); default: the cluster defaults")
@@ -236,7 +240,7 @@ def scale(args: argparse.Namespace) -> dict:
             _say("converged", result)
             result.update(_steady(cfg, agents, tables, n, args.steady_s))
             _say("steady", result)
-            result.update(_client_side(path, n, args.blocks))
+            result.update(_client_side(path, n, args.blocks, args.settle_s))
         finally:
             tables.close()
             t1 = time.perf_counter()
@@ -317,7 +321,7 @@ def make_blocks(addresses: list[str], blocks: int, window: int = 64,
     return made
 
 
-def _client_side(config: Path, n: int, blocks: int) -> dict:
+def _client_side(config: Path, n: int, blocks: int, settle_s: float) -> dict:
     out: dict = {}
     with MeshClient(config) as client:
         stats = client.stats()
@@ -329,11 +333,13 @@ def _client_side(config: Path, n: int, blocks: int) -> dict:
 
         out["place_s"] = round(_median_s(place, 5), 3)
         addresses = [node.address for node in client.nodes()]
+    out["stats_cli_s"] = round(statistics.median(
+        _grid("memory", "stats", "--json", config=config)[0] for _ in range(3)), 2)
     t0 = time.perf_counter()
     out["blocks_made"] = make_blocks(addresses, blocks)
     out["allocate_s"] = round(time.perf_counter() - t0, 1)
-    out["stats_cli_s"] = round(_grid("memory", "stats", "--json", config=config)[0], 2)
-    out["load_listing"] = round(os.getloadavg()[0], 2)  # (what 100,000 allocations left)
+    time.sleep(settle_s)  # the agents are done with the allocations' aftermath
+    out["load_listing"] = round(os.getloadavg()[0], 2)
     runs = [_grid("memory", "list-blocks", "--json", config=config) for _ in range(LIST_RUNS)]
     out["list_100k_s"] = round(statistics.median(s for s, _ in runs), 2)
     out["list_runs_s"] = [round(s, 2) for s, _ in runs]

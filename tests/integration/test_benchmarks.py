@@ -116,7 +116,7 @@ def test_move_between_agents_without_the_same_host_path():
 
 def test_scale_reports_convergence_gossip_and_a_listing_it_checks():
     out = run_json("tools/bench.py", "scale", "--agents", "5", "--steady-s", "3", "--blocks",
-                   "1500", timeout=300)
+                   "1500", "--settle-s", "0", timeout=300)
     assert out["started"] == 5 and out["converge_s"] is not None
     assert out["false_suspects"] == 0 and out["unanswered_polls"] == 0
     assert out["gossip_bytes_per_agent_s"] > 0 and out["heartbeat_bytes"] > 0
@@ -128,7 +128,8 @@ def test_scale_reports_convergence_gossip_and_a_listing_it_checks():
 
 def test_scale_runs_with_a_slower_heartbeat_and_a_small_intake_when_asked():
     out = run_json("tools/bench.py", "scale", "--agents", "3", "--steady-s", "3", "--blocks",
-                   "30", "--heartbeat-interval", "0.8", "--intake", "2", timeout=300)
+                   "30", "--heartbeat-interval", "0.8", "--intake", "2", "--settle-s", "0",
+                   timeout=300)
     assert out["heartbeat_interval_s"] == 0.8 and out["converge_s"] is not None
     assert out["heartbeat_intake_per_s"] == 2 and out["beat_s"] == 1.0  # 2 peers, 2 a second
     assert out["false_suspects"] == 0 and out["blocks_made"] == out["list_rows"] == 30
