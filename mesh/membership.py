@@ -414,9 +414,8 @@ class MembershipTable:
                    if m.info.name != exclude and self.state(m, now) != DEAD)
 
     def state(self, member: Member, now: float) -> str:
-        beat_ms = member.info.beat_ms
         return state_for_silence(now - member.last_heard, self.suspect_after_s, self.dead_after_s,
-                                 stretch(beat_ms, self.heartbeat_interval_s) if beat_ms else 1.0)
+                                 self.stretch(member))
 
     def get(self, node: str) -> Member | None:
         return self._members.get(node)

@@ -14,14 +14,11 @@ from mesh.errors import ConfigError, ProtocolError
 from mesh.membership import (
     ALIVE, DEAD, MAX_STRETCH, SUSPECT, MembershipTable, NodeInfo, stretch, stretched_interval,
 )
+from unit.test_membership import _hb as heartbeat
 
 
-def _hb(node, inc=1, **kw):
-    rec = {"node": node, "address": f"tcp://{node}:1", "gossip": f"tcp://{node}:2",
-           "incarnation": inc, "version": "t", "capacity": 100, "used": 0,
-           "host_available": 1000, "blocks": 0}
-    rec.update(kw)
-    return rec
+def _hb(node, **kw):
+    return heartbeat(node, 1, **kw)  # incarnation 1
 
 
 def test_the_interval_stays_the_clusters_until_peers_outnumber_the_intake():
