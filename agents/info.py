@@ -92,6 +92,9 @@ class InfoOps:
             room=self.store.room(mem), host_available=int(mem.available),
             host_total=int(mem.total), blocks=len(self.store), security=self._security(),
             domain=self.s.domain, evictable=self.evictor.evictable_bytes(),
+            # (0 unless it beats less often than the cluster's interval: Agent._beat)
+            beat_ms=round(self.beat_s * 1000) if self.beat_s > self.s.heartbeat_interval_s
+            else 0,
         ).record()
 
     def _security(self) -> str:

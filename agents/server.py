@@ -481,12 +481,12 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
     # --- gossip -------------------------------------------------------------------------------
 
     def _beat(self, now: float) -> None:
-        rec = self.self_record()
-        # with many peers, beat less often, and say so: they time our silence by it
-        base = self.s.heartbeat_interval_s
-        self.beat_s = stretched_interval(base, self.members.live_count(now, self.s.node),
+        # with many peers, beat less often, and say so (self_record: beat_ms): they time our
+        # silence by it
+        self.beat_s = stretched_interval(self.s.heartbeat_interval_s,
+                                         self.members.live_count(now, self.s.node),
                                          self.s.heartbeat_intake_per_s, self.beat_s)
-        rec["beat_ms"] = round(self.beat_s * 1000) if self.beat_s > base else 0
+        rec = self.self_record()
         self.members.observe(rec, now)
         self.moves.set_dead_peers(frozenset(
             r["address"] for r in self.members.snapshot(now) if r["state"] == DEAD

@@ -239,10 +239,17 @@ def show_status(cfg: ClusterConfig, as_json: bool = False) -> None:
             r["node"], r["address"], f"[{style}]{r['state']}[/{style}]",
             str(r["pid"]) if r["pid"] else "-", human(r["capacity"]), human(r["used"]),
             "-" if r["blocks"] is None else str(r["blocks"]), human(r["host_available"]),
-            "-" if r["last_heard_s"] is None else f"{r['last_heard_s']:.1f}s ago",
+            _heard(r["last_heard_s"], r["beat_s"]),
             _security(r["security"]), _port(r["metrics_url"]), r["reason"] or "",
         )
     out.print(table)
+
+
+def _heard(ago_s: float | None, beat_s: float | None) -> str:
+    """"0.3s ago", and ", every 0.99s" for a node that stretches its heartbeats."""
+    if ago_s is None:
+        return "-"
+    return f"{ago_s:.1f}s ago" + (f", every {beat_s:g}s" if beat_s else "")
 
 
 def _port(url: str | None) -> str:

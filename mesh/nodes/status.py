@@ -65,6 +65,9 @@ class NodeStatus:
             "blocks": n.blocks if up else None,
             "host_available": n.host_available if up else None,
             "last_heard_s": round(n.age_s, 2) if up else None,
+            # seconds between its heartbeats when it stretches them (mesh/membership.py:
+            # stretch; its silence is timed as much longer); None: the cluster's interval
+            "beat_s": n.beat_ms / 1000 if up and n.beat_ms else None,
             # keyed, loopback, or insecure (no keys, reachable beyond this machine)
             "security": (n.security or None) if up else None,
             "version": self.version,

@@ -5,6 +5,7 @@ table alike. ``tools/bench.py scale`` measures the same at 100 agents (docs/scal
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 
@@ -12,6 +13,7 @@ import zmq
 
 from mesh import protocol as P
 from mesh.membership import CHANGE_RELAY_S, DIGEST_RECENT, DIGEST_SAMPLE
+from support.cli import cli_env, grid
 from support.mesh import running_mesh
 from support.wire import raw_call
 
@@ -110,6 +112,15 @@ def test_agents_with_more_peers_than_their_intake_beat_less_often_and_nobody_is_
             time.sleep(0.2)
         # nor is a quiet gossip link taken for a broken one and made again
         assert not any("connected to it again" in a.log.read_text() for a in mesh.nodes)
+        # grid agents status says how often each beats
+        status = grid("agents", "status", "-c", str(mesh.config_path), "--json",
+                      env=cli_env(tmp_path), cwd=tmp_path)
+        assert status.returncode == 0, status.stderr
+        assert {r["node"]: r["beat_s"] for r in json.loads(status.stdout)["nodes"]} == {
+            name: 2.0 for name in names}
+        table = grid("agents", "status", "-c", str(mesh.config_path), env=cli_env(tmp_path),
+                     cwd=tmp_path)
+        assert table.stdout.count(", every 2s") == len(names), table.stdout
 
         mesh.kill(first.name, signal.SIGKILL)  # still found dead, by its stretched timeout
         others = names - {first.name}
