@@ -121,12 +121,12 @@ def is_agent_address(address: str) -> bool:
 
 
 def state_for_silence(silent_s: float, suspect_after_s: float, dead_after_s: float,
-                      stretch: float = 1.0) -> str:
+                      factor: float = 1.0) -> str:
     """alive, suspect or dead after ``silent_s`` seconds without a heartbeat, from a node whose
-    timeouts are stretched by ``stretch`` (see ``stretch``)."""
-    if silent_s >= dead_after_s * stretch:
+    timeouts are stretched by ``factor`` (``stretch``)."""
+    if silent_s >= dead_after_s * factor:
         return DEAD
-    if silent_s >= suspect_after_s * stretch:
+    if silent_s >= suspect_after_s * factor:
         return SUSPECT
     return ALIVE
 
@@ -396,8 +396,7 @@ class MembershipTable:
 
     def stretch(self, member: Member) -> float:
         """How much ``member``'s silence timeouts are stretched (``stretch``)."""
-        beat_ms = member.info.beat_ms
-        return stretch(beat_ms, self.heartbeat_interval_s) if beat_ms else 1.0
+        return stretch(member.info.beat_ms, self.heartbeat_interval_s)
 
     def dead_after(self, member: Member) -> float:
         """Seconds of silence after which ``member`` is dead here."""
