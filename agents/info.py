@@ -10,7 +10,6 @@ from typing import Any
 
 from mesh import protocol as P
 from mesh.errors import InvalidRequest, MeshError
-from mesh.hostmem import host_memory
 from mesh.membership import ALIVE, NodeInfo
 
 
@@ -84,7 +83,7 @@ class InfoOps:
                 continue  # not here (any more): the caller sees it missing from ``renewed``
         self._reply(identity, req, {"renewed": renewed})
     def self_record(self) -> dict[str, Any]:
-        mem = host_memory()  # one reading for every field below
+        mem = self.host_memory()  # one reading for every field below
         return NodeInfo(
             name=self.s.node, address=self.address, gossip=self.gossip_address,
             incarnation=self.incarnation, version=self.s.version, state=ALIVE, age_s=0.0,

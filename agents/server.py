@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import resource
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,7 +36,7 @@ import zmq
 
 from agents.blockops import BlockOps, _PendingAlloc
 from agents.access import DATA_DOMAIN, GOSSIP_DOMAIN, Access, Session
-from agents.gossip import DRAIN_EVERY_S as GOSSIP_DRAIN_S, Gossip
+from agents.gossip import Gossip
 from agents.ledger import PromiseLedger, default_path as ledger_default_path
 from agents.keyhome import KeyHomes
 from agents.info import InfoOps
@@ -60,7 +61,7 @@ from mesh import sockets
 from mesh.errors import (
     AgentError, DeadlineExceeded, MeshError,
 )
-from mesh.hostmem import host_memory
+from mesh.hostmem import HostMemoryReader
 from mesh.membership import DEAD, MembershipTable, stretched_interval
 from mesh.security import link as links
 from mesh.security import seal
@@ -127,12 +128,13 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
         self.gossip_address = f"tcp://{settings.advertised_host}:{settings.gossip_port}"
         # writes wait here for zero-copy reads of the same range; a freed block's reads hold none
         self.gate = WriteGate(settings.node)
+        self.host_memory = HostMemoryReader()  # every heartbeat and allocation reads it
         self.store = BlockStore(
             settings.node,
             self.incarnation,
             settings.share_bytes,
             settings.reserve_bytes,
-            memory_fn=host_memory,
+            memory_fn=self.host_memory,
             on_free=self._freed,
             ledger=PromiseLedger(settings.ledger_path or ledger_default_path(None), settings.node),
             lease_s=settings.lease_s,
@@ -305,7 +307,7 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
                 guarded("same-host path", self.local.tick, now)
                 guarded("direct path", self.direct.tick, now)
             # heartbeats do not wake the loop (agents/gossip.py): it looks at them this often
-            timeout_s = min(next_beat - now, GOSSIP_DRAIN_S)
+            timeout_s = min(next_beat - now, self.gossip.drain_in(time.monotonic()))
             if self._pending or self.moves.busy or self.repl.busy:
                 timeout_s = min(timeout_s, JOBS_POLL_S)
             if self.gate.waiting:
@@ -317,7 +319,8 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
                 waiting_from = time.perf_counter()  # (a short wait: spin before the next one)
                 events = dict(spin_poll(poller.poll, AGENT_SPIN_S)) if spin else {}
                 if not events:
-                    events = dict(poller.poll(max(0, int(timeout_s * 1000))))
+                    # rounded up: a wait cut short of what is due would turn again at once
+                    events = dict(poller.poll(max(0, math.ceil(timeout_s * 1000))))
                 spin = CAN_SPIN and time.perf_counter() - waiting_from <= AGENT_SPIN_S and \
                     any(type(sock) is not zmq.Socket for sock in events)
             except zmq.ZMQError:
@@ -486,11 +489,10 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
         self.beat_s = stretched_interval(self.s.heartbeat_interval_s,
                                          self.members.live_count(now, self.s.node),
                                          self.s.heartbeat_intake_per_s, self.beat_s)
+        self.gossip.pace(self.beat_s)
         rec = self.self_record()
         self.members.observe(rec, now)
-        self.moves.set_dead_peers(frozenset(
-            r["address"] for r in self.members.snapshot(now) if r["state"] == DEAD
-        ))
+        self.moves.set_dead_peers(self.members.addresses(DEAD, now))
         self.moves.drop_stale_copies(now)
         self.access.reload(now)  # revocations reach us within a second
         self.access.expire_sessions(now)
@@ -517,8 +519,8 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
     def _gauges(self, rec: dict[str, Any], now: float) -> dict[str, Any]:
         """The figures a scrape reads (``agents/metrics.py``: ``GAUGES``), taken by the loop."""
         members: dict[str, int] = {}
-        for m in self.members.snapshot(now):
-            members[m["state"]] = members.get(m["state"], 0) + 1
+        for state in self.members.states(now).values():
+            members[state] = members.get(state, 0) + 1
         a, store = self.access, self.store
         return {
             "blocks": rec["blocks"], "used_bytes": rec["used"], "capacity_bytes": rec["capacity"],

@@ -12,8 +12,10 @@ Does not cover: what a reading means for placement (the pressure score lives in
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import psutil
 
@@ -89,12 +91,15 @@ def _chain(base: Path, path: str | None) -> list[Path]:
         rel = rel.parent
 
 
-def cgroup_memory(root: str | os.PathLike = "/sys/fs/cgroup",
-                  proc_cgroup: str | None = None) -> tuple[int, int, str] | None:
-    """(limit, usage, kind) of the tightest memory limit over this process's cgroup and its
-    parents (cgroup v2, else v1), or None when none is limited. ``proc_cgroup`` is the text of
-    /proc/self/cgroup (read when None). Inside a container the container's own cgroup is the
-    root of the mount, so the root is always looked at."""
+# (limit, usage file, reclaimable key in memory.stat) of one limited cgroup directory
+_Limited = tuple[int, Path, str]
+# how long ``HostMemoryReader`` trusts which directories are limited, and their limits
+LAYOUT_TTL_S = 10.0
+
+
+def _limits(root: str | os.PathLike, proc_cgroup: str | None) -> tuple[str, list[_Limited]] | None:
+    """The limited directories over this process's cgroup, in the first hierarchy (cgroup v2,
+    else v1) that has any: (kind, [(limit, usage file, inactive key)]), or None."""
     base = Path(root)
     v2_path, v1_path = _own_paths(proc_cgroup)
     layouts = (
@@ -103,27 +108,66 @@ def cgroup_memory(root: str | os.PathLike = "/sys/fs/cgroup",
          "total_inactive_file", "cgroup v1"),
     )
     for dirs, limit_file, usage_file, inactive_key, kind in layouts:
-        best: tuple[int, int] | None = None
-        for d in dirs:
-            limit = _read_int(d / limit_file)
-            if limit is None:
-                continue
-            usage = (_read_int(d / usage_file) or 0) - _inactive_file(d / "memory.stat",
-                                                                       inactive_key)
-            usage = max(0, usage)
-            if best is None or limit - usage < best[0] - best[1]:
-                best = (limit, usage)
-        if best is not None:
-            return best[0], best[1], kind
+        limited = [(limit, d / usage_file, inactive_key) for d in dirs
+                   if (limit := _read_int(d / limit_file)) is not None]
+        if limited:
+            return kind, limited
     return None
+
+
+def _tightest(kind: str, limited: list[_Limited]) -> tuple[int, int, str]:
+    """(limit, usage, kind) of the limited directory with the least room left, usage read now
+    (less its reclaimable page cache)."""
+    best: tuple[int, int] | None = None
+    for limit, usage_file, inactive_key in limited:
+        usage = max(0, (_read_int(usage_file) or 0)
+                    - _inactive_file(usage_file.parent / "memory.stat", inactive_key))
+        if best is None or limit - usage < best[0] - best[1]:
+            best = (limit, usage)
+    assert best is not None
+    return best[0], best[1], kind
+
+
+def cgroup_memory(root: str | os.PathLike = "/sys/fs/cgroup",
+                  proc_cgroup: str | None = None) -> tuple[int, int, str] | None:
+    """(limit, usage, kind) of the tightest memory limit over this process's cgroup and its
+    parents (cgroup v2, else v1), or None when none is limited. ``proc_cgroup`` is the text of
+    /proc/self/cgroup (read when None). Inside a container the container's own cgroup is the
+    root of the mount, so the root is always looked at."""
+    found = _limits(root, proc_cgroup)
+    return None if found is None else _tightest(*found)
 
 
 def host_memory(cgroup_root: str | os.PathLike = "/sys/fs/cgroup",
                 proc_cgroup: str | None = None) -> HostMemory:
     """Total and available RAM for this process: the host's, or its cgroup's when smaller."""
+    return _narrowed(cgroup_memory(cgroup_root, proc_cgroup))
+
+
+class HostMemoryReader:
+    """``host_memory()`` for a caller that reads it often (the agent: every heartbeat and
+    allocation): which cgroup directories are limited, and their limits, are looked up again
+    only every ``LAYOUT_TTL_S``; the usage under a limit and the host's figures are read every
+    time. On a host without a limit that skips every cgroup file: 96 us a reading became 22."""
+
+    def __init__(self, cgroup_root: str | os.PathLike = "/sys/fs/cgroup",
+                 proc_cgroup: str | None = None, clock: Callable[[], float] = time.monotonic):
+        self.cgroup_root, self.proc_cgroup = cgroup_root, proc_cgroup
+        self._clock = clock
+        self._layout: tuple[str, list[_Limited]] | None = None
+        self._until = float("-inf")
+
+    def __call__(self) -> HostMemory:
+        now = self._clock()
+        if now >= self._until:
+            self._layout, self._until = _limits(self.cgroup_root, self.proc_cgroup), \
+                now + LAYOUT_TTL_S
+        return _narrowed(None if self._layout is None else _tightest(*self._layout))
+
+
+def _narrowed(limited: tuple[int, int, str] | None) -> HostMemory:
     vm = psutil.virtual_memory()
     total, available, source = int(vm.total), int(vm.available), "host"
-    limited = cgroup_memory(cgroup_root, proc_cgroup)
     if limited is not None:
         limit, usage, kind = limited
         if limit < total:

@@ -427,6 +427,16 @@ class MembershipTable:
             for m in sorted(self._members.values(), key=lambda m: m.info.name)
         ]
 
+    def states(self, now: float) -> dict[str, str]:
+        """{node: its state here}, for every member: what the agent's heartbeat needs of the table
+        (dead addresses, the gauges' counts) without building each member's record."""
+        return {name: self.state(m, now) for name, m in self._members.items()}
+
+    def addresses(self, state: str, now: float) -> frozenset[str]:
+        """The data addresses of the members in ``state`` here."""
+        return frozenset(m.info.address for m in self._members.values()
+                         if self.state(m, now) == state)
+
     def vouched_at(self, address: str, now: float) -> str | None:
         """The node at data ``address`` that has spoken for itself (not only through hearsay)
         and is not dead: the only nodes an agent connects out to for a move or a pull."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mesh.balance.pressure import NodeLoad, pressure_score, should_offload, usage_for_score
-from mesh.hostmem import cgroup_memory, host_memory
+from mesh.hostmem import LAYOUT_TTL_S, HostMemoryReader, cgroup_memory, host_memory
 from mesh.units import GiB
 
 
@@ -143,6 +143,26 @@ def test_the_process_own_cgroup_and_the_tightest_parent(tmp_path):
     (app / "memory.max").write_text(str(2 << 30))
     (app / "memory.current").write_text(str(1 << 30))
     assert cgroup_memory(tmp_path, v2) == (2 << 30, 1 << 30, "cgroup v2")
+
+
+def test_the_agents_reader_reads_usage_every_time_and_limits_every_ttl(tmp_path):
+    (tmp_path / "memory.max").write_text(str(1 << 30))
+    (tmp_path / "memory.current").write_text(str(600 << 20))
+    clock = [0.0]
+    read = HostMemoryReader(tmp_path, "0::/\n", clock=lambda: clock[0])
+    assert (read().total, read().source) == (1 << 30, "cgroup v2")
+    assert read().available <= (1 << 30) - (600 << 20)
+    (tmp_path / "memory.current").write_text(str(1000 << 20))  # usage: read every time
+    assert read().available <= (1 << 30) - (1000 << 20)
+    plain = host_memory(tmp_path, "0::/\n")
+    assert (read().total, read().source) == (plain.total, plain.source)
+    (tmp_path / "memory.max").write_text(str(2 << 30))  # a new limit: within LAYOUT_TTL_S
+    assert read().total == 1 << 30
+    clock[0] += LAYOUT_TTL_S
+    assert read().total == 2 << 30
+    (tmp_path / "memory.max").write_text("max\n")
+    clock[0] += LAYOUT_TTL_S
+    assert read().source == "host"
 
 
 def test_this_machine():

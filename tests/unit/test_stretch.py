@@ -113,3 +113,46 @@ def test_the_intake_setting_is_checked():
         MeshSettings(heartbeat_intake_per_s=-1)
     with pytest.raises(ConfigError, match="heartbeat_intake_per_s"):
         MeshSettings(heartbeat_intake_per_s="many")
+
+
+def test_the_gossip_links_are_drained_four_times_per_own_interval_and_not_before():
+    """An agent beating every 2 s (stretched) takes its links' heartbeats every 0.5 s, not every
+    0.1 s: the loop wakes that much less (``Gossip.pace``, ``drain_in``). A real PUB and SUB."""
+    import time
+
+    import zmq
+
+    from agents.access import Access
+    from agents.gossip import DRAIN_EVERY_S, Gossip
+
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    table = MembershipTable(1.5, 3.0, heartbeat_interval_s=0.5)
+    gossip = Gossip(ctx, "me", "tcp://127.0.0.1:1", table, Access(ctx, None, "me"), 3.0)
+    try:
+        assert gossip.drain_in(0.0) >= 10  # nothing followed: nothing to wake for
+        gossip.pace(0.5)
+        assert gossip.drain_every_s == pytest.approx(0.125)
+        gossip.pace(0.1)
+        assert gossip.drain_every_s == DRAIN_EVERY_S  # never more often than before
+        gossip.pace(2.0)
+        assert gossip.drain_every_s == pytest.approx(0.5)
+        gossip.follow(f"tcp://127.0.0.1:{port}", "peer")
+        gossip.drain(None, 0.0, lambda _phase, fn, *a: fn(*a))  # the first drain is due at once
+        drained = time.monotonic()
+        assert 0.4 < gossip.drain_in(drained) <= 0.5
+        beat = _hb("peer", gossip=f"tcp://127.0.0.1:{port}", beat_ms=2000)
+        deadline = time.monotonic() + 5
+        while gossip.heard == 0 and time.monotonic() < deadline:
+            pub.send_multipart(P.encode_heartbeat(beat))  # until the SUB's link is up
+            time.sleep(0.05)
+            gossip.drain(None, 0.0, lambda _phase, fn, *a: fn(*a))
+            if time.monotonic() - drained < 0.45:
+                assert gossip.heard == 0  # queued, not taken before the drain is due
+        assert gossip.heard >= 1 and table.get("peer") is not None
+    finally:
+        gossip.close()
+        pub.close(0)
+        ctx.term()
