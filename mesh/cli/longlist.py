@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from operator import itemgetter
 from typing import Any, Callable
 
-import click
 
 from mesh.cli.common import human, skip_teardown
 
@@ -44,13 +44,27 @@ def block_rows(records: list[dict[str, Any]], keys: dict[str, list[str]]
     return rows
 
 
-def _dumps(value: Any) -> str:
+def _dumps(value: Any) -> bytes:
     """Compact JSON, no space between items (orjson's, 3x faster than json's C encoder)."""
     try:
         import orjson
     except ImportError:  # (it comes with the cli extra; an older install may lack it)
-        return json.dumps(value, separators=(",", ":"))
-    return orjson.dumps(value).decode()
+        return json.dumps(value, separators=(",", ":")).encode()
+    return orjson.dumps(value)
+
+
+def _emit(*parts: bytes) -> None:
+    """Write straight to stdout's bytes: ``click.echo`` runs a regex over the whole text when
+    stdout is not a terminal (to strip colours the listing does not have), 0.1-0.2 s for
+    100,000 blocks."""
+    sys.stdout.flush()  # whatever was written as text first stays first
+    out = getattr(sys.stdout, "buffer", None)
+    for part in parts:
+        if out is None:  # a text-only stream (an embedding's): as text then
+            sys.stdout.write(part.decode())
+        else:
+            out.write(part)
+    (out or sys.stdout).flush()
 
 
 def print_blocks(rows: list[dict[str, Any]], failed: dict[str, str], as_json: bool,
@@ -59,9 +73,9 @@ def print_blocks(rows: list[dict[str, Any]], failed: dict[str, str], as_json: bo
     skip_teardown()
     if as_json:  # one encoded line, then a line break before each block (no string holds
         # '},{"block_id"': JSON escapes the quotes inside strings)
-        body = _dumps(rows)[1:-1].replace('},{"block_id"', '},\n    {"block_id"')
-        click.echo('{\n  "blocks": [\n    ' + body + '\n  ],\n  "failed_nodes": ' +
-                   json.dumps(failed) + "\n}")
+        body = _dumps(rows)[1:-1].replace(b'},{"block_id"', b'},\n    {"block_id"')
+        _emit(b'{\n  "blocks": [\n    ', body,
+              b'\n  ],\n  "failed_nodes": ' + json.dumps(failed).encode() + b"\n}\n")
         return
     heads = ("Block ID", "Nodes", "Size", "Key", "Created", "Expires")
     sizes: dict[int, str] = {}
@@ -93,4 +107,5 @@ def print_blocks(rows: list[dict[str, Any]], failed: dict[str, str], as_json: bo
     for c in cells:
         lines.append("  ".join(v.rjust(w) if i in right else v.ljust(w)
                                for i, (v, w) in enumerate(zip(c, widths))).rstrip())
-    click.echo("\n".join(lines))
+    lines.append("")
+    _emit("\n".join(lines).encode())
