@@ -18,7 +18,6 @@ import sys
 from operator import itemgetter
 from typing import Any, Callable
 
-
 from mesh.cli.common import human, skip_teardown
 
 LARGE_LISTING_ROWS = 1000
