@@ -95,7 +95,7 @@ def test_any_batch_is_refused_or_cut_into_its_sub_ops(ops, payload):
     for sub, (op, fields) in zip(subs, ops):
         if isinstance(sub, P.BadRequest):
             continue
-        assert sub.op == op in P.MANY_OPS and sub.fields is fields
+        assert sub.op == op in P.MANY_OPS and sub.fields == fields
         if op == P.WRITE:
             assert bytes(sub.payload[0]) == payload[written : written + fields["length"]]
             written += fields["length"]
