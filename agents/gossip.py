@@ -198,8 +198,10 @@ class Gossip:
     def relink(self, now: float) -> None:
         """Once a heartbeat: links silent too long are made again (see the module's doc)."""
         self._hearsay_budget = HEARSAY_LINKS_PER_BEAT
+        # (no member's dead_after is under dead_after_s: the cheap test first)
         stale = [lk for lk in self.links.values()
-                 if now - max(lk.heard_at, lk.linked_at) > self._dead_after(lk.node)]
+                 if (silent := now - max(lk.heard_at, lk.linked_at)) > self.dead_after_s
+                 and silent > self._dead_after(lk.node)]
         for link in sorted(stale, key=lambda lk: lk.linked_at)[:RELINKS_PER_BEAT]:
             server_key = self.access.agent_public(link.node) if self.access.keyed else None
             self._unlink(link)

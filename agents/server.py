@@ -62,7 +62,7 @@ from mesh.errors import (
     AgentError, DeadlineExceeded, MeshError,
 )
 from mesh.hostmem import HostMemoryReader
-from mesh.membership import DEAD, MembershipTable, stretched_interval
+from mesh.membership import ALIVE, DEAD, MembershipTable, stretched_interval
 from mesh.security import link as links
 from mesh.security import seal
 
@@ -486,13 +486,17 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
     def _beat(self, now: float) -> None:
         # with many peers, beat less often, and say so (self_record: beat_ms): they time our
         # silence by it
-        self.beat_s = stretched_interval(self.s.heartbeat_interval_s,
-                                         self.members.live_count(now, self.s.node),
+        states = self.members.states(now)  # one pass over the table for all the beat needs
+        live = sum(1 for name, state in states.items() if state != DEAD and name != self.s.node)
+        self.beat_s = stretched_interval(self.s.heartbeat_interval_s, live,
                                          self.s.heartbeat_intake_per_s, self.beat_s)
         self.gossip.pace(self.beat_s)
         rec = self.self_record()
         self.members.observe(rec, now)
-        self.moves.set_dead_peers(self.members.addresses(DEAD, now))
+        states[self.s.node] = ALIVE  # (on the first beat, not in the table before)
+        self.moves.set_dead_peers(frozenset(
+            m.info.address for name, state in states.items()
+            if state == DEAD and (m := self.members.get(name)) is not None))
         self.moves.drop_stale_copies(now)
         self.access.reload(now)  # revocations reach us within a second
         self.access.expire_sessions(now)
@@ -514,12 +518,13 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
         except zmq.Again:
             pass
         self.gossip.relink(now)
-        self.metrics.snapshot(self._gauges(rec, now))
+        self.metrics.snapshot(self._gauges(rec, states))
 
-    def _gauges(self, rec: dict[str, Any], now: float) -> dict[str, Any]:
-        """The figures a scrape reads (``agents/metrics.py``: ``GAUGES``), taken by the loop."""
+    def _gauges(self, rec: dict[str, Any], states: dict[str, str]) -> dict[str, Any]:
+        """The figures a scrape reads (``agents/metrics.py``: ``GAUGES``), taken by the loop;
+        ``states``: every member's (``MembershipTable.states``)."""
         members: dict[str, int] = {}
-        for state in self.members.states(now).values():
+        for state in states.values():
             members[state] = members.get(state, 0) + 1
         a, store = self.access, self.store
         return {

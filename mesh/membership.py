@@ -68,6 +68,7 @@ MAX_STRETCH = 4.0
 # lost, and then the next one must still come before its peers' suspect_after_s for the interval
 # they know (3 intervals with the defaults).
 STRETCH_STEP = 1.5
+_STRETCHES_KEPT = 256  # factors a table remembers, by beat_ms (MembershipTable.stretch)
 
 
 MAX_ADDRESS_CHARS = 300
@@ -301,6 +302,7 @@ class MembershipTable:
         self.refused = 0
         self._members: dict[str, Member] = {}
         self._turn = -1  # where gossip_digest's round-robin sample goes on (-1: not begun)
+        self._stretches: dict[Any, Any] = {}  # beat_ms -> factor (``stretch``)
 
     def __len__(self) -> int:
         return len(self._members)
@@ -395,8 +397,17 @@ class MembershipTable:
         return True
 
     def stretch(self, member: Member) -> float:
-        """How much ``member``'s silence timeouts are stretched (``stretch``)."""
-        return stretch(member.info.beat_ms, self.heartbeat_interval_s)
+        """How much ``member``'s silence timeouts are stretched (``stretch``): asked several
+        times per heartbeat taken in, so remembered per ``beat_ms`` (a few values in a mesh;
+        forgotten past ``_STRETCHES_KEPT``, since a peer may announce any)."""
+        ms, kept = member.info.beat_ms, self._stretches
+        factor = kept.get(ms)
+        if factor is None or kept.get(None) != self.heartbeat_interval_s:
+            if len(kept) > _STRETCHES_KEPT or kept.get(None) != self.heartbeat_interval_s:
+                kept.clear()
+                kept[None] = self.heartbeat_interval_s  # what the factors were worked out for
+            factor = kept[ms] = stretch(ms, self.heartbeat_interval_s)
+        return factor
 
     def dead_after(self, member: Member) -> float:
         """Seconds of silence after which ``member`` is dead here."""
@@ -431,11 +442,6 @@ class MembershipTable:
         """{node: its state here}, for every member: what the agent's heartbeat needs of the table
         (dead addresses, the gauges' counts) without building each member's record."""
         return {name: self.state(m, now) for name, m in self._members.items()}
-
-    def addresses(self, state: str, now: float) -> frozenset[str]:
-        """The data addresses of the members in ``state`` here."""
-        return frozenset(m.info.address for m in self._members.values()
-                         if self.state(m, now) == state)
 
     def vouched_at(self, address: str, now: float) -> str | None:
         """The node at data ``address`` that has spoken for itself (not only through hearsay)
