@@ -93,7 +93,7 @@ class InfoOps:
             domain=self.s.domain, evictable=self.evictor.evictable_bytes(),
             # (0 unless it beats less often than the cluster's interval: Agent._beat)
             beat_ms=round(self.beat_s * 1000) if self.beat_s > self.s.heartbeat_interval_s
-            else 0,
+            else 0, host_key=self.host_key,
         ).record()
 
     def _security(self) -> str:

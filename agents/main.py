@@ -73,6 +73,7 @@ def settings_for(cfg: ClusterConfig, node: NodeConfig) -> AgentSettings:
         suspect_after_s=m.suspect_after_s,
         dead_after_s=m.dead_after_s,
         heartbeat_intake_per_s=m.heartbeat_intake_per_s,
+        heartbeat_host_intake_per_s=m.heartbeat_host_intake_per_s,
         max_message_bytes=m.max_message_bytes,
         chunk_bytes=m.chunk_bytes,
         version=__version__,

@@ -62,6 +62,7 @@ from mesh.errors import (
     AgentError, DeadlineExceeded, MeshError,
 )
 from mesh.hostmem import HostMemoryReader
+from mesh.machine import kernel_key
 from mesh.membership import ALIVE, DEAD, MembershipTable, stretched_interval
 from mesh.security import link as links
 from mesh.security import seal
@@ -111,6 +112,7 @@ class AgentSettings:
     direct_tcp: bool = True  # reads and writes over plain TCP beside ZeroMQ (agents/direct.py)
     # the cluster's ``mesh.heartbeat_intake_per_s``: past it, beat less often (membership.stretch)
     heartbeat_intake_per_s: float = 100.0
+    heartbeat_host_intake_per_s: float = 2500.0  # the same for all the agents of one machine
     direct_port: int = 0  # its port (the cluster file's direct_port: mesh_port + 3); 0: any free
 
     def __post_init__(self) -> None:
@@ -129,6 +131,7 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
         # writes wait here for zero-copy reads of the same range; a freed block's reads hold none
         self.gate = WriteGate(settings.node)
         self.host_memory = HostMemoryReader()  # every heartbeat and allocation reads it
+        self.host_key = kernel_key()  # agents with the same share CPUs (stretched_interval)
         self.store = BlockStore(
             settings.node,
             self.incarnation,
@@ -489,7 +492,9 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
         states = self.members.states(now)  # one pass over the table for all the beat needs
         live = sum(1 for name, state in states.items() if state != DEAD and name != self.s.node)
         self.beat_s = stretched_interval(self.s.heartbeat_interval_s, live,
-                                         self.s.heartbeat_intake_per_s, self.beat_s)
+                                         self.s.heartbeat_intake_per_s, self.beat_s,
+                                         self.members.co_located(self.host_key, states),
+                                         self.s.heartbeat_host_intake_per_s)
         self.gossip.pace(self.beat_s)
         rec = self.self_record()
         self.members.observe(rec, now)

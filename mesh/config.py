@@ -83,6 +83,9 @@ class MeshSettings:
     # times heartbeat_interval_s, agents beat less often (up to 4x), and their silence is timed
     # as much longer (mesh/membership.py: stretch). 0: never.
     heartbeat_intake_per_s: float = 100.0
+    # The same, for all the agents on one machine together (they share its CPUs; its kernel's
+    # boot id tells them apart: mesh/machine.py kernel_key). 0: no such bound.
+    heartbeat_host_intake_per_s: float = 2500.0
     chunk_bytes: int = 2 * MiB
     window: int = 8  # chunks in flight per agent
     request_timeout_s: float = 10.0
@@ -130,6 +133,10 @@ class MeshSettings:
             if not _is_number(self.heartbeat_intake_per_s) or self.heartbeat_intake_per_s < 0:
                 raise _Invalid("heartbeat_intake_per_s", "expected heartbeats a second >= 0 "
                                f"(0: never stretch), got {self.heartbeat_intake_per_s!r}")
+            if not _is_number(self.heartbeat_host_intake_per_s) or \
+                    self.heartbeat_host_intake_per_s < 0:
+                raise _Invalid("heartbeat_host_intake_per_s", "expected heartbeats a second >= 0 "
+                               f"(0: no bound), got {self.heartbeat_host_intake_per_s!r}")
             _check_int(self.chunk_bytes, "chunk_bytes", MIN_CHUNK_BYTES, MAX_CHUNK_BYTES,
                        shown="64KiB..64MiB")
             _check_int(self.window, "window", 1, MAX_WINDOW)

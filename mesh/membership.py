@@ -15,7 +15,8 @@ holds at most ``MAX_MEMBERS`` nodes. A node silent for ``suspect_after_s`` is "s
 gossip, only by its own heartbeat.
 
 Stretched heartbeats: in a large mesh an agent beats less often, so that what each agent takes in
-stays near ``mesh.heartbeat_intake_per_s`` (``stretched_interval``), and says so in its record
+stays near ``mesh.heartbeat_intake_per_s``, and what the agents sharing a machine take in together
+near ``mesh.heartbeat_host_intake_per_s`` (``stretched_interval``), and says so in its record
 (``beat_ms``: how long until its next heartbeat). Whoever times its silence scales
 ``suspect_after_s`` and ``dead_after_s`` by the same factor (``stretch``, at most
 ``MAX_STRETCH``). Replica leases do not stretch: a longer silence before a node is declared dead
@@ -142,14 +143,22 @@ def stretch(beat_ms: int, heartbeat_interval_s: float | None) -> float:
 
 
 def stretched_interval(base_s: float, peers: int, intake_per_s: float,
-                       previous_s: float | None = None) -> float:
+                       previous_s: float | None = None, co_located: int = 1,
+                       host_intake_per_s: float = 0.0) -> float:
     """An agent's heartbeat interval when it has ``peers`` live peers: the cluster's ``base_s``,
     lengthened so that each agent takes in about ``intake_per_s`` heartbeats a second
-    (``peers / intake_per_s``; 0 never stretches), at most ``MAX_STRETCH`` times ``base_s``,
-    and at most ``STRETCH_STEP`` times the ``previous_s`` interval. Whole milliseconds."""
+    (``peers / intake_per_s``; 0 never stretches, whatever the machine's bound) and, when
+    ``co_located`` agents (this one included) share its machine's CPUs, so that together they
+    take in about ``host_intake_per_s`` (``co_located * peers / host_intake_per_s``; 0: no such
+    bound); at
+    most ``MAX_STRETCH`` times ``base_s``, and at most ``STRETCH_STEP`` times the ``previous_s``
+    interval. Whole milliseconds."""
     want = base_s
     if intake_per_s > 0:
-        want = min(MAX_STRETCH * base_s, max(base_s, peers / intake_per_s))
+        want = max(want, peers / intake_per_s)
+        if host_intake_per_s > 0 and co_located > 1:
+            want = max(want, co_located * peers / host_intake_per_s)
+    want = min(MAX_STRETCH * base_s, want)
     if previous_s is not None:
         want = min(want, max(base_s, previous_s * STRETCH_STEP))
     return max(base_s, int(want * 1000) / 1000)
@@ -190,6 +199,9 @@ class NodeInfo:
     # milliseconds until its next heartbeat when longer than the cluster's interval (``stretch``);
     # 0: the cluster's interval (and from agents older than the field)
     beat_ms: int = 0
+    # its kernel (``mesh.machine.kernel_key``): agents with the same share CPUs, and together
+    # stretch their interval (``stretched_interval``); 0: unknown (and from older agents)
+    host_key: int = 0
 
     @property
     def alive(self) -> bool:
@@ -227,6 +239,7 @@ class NodeInfo:
             domain=str(rec.get("domain") or ""),
             evictable=_count(rec.get("evictable")),
             beat_ms=_count(rec.get("beat_ms")),
+            host_key=_count(rec.get("host_key")),
         )
 
     def record(self) -> dict[str, Any]:
@@ -247,6 +260,7 @@ class NodeInfo:
             "domain": self.domain,
             "evictable": self.evictable,
             "beat_ms": self.beat_ms,
+            "host_key": self.host_key,
         }
 
 
@@ -442,6 +456,16 @@ class MembershipTable:
         """{node: its state here}, for every member: what the agent's heartbeat needs of the table
         (dead addresses, the gauges' counts) without building each member's record."""
         return {name: self.state(m, now) for name, m in self._members.items()}
+
+    def co_located(self, host_key: int, states: dict[str, str]) -> int:
+        """Members not dead in ``states`` (``MembershipTable.states``) that vouched for a record naming
+        ``host_key``: the agents sharing a machine with the one whose key it is, itself
+        included (1 when the key is unknown). Hearsay counts for nothing."""
+        if not host_key:
+            return 1
+        return max(1, sum(1 for name, state in states.items()
+                          if state != DEAD and (m := self._members.get(name)) is not None
+                          and m.vouched and m.info.host_key == host_key))
 
     def vouched_at(self, address: str, now: float) -> str | None:
         """The node at data ``address`` that has spoken for itself (not only through hearsay)

@@ -552,7 +552,7 @@ _HEARTBEAT_FIELDS: dict[str, tuple[type, ...]] = {
 
 _RECORD_STRS = tuple(name for name, types in _HEARTBEAT_FIELDS.items() if types == (str,))
 _RECORD_INTS = tuple(name for name, types in _HEARTBEAT_FIELDS.items() if types == _INT)
-_RECORD_OPTIONAL_INTS = ("room", "host_total", "evictable", "beat_ms")
+_RECORD_OPTIONAL_INTS = ("room", "host_total", "evictable", "beat_ms", "host_key")
 
 
 def _valid_record(rec: Any) -> bool:

@@ -322,7 +322,7 @@ def check_reply(frames: Any, reply: P.Reply) -> str | None:
 # --- parse_heartbeat ----------------------------------------------------------------------------
 
 HEARTBEAT_FIELDS = {**P._HEARTBEAT_FIELDS, "room": (int,), "host_total": (int,),
-                    "beat_ms": (int,)}
+                    "beat_ms": (int,), "host_key": (int,)}
 
 
 def node_record(gen: Gen, peer: bool) -> dict[str, Any]:
@@ -360,7 +360,8 @@ def check_heartbeat(frames: Any, rec: Any) -> str | None:
         return isinstance(r, dict) and all(
             isinstance(r.get(n), t) and not isinstance(r.get(n), bool)
             for n, t in P._HEARTBEAT_FIELDS.items()) and all(
-            r.get(n) is None or _int(r.get(n)) for n in ("room", "host_total", "beat_ms"))
+            r.get(n) is None or _int(r.get(n))
+            for n in ("room", "host_total", "beat_ms", "host_key"))
 
     if not valid(rec):
         return "parse_heartbeat returned a record with missing or wrong fields"
@@ -566,7 +567,8 @@ def _heartbeat_strategy() -> Any:
             "host_available": st.integers(0, 2**63), "blocks": st.integers(0, 2**20)}
     value = {name: s | v for name, s in good.items()}
     peer = st.fixed_dictionaries(value, optional={"age_s": st.floats() | v, "room": v,
-                                                  "beat_ms": st.integers(-5, 2**63) | v})
+                                                  "beat_ms": st.integers(-5, 2**63) | v,
+                                                  "host_key": st.integers(-5, 2**63) | v})
     rec = st.fixed_dictionaries(value, optional={"peers": st.lists(peer | v, max_size=4) | v,
                                                  "host_total": v})
     return st.builds(lambda r: [P.HEARTBEAT_TOPIC, msgpack.packb(r, use_bin_type=True)], rec)

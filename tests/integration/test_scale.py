@@ -9,6 +9,7 @@ import json
 import signal
 import time
 
+import pytest
 import zmq
 
 from mesh import protocol as P
@@ -88,14 +89,19 @@ def test_a_dozen_agents_relay_a_bounded_digest_and_agree_on_who_is_alive(tmp_pat
         _wait(everyone_knows_the_restart, timeout_s=15)
 
 
-def test_agents_with_more_peers_than_their_intake_beat_less_often_and_nobody_is_suspected(
-        tmp_path):
-    # 3 peers each, 1.5 heartbeats a second taken in: every agent stretches its 0.5 s interval
-    # to 2.0 s (4x, the most; in steps of at most half), says so, and its peers time its silence
-    # by it: suspect after 3.2 s, dead after 6.4. Unstretched they would find each agent
-    # suspect after 0.8 s and dead after 1.6 s of every 2 s between its heartbeats.
-    timings = dict(heartbeat_interval_s=0.5, suspect_after_s=0.8, dead_after_s=1.6,
-                   heartbeat_intake_per_s=1.5)
+@pytest.mark.parametrize("bound", [
+    # 3 peers each, 1.5 heartbeats a second taken in by each agent
+    {"heartbeat_intake_per_s": 1.5},
+    # each takes in 6 a second, under its own intake (100), but the 4 share this machine, which
+    # takes in 4 x 3 / 0.5 = 24 a second: past 6, they stretch together
+    {"heartbeat_host_intake_per_s": 6.0},
+], ids=["own intake", "machine's intake"])
+def test_agents_past_their_intake_beat_less_often_and_nobody_is_suspected(tmp_path, bound):
+    # every agent stretches its 0.5 s interval to 2.0 s (4x, the most; in steps of at most
+    # half), says so, and its peers time its silence by it: suspect after 3.2 s, dead after
+    # 6.4. Unstretched they would find each agent suspect after 0.8 s and dead after 1.6 s of
+    # every 2 s between its heartbeats.
+    timings = dict(heartbeat_interval_s=0.5, suspect_after_s=0.8, dead_after_s=1.6, **bound)
     with running_mesh(tmp_path, n=4, memory_gb=0.05, host_reserve_bytes="16MiB",
                       **timings) as mesh:
         names = {a.name for a in mesh.nodes}

@@ -156,3 +156,43 @@ def test_the_gossip_links_are_drained_four_times_per_own_interval_and_not_before
         gossip.close()
         pub.close(0)
         ctx.term()
+
+
+def test_agents_sharing_a_machine_stretch_together_within_the_same_bound():
+    # 100 agents on one machine, 99 peers each: 100 x 99 / 0.5 s = 19,800 heartbeats a second
+    # for its CPUs; past 2,500 they beat every 3.96 s, bounded by 4x: 2.0 s
+    assert stretched_interval(0.5, 99, 100.0, None, 100, 2500.0) == MAX_STRETCH * 0.5
+    assert stretched_interval(0.5, 99, 100.0, None, 1, 2500.0) == pytest.approx(0.99)  # alone
+    assert stretched_interval(0.5, 49, 100.0, None, 50, 2500.0) == pytest.approx(0.98)
+    assert stretched_interval(0.5, 9, 100.0, None, 10, 2500.0) == 0.5  # a test's few agents
+    assert stretched_interval(0.5, 99, 100.0, None, 100, 0.0) == pytest.approx(0.99)  # 0: none
+    assert stretched_interval(0.5, 99, 0.0, None, 100, 2500.0) == 0.5  # 0: never stretch
+    # the step bound holds all the same
+    assert stretched_interval(0.5, 99, 100.0, 0.5, 100, 2500.0) == pytest.approx(0.75)
+
+
+def test_only_members_that_vouched_for_the_same_machine_count_as_sharing_it():
+    t = MembershipTable(1.5, 3.0, heartbeat_interval_s=0.5)
+    for name in ("me", "b", "c"):
+        t.observe(_hb(name, host_key=7), now=10.0)
+    t.observe(_hb("elsewhere", host_key=8), now=10.0)
+    t.observe(_hb("told", host_key=7), now=10.0, vouched=False)  # hearsay: not counted
+    t.observe(_hb("old", host_key=7), now=1.0)  # dead by 10.0 + anything
+    assert t.co_located(7, t.states(10.5)) == 3
+    assert t.co_located(8, t.states(10.5)) == 1
+    assert t.co_located(0, t.states(10.5)) == 1  # an unknown machine: alone
+    assert t.co_located(7, t.states(14.0)) == 1  # every one of them dead by then: at least 1
+
+
+def test_host_key_travels_in_the_record_and_must_be_a_count():
+    from mesh.machine import kernel_key
+
+    assert kernel_key() == kernel_key() > 0
+    info = NodeInfo.from_record(_hb("a", host_key=kernel_key()))
+    assert info.host_key == kernel_key() and info.record()["host_key"] == kernel_key()
+    assert NodeInfo.from_record(_hb("a")).host_key == 0
+    with pytest.raises(ProtocolError):
+        P.parse_heartbeat(P.encode_heartbeat(_hb("a", host_key="here")))
+    assert MeshSettings().heartbeat_host_intake_per_s == 2500.0
+    with pytest.raises(ConfigError, match="heartbeat_host_intake_per_s"):
+        MeshSettings(heartbeat_host_intake_per_s=-5)
