@@ -1,12 +1,15 @@
 """The ``scale`` mode of tools/bench.py: many agents on this machine (issue 14, item 6).
 
     python tools/bench.py scale [--agents 100] [--steady-s 300] [--blocks 100000] [--settle-s 20]
-                                [--heartbeat-interval S] [--intake PER_S] [--json]
+                                [--heartbeat-interval S] [--intake PER_S]
+                                [--host-intake PER_S] [--json]
 
 ``--heartbeat-interval S`` sets the cluster's ``heartbeat_interval_s`` to S, ``suspect_after_s`` to
 3S and ``dead_after_s`` to 6S (the defaults' ratios); ``--intake`` sets
-``heartbeat_intake_per_s`` (0: no stretch); ``heartbeat_interval_s`` and
-``heartbeat_intake_per_s`` in the result say which ran.
+``heartbeat_intake_per_s`` (0: no stretch), ``--host-intake`` ``heartbeat_host_intake_per_s``
+(what all the agents of this machine take in together; 0: no such bound);
+``heartbeat_interval_s``, ``heartbeat_intake_per_s`` and ``heartbeat_host_intake_per_s`` in the
+result say which ran.
 
 Writes a cluster file of ``--agents`` nodes on 127.0.1.1, .2, ... (memory_gb 0.05, a 16 MiB host
 reserve), starts them as ``grid agents start`` does (``mesh/nodes/local.py``: ``start_s``), then:
@@ -86,11 +89,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sc.add_argument("--intake", type=float, default=None, metavar="PER_S",
                     help="mesh.heartbeat_intake_per_s of the cluster (0: agents never stretch "
                     "their heartbeat interval); default: the cluster default")
+    sc.add_argument("--host-intake", type=float, default=None, metavar="PER_S",
+                    help="mesh.heartbeat_host_intake_per_s of the cluster (0: no bound for the "
+                    "agents of one machine together); default: the cluster default")
     sc.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
 
 def write_cluster(tmp: Path, n: int, heartbeat_s: float | None = None,
-                  intake_per_s: float | None = None) -> Path:
+                  intake_per_s: float | None = None, host_intake_per_s: float | None = None
+                  ) -> Path:
     hosts = [f"127.0.1.{i + 1}" for i in range(n)]
     cfg = {
         "name": f"scale-{os.getpid()}-{n}",
@@ -103,6 +110,8 @@ def write_cluster(tmp: Path, n: int, heartbeat_s: float | None = None,
                            dead_after_s=6 * heartbeat_s)
     if intake_per_s is not None:
         cfg["mesh"]["heartbeat_intake_per_s"] = intake_per_s
+    if host_intake_per_s is not None:
+        cfg["mesh"]["heartbeat_host_intake_per_s"] = host_intake_per_s
     path = tmp / "scale.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -216,12 +225,13 @@ def _grid(*args: str, config: Path, timeout_s: float = 600) -> tuple[float, subp
 def scale(args: argparse.Namespace) -> dict:
     n = args.agents
     with tempfile.TemporaryDirectory(prefix="mesh-scale-") as tmp:
-        path = write_cluster(Path(tmp), n, args.heartbeat_interval, args.intake)
+        path = write_cluster(Path(tmp), n, args.heartbeat_interval, args.intake, args.host_intake)
         cfg = load_cluster_config(path)
         agents, _ = local.local_agents(cfg)
         result: dict = {"bench": "scale", "agents": n,
                         "heartbeat_interval_s": cfg.mesh.heartbeat_interval_s,
-                        "heartbeat_intake_per_s": cfg.mesh.heartbeat_intake_per_s}
+                        "heartbeat_intake_per_s": cfg.mesh.heartbeat_intake_per_s,
+                        "heartbeat_host_intake_per_s": cfg.mesh.heartbeat_host_intake_per_s}
         tables = Tables([node.data_address for node in cfg.nodes])
         try:
             t0 = time.perf_counter()

@@ -121,6 +121,7 @@ def test_scale_reports_convergence_gossip_and_a_listing_it_checks():
     assert out["false_suspects"] == 0 and out["unanswered_polls"] == 0
     assert out["gossip_bytes_per_agent_s"] > 0 and out["heartbeat_bytes"] > 0
     assert out["stats_nodes"] == 5 and out["beat_s"] == 0.5  # 4 peers: far below the intake
+    assert out["heartbeat_host_intake_per_s"] == 2500  # 5 on this machine: far below it too
     # 1,500 blocks made, and listed (the long-listing path) as JSON and as a table
     assert out["blocks_made"] == out["list_rows"] == 1500 and out["list_table_exit"] == 0
     assert len(out["list_runs_s"]) == 3 and out["list_100k_s"] in out["list_runs_s"]
@@ -128,10 +129,11 @@ def test_scale_reports_convergence_gossip_and_a_listing_it_checks():
 
 def test_scale_runs_with_a_slower_heartbeat_and_a_small_intake_when_asked():
     out = run_json("tools/bench.py", "scale", "--agents", "3", "--steady-s", "3", "--blocks",
-                   "30", "--heartbeat-interval", "0.8", "--intake", "2", "--settle-s", "0",
-                   timeout=300)
+                   "30", "--heartbeat-interval", "0.8", "--intake", "2", "--host-intake", "0",
+                   "--settle-s", "0", timeout=300)
     assert out["heartbeat_interval_s"] == 0.8 and out["converge_s"] is not None
     assert out["heartbeat_intake_per_s"] == 2 and out["beat_s"] == 1.0  # 2 peers, 2 a second
+    assert out["heartbeat_host_intake_per_s"] == 0
     assert out["false_suspects"] == 0 and out["blocks_made"] == out["list_rows"] == 30
 
 
