@@ -57,9 +57,19 @@ def _console(name: str) -> Console:
 
 def __getattr__(name: str) -> Any:
     """``out`` and ``err``: rich Consoles made on first use (PEP 562), so that commands which
-    print nothing through rich (``--help``, ``--json``) do not import it."""
+    print nothing through rich (``--help``, ``--json``) do not import it; ``Table`` and ``Text``,
+    rich's, the same way. (``from mesh.cli.common import out`` makes the console at once: use
+    ``common.out``.)"""
     if name in ("out", "err"):
         return _console(name)
+    if name == "Table":
+        from rich.table import Table
+
+        return Table
+    if name == "Text":
+        from rich.text import Text
+
+        return Text
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

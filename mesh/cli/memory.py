@@ -47,8 +47,6 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import click
-from rich.table import Table
-from rich.text import Text
 
 from mesh.cli.common import (
     STATE_STYLE,
@@ -61,10 +59,9 @@ from mesh.cli.common import (
     line,
     load,
     ok,
-    out,
     quiet_broken_pipe,
 )
-from mesh.cli import longlist
+from mesh.cli import common, longlist
 from mesh.cli.streams import Progress, hex_dump, input_size, is_text, output_file
 from mesh.client import MeshClient
 from mesh.client.core import block_node_hint
@@ -311,16 +308,17 @@ def list_blocks(config_path: str | None, as_json: bool) -> None:
     elif as_json:
         echo_json({"blocks": rows, "failed_nodes": failed})
     else:
-        table = Table(title="Allocated Memory Blocks")
+        table = common.Table(title="Allocated Memory Blocks")
         for col, just in [("Block ID", "left"), ("Nodes", "left"), ("Size", "right"),
                           ("Key", "left"), ("Created", "left"), ("Expires", "left")]:
             table.add_column(col, justify=just)
         for r in rows:
             key = ", ".join(r["keys"]) or ("(put in progress)" if r["pending"] else "-")
-            table.add_row(Text(r["block_id"]), Text(", ".join(r["nodes"])), human(r["size"]),
-                          Text(key),
+            table.add_row(common.Text(r["block_id"]), common.Text(", ".join(r["nodes"])),
+                          human(r["size"]),
+                          common.Text(key),
                           _when(r["created"]), _when(r["expires"]) if r["expires"] else "-")
-        out.print(table)
+        common.out.print(table)
     _incomplete(failed)
 
 
@@ -343,14 +341,14 @@ def stats(config_path: str | None, as_json: bool) -> None:
     if as_json:
         echo_json(doc)
         return
-    out.print("[bold]Distributed Memory Pool Statistics[/bold]", highlight=False)
-    out.print(f"Total Blocks: {doc['total_blocks']}", highlight=False)
-    out.print(
+    common.out.print("[bold]Distributed Memory Pool Statistics[/bold]", highlight=False)
+    common.out.print(f"Total Blocks: {doc['total_blocks']}", highlight=False)
+    common.out.print(
         f"Used: {human(doc['total_used'])} of {human(doc['total_capacity'])} on "
         f"{doc['live_nodes']} live node(s)", highlight=False,
     )
-    out.print()
-    table = Table(title="Node Memory Usage")
+    common.out.print()
+    table = common.Table(title="Node Memory Usage")
     for col, just in [("Node", "left"), ("State", "left"), ("Blocks", "right"), ("Used", "right"),
                       ("Capacity", "right"), ("Host free", "right"), ("Note", "left")]:
         table.add_column(col, justify=just)
@@ -358,12 +356,12 @@ def stats(config_path: str | None, as_json: bool) -> None:
         style = STATE_STYLE.get(r["state"], "")
         up = r["state"] != "down"
         table.add_row(
-            Text(r["node"]), Text(r["state"], style=style),
+            common.Text(r["node"]), common.Text(r["state"], style=style),
             str(r["blocks"]) if up else "-", human(r["used"]) if up else "-",
             human(r["capacity"]), human(r["host_available"]) if up else "-",
-            Text(r.get("reason") or ""),
+            common.Text(r.get("reason") or ""),
         )
-    out.print(table)
+    common.out.print(table)
 
 
 # --- named objects --------------------------------------------------------------------------------
@@ -528,7 +526,8 @@ def _preview(name: str, key: str | None, block_id: str | None, total: int,
         shown = min(len(data), HEX_PREVIEW_BYTES)
     size = f"{total:,} bytes in all" + (f" ({human(total)})" if total >= 1024 else "")
     part = f", showing the first {shown:,}" if shown < total else ""
-    out.print(f"[dim]── {size}{part}; use --output FILE for everything[/dim]", highlight=False)
+    common.out.print(f"[dim]── {size}{part}; use --output FILE for everything[/dim]",
+                     highlight=False)
 
 
 @memory.command("list-objects")
@@ -543,7 +542,7 @@ def list_objects(config_path: str | None, as_json: bool) -> None:
         echo_json({"objects": [_info_dict(i) for i in infos], "failed_nodes": infos.failed_nodes})
         _incomplete(infos.failed_nodes)
         return
-    table = Table(title="Stored Objects")
+    table = common.Table(title="Stored Objects")
     for col, just in [("Key", "left"), ("Block", "left"), ("Size", "right"), ("Nodes", "left"),
                       ("Type", "left"), ("Created", "left"), ("Expires in", "right"),
                       ("Stored", "right")]:
@@ -553,11 +552,11 @@ def list_objects(config_path: str | None, as_json: bool) -> None:
             i.block_id if i.offset == 0 else f"{i.block_id} @{i.offset}")
         stored = "-" if not i.compression else \
             f"{human(i.length)} {i.compression} {i.raw_length / max(1, i.length):.1f}x"
-        table.add_row(Text(i.key), Text(block), human(i.raw_length),
-                      Text(", ".join(_nodes(i.nodes, i.node))),
+        table.add_row(common.Text(i.key), common.Text(block), human(i.raw_length),
+                      common.Text(", ".join(_nodes(i.nodes, i.node))),
                       i.content_type + (" (evictable)" if i.evictable else ""), _when(i.created),
                       _left(i.ttl_remaining), stored)
-    out.print(table)
+    common.out.print(table)
     _incomplete(infos.failed_nodes)
 
 

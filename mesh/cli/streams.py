@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
-from mesh.cli.common import GridError, err
+from mesh.cli import common
+from mesh.cli.common import GridError
 from mesh.units import MiB
 
 PROGRESS_MIN_BYTES = 32 * MiB  # smaller transfers finish before a bar would help
@@ -60,7 +61,7 @@ class Progress:
 
         self._bar = RichProgress(
             TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
-            TransferSpeedColumn(), TimeRemainingColumn(), console=err, transient=True,
+            TransferSpeedColumn(), TimeRemainingColumn(), console=common.err, transient=True,
         )
         self._bar.start()
         self._task = self._bar.add_task(self.label, total=self.total, completed=self.done)
