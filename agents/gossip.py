@@ -17,10 +17,9 @@ Heartbeats do not wake the agent's loop: with N peers they would, 2 (N - 1) time
 loop's turn costs more than the heartbeat). ``sockets()`` gives the loop none to poll; ``drain``,
 called every turn of the loop (the loop wakes for it: ``drain_in``), takes what every link has
 queued, at most every ``DRAIN_EVERY_S`` and 4 times per heartbeat interval (``pace``), with a
-fresh clock (docs/scale.md). A heartbeat taken
-then may have waited since the drain before: a relayed record's age counts that wait too, else
-two agents relaying a silent node to each other would each make it look fresher than the other
-saw it, and keep it alive for ever.
+fresh clock (docs/scale.md). A heartbeat taken then may have waited since the drain before: a
+relayed record's age counts that wait too, else two agents relaying a silent node to each other
+would each make it look fresher than the other saw it, and keep it alive for ever.
 
 A link silent for its peer's ``dead_after_s`` (stretched as its heartbeats are:
 ``MembershipTable.dead_after``) is made again (libzmq drops a link for good when a peer sends

@@ -316,7 +316,8 @@ class MembershipTable:
         self.refused = 0
         self._members: dict[str, Member] = {}
         self._turn = -1  # where gossip_digest's round-robin sample goes on (-1: not begun)
-        self._stretches: dict[Any, Any] = {}  # beat_ms -> factor (``stretch``)
+        self._stretches: dict[int, float] = {}  # beat_ms -> factor (``stretch``), worked
+        self._stretches_for = heartbeat_interval_s  # out for this interval
 
     def __len__(self) -> int:
         return len(self._members)
@@ -414,13 +415,13 @@ class MembershipTable:
         """How much ``member``'s silence timeouts are stretched (``stretch``): asked several
         times per heartbeat taken in, so remembered per ``beat_ms`` (a few values in a mesh;
         forgotten past ``_STRETCHES_KEPT``, since a peer may announce any)."""
-        ms, kept = member.info.beat_ms, self._stretches
-        factor = kept.get(ms)
-        if factor is None or kept.get(None) != self.heartbeat_interval_s:
-            if len(kept) > _STRETCHES_KEPT or kept.get(None) != self.heartbeat_interval_s:
-                kept.clear()
-                kept[None] = self.heartbeat_interval_s  # what the factors were worked out for
-            factor = kept[ms] = stretch(ms, self.heartbeat_interval_s)
+        if self._stretches_for != self.heartbeat_interval_s or \
+                len(self._stretches) > _STRETCHES_KEPT:
+            self._stretches, self._stretches_for = {}, self.heartbeat_interval_s
+        ms = member.info.beat_ms
+        factor = self._stretches.get(ms)
+        if factor is None:
+            factor = self._stretches[ms] = stretch(ms, self.heartbeat_interval_s)
         return factor
 
     def dead_after(self, member: Member) -> float:
@@ -431,11 +432,6 @@ class MembershipTable:
         """The longest ``dead_after`` of any member (``dead_after_s`` when none stretches)."""
         return self.dead_after_s * max((self.stretch(m) for m in self._members.values()),
                                        default=1.0)
-
-    def live_count(self, now: float, exclude: str | None = None) -> int:
-        """Members not dead here, other than ``exclude``."""
-        return sum(1 for m in self._members.values()
-                   if m.info.name != exclude and self.state(m, now) != DEAD)
 
     def state(self, member: Member, now: float) -> str:
         return state_for_silence(now - member.last_heard, self.suspect_after_s, self.dead_after_s,
