@@ -111,44 +111,46 @@ def main() -> None:
     as_json = json_mode()
     if as_json and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _interrupted)
+    # rich is imported with the first thing a command prints, which may be its error
     try:
-        code = cli.main(prog_name="grid", standalone_mode=False)
-    except (click.exceptions.Abort, _Interrupted, KeyboardInterrupt):
-        if as_json:
-            common.fail("aborted", error_type="KeyboardInterrupt")
-        else:
-            common.err.print("aborted")
-        sys.exit(130)
-    except click.UsageError as exc:
-        if as_json:
-            common.fail(exc.format_message(), error_type="usage")
-        else:
+        try:
+            code = cli.main(prog_name="grid", standalone_mode=False)
+        except (click.exceptions.Abort, _Interrupted, KeyboardInterrupt):
+            if as_json:
+                common.fail("aborted", error_type="KeyboardInterrupt")
+            else:
+                common.err.print("aborted")
+            sys.exit(130)
+        except click.UsageError as exc:
+            if as_json:
+                common.fail(exc.format_message(), error_type="usage")
+            else:
+                exc.show()
+            sys.exit(exc.exit_code)
+        except common.GridError as exc:
             exc.show()
-        sys.exit(exc.exit_code)
-    except common.GridError as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:  # click's own, such as a file it could not open
-        if as_json:
-            common.fail(exc.format_message(), error_type=type(exc).__name__)
-        else:
-            exc.show()
-        sys.exit(exc.exit_code)
-    except MeshError as exc:
-        common.fail(str(exc), node=exc.node, error_type=type(exc).__name__)
-        sys.exit(1)
-    except ModuleNotFoundError as exc:  # rich, imported with the first command that prints
-        _missing_cli(exc)
-    except BrokenPipeError:
-        common.quiet_broken_pipe()
-    except SystemExit as exc:  # rich's consoles and click exit 1 when stdout's reader went away
-        if isinstance(exc.__context__, BrokenPipeError):
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:  # click's own, such as a file it could not open
+            if as_json:
+                common.fail(exc.format_message(), error_type=type(exc).__name__)
+            else:
+                exc.show()
+            sys.exit(exc.exit_code)
+        except MeshError as exc:
+            common.fail(str(exc), node=exc.node, error_type=type(exc).__name__)
+            sys.exit(1)
+        except BrokenPipeError:
             common.quiet_broken_pipe()
-        raise
-    except OSError as exc:  # a file we were told to read or write
-        common.fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
-                    error_type=type(exc).__name__)
-        sys.exit(1)
+        except SystemExit as exc:  # rich's consoles and click exit 1 when stdout's reader went away
+            if isinstance(exc.__context__, BrokenPipeError):
+                common.quiet_broken_pipe()
+            raise
+        except OSError as exc:  # a file we were told to read or write
+            common.fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+                        error_type=type(exc).__name__)
+            sys.exit(1)
+    except ModuleNotFoundError as exc:
+        _missing_cli(exc)
     code = code if isinstance(code, int) else 0  # click's ctx.exit(n) without standalone mode
     if not common.tears_down():  # a command that made 100,000s of objects: skip freeing them
         try:
