@@ -160,8 +160,8 @@ class HostMemoryReader:
     def __call__(self) -> HostMemory:
         now = self._clock()
         if now >= self._until:
-            self._layout, self._until = _limits(self.cgroup_root, self.proc_cgroup), \
-                now + LAYOUT_TTL_S
+            self._layout = _limits(self.cgroup_root, self.proc_cgroup)
+            self._until = now + LAYOUT_TTL_S
         return _narrowed(None if self._layout is None else _tightest(*self._layout))
 
 

@@ -69,7 +69,6 @@ MAX_STRETCH = 4.0
 # lost, and then the next one must still come before its peers' suspect_after_s for the interval
 # they know (3 intervals with the defaults).
 STRETCH_STEP = 1.5
-_STRETCHES_KEPT = 256  # factors a table remembers, by beat_ms (MembershipTable.stretch)
 
 
 MAX_ADDRESS_CHARS = 300
@@ -150,9 +149,8 @@ def stretched_interval(base_s: float, peers: int, intake_per_s: float,
     (``peers / intake_per_s``; 0 never stretches, whatever the machine's bound) and, when
     ``co_located`` agents (this one included) share its machine's CPUs, so that together they
     take in about ``host_intake_per_s`` (``co_located * peers / host_intake_per_s``; 0: no such
-    bound); at
-    most ``MAX_STRETCH`` times ``base_s``, and at most ``STRETCH_STEP`` times the ``previous_s``
-    interval. Whole milliseconds."""
+    bound); at most ``MAX_STRETCH`` times ``base_s``, and at most ``STRETCH_STEP`` times the
+    ``previous_s`` interval. Whole milliseconds."""
     want = base_s
     if intake_per_s > 0:
         want = max(want, peers / intake_per_s)
@@ -316,8 +314,6 @@ class MembershipTable:
         self.refused = 0
         self._members: dict[str, Member] = {}
         self._turn = -1  # where gossip_digest's round-robin sample goes on (-1: not begun)
-        self._stretches: dict[int, float] = {}  # beat_ms -> factor (``stretch``), worked
-        self._stretches_for = heartbeat_interval_s  # out for this interval
 
     def __len__(self) -> int:
         return len(self._members)
@@ -412,17 +408,9 @@ class MembershipTable:
         return True
 
     def stretch(self, member: Member) -> float:
-        """How much ``member``'s silence timeouts are stretched (``stretch``): asked several
-        times per heartbeat taken in, so remembered per ``beat_ms`` (a few values in a mesh;
-        forgotten past ``_STRETCHES_KEPT``, since a peer may announce any)."""
-        if self._stretches_for != self.heartbeat_interval_s or \
-                len(self._stretches) > _STRETCHES_KEPT:
-            self._stretches, self._stretches_for = {}, self.heartbeat_interval_s
-        ms = member.info.beat_ms
-        factor = self._stretches.get(ms)
-        if factor is None:
-            factor = self._stretches[ms] = stretch(ms, self.heartbeat_interval_s)
-        return factor
+        """How much ``member``'s silence timeouts are stretched (``stretch``)."""
+        beat_ms = member.info.beat_ms
+        return stretch(beat_ms, self.heartbeat_interval_s) if beat_ms else 1.0
 
     def dead_after(self, member: Member) -> float:
         """Seconds of silence after which ``member`` is dead here."""
@@ -454,8 +442,8 @@ class MembershipTable:
         return {name: self.state(m, now) for name, m in self._members.items()}
 
     def co_located(self, host_key: int, states: dict[str, str]) -> int:
-        """Members not dead in ``states`` (``MembershipTable.states``) that vouched for a record naming
-        ``host_key``: the agents sharing a machine with the one whose key it is, itself
+        """Members not dead in ``states`` (``MembershipTable.states``) that vouched for a record
+        naming ``host_key``: the agents sharing a machine with the one whose key it is, itself
         included (1 when the key is unknown). Hearsay counts for nothing."""
         if not host_key:
             return 1

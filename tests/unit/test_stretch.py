@@ -57,7 +57,7 @@ def test_a_member_announcing_a_longer_beat_is_timed_by_it():
     assert t.dead_after(slow) == 9.0 and t.longest_dead_after() == 9.0
     assert t.states(12.0) == {"slow": ALIVE, "plain": SUSPECT}
     assert t.states(14.6) == {"slow": SUSPECT, "plain": DEAD}
-    t.heartbeat_interval_s = 1.5  # the factors it remembers were for 0.5 s: worked out anew
+    t.heartbeat_interval_s = 1.5  # stretched against the interval the table knows now
     assert t.stretch(slow) == 1.0 and t.dead_after(slow) == 3.0
 
 
