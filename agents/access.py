@@ -46,6 +46,7 @@ OP_ROLE: dict[str, str] = {
                                P.KHOME, P.RENEW)},
     P.MOVE: "admin",
     P.MANY: "reader",  # and each of its sub-ops what that op needs (agents/many.py)
+    P.RANGES: "reader",  # and its op's role, as MANY's sub-ops
     P.TRUST: "admin",
     **{op: "agent" for op in (P.PULL, P.COMMIT, P.ABORT, P.RSET, P.RWRITE, P.RFREE, P.RKEYS,
                               P.LEASE, P.SUSPECT, P.FENCE)},

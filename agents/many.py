@@ -1,5 +1,5 @@
-"""MANY on the agent: many small operations in one message, answered by one message
-(``mesh/protocol.py``: MANY, ``parse_many``).
+"""MANY and RANGES on the agent: many small operations in one message, answered by one message
+(``mesh/batchwire.py``: MANY, RANGES).
 
 ``ManyOps._many`` (a handler of ``Agent``, ``agents/server.py``) cuts a MANY request into its
 sub-ops and dispatches each through ``Agent._dispatch``, the path a single request takes: the
@@ -17,7 +17,13 @@ count each sub-op as its op, and the batch as MANY. A READ's bytes are copied in
 (a few KiB each: cheaper than tracking a zero-copy send per sub-op, and a later sub-op or a
 held reply cannot tear them).
 
-Not here: the frame layout and the checks of the batch (``mesh/protocol.py``), the handlers
+``ManyOps._ranges`` takes RANGES, the bulk of ``read_many``/``write_many`` packed: its ranges
+are done in one loop (``_lean_ranges``: the role checked once, each block looked up once, a
+read's bytes copied straight into the reply) while each is the common case; from the first
+that is not, the rest become the READ or WRITE sub-ops of MANY they stand for and take
+``_apply``, MANY's path, so each is answered (or refused, deferred, counted) as there.
+
+Not here: the frame layout and the checks of the batch (``mesh/batchwire.py``), the handlers
 themselves (``agents/blockops.py``, ``agents/keyops.py``), roles (``agents/access.py``).
 """
 
@@ -31,6 +37,7 @@ import msgpack
 
 from agents import lifecycle
 from agents.lifecycle import State
+from mesh import batchwire as B
 from mesh import protocol as P
 from mesh.errors import MeshError, error_from_wire
 
@@ -103,18 +110,25 @@ class ManyOps:
 
     def _many(self, identity: Any, req: P.Request) -> None:
         try:
-            subs = P.parse_many(req)
+            subs = B.parse_many(req)
         except P.BadRequest as bad:  # refused whole, nothing applied: an error reply
             raise error_from_wire(bad.code, bad.message, self.s.node) from None
+        self._apply(req, subs, Gather(len(subs), self._reply_with(identity, req)), 0)
+
+    def _reply_with(self, identity: Any, req: P.Request) -> Callable[[Gather], None]:
+        """What sends a batch's reply once its ``Gather`` has every answer."""
 
         def send(gather: Gather) -> None:
             payload = gather.payload()
-            self.metrics.replied(P.MANY, "ok", req.arrived, len(payload))
-            self._send(identity, [P.encode_reply(P.MANY, req.request_id,
+            self.metrics.replied(req.op, "ok", req.arrived, len(payload))
+            self._send(identity, [P.encode_reply(req.op, req.request_id,
                                                  {"results": gather.results}), payload],
                        copy=False)  # a fresh bytes object: nothing to copy it for
 
-        gather = Gather(len(subs), send)
+        return send
+
+    def _apply(self, req: P.Request, subs: list[Any], gather: Gather, start: int) -> None:
+        """Apply ``subs``, the sub-ops of ``req`` from position ``start`` of ``gather`` on."""
         deadline = req.fields.get(P.DEADLINE)
         # READ and WRITE of a block without copies, the bulk of a batch, are done here
         # (``_lean``) or by their handler: the role is checked once per op for the batch and the
@@ -125,7 +139,7 @@ class ManyOps:
         copies, handlers = self.repl.copies, self._handlers
         blocks: dict[str, Any] = {}  # block id -> its Block, while only lean sub-ops ran
         tally: dict[str, list[int]] = {}  # op -> [lean sub-ops, bytes in, bytes out]
-        for i, sub in enumerate(subs):
+        for i, sub in enumerate(subs, start):
             if type(sub) is P.Request and sub.op in _DIRECT and P.DEADLINE not in sub.fields \
                     and sub.fields["block"] not in copies and self._may(sub.op, req, allowed):
                 op = sub.op
@@ -161,6 +175,75 @@ class ManyOps:
             self._dispatch(slot, sub)
         for op, (count, bytes_in, bytes_out) in tally.items():
             self.metrics.tally(op, count, bytes_in, bytes_out, req.arrived)
+
+    def _ranges(self, identity: Any, req: P.Request) -> None:
+        """RANGES: each range done here while it is the common case (the role held, a block
+        without copies that serves it, in range, a write not waiting for a read); from the
+        first that is not, the rest go as the MANY sub-ops they stand for (``_apply``), which
+        answers each as MANY does."""
+        try:
+            op, ids, spans, data, total = B.parse_ranges(req)
+        except P.BadRequest as bad:  # refused whole, nothing applied: an error reply
+            raise error_from_wire(bad.code, bad.message, self.s.node) from None
+        read = op == P.READ
+        out: list[memoryview] = []  # the reads' bytes, in order (views into their blocks)
+        done = pos = 0
+        if self._may(op, req, {}):
+            done, pos = self._lean_ranges(read, ids, spans, data, out)
+        reply = b"".join(out)  # the one copy of the reads' bytes
+        out.clear()  # (the views go before anything else may free their blocks)
+        if done:
+            self.metrics.tally(op, done, 0 if read else pos, pos if read else 0, req.arrived)
+            self.reads_served += done if read else 0
+        if done == len(spans):
+            self.metrics.replied(P.RANGES, "ok", req.arrived, pos if read else 0)
+            self._send(identity, [P.encode_reply(P.RANGES, req.request_id, {"done": done}),
+                                  reply], copy=False)
+            return
+        gather = Gather(len(spans), self._reply_with(identity, req))
+        gather.results[:done] = [_LEAN_OK] * done
+        gather.left -= done
+        if reply:
+            gather.pieces[0] = reply  # the bytes of the ranges done, in order
+        self._apply(req, B.range_requests(req, op, ids, spans, data, done), gather, done)
+
+    def _lean_ranges(self, read: bool, ids: list[str], spans: list[tuple[int, int, int]],
+                     data: memoryview, out: list[memoryview]) -> tuple[int, int]:
+        """Do ``spans`` in order while each is the common case; (how many were done, the bytes
+        they moved). A read's range is added to ``out``; writes come from ``data``."""
+        copies, gate = self.repl.copies, self.gate
+        most = self.s.max_message_bytes
+        found: list[Any] = [None] * len(ids)  # each block, or False: not the common case
+        pos = 0
+        for done, (index, offset, length) in enumerate(spans):
+            block = found[index]
+            if block is None:
+                block = found[index] = self._range_block(ids[index], read, copies)
+            if block is False or offset + length > block.size:
+                return done, pos
+            if read:
+                if length > most:
+                    return done, pos
+                out.append(block.view[offset : offset + length])
+            else:
+                if gate.must_wait(block.block_id, offset, offset + length):
+                    return done, pos
+                block.view[offset : offset + length] = data[pos : pos + length]
+            pos += length
+        return len(spans), pos
+
+    def _range_block(self, block_id: str, read: bool, copies: Any) -> Any:
+        """The block a RANGES names when it is the common case: no copies, served, and ready for
+        the op (not moving); else False (its MANY sub-op answers it)."""
+        if block_id in copies:
+            return False
+        try:
+            block = self.store.served(block_id)
+        except MeshError:
+            return False
+        if block.state is not State.READY:
+            return False
+        return block
 
     def _may(self, op: str, req: P.Request, allowed: dict[str, bool]) -> bool:
         """Whether the batch's caller holds the role for ``op`` (asked once per op a batch);

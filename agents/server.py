@@ -208,6 +208,7 @@ class Agent(BlockOps, InfoOps, Dialing, ManyOps):
             **self.moves.handlers(),
             P.MOVE: self._move,
             P.MANY: self._many,
+            P.RANGES: self._ranges,
             P.LOCAL: self._local,
             P.DIRECT: lambda identity, req: self._reply(identity, req,
                                                         {"port": self.direct.port}),

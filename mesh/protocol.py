@@ -37,18 +37,12 @@ Ops and their fields (all sizes and offsets are byte counts, ints >= 0)::
                                                  data host, 0 when none (mesh/directwire.py)
     MANY   {ops: [[op, fields], ...]}  + 1 payload  -> {results: [[OK, result] |
            [ERROR, {code, message}], ...]}  + 1 payload
+    RANGES {op, blocks: [block id, ...], at}  + 1 payload  -> {done: n} | MANY's  + 1 payload
 
-MANY carries up to ``MAX_MANY_OPS`` small operations (``MANY_OPS``: READ, WRITE, STAT, ALLOC,
-FREE and the key ops; not MANY) in one message, answered by one message. Each WRITE sub-op
-names its ``length``; the one request payload is the WRITEs' bytes back to back, in order, at
-most ``MAX_MANY_BYTES`` (so are the READs' lengths, together). The agent applies each sub-op
-as it would the single op (role, deadline: the batch's unless its own, bounds, replicas) and
-answers each in ``results``, in order (a READ's or WRITE's success as ``[OK, {}]``: the client
-knows its range); the reply's payload is the bytes of each READ that
-succeeded, back to back. (One payload frame, not one per sub-op: a sealed message carries at
-most one, ``mesh/security/seal.py``; an empty frame when there are no bytes.) A sub-op that is not a [op, fields] pair of a known
-op with well-typed fields gets its own error; a batch whose list, count, sizes or payload do
-not add up is refused whole (``bad_request``/``bad_frame``), having applied nothing.
+MANY carries up to ``MAX_MANY_OPS`` small operations in one message, answered by one message;
+RANGES as many READs, or as many WRITEs, of ranges packed in one ``at`` field, answered
+``{done: n}`` when each went as asked (else as MANY is). Their frames and checks:
+``mesh/batchwire.py``.
 
 A keyed cluster (``agents/access.py``, ``mesh/security/``): a client shakes hands over CURVE on
 the data port and then sends everything, sealed, to the session's endpoint::
@@ -197,6 +191,7 @@ LEASE = "lease"
 SUSPECT = "suspect"
 FENCE = "fence"
 MANY = "many"
+RANGES = "ranges"
 LOCAL = "local"
 DIRECT = "direct"
 
@@ -215,8 +210,8 @@ MAX_HEARTBEAT_BYTES = 1024 * 1024
 # One page of a listing (LIST, KLIST): at most this many records, KLIST at most ~this many bytes.
 LIST_PAGE_RECORDS = 1000
 LIST_PAGE_BYTES = 1024 * 1024
-# A MANY request: at most this many sub-ops (its header, like every one, at most
-# MAX_HEADER_BYTES), and this many payload bytes each way.
+# A MANY (or RANGES) request: at most this many sub-ops (ranges; its header, like every one, at
+# most MAX_HEADER_BYTES), and this many payload bytes each way.
 MAX_MANY_OPS = 256
 MAX_MANY_BYTES = 1024 * 1024
 
@@ -261,6 +256,7 @@ _REQUEST_SCHEMA: dict[str, tuple[dict[str, tuple[type, ...]], int]] = {
     SESSION: ({}, 0),
     TRUST: ({"entries": (list,)}, 0),
     MANY: ({"ops": (list,)}, 1),
+    RANGES: ({"op": (str,), "blocks": (list,), "at": (bytes,)}, 1),
     LOCAL: ({}, 0),
     DIRECT: ({}, 0),
 }
@@ -431,57 +427,9 @@ def _check_fields(op: str, fields: dict[str, Any], required: dict[str, tuple[typ
                              f"({type(value).__name__})", op, request_id)
 
 
-def parse_many(request: Request) -> list[Request | BadRequest]:
-    """The sub-ops of a parsed MANY request, in order: a ``Request`` each (a WRITE's payload is
-    a zero-copy view of its piece of the batch's payload), or the ``BadRequest`` that sub-op
-    alone is answered with. Raises ``BadRequest`` for a batch refused whole (see the
-    docstring: list, count, sizes, payload)."""
-    ops, rid = request.fields["ops"], request.request_id
-
-    def refuse(message: str, code: str = "bad_request") -> BadRequest:
-        return BadRequest(code, f"{MANY}: {message}", MANY, rid)
-
-    if not ops or len(ops) > MAX_MANY_OPS:
-        raise refuse(f"must carry 1 to {MAX_MANY_OPS} sub-ops, not {len(ops)}")
-    data = frame_view(request.payload[0])
-    pos = read_bytes = 0
-    out: list[Request | BadRequest] = []
-    for i, sub in enumerate(ops):
-        if not (isinstance(sub, list) and len(sub) == 2 and isinstance(sub[0], str)
-                and isinstance(sub[1], dict)):
-            raise refuse(f"sub-op {i} must be a pair [op, fields]")
-        op, fields = sub
-        length = fields.get("length")
-        if op in (READ, WRITE) and (type(length) is not int or length < 0):
-            raise refuse(f"sub-op {i} ({op}) must name its length, a whole number >= 0")
-        if op == WRITE:
-            if pos + length > data.nbytes:
-                raise refuse(f"the WRITE sub-ops name more bytes than the payload's "
-                             f"{data.nbytes}", "bad_frame")
-            payload, pos = [data[pos : pos + length]], pos + length
-        else:
-            payload = []
-            read_bytes += length if op == READ else 0
-        if (op == READ or op == WRITE) and len(fields) == 3 and type(fields.get("block")) is str \
-                and type(fields.get("offset")) is int:
-            pass  # a READ or WRITE of {block, offset, length}, all well-typed (the bulk)
-        elif op not in MANY_OPS:
-            out.append(BadRequest("bad_request", f"{op!r} cannot be a sub-op of {MANY}", op, rid))
-            continue
-        else:
-            try:
-                _check_fields(op, fields, _REQUEST_SCHEMA[op][0], rid)
-            except BadRequest as bad:
-                out.append(bad)
-                continue
-        out.append(Request(op, rid, fields, payload))
-    if pos != data.nbytes:
-        raise refuse(f"the payload has {data.nbytes} bytes; the WRITE sub-ops name {pos}",
-                     "bad_frame")
-    if max(pos, read_bytes) > MAX_MANY_BYTES:
-        raise refuse(f"over {MAX_MANY_BYTES} bytes each way ({pos} written, {read_bytes} read): "
-                     "split the batch", "too_large")
-    return out
+def check_fields(op: str, fields: dict[str, Any], request_id: int) -> None:
+    """``BadRequest`` unless ``fields`` are right for ``op`` (a sub-op's: ``mesh/batchwire.py``)."""
+    _check_fields(op, fields, _REQUEST_SCHEMA[op][0], request_id)
 
 
 def deadline_for(wall_now: float, timeout_s: float, clock_skew_s: float) -> float:

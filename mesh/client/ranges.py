@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Iterator
 
 from mesh import protocol as P
+from mesh.batchwire import pack_ranges
 from mesh.client.batch import Batch, Call, Op
 from mesh.client.subops import (
     MANY_ITEM_BYTES, _FIRST_MANY_OPS, _HEADER_BUDGET, Sub, _spread,
@@ -28,9 +29,6 @@ from mesh.client.subops import (
 
 if TYPE_CHECKING:
     from mesh.client.core import Core
-
-_PLAIN_OK = [P.OK, {}]
-
 
 def plan(items: list[tuple[Any, Any, Any]], places: dict[str, Any], read: bool,
          near: dict[str, str] | None = None) -> dict[str, list[int]] | None:
@@ -76,31 +74,16 @@ def send(core: Core, items: list[tuple[Any, Any, Any]], by: dict[str, list[int]]
     """Send ``items`` as ``plan`` grouped them. Each item's value (a bytearray read, or the
     count of bytes written) goes into ``values``; the ``Sub``s of messages not answered
     plainly go into ``sent``, for the caller's settling (errors, "look again")."""
-    made: list[tuple[Call, list[int]]] = []
     op = P.READ if read else P.WRITE
 
-    def calls() -> Iterator[Call]:  # lazy: the first are on their way while the rest are made
-        for address, idx in by.items():
-            for piece in _pieces(items, idx, read):
-                ops = [[op, {"block": items[i][0], "offset": items[i][2],
-                             "length": items[i][1] if read else len(items[i][1])}]
-                       for i in piece]
-                payload = b"" if read else b"".join(items[i][1] for i in piece)
-                call = Call(address, P.MANY, {"ops": ops}, payload=payload)
-                made.append((call, piece))
-                yield call
-
-    yield from core.execute(Batch(calls(), core.settings.request_timeout_s,
-                                  core.settings.window, fail_fast=False))
-    for call, piece in made:
-        results = call.result.get("results") if call.result is not None else None
+    def settle(call: Call, piece: list[int]) -> None:  # as each reply comes, while more run
         payload = call.reply_payload
-        if isinstance(results, list) and len(results) == len(piece) and \
-                results.count(_PLAIN_OK) == len(piece) and not hasattr(payload, "open_into"):
+        if call.result is not None and call.result.get("done") == len(piece) and \
+                not hasattr(payload, "open_into"):
             if not read:
                 for i in piece:
                     values[i] = len(items[i][1])
-                continue
+                return
             data = P.frame_view(payload) if payload is not None else memoryview(b"")
             if data.nbytes == sum(items[i][1] for i in piece):
                 pos = 0
@@ -108,7 +91,7 @@ def send(core: Core, items: list[tuple[Any, Any, Any]], by: dict[str, list[int]]
                     n = items[i][1]
                     values[i] = bytearray(data[pos : pos + n])
                     pos += n
-                continue
+                return
         subs = []  # anything else: each item its own answer, as the general path gives it
         for i in piece:
             block_id, x, offset = items[i]
@@ -122,3 +105,23 @@ def send(core: Core, items: list[tuple[Any, Any, Any]], by: dict[str, list[int]]
                                 memoryview(x), None, i))
         _spread(call, subs)
         sent.extend(subs)
+
+    def calls() -> Iterator[Call]:  # lazy: the first are on their way while the rest are made
+        for address, idx in by.items():
+            for piece in _pieces(items, idx, read):
+                index: dict[str, int] = {}  # block id -> its place in the message's blocks
+                flat: list[int] = []  # (block's index, offset, length) of each item, in a row
+                for i in piece:
+                    block_id, x, offset = items[i]
+                    k = index.get(block_id)
+                    if k is None:
+                        k = index[block_id] = len(index)
+                    flat += (k, offset, x if read else len(x))
+                payload = b"" if read else b"".join([items[i][1] for i in piece])
+                call = Call(address, P.RANGES, {"op": op, "blocks": list(index),
+                                                "at": pack_ranges(flat)}, payload=payload)
+                call.on_done = lambda c, piece=piece: settle(c, piece)
+                yield call
+
+    yield from core.execute(Batch(calls(), core.settings.request_timeout_s,
+                                  core.settings.window, fail_fast=False))

@@ -90,6 +90,8 @@ def _spread(call: Call, group: list[Sub]) -> None:
     """A MANY reply's results and bytes into its sub-ops (or the call's error into each)."""
     error = call.error
     results = (call.result or {}).get("results") if error is None else None
+    if results is None and error is None and (call.result or {}).get("done") == len(group):
+        results = [[P.OK, {}]] * len(group)  # RANGES, each as asked (mesh/batchwire.py)
     if error is None and (not isinstance(results, list) or len(results) != len(group)):
         error = ProtocolError(f"a MANY reply from {call.address} does not answer each sub-op")
     data = memoryview(b"")

@@ -1,6 +1,7 @@
-"""Many small operations per message (MANY: ``agents/many.py``, ``mesh/client/many.py``) against
-real agents: values, an error per item, a hostile batch, replicated blocks, both clients,
-roles on a keyed mesh (sealed sessions), and the metrics (each sub-op counted as its op)."""
+"""Many small operations per message (MANY and RANGES: ``agents/many.py``,
+``mesh/client/many.py``) against real agents: values, an error per item, a hostile batch,
+replicated blocks, both clients, roles on a keyed mesh (sealed sessions), and the metrics (each
+sub-op counted as its op)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
+from mesh import batchwire as B
 from mesh import protocol as P
 from mesh.client import AsyncMeshClient, MeshClient
 from mesh.errors import (
@@ -144,6 +146,48 @@ def test_a_sub_op_finds_the_block_as_the_sub_ops_before_it_left_it(mesh, client)
     assert bytes(reply.payload[0]) == b"abcd"
 
 
+def _codes(reply: P.Reply) -> list[str]:
+    return [r[1].get("code") if r[0] == P.ERROR else "ok" for r in reply.body["results"]]
+
+
+def test_ranges_are_done_in_one_loop_until_one_is_not_the_common_case(mesh, client):
+    """RANGES (``mesh/batchwire.py``): ranges that all go as asked are answered {done: n}; from
+    the first that does not (past its block's end, a block gone), each range is answered as
+    a MANY sub-op: that one refused alone, those after it done."""
+    a, b = (client.allocate(4096, node="node1") for _ in range(2))
+    address = mesh.node("node1").address
+
+    def ranges(op: str, blocks: list, flat: list[int], payload: bytes = b"", **more) -> P.Reply:
+        return raw_call(address, P.RANGES, {"op": op, "blocks": blocks,
+                                            "at": B.pack_ranges(flat), **more},
+                        payload=payload)
+
+    done = ranges(P.WRITE, [a, b], [0, 0, 4, 1, 8, 3], b"abcdXYZ")
+    assert done.ok and done.body == {"done": 2}
+    reply = ranges(P.WRITE, [a, b, "nope"], [0, 4, 2, 0, 4094, 4, 1, 0, 2, 2, 0, 1, 0, 6, 1],
+                   b"ef" + b"zzzz" + b"pq" + b"?" + b"g")
+    assert reply.ok and _codes(reply) == ["ok", "out_of_range", "ok", "unknown_block", "ok"]
+    assert bytes(client.read(a, 4096)[:8]) == b"abcdefg\0"
+    assert bytes(client.read(b, 11)) == b"pq" + b"\0" * 6 + b"XYZ"
+    reads = ranges(P.READ, [b, a], [1, 0, 7, 0, 8, 3])
+    assert reads.ok and reads.body == {"done": 2} and bytes(reads.payload[0]) == b"abcdefgXYZ"
+    reply = ranges(P.READ, [a, b], [0, 2, 3, 1, 4095, 2, 1, 0, 2, 0, 0, 1])
+    assert reply.ok and _codes(reply) == ["ok", "out_of_range", "ok", "ok"]
+    assert bytes(reply.payload[0]) == b"cde" + b"pq" + b"a"  # the reads done, in order
+    late = ranges(P.WRITE, [a], [0, 0, 2], b"!!", deadline=1.0)
+    assert not late.ok and late.body["code"] == "deadline_exceeded"
+    for op, blocks, at, payload, code in (  # refused whole, nothing applied
+            (P.WRITE, [a], B.pack_ranges([0, 0, 9]), b"!!", "bad_frame"),
+            (P.WRITE, [a], b"\0" * 15, b"", "bad_request"),
+            (P.WRITE, [a], B.pack_ranges([3, 0, 2]), b"!!", "bad_request"),
+            (P.FREE, [a], B.pack_ranges([0, 0, 0]), b"", "bad_request"),
+            (P.READ, [a], B.pack_ranges([0, 0, 1] * 300), b"", "bad_request")):
+        refused = raw_call(address, P.RANGES, {"op": op, "blocks": blocks, "at": at},
+                           payload=payload)
+        assert not refused.ok and refused.body["code"] == code
+    assert bytes(client.read(a, 4)) == b"abcd" and raw_call(address, P.PING, {}).ok
+
+
 def test_a_batch_past_its_deadline_applies_nothing(mesh, client):
     block = client.allocate(4096, node="node1")
     reply = _raw_many(mesh.node("node1").address, [[P.WRITE, {"block": block, "offset": 0,
@@ -270,7 +314,8 @@ def test_the_metrics_count_each_sub_op_as_its_op(mesh, client):
     assert grew("mesh_requests_total", op="stat", outcome="ok") == 1
     assert grew("mesh_requests_total", op="stat", outcome="unknown_block") == 1
     assert grew("mesh_requests_received_total", op="write") == 10
-    assert grew("mesh_requests_total", op="many", outcome="ok") == 3  # one message each
+    assert grew("mesh_requests_total", op="ranges", outcome="ok") == 2  # one message each
+    assert grew("mesh_requests_total", op="many", outcome="ok") == 1
     # a sub-op refused (past the block's end) is counted once, arriving and answered
     assert grew("mesh_requests_total", op="read", outcome="out_of_range") == 1
     assert grew("mesh_requests_received_total", op="read") == 8
