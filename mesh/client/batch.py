@@ -153,7 +153,7 @@ class BatchRun:
             call.result = reply.body
             if call.sink is not None:
                 payload = reply.payload[0] if len(reply.payload) == 1 else None
-                sealed = hasattr(payload, "open_into")  # seal.SealedPayload: still sealed
+                sealed = hasattr(type(payload), "open_into")  # seal.SealedPayload: still sealed
                 if payload is None or (payload.nbytes if sealed else P.frame_len(payload)) \
                         != call.sink.nbytes:
                     call.error = ProtocolError(

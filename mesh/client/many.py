@@ -123,8 +123,8 @@ def _begin(core: Core, items: Iterable[Any]) -> Op:
     """What ``read_many`` and ``write_many`` start from: the items as (block_id, x, offset),
     a value slot each, the sub-ops sent and the items done one by one (both empty yet), and
     where each block is."""
-    items = [_item(item) for item in items]
-    places = yield from _locate_all(core, (it[0] for it in items))
+    items = [item if type(item) is tuple and len(item) == 3 else _item(item) for item in items]
+    places = yield from _locate_all(core, {it[0]: None for it in items if type(it[0]) is str})
     values: list[Any] = [None] * len(items)
     sent: list[Sub] = []
     single: list[int] = []

@@ -78,17 +78,18 @@ def send(core: Core, items: list[tuple[Any, Any, Any]], by: dict[str, list[int]]
 
     def settle(call: Call, piece: list[int]) -> None:  # as each reply comes, while more run
         payload = call.reply_payload
+        # (the type's attribute: a zmq.Frame's own lookup of a missing one is slow)
         if call.result is not None and call.result.get("done") == len(piece) and \
-                not hasattr(payload, "open_into"):
+                not hasattr(type(payload), "open_into"):
             if not read:
                 for i in piece:
                     values[i] = len(items[i][1])
                 return
             data = P.frame_view(payload) if payload is not None else memoryview(b"")
-            if data.nbytes == sum(items[i][1] for i in piece):
+            sizes = [items[i][1] for i in piece]
+            if data.nbytes == sum(sizes):
                 pos = 0
-                for i in piece:
-                    n = items[i][1]
+                for i, n in zip(piece, sizes):
                     values[i] = bytearray(data[pos : pos + n])
                     pos += n
                 return

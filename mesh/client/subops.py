@@ -97,7 +97,7 @@ def _spread(call: Call, group: list[Sub]) -> None:
     data = memoryview(b"")
     if error is None and call.reply_payload is not None:
         payload = call.reply_payload
-        if hasattr(payload, "open_into"):  # still sealed: opened once, then spread
+        if hasattr(type(payload), "open_into"):  # still sealed: opened once, then spread
             buf = bytearray(payload.nbytes)
             try:
                 payload.open_into(buf)
