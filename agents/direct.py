@@ -43,7 +43,6 @@ STALL_S = 10.0  # a transfer without a byte moving for this long is given up
 MIN_BYTES_PER_S = 20e6
 CHUNK = 4 << 20  # a write is taken in at most this much a receive (its deadline checked between;
 # 1 MiB receives wrote 1 GiB striped over two agents at 4.3-4.6 GB/s, 4 MiB ones at 4.5-5.7)
-SEND_PIECE = 4 << 20  # a read is sent in pieces this large (the time limit checked between)
 MAX_QUEUED = 64
 
 
@@ -206,9 +205,9 @@ class DirectServer(LocalServer):
             if pin.write:
                 self._take_write(conn.sock, region, deadline, early, limit)
             else:
-                for i in range(0, region.nbytes, SEND_PIECE):
+                for i in range(0, region.nbytes, D.SEND_PIECE):  # (time limit checked between)
                     _check_limit(limit)
-                    conn.sock.sendall(region[i : i + SEND_PIECE])
+                    conn.sock.sendall(region[i : i + D.SEND_PIECE])
         except BaseException as exc:  # handed to the loop, which drops the connection
             error = exc
         finally:

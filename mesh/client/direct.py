@@ -92,7 +92,7 @@ class DirectPath(LocalPath):
         sent, n = 0, data.nbytes
         while sent < n:
             try:
-                sent += link.sock.send(data[sent:])
+                sent += link.sock.send(data[sent : sent + D.SEND_PIECE])
                 continue
             except (BlockingIOError, InterruptedError):
                 pass
