@@ -302,10 +302,12 @@ def list_blocks(config_path: str | None, as_json: bool) -> None:
             if info.block_id is not None:
                 keys.setdefault(info.block_id, []).append(info.key)
     failed = {**objects.failed_nodes, **blocks.failed_nodes}
+    if len(blocks) > longlist.LARGE_LISTING_ROWS:
+        longlist.print_blocks(blocks, keys, failed, as_json, _when)
+        _incomplete(failed)
+        return
     rows = longlist.block_rows(blocks, keys)
-    if len(rows) > longlist.LARGE_LISTING_ROWS:
-        longlist.print_blocks(rows, failed, as_json, _when)
-    elif as_json:
+    if as_json:
         echo_json({"blocks": rows, "failed_nodes": failed})
     else:
         table = common.Table(title="Allocated Memory Blocks")

@@ -529,8 +529,11 @@ class Core:
         """One record per block, as the agent holding its newest copy describes it."""
         found, failed = yield from self.listing(P.LIST, "blocks", page)
         pairs = _one_per_block(found)
+        locations = self._locations
         for address, rec in pairs:
-            self._locations[rec["block"]] = (primary_address(self, address, rec), int(rec["size"]))
+            if rec.get("nodes"):  # (a block with copies: its primary may be another node)
+                address = primary_address(self, address, rec)
+            locations[rec["block"]] = (address, int(rec["size"]))
         return Listing([rec for _, rec in pairs], failed)
 
     def blocks(self, page: int | None = None) -> Op:

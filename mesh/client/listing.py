@@ -27,8 +27,8 @@ from mesh.membership import ALIVE, SUSPECT
 def one_per_block(found: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
     """``(address, record)`` pairs, one per block id, as ``merge_copies`` chooses them."""
     seen: dict[str, tuple[str, dict[str, Any]]] = {}
-    for address, rec in found:
-        if seen.setdefault(rec["block"], (address, rec))[1] is not rec:
+    for pair in found:
+        if seen.setdefault(pair[1]["block"], pair) is not pair:
             return merge_copies(found)
     return list(seen.values())
 

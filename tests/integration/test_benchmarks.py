@@ -23,8 +23,10 @@ def test_transfer_secure_reports_both_paths_and_verifies():
     out = run_json("tools/bench.py", "transfer", "--secure", "--size", "64MiB", "--runs", "1")
     assert out["verified"] is True
     for field in ("secure_write_gbps", "secure_read_gbps", "secure_write_ratio",
-                  "secure_read_ratio"):
+                  "secure_read_ratio", "baseline_1mib_gbps"):
         assert out[field] > 0, field
+    assert out["write_ratio_1mib"] == pytest.approx(
+        out["write_gbps"] / out["baseline_1mib_gbps"], rel=0.01)
 
 
 def test_transfer_local_goes_through_shared_memory_and_verifies():

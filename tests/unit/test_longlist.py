@@ -38,9 +38,11 @@ def test_rows_from_records_are_what_block_infos_make_in_the_same_order():
     assert [type(r["created"]) for r in rows] == [float] * 4 and rows[0]["lazy"] is False
 
 
-def test_the_long_json_is_one_block_a_line_and_the_same_document(capsys):
-    rows = longlist.block_rows(_records() * 300, {})  # past LARGE_LISTING_ROWS
-    longlist.print_blocks(rows, {"c": "timed out"}, True, str)
+def test_the_long_json_is_one_block_a_line_and_the_same_document(capsys, monkeypatch):
+    monkeypatch.setattr(longlist, "_CHUNK_ROWS", 500)  # made and encoded in three chunks
+    records = _records() * 300  # past LARGE_LISTING_ROWS
+    rows = longlist.block_rows(records, {"block_0_a_x": ["k"]})
+    longlist.print_blocks(records, {"block_0_a_x": ["k"]}, {"c": "timed out"}, True, str)
     text = capsys.readouterr().out
     assert json.loads(text) == {"blocks": rows, "failed_nodes": {"c": "timed out"}}
     assert text.count('\n    {"block_id"') == len(rows) == 1200
@@ -56,7 +58,7 @@ def test_the_long_table_shows_each_rows_size_and_times_to_the_second(capsys):
              "created": 1795756875.0 + i * 0.37, "expires": 1795800000.9 if i % 2 else None,
              "pending": False} for i in range(1200)]
     rows = longlist.block_rows(recs, {"block_7_a_x": ["seven"]})
-    longlist.print_blocks(rows, {}, False, when)
+    longlist.print_blocks(recs[::-1], {"block_7_a_x": ["seven"]}, {}, False, when)
     lines = capsys.readouterr().out.splitlines()[3:]
     assert len(lines) == len(rows)
     for row, text in zip(rows, lines):
