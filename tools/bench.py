@@ -51,8 +51,10 @@ one (``first_move_seconds``) also in a fresh agent process. ``move_gbps`` is the
 every run, the first included; ``runs_seconds`` lists them. A third baseline,
 ``baseline_fresh_gbps`` (``ratio_to_fresh_baseline``), is the raw ``sendall`` into newly mapped
 memory whose pages another thread backs meanwhile, as a move's target does: what any copy into
-new memory can do on this machine. ``--network-only`` starts the agents without the same-host
-path, so blocks are anonymous memory rather than memfds.
+new memory can do on this machine. ``move_cpu_s`` is the CPU a move took, both agents together
+(median), and ``cpu_bound_ratio_to_baseline`` the most that cost a byte allows here: the size
+over ``move_cpu_s`` spread on every CPU, as a ratio to the baseline. ``--network-only`` starts
+the agents without the same-host path, so blocks are anonymous memory rather than memfds.
 
 ``startup`` times how long ``grid`` takes to start, against the code of ``--baseline-ref``
 (65b4786: the commit before the restructuring of issue 9) checked out into a temporary ``git
@@ -122,6 +124,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import psutil  # noqa: E402
 import yaml  # noqa: E402
 
 from mesh.client import MeshClient  # noqa: E402
@@ -480,7 +483,8 @@ def move(args: argparse.Namespace) -> dict:
         try:
             client = agents.client(network=True)  # its write is the network's baseline
             block = client.allocate(size, node="bench-1")
-            b, f, w, m = [], [], [], []
+            procs = [psutil.Process(p.pid) for p in agents.procs]
+            b, f, w, m, cpu = [], [], [], [], []
             where = "bench-1"
             for i in range(runs):
                 b.append(size / baseline.run_once(dv) / 1e9)
@@ -489,8 +493,10 @@ def move(args: argparse.Namespace) -> dict:
                 client.write(block, dv)
                 w.append(size / (time.perf_counter() - t0) / 1e9)
                 where = "bench-2" if where == "bench-1" else "bench-1"
+                c0 = sum(sum(p.cpu_times()[:2]) for p in procs)
                 report, seconds = _timed_move(client, block, where)
                 m.append(seconds)
+                cpu.append(sum(sum(p.cpu_times()[:2]) for p in procs) - c0)
                 if not args.json:
                     print(f"run {i + 1}: baseline {b[-1]:.2f} GB/s (into new memory "
                           f"{f[-1]:.2f})  client write {w[-1]:.2f} GB/s"
@@ -524,6 +530,13 @@ def move(args: argparse.Namespace) -> dict:
     result["ratio_to_fresh_baseline"] = round(result["move_gbps"] / result["baseline_fresh_gbps"],
                                               3)
     result["ratio_to_client_write"] = round(result["move_gbps"] / result["client_write_gbps"], 3)
+    # The CPU a move took, both agents (median): at that cost a byte, what the machine's CPUs
+    # allow at most, as a ratio to the baseline (cores all busy, nothing waiting)
+    move_cpu = statistics.median(cpu)
+    result["move_cpu_s"] = round(move_cpu, 3)
+    result["move_cores_busy"] = round(move_cpu / move_s, 2)
+    result["cpu_bound_ratio_to_baseline"] = round(
+        size / (move_cpu / (psutil.cpu_count() or 1)) / 1e9 / result["baseline_gbps"], 3)
     return result
 
 
@@ -1213,6 +1226,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{result['runs']}); baseline sendall {result['baseline_gbps']:.2f} GB/s, ratio "
                 f"{result['ratio_to_baseline']:.2f}; client write {result['client_write_gbps']:.2f}"
                 f" GB/s, ratio {result['ratio_to_client_write']:.2f}; verified {result['verified']}"
+                f"\na move took {result['move_cpu_s']:.2f} CPU-s (both agents; "
+                f"{result['move_cores_busy']:.2f} cores busy): at that cost, at most "
+                f"{result['cpu_bound_ratio_to_baseline']:.2f}x the baseline on this machine"
             )
         return 0
     if args.bench == "cli-memory":

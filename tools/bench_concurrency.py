@@ -10,6 +10,9 @@ with what was written (``verified``). The baseline of the same run: the same rea
 TCP from ``--agents`` server processes holding the same number of buffers (``raw_sequential_s``
 over one connection per server, ``raw_concurrent_s`` by a thread per read over its own
 connection; ``raw_concurrency_ratio``): what doing them at once can gain on this machine at all.
+And the CPU the reads one after another took, agents and client (``sequential_cpu_s``, median;
+``sequential_cores_busy`` = that over ``sequential_s``): at that CPU a byte, all at once can take
+at most ``cpu_bound_ratio`` = sequential_s / (sequential_cpu_s / CPUs) less time.
 
 ``transfer --stripe N`` starts N agents and, in each run, measures the raw-socket baseline of
 ``transfer`` (tools/bench.py) and a transfer of ``--size`` striped over the N agents through one
@@ -32,6 +35,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+import psutil
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -56,6 +61,10 @@ def concurrent(args: argparse.Namespace, agents_cls: Any, parse_size: Callable) 
                             room=per_agent + (64 << 20), network_only=True)
         try:
             agents.client().close()  # every agent up and in the view
+            procs = [psutil.Process(p.pid) for p in agents.procs] + [psutil.Process()]
+
+            def cpu() -> float:  # CPU seconds of the agents and this process so far
+                return sum(sum(p.cpu_times()[:2]) for p in procs)
 
             async def main() -> tuple[list[float], list[float], bool]:
                 async with AsyncMeshClient(agents.config) as client:
@@ -65,10 +74,11 @@ def concurrent(args: argparse.Namespace, agents_cls: Any, parse_size: Callable) 
                         await client.write(blocks[-1], data)
                     seq, con = [], []
                     for _ in range(args.runs):
-                        t0 = time.perf_counter()
+                        c0, t0 = cpu(), time.perf_counter()
                         for b, out in zip(blocks, outs):
                             await client.read_into(b, out)
                         seq.append(time.perf_counter() - t0)
+                        seq_cpu.append(cpu() - c0)
                         for out in outs:
                             out[::4096] = b"\x00" * len(out[::4096])
                         t0 = time.perf_counter()
@@ -80,6 +90,7 @@ def concurrent(args: argparse.Namespace, agents_cls: Any, parse_size: Callable) 
                         await client.free(b)
                     return seq, con, same
 
+            seq_cpu: list[float] = []
             seq, con, same = asyncio.run(main())
         finally:
             agents.close()
@@ -94,6 +105,13 @@ def concurrent(args: argparse.Namespace, agents_cls: Any, parse_size: Callable) 
     # what plain sockets gain from doing the same reads at once on this machine
     result["raw_concurrency_ratio"] = round(result["raw_sequential_s"] /
                                             result["raw_concurrent_s"], 3)
+    # The CPU the reads one after another took (agents and client): at that cost a byte, doing
+    # them at once can gain at most what the idle cores leave, cpu_bound_ratio
+    cores = psutil.cpu_count() or 1
+    seq_cpu_s = statistics.median(seq_cpu)
+    result["sequential_cpu_s"] = round(seq_cpu_s, 3)
+    result["sequential_cores_busy"] = round(seq_cpu_s / result["sequential_s"], 2)
+    result["cpu_bound_ratio"] = round(result["sequential_s"] / (seq_cpu_s / cores), 2)
     result["sequential_gbps"] = round(args.reads * size / result["sequential_s"] / 1e9, 3)
     result["concurrent_gbps"] = round(args.reads * size / result["concurrent_s"] / 1e9, 3)
     return result
@@ -105,7 +123,9 @@ def describe_concurrent(r: dict) -> str:
             f"{r['concurrent_s']} s ({r['concurrent_gbps']} GB/s): ratio "
             f"{r['concurrency_ratio']}, verified {r['verified']}; plain sockets, the same reads "
             f"from {r['agents']} server processes: {r['raw_sequential_s']} s one after another, "
-            f"{r['raw_concurrent_s']} s all at once (threads): ratio {r['raw_concurrency_ratio']}")
+            f"{r['raw_concurrent_s']} s all at once (threads): ratio {r['raw_concurrency_ratio']}; "
+            f"one after another kept {r['sequential_cores_busy']} cores busy, so at most "
+            f"{r['cpu_bound_ratio']}x at that CPU a byte")
 
 
 # --- the raw baseline of ``concurrent`` -----------------------------------------------------------

@@ -4,6 +4,7 @@ themselves are never asserted: they are measured, not tested)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -89,6 +90,9 @@ def test_concurrent_reports_reads_at_once_against_one_after_another_and_verifies
                                                      rel=0.01)
     # the same reads over plain sockets, in the same run
     assert out["raw_sequential_s"] > 0 and out["raw_concurrent_s"] > 0
+    # and what the CPUs allow at all, from the CPU the reads one after another took
+    assert out["sequential_cpu_s"] > 0 and out["cpu_bound_ratio"] == pytest.approx(
+        out["sequential_s"] / (out["sequential_cpu_s"] / os.cpu_count()), rel=0.05)
     assert out["raw_concurrency_ratio"] == pytest.approx(
         out["raw_sequential_s"] / out["raw_concurrent_s"], rel=0.01)
 
@@ -107,7 +111,8 @@ def test_move_reports_every_run_and_verifies():
     assert out["verified"] is True and out["size_bytes"] == 32 << 20
     assert len(out["runs_seconds"]) == 3 and out["first_move_seconds"] == out["runs_seconds"][0]
     for field in ("move_gbps", "baseline_gbps", "baseline_fresh_gbps", "client_write_gbps",
-                  "ratio_to_baseline", "ratio_to_fresh_baseline"):
+                  "ratio_to_baseline", "ratio_to_fresh_baseline", "move_cpu_s",
+                  "cpu_bound_ratio_to_baseline"):
         assert out[field] > 0, field
     assert out["network_only"] is False
 
