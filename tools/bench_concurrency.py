@@ -111,7 +111,8 @@ def concurrent(args: argparse.Namespace, agents_cls: Any, parse_size: Callable) 
     seq_cpu_s = statistics.median(seq_cpu)
     result["sequential_cpu_s"] = round(seq_cpu_s, 3)
     result["sequential_cores_busy"] = round(seq_cpu_s / result["sequential_s"], 2)
-    result["cpu_bound_ratio"] = round(result["sequential_s"] / (seq_cpu_s / cores), 2)
+    result["cpu_bound_ratio"] = round(result["sequential_s"] / (seq_cpu_s / cores), 2) \
+        if seq_cpu_s > 0 else None  # (CPU times come in 10 ms ticks: none at a tiny size)
     result["sequential_gbps"] = round(args.reads * size / result["sequential_s"] / 1e9, 3)
     result["concurrent_gbps"] = round(args.reads * size / result["concurrent_s"] / 1e9, 3)
     return result

@@ -42,6 +42,7 @@ class Figure:
     mesh: str | None = None
     baseline: str | None = None
     unit: str = "GB/s"
+    bound: str | None = None  # the field of the most this machine's CPUs allow, as a ratio
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,11 @@ BENCHES = (
     Bench("transfer", ("transfer", "--size", "1GiB", "--runs", "5"),
           ("transfer", "--size", "32MiB", "--runs", "1"), (
               Figure("write, one agent", "write_ratio", 0.85, "write_gbps", "baseline_gbps"),
-              Figure("read, one agent", "read_ratio", 0.85, "read_gbps", "baseline_gbps"))),
+              Figure("read, one agent", "read_ratio", 0.85, "read_gbps", "baseline_gbps"),
+              Figure("write, one agent, against 1 MiB raw sends", "write_ratio_1mib", None,
+                     "write_gbps", "baseline_1mib_gbps"),
+              Figure("read, one agent, against 1 MiB raw sends", "read_ratio_1mib", None,
+                     "read_gbps", "baseline_1mib_gbps"))),
     Bench("stripe", ("transfer", "--stripe", "2", "--size", "1GiB", "--runs", "5"),
           ("transfer", "--stripe", "2", "--size", "32MiB", "--runs", "1"), (
               Figure("write, striped over 2 agents", "write_ratio", 1.1, "write_gbps",
@@ -75,11 +80,12 @@ BENCHES = (
         Figure("4 KiB ops, batched", "batched_ratio", 1.2, "batched_ops",
                "baseline_pipelined_ops", "ops/s"))),
     Bench("concurrent", ("concurrent",), ("concurrent", "--size", "1MiB"), (
-        Figure("16 concurrent reads over 4 agents", "concurrency_ratio", 2.0, None, None, ""),)),
+        Figure("16 concurrent reads over 4 agents", "concurrency_ratio", 2.0, None, None, "",
+               "cpu_bound_ratio"),)),
     Bench("move", ("move", "--size", "1GiB", "--runs", "4"),
           ("move", "--size", "32MiB", "--runs", "1"), (
               Figure("move a block agent to agent", "ratio_to_baseline", 0.7, "move_gbps",
-                     "baseline_gbps"),)),
+                     "baseline_gbps", bound="cpu_bound_ratio_to_baseline"),)),
     Bench("checksum", ("checksum", "--size", "1GiB", "--runs", "5"),
           ("checksum", "--size", "32MiB", "--runs", "1"), (
               Figure("xxh3 against crc32", "ratio", None, "xxh3_gbps", "crc32_gbps"),)),
@@ -151,21 +157,25 @@ def markdown(rows: list[Row], chart: str | None, meta: dict[str, Any]) -> str:
         "",
         f"Made by `python tools/bench.py report{' --quick' if meta['quick'] else ''}` on "
         f"{meta['date']}, commit {meta['commit']}, {meta['cpus']} CPUs. Each ratio is the mesh "
-        "over a baseline measured in the same run of the same benchmark.",
+        "over a baseline measured in the same run of the same benchmark. \"CPUs allow\": the "
+        "most the ratio can be on this machine at the CPU the work took a byte in that run "
+        "(every core busy, nothing waiting).",
         "",
-        "| benchmark | figure | mesh | baseline | ratio | target | met |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| benchmark | figure | mesh | baseline | ratio | target | met | CPUs allow |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         f = r.figure
         if r.result is None:
             lines.append(f"| {r.bench} | {f.label} | {r.problem} | | | "
-                         f"{_target(f.target)} | |")
+                         f"{_target(f.target)} | | |")
             continue
         ratio = "-" if r.ratio is None else f"{r.ratio:.2f}x"
         met = {True: "yes", False: "**no**", None: ""}[r.met]
+        bound = r.result.get(f.bound) if f.bound else None
+        allow = f"{bound:.2f}x" if isinstance(bound, (int, float)) else ""
         lines.append(f"| {r.bench} | {f.label} | {r.value(f.mesh)} | {r.value(f.baseline)} | "
-                     f"{ratio} | {_target(f.target)} | {met} |")
+                     f"{ratio} | {_target(f.target)} | {met} | {allow} |")
     lines.append("")
     lines.append(f"![ratios against their baselines]({chart})" if chart else
                  "(no chart: matplotlib is not installed; `pip install 'memory-mesh[report]'`)")
@@ -226,7 +236,8 @@ def report(args: argparse.Namespace) -> dict:
     md.write_text(markdown(rows, png.name if drawn else None, meta))
     return {"bench": "report", "markdown": str(md), "chart": str(png) if drawn else None,
             "rows": [{"bench": r.bench, "figure": r.figure.label, "ratio": r.ratio,
-                      "target": r.figure.target, "met": r.met, "problem": r.problem or None}
+                      "target": r.figure.target, "met": r.met, "problem": r.problem or None,
+                      "cpus_allow": (r.result or {}).get(r.figure.bound or "")}
                      for r in rows]}
 
 
