@@ -218,7 +218,7 @@ class ManyOps:
         for done, (index, offset, length) in enumerate(spans):
             block = found[index]
             if block is None:
-                block = found[index] = self._range_block(ids[index], read, copies)
+                block = found[index] = self._range_block(ids[index], copies)
             if block is False or offset + length > block.size:
                 return done, pos
             if read:
@@ -232,7 +232,7 @@ class ManyOps:
             pos += length
         return len(spans), pos
 
-    def _range_block(self, block_id: str, read: bool, copies: Any) -> Any:
+    def _range_block(self, block_id: str, copies: Any) -> Any:
         """The block a RANGES names when it is the common case: no copies, served, and ready for
         the op (not moving); else False (its MANY sub-op answers it)."""
         if block_id in copies:

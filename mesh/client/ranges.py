@@ -3,17 +3,16 @@
 The common case: every item is a range of at most ``MANY_ITEM_BYTES`` inside a block the client
 has located (a size as an ``int`` to read; ``bytes`` or a ``bytearray`` of at least one byte to
 write). ``plan`` says whether a call is that case (else the general path takes it whole), and
-``send`` sends its items as MANY messages without a ``Sub`` per item: each message is built
-straight from the items, and a reply whose every answer is a plain success (what an agent
-answers a READ or WRITE that went as asked: ``agents/many.py``) is taken in one comparison,
-its read bytes sliced out in order. A reply with any other answer, or a message that failed,
-is spread over ``Sub``s made then (``mesh/client/subops.py``: ``_spread``), so each of its
-items gets its own answer, error or "look again" exactly as on the general path, and nothing
-that was applied is sent again: 1.2-1.3x the general path's items per second
-(``tools/bench.py small``: batched).
+``send`` sends its items as RANGES messages (``mesh/batchwire.py``: the op once, each block id
+once, 16 packed bytes a range) without a ``Sub`` per item. Each reply is settled as it comes,
+while later messages are still in flight: ``{done: n}`` (every range went as asked) is taken
+in one comparison, its read bytes sliced out in order. Any other reply (MANY's, an answer per
+range), or a message that failed, is spread over ``Sub``s made then
+(``mesh/client/subops.py``: ``_spread``), so each of its items gets its own answer, error or
+"look again" exactly as on the general path, and nothing that was applied is sent again.
 
 Each agent's first message carries ``_FIRST_MANY_OPS`` items and each next one twice as many,
-up to the protocol's limits (sub-ops, bytes each way, the header's size), as ``_calls`` does.
+up to the protocol's limits (ranges, bytes each way, the header's size), as ``_calls`` does.
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ from mesh.client.subops import (
 
 if TYPE_CHECKING:
     from mesh.client.core import Core
+
 
 def plan(items: list[tuple[Any, Any, Any]], places: dict[str, Any], read: bool,
          near: dict[str, str] | None = None) -> dict[str, list[int]] | None:
