@@ -9,7 +9,9 @@ while later messages are still in flight: ``{done: n}`` (every range went as ask
 in one comparison, its read bytes sliced out in order. Any other reply (MANY's, an answer per
 range), or a message that failed, is spread over ``Sub``s made then
 (``mesh/client/subops.py``: ``_spread``), so each of its items gets its own answer, error or
-"look again" exactly as on the general path, and nothing that was applied is sent again.
+"look again" exactly as on the general path, and nothing that was applied is sent again. An
+agent of a version before RANGES refuses it as an unknown op: its messages' items are sent
+again as MANY's sub-ops once the others are done (a rolling upgrade keeps working).
 
 Each agent's first message carries ``_FIRST_MANY_OPS`` items and each next one twice as many,
 up to the protocol's limits (ranges, bytes each way, the header's size), as ``_calls`` does.
@@ -23,8 +25,9 @@ from mesh import protocol as P
 from mesh.batchwire import pack_ranges
 from mesh.client.batch import Batch, Call, Op
 from mesh.client.subops import (
-    MANY_ITEM_BYTES, _FIRST_MANY_OPS, _HEADER_BUDGET, Sub, _spread,
+    MANY_ITEM_BYTES, _FIRST_MANY_OPS, _HEADER_BUDGET, Sub, _spread, run,
 )
+from mesh.errors import ProtocolError
 
 if TYPE_CHECKING:
     from mesh.client.core import Core
@@ -75,8 +78,26 @@ def send(core: Core, items: list[tuple[Any, Any, Any]], by: dict[str, list[int]]
     count of bytes written) goes into ``values``; the ``Sub``s of messages not answered
     plainly go into ``sent``, for the caller's settling (errors, "look again")."""
     op = P.READ if read else P.WRITE
+    older: list[tuple[str, list[int]]] = []  # messages an agent of an older version refused
+
+    def subs_of(piece: list[int]) -> list[Sub]:  # the items of a message as MANY's sub-ops
+        subs = []
+        for i in piece:
+            block_id, x, offset = items[i]
+            if read:
+                values[i] = bytearray(x)
+                subs.append(Sub(op, {"block": block_id, "offset": offset, "length": x}, None,
+                                memoryview(values[i]), i))
+            else:
+                values[i] = len(x)
+                subs.append(Sub(op, {"block": block_id, "offset": offset, "length": len(x)},
+                                memoryview(x), None, i))
+        return subs
 
     def settle(call: Call, piece: list[int]) -> None:  # as each reply comes, while more run
+        if call.error is not None and _predates_ranges(call.error):
+            older.append((call.address, piece))  # sent again as MANY once these are done
+            return
         payload = call.reply_payload
         # (the type's attribute: a zmq.Frame's own lookup of a missing one is slow)
         if call.result is not None and call.result.get("done") == len(piece) and \
@@ -93,18 +114,8 @@ def send(core: Core, items: list[tuple[Any, Any, Any]], by: dict[str, list[int]]
                     values[i] = bytearray(data[pos : pos + n])
                     pos += n
                 return
-        subs = []  # anything else: each item its own answer, as the general path gives it
-        for i in piece:
-            block_id, x, offset = items[i]
-            if read:
-                values[i] = bytearray(x)
-                subs.append(Sub(op, {"block": block_id, "offset": offset, "length": x}, None,
-                                memoryview(values[i]), i))
-            else:
-                values[i] = len(x)
-                subs.append(Sub(op, {"block": block_id, "offset": offset, "length": len(x)},
-                                memoryview(x), None, i))
-        _spread(call, subs)
+        subs = subs_of(piece)  # anything else: each item its own answer, as the general
+        _spread(call, subs)  # path gives it
         sent.extend(subs)
 
     def calls() -> Iterator[Call]:  # lazy: the first are on their way while the rest are made
@@ -126,3 +137,13 @@ def send(core: Core, items: list[tuple[Any, Any, Any]], by: dict[str, list[int]]
 
     yield from core.execute(Batch(calls(), core.settings.request_timeout_s,
                                   core.settings.window, fail_fast=False))
+    if older:  # an agent of a version before RANGES (a rolling upgrade): as MANY's sub-ops
+        pairs = [(address, sub) for address, piece in older for sub in subs_of(piece)]
+        yield from run(core, pairs)
+        sent.extend(sub for _, sub in pairs)
+
+
+def _predates_ranges(error: Exception) -> bool:
+    """An agent of a version before RANGES refuses it whole, as an op it does not know (the
+    message is all that tells it from any other protocol error)."""
+    return isinstance(error, ProtocolError) and f"unknown op {P.RANGES!r}" in str(error)

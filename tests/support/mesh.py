@@ -146,10 +146,12 @@ class LocalMesh:
     def node(self, name: str) -> AgentProc:
         return next(a for a in self.nodes if a.name == name)
 
-    def start(self, name: str, wait: bool = True) -> AgentProc:
+    def start(self, name: str, wait: bool = True, root: Path = ROOT) -> AgentProc:
+        """Start agent ``name`` running the code of the source tree ``root`` (this checkout's,
+        unless a test runs an older version's)."""
         agent = self.node(name)
         log = open(agent.log, "ab")
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = dict(os.environ, PYTHONPATH=str(root))
         if name in self.domains:  # its own machine, as far as replicas can tell (mesh/machine.py)
             env["MESH_DOMAIN"] = self.domains[name]
         agent.proc = subprocess.Popen(
