@@ -66,6 +66,8 @@ def concurrent(args: argparse.Namespace, agents_cls: Any, parse_size: Callable) 
             def cpu() -> float:  # CPU seconds of the agents and this process so far
                 return sum(sum(p.cpu_times()[:2]) for p in procs)
 
+            seq_cpu: list[float] = []  # the CPU each run of reads one after another took
+
             async def main() -> tuple[list[float], list[float], bool]:
                 async with AsyncMeshClient(agents.config) as client:
                     blocks = []
@@ -90,7 +92,6 @@ def concurrent(args: argparse.Namespace, agents_cls: Any, parse_size: Callable) 
                         await client.free(b)
                     return seq, con, same
 
-            seq_cpu: list[float] = []
             seq, con, same = asyncio.run(main())
         finally:
             agents.close()

@@ -51,7 +51,7 @@ def block_rows(records: list[dict[str, Any]], keys: dict[str, list[str]]
 def _row_chunks(records: list[dict[str, Any]], keys: dict[str, list[str]]
                 ) -> Iterator[list[dict[str, Any]]]:
     """``block_rows`` of ``records`` (sorted in place), ``_CHUNK_ROWS`` at a time: a long
-    listing never holds a row per block besides its records (100,000 blocks: 183 -> 113 MB
+    listing never holds a row per block besides its records (100,000 blocks: 183 -> 122 MB
     of peak memory, each new page of it zeroed by the kernel)."""
     records.sort(key=_order)
     for start in range(0, len(records), _CHUNK_ROWS):
