@@ -107,7 +107,7 @@ def _check_sizes(refuse: Any, payload: int, written: int, read: int) -> None:
 
 def pack_ranges(flat: list[int]) -> bytes:
     """``at`` for ranges given in a row: block index, offset, length, the next's, ..."""
-    return struct.pack("<" + "IQI" * (len(flat) // 3), *flat)
+    return struct.pack("<" + RANGE.format[1:] * (len(flat) // 3), *flat)  # RANGE, in a row
 
 
 def parse_ranges(request: Request) -> tuple[str, list[str], list[tuple[int, int, int]],
